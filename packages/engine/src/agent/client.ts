@@ -1,0 +1,655 @@
+// Host side of the guest agent protocol (docs/agent-protocol.md): one
+// connection, many concurrent streams, credit-based flow control.
+
+import { randomBytes } from "node:crypto";
+import net from "node:net";
+import { AgentGoneError, GuestError, MitosError } from "../errors.js";
+import {
+  DEFAULT_WINDOW,
+  encodeFrame,
+  Fields,
+  FieldWriter,
+  type Frame,
+  FrameDecoder,
+  MAX_PAYLOAD,
+  MsgType,
+  STDIN_WINDOW,
+  Tag,
+} from "./protocol.js";
+
+export interface AgentInfo {
+  version: string;
+  uptimeMs: number;
+  memTotal: number;
+  memAvailable: number;
+  bootId: string;
+  sandboxId: string;
+  hostname: string;
+}
+
+export interface ExecRequest {
+  /** Run as `/bin/sh -c command`. */
+  command?: string;
+  /** Run argv directly (takes precedence over `command` when non-empty). */
+  args?: string[];
+  env?: Record<string, string>;
+  cwd?: string;
+  /** 0 or absent: no timeout. On expiry the group is killed and exitCode is 124. */
+  timeoutMs?: number;
+  pty?: { cols: number; rows: number };
+  /** Open a stdin pipe fed by `ExecHandle.write`; otherwise stdin is /dev/null. */
+  stdin?: boolean;
+  uid?: number;
+  gid?: number;
+  /** Output chunks. A returned promise holds back credit (backpressure) until it settles. */
+  onStdout?: (chunk: Buffer) => void | Promise<void>;
+  onStderr?: (chunk: Buffer) => void | Promise<void>;
+  /** Keep stdout/stderr in the result (default true). */
+  collect?: boolean;
+}
+
+export interface ExecResult {
+  exitCode: number;
+  signal: number | undefined;
+  timedOut: boolean;
+  durationMs: number;
+  stdout: Buffer;
+  stderr: Buffer;
+}
+
+export interface ExecHandle {
+  readonly started: Promise<number>;
+  readonly result: Promise<ExecResult>;
+  write(data: Buffer | string): Promise<void>;
+  closeStdin(): void;
+  resize(cols: number, rows: number): void;
+  signal(signal: number): void;
+}
+
+export type FileType = "file" | "dir" | "symlink" | "other";
+
+export interface FileInfo {
+  name: string;
+  path: string;
+  type: FileType;
+  size: number;
+  mode: number;
+  mtime: number;
+}
+
+export interface ProcessInfo {
+  pid: number;
+  ppid: number;
+  command: string;
+  state: string;
+  rssBytes: number;
+}
+
+export interface ForkNotifyResult {
+  reseeded: boolean;
+  notified: number;
+  clockStepNs: bigint;
+}
+
+interface StreamHandler {
+  onFrame(frame: Frame): void;
+  fail(err: Error): void;
+}
+
+const TYPE_NAMES: Record<number, FileType> = { 1: "file", 2: "dir", 3: "symlink", 4: "other" };
+const WRITE_CHUNK = 256 * 1024;
+const DEFAULT_CALL_TIMEOUT_MS = 30_000;
+
+export interface AgentClientOptions {
+  /** Context attached to errors (sandbox id, console log path). */
+  context?: Record<string, unknown>;
+  /** Timeout for unary calls (ms). */
+  callTimeoutMs?: number;
+}
+
+export class AgentClient {
+  private readonly decoder = new FrameDecoder();
+  private readonly streams = new Map<number, StreamHandler>();
+  private nextId = 1;
+  private gone: AgentGoneError | undefined;
+  private readonly context: Record<string, unknown>;
+  private readonly callTimeoutMs: number;
+  /** Agent-level errors reported on stream 0 (protocol trouble). */
+  readonly events: string[] = [];
+
+  private constructor(
+    private readonly socket: net.Socket,
+    options: AgentClientOptions,
+  ) {
+    this.context = options.context ?? {};
+    this.callTimeoutMs = options.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
+    socket.on("data", (chunk: Buffer) => this.onData(chunk));
+    socket.on("error", (err) => this.close(`agent socket error: ${err.message}`));
+    socket.on("close", () => this.close("agent connection closed (VM exited or agent died)"));
+  }
+
+  /** Connects to the agent's Unix socket (QEMU chardev), retrying until it exists. */
+  static async connect(path: string, deadlineMs: number, options: AgentClientOptions = {}): Promise<AgentClient> {
+    const until = Date.now() + deadlineMs;
+    for (;;) {
+      try {
+        const socket = await new Promise<net.Socket>((resolve, reject) => {
+          const s = net.createConnection(path);
+          s.once("connect", () => {
+            s.removeListener("error", reject);
+            resolve(s);
+          });
+          s.once("error", reject);
+        });
+        return new AgentClient(socket, options);
+      } catch (err) {
+        if (Date.now() > until) {
+          throw new AgentGoneError(`cannot connect to ${path}: ${(err as Error).message}`, options.context);
+        }
+        await sleep(20);
+      }
+    }
+  }
+
+  get closed(): boolean {
+    return this.gone !== undefined;
+  }
+
+  /** Fails every pending and future call; idempotent. */
+  close(reason: string): void {
+    if (this.gone) return;
+    this.gone = new AgentGoneError(reason, this.context);
+    this.socket.destroy();
+    const handlers = [...this.streams.values()];
+    this.streams.clear();
+    for (const h of handlers) h.fail(this.gone);
+  }
+
+  /**
+   * Waits until the agent answers HELLO. Data sent before the guest opens its
+   * port may be dropped, so HELLO is retried with a short per-try timeout.
+   */
+  async waitReady(deadlineMs: number): Promise<AgentInfo> {
+    const until = Date.now() + deadlineMs;
+    for (;;) {
+      try {
+        return await this.hello(Math.min(1000, Math.max(50, until - Date.now())));
+      } catch (err) {
+        if (err instanceof AgentGoneError) throw err;
+        if (Date.now() >= until) {
+          throw new AgentGoneError(`guest agent did not answer within ${deadlineMs} ms`, this.context);
+        }
+      }
+    }
+  }
+
+  async hello(timeoutMs = this.callTimeoutMs): Promise<AgentInfo> {
+    const f = await this.unary(MsgType.HELLO, Buffer.alloc(0), "agent", timeoutMs);
+    return {
+      version: f.str(Tag.VERSION) ?? "",
+      uptimeMs: f.int(Tag.UPTIME_MS) ?? 0,
+      memTotal: f.int(Tag.MEM_TOTAL) ?? 0,
+      memAvailable: f.int(Tag.MEM_AVAILABLE) ?? 0,
+      bootId: f.str(Tag.BOOT_ID) ?? "",
+      sandboxId: f.str(Tag.SANDBOX_ID) ?? "",
+      hostname: f.str(Tag.HOSTNAME) ?? "",
+    };
+  }
+
+  exec(req: ExecRequest): ExecHandle {
+    const w = new FieldWriter();
+    if (req.args && req.args.length > 0) for (const a of req.args) w.str(Tag.ARG, a);
+    else if (req.command !== undefined) w.str(Tag.CMD, req.command);
+    else
+      throw new MitosError("invalid_input", "exec needs a command or args", { remediation: "Pass command or args." });
+    for (const [k, v] of Object.entries(req.env ?? {})) {
+      if (k === "" || k.includes("=")) {
+        throw new MitosError("invalid_input", `bad environment variable name ${JSON.stringify(k)}`, {
+          remediation: "Environment names must be non-empty and contain no '='.",
+        });
+      }
+      w.str(Tag.ENV, `${k}=${v}`);
+    }
+    if (req.cwd) w.str(Tag.CWD, req.cwd);
+    if (req.timeoutMs) w.int(Tag.TIMEOUT_MS, Math.ceil(req.timeoutMs));
+    if (req.pty) w.int(Tag.PTY_COLS, req.pty.cols).int(Tag.PTY_ROWS, req.pty.rows);
+    if (req.stdin) w.int(Tag.STDIN_OPEN, 1);
+    if (req.uid !== undefined) w.int(Tag.UID, req.uid);
+    if (req.gid !== undefined) w.int(Tag.GID, req.gid);
+    w.int(Tag.WINDOW, DEFAULT_WINDOW);
+
+    const id = this.allocId();
+    const collect = req.collect !== false;
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    let started!: { resolve: (pid: number) => void; reject: (e: Error) => void };
+    let done!: { resolve: (r: ExecResult) => void; reject: (e: Error) => void };
+    const startedP = new Promise<number>((resolve, reject) => {
+      started = { resolve, reject };
+    });
+    const resultP = new Promise<ExecResult>((resolve, reject) => {
+      done = { resolve, reject };
+    });
+    startedP.catch(() => {});
+    // Output callbacks run in order; credit goes back once each has settled.
+    let chain: Promise<void> = Promise.resolve();
+    let unacked = 0;
+    const stdin = new StdinWindow();
+    const deliver = (chunk: Buffer, sink: Buffer[], cb: ExecRequest["onStdout"]) => {
+      if (collect) sink.push(chunk);
+      chain = chain.then(async () => {
+        if (cb) await cb(chunk);
+        unacked += chunk.length;
+        if (unacked >= DEFAULT_WINDOW / 4 && this.streams.has(id)) {
+          this.send(MsgType.CREDIT, id, new FieldWriter().int(Tag.BYTES, unacked).build());
+          unacked = 0;
+        }
+      });
+    };
+    this.streams.set(id, {
+      onFrame: (f) => {
+        switch (f.type) {
+          case MsgType.STARTED:
+            started.resolve(Fields.parse(f.payload).int(Tag.PID) ?? 0);
+            break;
+          case MsgType.STDOUT:
+            deliver(f.payload, out, req.onStdout);
+            break;
+          case MsgType.STDERR:
+            deliver(f.payload, err, req.onStderr);
+            break;
+          case MsgType.STDIN_ACK:
+            stdin.ack(Fields.parse(f.payload).int(Tag.BYTES) ?? 0);
+            break;
+          case MsgType.EXIT: {
+            this.streams.delete(id);
+            stdin.fail(new MitosError("conflict", "the command has exited", { remediation: "Start a new command." }));
+            const x = Fields.parse(f.payload);
+            const result: ExecResult = {
+              exitCode: x.int(Tag.EXIT_CODE) ?? -1,
+              signal: x.int(Tag.SIGNAL),
+              timedOut: x.int(Tag.TIMED_OUT) === 1,
+              durationMs: x.int(Tag.DURATION_MS) ?? 0,
+              stdout: Buffer.alloc(0),
+              stderr: Buffer.alloc(0),
+            };
+            chain.then(
+              () => done.resolve({ ...result, stdout: Buffer.concat(out), stderr: Buffer.concat(err) }),
+              (e: Error) => done.reject(e),
+            );
+            break;
+          }
+          case MsgType.ERROR: {
+            this.streams.delete(id);
+            const e = this.guestError("exec", f.payload, { command: req.command ?? req.args });
+            started.reject(e);
+            stdin.fail(e);
+            done.reject(e);
+            break;
+          }
+        }
+      },
+      fail: (e) => {
+        started.reject(e);
+        stdin.fail(e);
+        done.reject(e);
+      },
+    });
+    this.send(MsgType.EXEC, id, w.build());
+
+    return {
+      started: startedP,
+      result: resultP,
+      write: async (data) => {
+        let buf = typeof data === "string" ? Buffer.from(data) : data;
+        while (buf.length > 0) {
+          const n = await stdin.reserve(Math.min(buf.length, STDIN_WINDOW));
+          if (!this.streams.has(id))
+            throw (
+              this.gone ?? new MitosError("conflict", "the command has exited", { remediation: "Start a new command." })
+            );
+          this.send(MsgType.STDIN, id, buf.subarray(0, n));
+          buf = buf.subarray(n);
+        }
+      },
+      closeStdin: () => {
+        if (this.streams.has(id)) this.send(MsgType.STDIN_CLOSE, id);
+      },
+      resize: (cols, rows) => {
+        if (this.streams.has(id))
+          this.send(MsgType.RESIZE, id, new FieldWriter().int(Tag.PTY_COLS, cols).int(Tag.PTY_ROWS, rows).build());
+      },
+      signal: (sig) => {
+        if (this.streams.has(id)) this.send(MsgType.SIGNAL, id, new FieldWriter().int(Tag.SIGNAL, sig).build());
+      },
+    };
+  }
+
+  /** Reads a file (or a range of it); `onData` streams chunks with backpressure. */
+  async readFile(
+    path: string,
+    opts: { offset?: number; length?: number; onData?: (chunk: Buffer) => void | Promise<void> } = {},
+  ): Promise<Buffer> {
+    const w = new FieldWriter().str(Tag.PATH, path);
+    if (opts.offset) w.int(Tag.OFFSET, opts.offset);
+    if (opts.length) w.int(Tag.LENGTH, opts.length);
+    const id = this.allocId();
+    const chunks: Buffer[] = [];
+    let chain: Promise<void> = Promise.resolve();
+    let unacked = 0;
+    return new Promise<Buffer>((resolve, reject) => {
+      this.streams.set(id, {
+        onFrame: (f) => {
+          if (f.type === MsgType.DATA) {
+            if (!opts.onData) chunks.push(f.payload);
+            chain = chain.then(async () => {
+              if (opts.onData) await opts.onData(f.payload);
+              unacked += f.payload.length;
+              if (unacked >= DEFAULT_WINDOW / 4 && this.streams.has(id)) {
+                this.send(MsgType.CREDIT, id, new FieldWriter().int(Tag.BYTES, unacked).build());
+                unacked = 0;
+              }
+            });
+          } else if (f.type === MsgType.OK) {
+            this.streams.delete(id);
+            chain.then(() => resolve(Buffer.concat(chunks)), reject);
+          } else if (f.type === MsgType.ERROR) {
+            this.streams.delete(id);
+            reject(this.guestError("file", f.payload, { path }));
+          }
+        },
+        fail: reject,
+      });
+      this.send(MsgType.READ, id, w.build());
+    });
+  }
+
+  /** Writes a file from a buffer or a stream of chunks; resolves with bytes written. */
+  async writeFile(
+    path: string,
+    data: Buffer | string | AsyncIterable<Buffer>,
+    opts: { mode?: number; append?: boolean } = {},
+  ): Promise<number> {
+    const w = new FieldWriter().str(Tag.PATH, path);
+    if (opts.mode !== undefined) w.int(Tag.MODE, opts.mode);
+    if (opts.append) w.int(Tag.APPEND, 1);
+    const id = this.allocId();
+    let failed: Error | undefined;
+    const final = new Promise<Fields>((resolve, reject) => {
+      this.streams.set(id, {
+        onFrame: (f) => {
+          this.streams.delete(id);
+          if (f.type === MsgType.OK) resolve(Fields.parse(f.payload));
+          else {
+            failed = this.guestError("file", f.payload, { path });
+            reject(failed);
+          }
+        },
+        fail: (e) => {
+          failed = e;
+          reject(e);
+        },
+      });
+    });
+    final.catch(() => {});
+    this.send(MsgType.WRITE_OPEN, id, w.build());
+    const chunks: AsyncIterable<Buffer> | Iterable<Buffer> =
+      typeof data === "string" || Buffer.isBuffer(data) ? [Buffer.from(data)] : data;
+    for await (const chunk of chunks) {
+      for (let off = 0; off < chunk.length && !failed; off += WRITE_CHUNK) {
+        await this.sendAndDrain(MsgType.WRITE_DATA, id, chunk.subarray(off, off + WRITE_CHUNK));
+      }
+      if (failed) break;
+    }
+    if (!failed) this.send(MsgType.WRITE_CLOSE, id);
+    const fields = await final;
+    return fields.int(Tag.BYTES) ?? 0;
+  }
+
+  async list(path: string): Promise<FileInfo[]> {
+    const entries: FileInfo[] = [];
+    await this.call(MsgType.LIST, new FieldWriter().str(Tag.PATH, path).build(), "file", { path }, (f) => {
+      if (f.type === MsgType.ENTRY) entries.push(toFileInfo(Fields.parse(f.payload)));
+    });
+    return entries;
+  }
+
+  async stat(path: string): Promise<FileInfo> {
+    return toFileInfo(
+      await this.unary(MsgType.STAT, new FieldWriter().str(Tag.PATH, path).build(), "file", undefined, { path }),
+    );
+  }
+
+  async mkdir(path: string, mode?: number): Promise<void> {
+    const w = new FieldWriter().str(Tag.PATH, path);
+    if (mode !== undefined) w.int(Tag.MODE, mode);
+    await this.unary(MsgType.MKDIR, w.build(), "file", undefined, { path });
+  }
+
+  async remove(path: string, recursive = false): Promise<void> {
+    const w = new FieldWriter().str(Tag.PATH, path);
+    if (recursive) w.int(Tag.RECURSIVE, 1);
+    await this.unary(MsgType.REMOVE, w.build(), "file", undefined, { path });
+  }
+
+  async rename(from: string, to: string): Promise<void> {
+    await this.unary(MsgType.RENAME, new FieldWriter().str(Tag.PATH, from).str(Tag.TO, to).build(), "file", undefined, {
+      path: from,
+      to,
+    });
+  }
+
+  async processes(): Promise<ProcessInfo[]> {
+    const procs: ProcessInfo[] = [];
+    await this.call(MsgType.PROCESSES, Buffer.alloc(0), "agent", {}, (f) => {
+      if (f.type !== MsgType.PROC) return;
+      const p = Fields.parse(f.payload);
+      procs.push({
+        pid: p.int(Tag.PID) ?? 0,
+        ppid: p.int(Tag.PPID) ?? 0,
+        command: p.str(Tag.COMMAND) ?? "",
+        state: p.str(Tag.STATE) ?? "",
+        rssBytes: p.int(Tag.RSS) ?? 0,
+      });
+    });
+    return procs;
+  }
+
+  async kill(pid: number, signal: number): Promise<void> {
+    await this.unary(
+      MsgType.KILL,
+      new FieldWriter().int(Tag.PID, pid).int(Tag.SIGNAL, signal).build(),
+      "agent",
+      undefined,
+      {
+        pid,
+      },
+    );
+  }
+
+  /**
+   * Tells a freshly restored guest it is a new machine: fresh entropy, the
+   * host's clock, its own identity. Fails closed if the reseed is not confirmed.
+   */
+  async forkNotify(identity: { sandboxId: string; hostname: string }): Promise<ForkNotifyResult> {
+    const nowNs = BigInt(Date.now()) * 1_000_000n;
+    const w = new FieldWriter()
+      .bytes(Tag.ENTROPY, randomBytes(64))
+      .int(Tag.TIME_NS, nowNs)
+      .str(Tag.SANDBOX_ID, identity.sandboxId)
+      .str(Tag.HOSTNAME, identity.hostname);
+    const f = await this.unary(MsgType.FORK_NOTIFY, w.build(), "agent");
+    const result = {
+      reseeded: f.int(Tag.RESEEDED) === 1,
+      notified: f.int(Tag.NOTIFIED) ?? 0,
+      clockStepNs: f.bigint(Tag.CLOCK_STEP_NS) ?? 0n,
+    };
+    if (!result.reseeded) {
+      throw new MitosError("fork_failed", "guest did not confirm the entropy reseed after restore", {
+        remediation:
+          "The VM is not safe to hand out and was refused. Retry; if it persists, rebuild the template image.",
+        context: this.context,
+      });
+    }
+    return result;
+  }
+
+  // --- plumbing ---
+
+  private unary(
+    type: number,
+    payload: Buffer,
+    op: "exec" | "file" | "agent",
+    timeoutMs?: number,
+    context: Record<string, unknown> = {},
+  ): Promise<Fields> {
+    return this.call(type, payload, op, context, undefined, timeoutMs);
+  }
+
+  /** Sends one request and resolves with the fields of its final OK frame. */
+  private call(
+    type: number,
+    payload: Buffer,
+    op: "exec" | "file" | "agent",
+    context: Record<string, unknown>,
+    onFrame?: (f: Frame) => void,
+    timeoutMs = this.callTimeoutMs,
+  ): Promise<Fields> {
+    const id = this.allocId();
+    return new Promise<Fields>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.streams.delete(id);
+        reject(
+          new MitosError("unavailable", `guest agent did not answer within ${timeoutMs} ms`, {
+            remediation: "The guest may be overloaded or hung. Retry, or terminate the sandbox and create a new one.",
+            context: { ...this.context, ...context },
+          }),
+        );
+      }, timeoutMs);
+      this.streams.set(id, {
+        onFrame: (f) => {
+          if (f.type === MsgType.OK) {
+            clearTimeout(timer);
+            this.streams.delete(id);
+            try {
+              resolve(Fields.parse(f.payload));
+            } catch (e) {
+              reject(e);
+            }
+          } else if (f.type === MsgType.ERROR) {
+            clearTimeout(timer);
+            this.streams.delete(id);
+            reject(this.guestError(op, f.payload, context));
+          } else onFrame?.(f);
+        },
+        fail: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      });
+      this.send(type, id, payload);
+    });
+  }
+
+  private guestError(op: "exec" | "file" | "agent", payload: Buffer, context: Record<string, unknown>): GuestError {
+    let errno = 0;
+    let message = "guest agent reported an error";
+    try {
+      const f = Fields.parse(payload);
+      errno = f.int(Tag.ERRNO) ?? 0;
+      message = f.str(Tag.MESSAGE) ?? message;
+    } catch {
+      message = "guest agent sent a malformed error frame";
+    }
+    return new GuestError(op, errno, message, { ...this.context, ...context });
+  }
+
+  private allocId(): number {
+    if (this.gone) throw this.gone;
+    for (;;) {
+      const id = this.nextId;
+      this.nextId = this.nextId >= 0xffff_fff0 ? 1 : this.nextId + 1;
+      if (!this.streams.has(id)) return id;
+    }
+  }
+
+  private send(type: number, stream: number, payload: Buffer = Buffer.alloc(0)): boolean {
+    if (this.gone) throw this.gone;
+    if (payload.length > MAX_PAYLOAD) throw new RangeError("payload too large");
+    return this.socket.write(encodeFrame(type, stream, payload));
+  }
+
+  private async sendAndDrain(type: number, stream: number, payload: Buffer): Promise<void> {
+    if (!this.send(type, stream, payload)) {
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          this.socket.off("drain", done);
+          this.socket.off("close", done);
+          resolve();
+        };
+        this.socket.on("drain", done);
+        this.socket.on("close", done);
+      });
+    }
+  }
+
+  private onData(chunk: Buffer): void {
+    for (const f of this.decoder.push(chunk)) {
+      if (f.stream === 0) {
+        this.events.push(Fields.parse(f.payload).str(Tag.MESSAGE) ?? `frame type ${f.type} on stream 0`);
+        continue;
+      }
+      this.streams.get(f.stream)?.onFrame(f);
+    }
+  }
+}
+
+function toFileInfo(f: Fields): FileInfo {
+  return {
+    name: f.str(Tag.NAME) ?? "",
+    path: f.str(Tag.PATH) ?? "",
+    type: TYPE_NAMES[f.int(Tag.TYPE) ?? 4] ?? "other",
+    size: f.int(Tag.SIZE) ?? 0,
+    mode: f.int(Tag.MODE) ?? 0,
+    mtime: f.int(Tag.MTIME) ?? 0,
+  };
+}
+
+/** Host-side stdin window: at most STDIN_WINDOW bytes unacknowledged. */
+class StdinWindow {
+  private available = STDIN_WINDOW;
+  private waiters: Array<() => void> = [];
+  private error: Error | undefined;
+
+  async reserve(want: number): Promise<number> {
+    for (;;) {
+      if (this.error) throw this.error;
+      if (this.available > 0) {
+        const n = Math.min(want, this.available);
+        this.available -= n;
+        return n;
+      }
+      await new Promise<void>((r) => this.waiters.push(r));
+    }
+  }
+
+  ack(n: number): void {
+    this.available += n;
+    this.wake();
+  }
+
+  fail(e: Error): void {
+    this.error ??= e;
+    this.wake();
+  }
+
+  private wake(): void {
+    const w = this.waiters;
+    this.waiters = [];
+    for (const f of w) f();
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}

@@ -1,0 +1,195 @@
+// Guest images (kernel, initramfs, root filesystem) built by the scripts in
+// guest/image and cached by content: the key of each artifact is a hash of
+// everything that goes into it, so a rebuild with the same inputs is a hit.
+
+import { spawn } from "node:child_process";
+import { createHash } from "node:crypto";
+import fs from "node:fs";
+import path from "node:path";
+import { guestDir } from "../config.js";
+import { MitosError } from "../errors.js";
+import { withDirLock } from "./lock.js";
+
+export interface ImageRecipe {
+  /** Extra Debian packages on top of minbase. */
+  packages: string[];
+}
+
+export const BUILTIN_RECIPES: Record<string, ImageRecipe> = {
+  base: { packages: [] },
+  python: { packages: ["python3"] },
+};
+
+export interface ImageSet {
+  kernel: string;
+  initrd: string;
+  rootfs: string;
+  /** Content keys, for logs and cache inspection. */
+  keys: { kernel: string; initrd: string; rootfs: string };
+}
+
+export interface BuildProgress {
+  artifact: "agent" | "kernel" | "initrd" | "rootfs";
+  /** A `==> step` line from a build script, or "cached"/"done". */
+  step: string;
+  elapsedMs: number;
+}
+
+export interface BuildOptions {
+  dataDir: string;
+  onProgress?: (p: BuildProgress) => void;
+}
+
+const PACKAGE_RE = /^[a-z0-9][a-z0-9+.-]*$/;
+
+export async function ensureImages(recipe: ImageRecipe, opts: BuildOptions): Promise<ImageSet> {
+  for (const p of recipe.packages) {
+    if (!PACKAGE_RE.test(p)) {
+      throw new MitosError("invalid_input", `"${p}" is not a Debian package name`, {
+        remediation: "Package names are lower case letters, digits and + . - (e.g. python3, git).",
+        context: { package: p },
+      });
+    }
+  }
+  const cache = path.join(opts.dataDir, "images");
+  fs.mkdirSync(cache, { recursive: true });
+  const agentBin = await buildAgent(opts);
+
+  const kernelKey = hash([file(path.join(guestDir.image, "kernel.sh"))]);
+  const kernelDir = await cached(cache, `kernel-${kernelKey}`, "kernel", opts, (out) =>
+    runScript("kernel", [path.join(guestDir.image, "kernel.sh"), out], opts),
+  );
+
+  const initrdKey = hash([
+    kernelKey,
+    file(path.join(guestDir.image, "initramfs.sh")),
+    file(path.join(guestDir.image, "init")),
+    file(agentBin),
+  ]);
+  const initrd = await cached(cache, `initrd-${initrdKey}.cpio`, "initrd", opts, (out) =>
+    runScript("initrd", [path.join(guestDir.image, "initramfs.sh"), kernelDir, agentBin, out], opts),
+  );
+
+  const packages = [...new Set(recipe.packages)].sort();
+  const rootfsKey = hash([file(path.join(guestDir.image, "rootfs.sh")), Buffer.from(packages.join("\n"))]);
+  const rootfs = await cached(cache, `rootfs-${rootfsKey}.img`, "rootfs", opts, (out) =>
+    runScript("rootfs", [path.join(guestDir.image, "rootfs.sh"), out, ...packages], opts),
+  );
+
+  return {
+    kernel: path.join(kernelDir, "vmlinux"),
+    initrd,
+    rootfs,
+    keys: { kernel: kernelKey, initrd: initrdKey, rootfs: rootfsKey },
+  };
+}
+
+/** Builds the static guest agent (make is a no-op when it is up to date). */
+async function buildAgent(opts: BuildOptions): Promise<string> {
+  const bin = path.join(guestDir.agent, "build", "mitos-agent");
+  await run("agent", "make", ["-s", "-C", guestDir.agent], opts);
+  if (!fs.existsSync(bin)) {
+    throw new MitosError("internal", `agent build produced no ${bin}`, {
+      remediation: "Run `make -C guest/agent` and read its errors; a C compiler (gcc) and static libc are needed.",
+    });
+  }
+  return bin;
+}
+
+/**
+ * Returns the cached artifact `name`, building it first if absent. The build
+ * writes to a temporary path renamed into place, under a lock so concurrent
+ * builders of the same key wait for one another instead of racing.
+ */
+async function cached(
+  cache: string,
+  name: string,
+  artifact: BuildProgress["artifact"],
+  opts: BuildOptions,
+  build: (out: string) => Promise<void>,
+): Promise<string> {
+  const target = path.join(cache, name);
+  const started = Date.now();
+  if (fs.existsSync(target)) {
+    opts.onProgress?.({ artifact, step: "cached", elapsedMs: 0 });
+    return target;
+  }
+  return withDirLock(`${target}.lock`, async () => {
+    if (fs.existsSync(target)) return target;
+    const tmp = `${target}.tmp-${process.pid}`;
+    fs.rmSync(tmp, { recursive: true, force: true });
+    try {
+      await build(tmp);
+      fs.renameSync(tmp, target);
+    } finally {
+      fs.rmSync(tmp, { recursive: true, force: true });
+    }
+    opts.onProgress?.({ artifact, step: "done", elapsedMs: Date.now() - started });
+    return target;
+  });
+}
+
+function runScript(artifact: BuildProgress["artifact"], argv: string[], opts: BuildOptions): Promise<void> {
+  return run(artifact, "bash", argv, opts);
+}
+
+/** Runs a build command, turning its `==> step` lines into progress events. */
+function run(artifact: BuildProgress["artifact"], cmd: string, argv: string[], opts: BuildOptions): Promise<void> {
+  const started = Date.now();
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, argv, { stdio: ["ignore", "pipe", "pipe"] });
+    const tail: string[] = [];
+    const onLine = (line: string) => {
+      tail.push(line);
+      if (tail.length > 40) tail.shift();
+      const m = /^==> (.*)$/.exec(line);
+      if (m?.[1]) opts.onProgress?.({ artifact, step: m[1], elapsedMs: Date.now() - started });
+    };
+    for (const stream of [child.stdout, child.stderr]) {
+      let buf = "";
+      stream.setEncoding("utf8");
+      stream.on("data", (d: string) => {
+        buf += d;
+        let i = buf.indexOf("\n");
+        while (i >= 0) {
+          onLine(buf.slice(0, i));
+          buf = buf.slice(i + 1);
+          i = buf.indexOf("\n");
+        }
+      });
+    }
+    child.on("error", (err) =>
+      reject(
+        new MitosError("unavailable", `cannot run ${cmd}: ${err.message}`, {
+          remediation:
+            "Install the image build tools: apt-get install -y make gcc mmdebstrap e2fsprogs busybox-static cpio lz4",
+        }),
+      ),
+    );
+    child.on("close", (code) => {
+      if (code === 0) resolve();
+      else
+        reject(
+          new MitosError("internal", `building the guest ${artifact} failed (exit ${code})`, {
+            remediation: `Read the build output in cause; rerun \`${cmd} ${argv.join(" ")}\` by hand to debug.`,
+            cause: tail.join("\n"),
+            context: { artifact, command: [cmd, ...argv] },
+          }),
+        );
+    });
+  });
+}
+
+function file(p: string): Buffer {
+  return fs.readFileSync(p);
+}
+
+function hash(parts: Array<Buffer | string>): string {
+  const h = createHash("sha256");
+  for (const p of parts) {
+    const b = typeof p === "string" ? Buffer.from(p) : p;
+    h.update(`${b.length}:`);
+    h.update(b);
+  }
+  return h.digest("hex").slice(0, 16);
+}

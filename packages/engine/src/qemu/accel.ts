@@ -1,0 +1,54 @@
+// Accelerator choice: KVM only where hardware virtualization really exists.
+// A nested/paravirtual /dev/kvm without vmx/svm emulates too much to run a
+// normal guest kernel (HOST-FACTS.md), so the CPU flags decide, not the device.
+
+import fs from "node:fs";
+import { MitosError } from "../errors.js";
+
+export type Accel = "kvm" | "tcg";
+
+export interface AccelChoice {
+  accel: Accel;
+  reason: string;
+}
+
+export interface AccelProbe {
+  env: NodeJS.ProcessEnv;
+  cpuinfo: () => string;
+  kvmOpens: () => boolean;
+}
+
+const realProbe: AccelProbe = {
+  env: process.env,
+  cpuinfo: () => fs.readFileSync("/proc/cpuinfo", "utf8"),
+  kvmOpens: () => {
+    try {
+      fs.closeSync(fs.openSync("/dev/kvm", "r+"));
+      return true;
+    } catch {
+      return false;
+    }
+  },
+};
+
+export function chooseAccel(probe: AccelProbe = realProbe): AccelChoice {
+  const forced = probe.env.MITOS_ACCEL;
+  if (forced !== undefined && forced !== "") {
+    if (forced !== "kvm" && forced !== "tcg") {
+      throw new MitosError("invalid_input", `MITOS_ACCEL=${forced} is not an accelerator`, {
+        remediation: "Set MITOS_ACCEL to kvm or tcg, or unset it for automatic choice.",
+      });
+    }
+    return { accel: forced, reason: "MITOS_ACCEL" };
+  }
+  const flags = /^flags\s*:(.*)$/m.exec(probe.cpuinfo())?.[1]?.split(/\s+/) ?? [];
+  const hw = flags.includes("vmx") || flags.includes("svm");
+  if (!hw) return { accel: "tcg", reason: "CPU has no vmx/svm flag (no hardware virtualization)" };
+  if (!probe.kvmOpens()) return { accel: "tcg", reason: "/dev/kvm cannot be opened" };
+  return { accel: "kvm", reason: "hardware virtualization and /dev/kvm available" };
+}
+
+/** QEMU arguments for the accelerator. */
+export function accelArgs(accel: Accel): string[] {
+  return accel === "kvm" ? ["-accel", "kvm", "-cpu", "host"] : ["-accel", "tcg", "-cpu", "max"];
+}

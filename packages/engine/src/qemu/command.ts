@@ -1,0 +1,89 @@
+// The QEMU command line of a Mitos microVM (ARCHITECTURE.md section 2).
+
+import { type Accel, accelArgs } from "./accel.js";
+
+export interface VmPaths {
+  agentSocket: string;
+  qmpSocket: string;
+  consoleLog: string;
+}
+
+export interface MemoryBacking {
+  /** RAM file (on a tmpfs). */
+  path: string;
+  /** true: writes go to the file (template build); false: private copy-on-write (restore). */
+  share: boolean;
+}
+
+export interface QemuConfig {
+  accel: Accel;
+  vcpus: number;
+  memMiB: number;
+  kernel: string;
+  initrd: string;
+  rootfs: string;
+  memory: MemoryBacking;
+  paths: VmPaths;
+  /** Extra kernel command line words (e.g. hostname). */
+  cmdline?: string[];
+  /** Wait for `migrate-incoming` instead of booting. */
+  incoming?: boolean;
+}
+
+export const KERNEL_CMDLINE = [
+  "console=ttyS0",
+  "reboot=t",
+  // A panic (e.g. the agent, PID 1, died) reboots, and -no-reboot turns that
+  // into QEMU exiting, so the host sees the death instead of a hang.
+  "panic=-1",
+  "quiet",
+  "loglevel=4",
+  "mitos.root=/dev/vda",
+];
+
+export function qemuArgs(c: QemuConfig): string[] {
+  const args = [
+    "-M",
+    "microvm,acpi=on",
+    ...accelArgs(c.accel),
+    "-smp",
+    String(c.vcpus),
+    "-m",
+    `${c.memMiB}M`,
+    "-object",
+    `memory-backend-file,id=mem,size=${c.memMiB}M,mem-path=${c.memory.path},share=${c.memory.share ? "on" : "off"}`,
+    "-machine",
+    "memory-backend=mem",
+    "-nodefaults",
+    "-no-user-config",
+    "-no-reboot",
+    "-display",
+    "none",
+    "-serial",
+    `file:${c.paths.consoleLog}`,
+    "-kernel",
+    c.kernel,
+    "-initrd",
+    c.initrd,
+    "-append",
+    [...KERNEL_CMDLINE, ...(c.cmdline ?? [])].join(" "),
+    "-chardev",
+    `socket,id=agent,path=${c.paths.agentSocket},server=on,wait=off`,
+    "-device",
+    "virtio-serial-device",
+    "-device",
+    "virtserialport,chardev=agent,name=mitos.agent",
+    "-drive",
+    `file=${c.rootfs},if=none,id=root,format=raw,readonly=on`,
+    "-device",
+    "virtio-blk-device,drive=root",
+    "-object",
+    "rng-random,id=rng,filename=/dev/urandom",
+    "-device",
+    "virtio-rng-device,rng=rng",
+    "-qmp",
+    `unix:${c.paths.qmpSocket},server=on,wait=off`,
+  ];
+  if (c.incoming) args.push("-incoming", "defer");
+  return args;
+}

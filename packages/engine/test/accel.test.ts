@@ -1,0 +1,30 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { accelArgs, chooseAccel } from "../src/qemu/accel.js";
+
+const probe = (flags: string, kvm: boolean, env: NodeJS.ProcessEnv = {}) => ({
+  env,
+  cpuinfo: () => `processor\t: 0\nflags\t\t: fpu ${flags} sse2\n`,
+  kvmOpens: () => kvm,
+});
+
+describe("accelerator choice", () => {
+  it("uses KVM only with vmx/svm and an openable /dev/kvm", () => {
+    assert.equal(chooseAccel(probe("vmx", true)).accel, "kvm");
+    assert.equal(chooseAccel(probe("svm", true)).accel, "kvm");
+    assert.equal(chooseAccel(probe("vmx", false)).accel, "tcg");
+    // A paravirtual /dev/kvm without the CPU flags is not usable.
+    assert.equal(chooseAccel(probe("hypervisor", true)).accel, "tcg");
+  });
+
+  it("honours MITOS_ACCEL and rejects nonsense", () => {
+    assert.equal(chooseAccel(probe("", false, { MITOS_ACCEL: "kvm" })).accel, "kvm");
+    assert.equal(chooseAccel(probe("vmx", true, { MITOS_ACCEL: "tcg" })).accel, "tcg");
+    assert.throws(() => chooseAccel(probe("", false, { MITOS_ACCEL: "xen" })), /not an accelerator/);
+  });
+
+  it("picks the CPU model that fits the accelerator", () => {
+    assert.deepEqual(accelArgs("kvm"), ["-accel", "kvm", "-cpu", "host"]);
+    assert.deepEqual(accelArgs("tcg"), ["-accel", "tcg", "-cpu", "max"]);
+  });
+});
