@@ -1,15 +1,30 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
-import { encodeFrame, Fields, FieldWriter, FrameDecoder, HEADER_SIZE, MAX_PAYLOAD, Tag } from "../src/agent/protocol.js";
+import {
+  encodeFrame,
+  Fields,
+  FieldWriter,
+  FrameDecoder,
+  HEADER_SIZE,
+  MAX_PAYLOAD,
+  Tag,
+} from "../src/agent/protocol.js";
 
 describe("agent protocol codec", () => {
   it("round-trips frames split at any byte boundary", () => {
     fc.assert(
       fc.property(
-        fc.array(fc.record({ type: fc.integer({ min: 0, max: 255 }), stream: fc.nat(), payload: fc.uint8Array({ maxLength: 300 }) }), {
-          maxLength: 8,
-        }),
+        fc.array(
+          fc.record({
+            type: fc.integer({ min: 0, max: 255 }),
+            stream: fc.nat(),
+            payload: fc.uint8Array({ maxLength: 300 }),
+          }),
+          {
+            maxLength: 8,
+          },
+        ),
         fc.array(fc.integer({ min: 1, max: 64 }), { minLength: 1, maxLength: 16 }),
         (frames, cuts) => {
           const wire = Buffer.concat(frames.map((f) => encodeFrame(f.type, f.stream, Buffer.from(f.payload))));
@@ -65,7 +80,10 @@ describe("agent protocol codec", () => {
   it("round-trips fields, repeated tags and 64-bit integers", () => {
     fc.assert(
       fc.property(
-        fc.array(fc.string().filter((s) => !s.includes("\0")), { maxLength: 5 }),
+        fc.array(
+          fc.string().filter((s) => !s.includes("\0")),
+          { maxLength: 5 },
+        ),
         fc.bigInt({ min: -(2n ** 63n), max: 2n ** 63n - 1n }),
         (args, n) => {
           const w = new FieldWriter();

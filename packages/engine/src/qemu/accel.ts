@@ -52,3 +52,17 @@ export function chooseAccel(probe: AccelProbe = realProbe): AccelChoice {
 export function accelArgs(accel: Accel): string[] {
   return accel === "kvm" ? ["-accel", "kvm", "-cpu", "host"] : ["-accel", "tcg", "-cpu", "max"];
 }
+
+/**
+ * Kernel command line words that keep a TCG guest's boot from hanging while
+ * it calibrates the TSC (seen on 2-core hosts: "could not calculate TSC khz").
+ * QEMU's TCG TSC runs at the host's rate, so the host's figure is right. Only
+ * given when the host TSC is constant; KVM needs none.
+ */
+export function tcgClockHints(accel: Accel, cpuinfo: string = realProbe.cpuinfo()): string[] {
+  if (accel !== "tcg") return [];
+  const flags = /^flags\s*:(.*)$/m.exec(cpuinfo)?.[1]?.split(/\s+/) ?? [];
+  const mhz = Number(/^cpu MHz\s*:\s*([0-9.]+)/m.exec(cpuinfo)?.[1]);
+  if (!flags.includes("constant_tsc") || !Number.isFinite(mhz) || mhz <= 0) return [];
+  return [`tsc_early_khz=${Math.round(mhz * 1000)}`, "tsc=reliable"];
+}

@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# rootfs.sh OUT.img [PACKAGE...]
+#
+# Build a read-only ext4 root image for a Mitos template:
+#   mmdebstrap --variant=minbase <suite> (+ PACKAGEs) into a temp dir, then
+#   mkfs.ext4 -d (no loop device, no mount), sized to the content plus margin.
+#
+#   rootfs.sh /var/cache/mitos/base.img                # template "base"
+#   rootfs.sh /var/cache/mitos/python.img python3      # template "python"
+#
+# Environment:
+#   MITOS_SUITE          Debian suite (default bookworm)
+#   MITOS_MIRRORS        apt source lines separated by "|", e.g.
+#                        "deb http://deb.debian.org/debian bookworm main".
+#                        Default: the host's own apt sources for that suite
+#                        (read with `apt-get indextargets`), else
+#                        deb.debian.org + updates + security.
+#   MITOS_KEEP_DOCS=1    keep /usr/share/{doc,man,info,locale} (dropped by default)
+#   MITOS_ROOTFS_MARGIN_MB  free space left in the image (default 16)
+#
+# Needs root (mmdebstrap root mode; mkfs.ext4 -d keeps the tree's owners).
+set -euo pipefail
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'rootfs.sh: error: %s\n' "$*" >&2; exit 1; }
+
+[ $# -ge 1 ] || die "usage: $0 OUT.img [PACKAGE...]"
+OUT=$1; shift
+PACKAGES=("$@")
+SUITE=${MITOS_SUITE:-bookworm}
+MARGIN_MB=${MITOS_ROOTFS_MARGIN_MB:-16}
+
+[ "$(id -u)" = 0 ] || die "must run as root"
+for tool in mmdebstrap mkfs.ext4 du find; do
+  command -v "$tool" >/dev/null || die "missing tool: $tool"
+done
+case "$OUT" in */) die "OUT.img must be a file path" ;; esac
+mkdir -p "$(dirname "$OUT")"
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/mitos-rootfs.XXXXXX")
+cleanup() {
+  set +e  # (set -e would stop this handler at the first non-match of grep)
+  # mmdebstrap unmounts what it mounted, but never follow a leftover mount.
+  if command -v findmnt >/dev/null; then
+    findmnt -rn -o TARGET | grep -F "$TMP/" | sort -r | while read -r m; do umount -l "$m"; done
+  fi
+  rm -rf --one-file-system "$TMP"
+}
+trap cleanup EXIT
+
+# --- apt sources -------------------------------------------------------------
+MIRRORS=()
+if [ -n "${MITOS_MIRRORS:-}" ]; then
+  IFS='|' read -r -a MIRRORS <<<"$MITOS_MIRRORS"
+else
+  # The host's own sources for this suite (same URIs as the host's apt),
+  # e.g. "deb http://deb.debian.org/debian/ bookworm main".
+  if command -v apt-get >/dev/null; then
+    while read -r uri rel comp; do
+      case "$rel" in
+        "$SUITE"|"$SUITE"-updates|"$SUITE"-security) MIRRORS+=("deb $uri $rel $comp") ;;
+      esac
+    done < <(apt-get indextargets --format '$(REPO_URI) $(RELEASE) $(COMPONENT)' \
+               'Created-By: Packages' 2>/dev/null | sort -u)
+  fi
+  if [ ${#MIRRORS[@]} -eq 0 ]; then
+    MIRRORS=("deb http://deb.debian.org/debian $SUITE main"
+             "deb http://deb.debian.org/debian $SUITE-updates main"
+             "deb http://deb.debian.org/debian-security $SUITE-security main")
+  fi
+fi
+for m in "${MIRRORS[@]}"; do log "apt source: $m"; done
+
+# --- mmdebstrap ----------------------------------------------------------------
+ARGS=(--mode=root --variant=minbase --format=directory)
+if [ ${#PACKAGES[@]} -gt 0 ]; then
+  ARGS+=("--include=$(IFS=,; echo "${PACKAGES[*]}")")
+fi
+if [ "${MITOS_KEEP_DOCS:-0}" != 1 ]; then
+  ARGS+=(--dpkgopt='path-exclude=/usr/share/man/*'
+         --dpkgopt='path-exclude=/usr/share/info/*'
+         --dpkgopt='path-exclude=/usr/share/doc/*'
+         --dpkgopt='path-include=/usr/share/doc/*/copyright'
+         --dpkgopt='path-exclude=/usr/share/locale/*'
+         --dpkgopt='path-include=/usr/share/locale/locale.alias')
+fi
+# Files the guest expects; the agent sets the real hostname at boot/fork.
+ARGS+=(--customize-hook='echo mitos > "$1/etc/hostname"'
+       --customize-hook='printf "127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\tmitos\n" > "$1/etc/hosts"'
+       --customize-hook='rm -f "$1/etc/resolv.conf"; : > "$1/etc/resolv.conf"'
+       --customize-hook='mkdir -p "$1/etc/mitos"; { echo "suite='"$SUITE"'"; echo "packages='"${PACKAGES[*]:-}"'"; echo "built=$(date -u +%Y-%m-%dT%H:%M:%SZ)"; } > "$1/etc/mitos/image"'
+       --customize-hook='rm -rf "$1"/var/cache/apt/*.bin "$1"/var/log/apt/* "$1"/var/log/dpkg.log "$1"/var/log/alternatives.log')
+
+log "mmdebstrap $SUITE (minbase${PACKAGES[*]:+ + ${PACKAGES[*]}})"
+# stdin from /dev/null: mmdebstrap must never wait on a terminal; apt/dpkg are
+# non-interactive (mmdebstrap sets DEBIAN_FRONTEND=noninteractive itself).
+DEBIAN_FRONTEND=noninteractive mmdebstrap --quiet "${ARGS[@]}" "$SUITE" "$TMP/root" "${MIRRORS[@]}" </dev/null >&2
+
+# --- ext4 image -----------------------------------------------------------------
+CONTENT_KB=$(du -s -k --apparent-size "$TMP/root" | cut -f1)
+BLOCKS_KB=$(du -s -k "$TMP/root" | cut -f1)
+INODES=$(find "$TMP/root" -xdev | wc -l)
+log "tree: $((CONTENT_KB / 1024)) MiB apparent, $((BLOCKS_KB / 1024)) MiB in blocks, $INODES inodes"
+
+# Blocks used + 10% for ext4 metadata/indirection + margin; retry larger if
+# mkfs.ext4 -d runs out of space. No journal (the image is never written),
+# the read-only feature set so the guest kernel refuses a rw mount.
+SIZE_MB=$(( (BLOCKS_KB * 11 / 10) / 1024 + MARGIN_MB ))
+NINODES=$(( INODES + INODES / 10 + 1024 ))
+IMG="$TMP/root.img"
+for attempt in 1 2 3 4 5; do
+  rm -f "$IMG"
+  log "mkfs.ext4 -d ($SIZE_MB MiB, $NINODES inodes, attempt $attempt)"
+  if mkfs.ext4 -q -F -L mitos-root -b 4096 -m 0 -N "$NINODES" \
+       -O ^has_journal,^resize_inode -E lazy_itable_init=0 \
+       -d "$TMP/root" "$IMG" "${SIZE_MB}M" >"$TMP/mkfs.err" 2>&1; then
+    break
+  fi
+  if [ "$attempt" -eq 5 ] || ! grep -qiE 'no space|could not allocate|too small|No free space' "$TMP/mkfs.err"; then
+    cat "$TMP/mkfs.err" >&2
+    die "mkfs.ext4 failed"
+  fi
+  SIZE_MB=$(( SIZE_MB * 5 / 4 + 16 ))
+done
+# The "read-only" ext4 feature cannot be set by mke2fs; tune2fs can. With it the
+# guest kernel refuses any read-write mount of the shared image.
+tune2fs -O read-only "$IMG" >/dev/null
+if command -v e2fsck >/dev/null; then
+  e2fsck -fn "$IMG" >/dev/null 2>&1 || die "e2fsck found errors in the new image"
+fi
+
+log "installing $OUT"
+mv -f "$IMG" "$OUT"
+log "done: $OUT $(du -k --apparent-size "$OUT" | cut -f1) KiB (allocated $(du -k "$OUT" | cut -f1) KiB)"

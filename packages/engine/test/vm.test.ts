@@ -1,0 +1,259 @@
+// End to end: a real QEMU microVM of template `python`, its guest agent, and
+// the host client. One VM is booted for the whole file (TCG is slow).
+
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { after, before, describe, it } from "node:test";
+import {
+  AgentGoneError,
+  BUILTIN_RECIPES,
+  defaultDataDir,
+  defaultShmDir,
+  ensureImages,
+  MitosError,
+  Vm,
+} from "../src/index.js";
+
+const dataDir = defaultDataDir();
+let vm: Vm;
+
+before(async () => {
+  const images = await ensureImages(BUILTIN_RECIPES.python!, { dataDir });
+  vm = await Vm.boot({
+    id: `test-vm-${process.pid}`,
+    images,
+    dataDir,
+    shmDir: defaultShmDir(),
+    bootTimeoutMs: 120_000,
+  });
+});
+
+after(async () => {
+  await vm?.destroy();
+});
+
+describe("a booted python VM", () => {
+  it("reports the accelerator it chose and its agent", () => {
+    assert.ok(vm.accel === "tcg" || vm.accel === "kvm");
+    assert.match(vm.info.version, /^\d+\.\d+\.\d+/);
+    assert.ok(vm.info.memTotal > 100 * 1024 * 1024);
+  });
+
+  it("runs python3 and returns its output and exit code", async () => {
+    const r = await vm.agent.exec({ command: "python3 -c 'print(6*7)'" }).result;
+    assert.equal(r.stdout.toString(), "42\n");
+    assert.equal(r.exitCode, 0);
+    assert.equal(r.timedOut, false);
+  });
+
+  it("keeps stderr and stdout apart and returns the exit code", async () => {
+    const r = await vm.agent.exec({ command: "echo out; echo err >&2; exit 7" }).result;
+    assert.equal(r.stdout.toString(), "out\n");
+    assert.equal(r.stderr.toString(), "err\n");
+    assert.equal(r.exitCode, 7);
+  });
+
+  it("runs argv directly, with env and cwd", async () => {
+    const r = await vm.agent.exec({ args: ["sh", "-c", 'echo "$FOO $(pwd)"'], env: { FOO: "bar" }, cwd: "/tmp" })
+      .result;
+    assert.equal(r.stdout.toString(), "bar /tmp\n");
+    const missing = vm.agent.exec({ args: ["/no/such/binary"] });
+    await assert.rejects(
+      async () => {
+        const res = await missing.result;
+        // Either the agent refuses to start it or the child reports 127.
+        if (res.exitCode === 127) throw new MitosError("not_found", "exit 127", { remediation: "" });
+      },
+      (e: MitosError) => e.code === "not_found" || e.code === "exec_failed",
+    );
+  });
+
+  it("kills a command at its timeout with exit 124 and leaves no process behind", async () => {
+    const r = await vm.agent.exec({ command: "sleep 300 & sleep 301; echo never", timeoutMs: 1500 }).result;
+    assert.equal(r.exitCode, 124);
+    assert.equal(r.timedOut, true);
+    assert.equal(r.stdout.toString(), "");
+    const left = (await vm.agent.processes()).filter((p) => /sleep/.test(p.command));
+    assert.deepEqual(left, []);
+  });
+
+  it("feeds stdin to the command", async () => {
+    const h = vm.agent.exec({ command: "tr a-z A-Z", stdin: true });
+    await h.write("hello stdin\n");
+    h.closeStdin();
+    const r = await h.result;
+    assert.equal(r.stdout.toString(), "HELLO STDIN\n");
+  });
+
+  it("streams output before the command ends", async () => {
+    const seen: number[] = [];
+    const started = Date.now();
+    const r = await vm.agent.exec({
+      command: "echo first; sleep 1; echo second",
+      onStdout: () => {
+        seen.push(Date.now() - started);
+      },
+    }).result;
+    assert.equal(r.stdout.toString(), "first\nsecond\n");
+    assert.ok(seen.length >= 2, `expected two chunks, got ${seen.length}`);
+    assert.ok(seen[0]! < r.durationMs + 1000 && seen[1]! - seen[0]! >= 500, `chunks at ${seen.join(", ")} ms`);
+  });
+
+  it("runs 10 commands at once, each with its own output", async () => {
+    const runs = await Promise.all(
+      Array.from({ length: 10 }, (_, i) => vm.agent.exec({ command: `sleep 0.$((RANDOM % 5)); echo job-${i}` }).result),
+    );
+    runs.forEach((r, i) => {
+      assert.equal(r.exitCode, 0);
+      assert.equal(r.stdout.toString(), `job-${i}\n`);
+    });
+  });
+
+  it("writes and reads back a 5 MiB binary file byte for byte", async () => {
+    const data = randomBytes(5 * 1024 * 1024);
+    const n = await vm.agent.writeFile("/root/blob.bin", data, { mode: 0o600 });
+    assert.equal(n, data.length);
+    const back = await vm.agent.readFile("/root/blob.bin");
+    assert.equal(back.length, data.length);
+    assert.ok(back.equals(data));
+    const sum = await vm.agent.exec({ command: "sha256sum /root/blob.bin | cut -d' ' -f1" }).result;
+    const { createHash } = await import("node:crypto");
+    assert.equal(sum.stdout.toString().trim(), createHash("sha256").update(data).digest("hex"));
+  });
+
+  it("lists, stats, makes, renames and removes files", async () => {
+    await vm.agent.mkdir("/tmp/a/b/c");
+    await vm.agent.mkdir("/tmp/a/b/c"); // mkdir -p: existing is fine
+    await vm.agent.writeFile("/tmp/a/b/c/f.txt", "hello");
+    const st = await vm.agent.stat("/tmp/a/b/c/f.txt");
+    assert.equal(st.type, "file");
+    assert.equal(st.size, 5);
+    assert.equal(st.name, "f.txt");
+    assert.ok(Math.abs(st.mtime - Date.now() / 1000) < 120);
+    assert.equal((await vm.agent.stat("/tmp/a/b")).type, "dir");
+    const names = (await vm.agent.list("/tmp/a/b")).map((e) => `${e.name}:${e.type}`);
+    assert.deepEqual(names, ["c:dir"]);
+    await vm.agent.rename("/tmp/a/b/c/f.txt", "/tmp/a/g.txt");
+    assert.equal((await vm.agent.readFile("/tmp/a/g.txt")).toString(), "hello");
+    await assert.rejects(vm.agent.remove("/tmp/a"), (e: MitosError) => e.code === "file_failed");
+    await vm.agent.remove("/tmp/a", true);
+    await assert.rejects(vm.agent.stat("/tmp/a"), (e: MitosError) => e.code === "not_found");
+  });
+
+  it("reports a missing file as not_found with a remediation", async () => {
+    await assert.rejects(vm.agent.readFile("/no/such/file"), (e: MitosError) => {
+      assert.equal(e.code, "not_found");
+      assert.match(e.message, /\/no\/such\/file/);
+      assert.ok(e.remediation.length > 10);
+      return true;
+    });
+  });
+
+  it("runs a PTY session with resize", async () => {
+    let screen = "";
+    const h = vm.agent.exec({
+      command: "sh",
+      pty: { cols: 80, rows: 24 },
+      stdin: true,
+      onStdout: (c) => {
+        screen += c.toString();
+      },
+    });
+    await h.started;
+    h.resize(100, 40);
+    await h.write("stty size; echo hi-$((40+2))\n");
+    await waitFor(() => screen.includes("hi-42"), 10_000);
+    assert.match(screen, /40 100/);
+    await h.write("exit 3\n");
+    const r = await h.result;
+    assert.equal(r.exitCode, 3);
+  });
+
+  it("fork-notify confirms the reseed, steps the clock, renames the guest and signals registered processes", async () => {
+    await vm.agent.exec({ command: "date -s @1000000000 >/dev/null" }).result;
+    // A process that asked to be told about forks (SIGUSR2).
+    await vm.agent.exec({
+      command:
+        "sh -c 'trap \"echo got-usr2 > /tmp/usr2\" USR2; touch /run/mitos/notify/$$; while :; do sleep 0.2; done' >/dev/null 2>&1 &",
+    }).result;
+    await waitFor(async () => (await vm.agent.list("/run/mitos/notify")).length > 0, 10_000);
+    const before = await vm.agent.readFile("/proc/sys/kernel/random/uuid");
+    const r = await vm.agent.forkNotify({ sandboxId: "sb-child01", hostname: "sb-child01" });
+    assert.equal(r.reseeded, true);
+    assert.ok(r.notified >= 1);
+    assert.ok(r.clockStepNs > 10n ** 9n * 60n * 60n * 24n * 365n, "clock stepped forward by years");
+    const now = await vm.agent.exec({ command: "date +%s.%N; hostname; cat /run/mitos/sandbox-id" }).result;
+    const [guestTime, hostname, sandboxId] = now.stdout.toString().trim().split("\n");
+    assert.ok(Math.abs(Number(guestTime) - Date.now() / 1000) < 1.5, `guest clock ${guestTime}`);
+    assert.equal(hostname, "sb-child01");
+    assert.equal(sandboxId, "sb-child01");
+    await waitFor(
+      async () => (await vm.agent.exec({ command: "cat /tmp/usr2" }).result).stdout.toString() === "got-usr2\n",
+      5000,
+    );
+    const afterUuid = await vm.agent.readFile("/proc/sys/kernel/random/uuid");
+    assert.notEqual(afterUuid.toString(), before.toString());
+  });
+
+  it("caches the image build: a second build reuses the files in under 2 s", async () => {
+    const steps: string[] = [];
+    const started = Date.now();
+    const again = await ensureImages(BUILTIN_RECIPES.python!, { dataDir, onProgress: (p) => steps.push(p.step) });
+    const ms = Date.now() - started;
+    assert.ok(ms < 2000, `cached build took ${ms} ms`);
+    assert.deepEqual(steps, ["cached", "cached", "cached"]);
+    assert.equal(again.rootfs, (await ensureImages(BUILTIN_RECIPES.python!, { dataDir })).rootfs);
+  });
+});
+
+describe("a VM that dies", () => {
+  it("fails pending and later calls with a clear error when the guest kernel panics", async () => {
+    const images = await ensureImages(BUILTIN_RECIPES.base!, { dataDir });
+    const doomed = await Vm.boot({
+      id: `test-crash-${process.pid}`,
+      images,
+      dataDir,
+      shmDir: defaultShmDir(),
+      bootTimeoutMs: 120_000,
+    });
+    try {
+      const pending = doomed.agent.exec({ command: "sleep 600" }).result;
+      await doomed.agent.exec({ command: "echo c > /proc/sysrq-trigger" }).result.catch(() => {});
+      await assert.rejects(pending, (e: Error) => e instanceof AgentGoneError && /stopped|closed/.test(e.message));
+      const exit = await doomed.exited;
+      assert.ok(exit.code !== null || exit.signal !== null);
+      await assert.rejects(doomed.agent.hello(), AgentGoneError);
+    } finally {
+      await doomed.destroy();
+    }
+  });
+
+  it("fails a pending call at once when QEMU is killed", async () => {
+    const images = await ensureImages(BUILTIN_RECIPES.base!, { dataDir });
+    const doomed = await Vm.boot({
+      id: `test-kill-${process.pid}`,
+      images,
+      dataDir,
+      shmDir: defaultShmDir(),
+      bootTimeoutMs: 120_000,
+    });
+    try {
+      const pending = doomed.agent.exec({ command: "sleep 600" }).result;
+      await new Promise((r) => setTimeout(r, 200));
+      const t = Date.now();
+      process.kill(doomed.pid, "SIGKILL");
+      await assert.rejects(pending, AgentGoneError);
+      assert.ok(Date.now() - t < 5000);
+    } finally {
+      await doomed.destroy();
+    }
+  });
+});
+
+async function waitFor(cond: () => boolean | Promise<boolean>, timeoutMs: number): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > until) throw new Error(`condition not met within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}

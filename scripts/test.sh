@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs every test: C agent unit tests, then the TypeScript suites (unit tests
+# and end-to-end tests that boot real QEMU microVMs). Installs what it needs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+[ -d node_modules ] || npm ci --no-audit --no-fund
+npm run -s build
+make -s -C guest/agent test
+# Build (or find cached) guest images once, with progress, before the suites.
+npx tsx packages/engine/src/bin/build-images.ts base python
+mapfile -t files < <(ls packages/*/test/*.test.ts | sort)
+exec node --import tsx --test --test-concurrency=1 "${files[@]}"
