@@ -1,4 +1,6 @@
-// One QEMU microVM: its runtime directory, process, console log and agent.
+// One QEMU microVM: its runtime directory, process, QMP and agent
+// connections, and the three ways it comes to life: cold boot, restore from a
+// snapshot, and (through snapshot.ts) capture for a live fork.
 
 import { type ChildProcess, spawn } from "node:child_process";
 import fs from "node:fs";
@@ -7,22 +9,51 @@ import { AgentClient, type AgentInfo } from "./agent/client.js";
 import { MitosError } from "./errors.js";
 import type { ImageSet } from "./image/build.js";
 import { type Accel, chooseAccel } from "./qemu/accel.js";
-import { qemuArgs, type VmPaths } from "./qemu/command.js";
+import { type MemoryBacking, qemuArgs, type VmPaths } from "./qemu/command.js";
+import { QmpClient } from "./qemu/qmp.js";
+import { loadState } from "./snapshot.js";
 
 export const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
 
-export interface BootOptions {
-  id: string;
+export interface MachineSpec {
   images: ImageSet;
+  memMiB: number;
+  vcpus: number;
+  accel: Accel;
+}
+
+/** A frozen VM: RAM file (base) plus device state (migration stream without guest RAM). */
+export interface Snapshot {
+  machine: MachineSpec;
+  ramFile: string;
+  stateFile: string;
+  /** Whether the state was saved with x-ignore-shared (the destination must match). */
+  ignoreShared: boolean;
+}
+
+export interface LaunchOptions {
+  id: string;
   dataDir: string;
+  qemuBinary?: string;
+  timeoutMs?: number;
+}
+
+export interface BootOptions extends LaunchOptions {
+  images: ImageSet;
   shmDir: string;
   memMiB?: number;
   vcpus?: number;
   accel?: Accel;
-  bootTimeoutMs?: number;
-  /** Keep the RAM file after boot (a template build snapshots it). */
+  /** Keep the RAM file (share=on) after boot: a template build snapshots it. */
   keepRamFile?: boolean;
-  qemuBinary?: string;
+}
+
+export interface RestoreOptions extends LaunchOptions {
+  snapshot: Snapshot;
+  /** Leave the restored VM paused (warm pool); `resume` + identity later. */
+  paused?: boolean;
+  /** Identity given to the guest by fork-notify (default: the id). */
+  hostname?: string;
 }
 
 export interface VmExit {
@@ -30,19 +61,22 @@ export interface VmExit {
   signal: NodeJS.Signals | null;
 }
 
+type Paths = VmPaths & { qemuLog: string; migrationSocket: string };
+
 export class Vm {
   readonly exited: Promise<VmExit>;
   private exitInfo: VmExit | undefined;
   agent!: AgentClient;
-  /** What the agent said when it first answered. */
+  qmp!: QmpClient;
+  /** What the agent said when it last answered HELLO. */
   info!: AgentInfo;
 
   private constructor(
     readonly id: string,
-    readonly accel: Accel,
+    readonly machine: MachineSpec,
     readonly dir: string,
-    readonly paths: VmPaths & { qemuLog: string },
-    readonly ramFile: string,
+    readonly paths: Paths,
+    private ownedRamFile: string | undefined,
     private readonly proc: ChildProcess,
   ) {
     this.exited = new Promise((resolve) => {
@@ -50,6 +84,7 @@ export class Vm {
         this.exitInfo = { code, signal };
         const how = signal ? `killed by ${signal}` : `exit code ${code}`;
         this.agent?.close(`VM ${id} stopped (QEMU ${how}); console log: ${paths.consoleLog}`);
+        this.qmp?.close();
         resolve(this.exitInfo);
       });
     });
@@ -59,84 +94,157 @@ export class Vm {
     return this.proc.pid ?? -1;
   }
 
+  get accel(): Accel {
+    return this.machine.accel;
+  }
+
   get running(): boolean {
     return this.exitInfo === undefined;
   }
 
   /** Boots a VM from an image set and waits until its agent answers. */
   static async boot(opts: BootOptions): Promise<Vm> {
+    const machine: MachineSpec = {
+      images: opts.images,
+      memMiB: opts.memMiB ?? 512,
+      vcpus: opts.vcpus ?? 1,
+      accel: opts.accel ?? chooseAccel().accel,
+    };
+    const ramFile = path.join(opts.shmDir, `mitos-${opts.id}.ram`);
+    fs.rmSync(ramFile, { force: true });
+    const vm = Vm.launch(opts, machine, { path: ramFile, share: true }, false, ramFile);
+    await vm.startup(opts.timeoutMs ?? 60_000, async (deadline) => {
+      vm.qmp = await QmpClient.connect(vm.paths.qmpSocket, deadline);
+      await vm.connectAgent(deadline);
+      vm.info = await vm.agent.waitReady(deadline);
+    });
+    if (!opts.keepRamFile) fs.rmSync(ramFile, { force: true });
+    return vm;
+  }
+
+  /**
+   * Restores a VM from a snapshot: QEMU maps the base RAM file privately
+   * (copy-on-write), loads the device state, and the guest is told it is a
+   * new machine (fork-notify). Fails closed if the guest does not confirm.
+   */
+  static async restore(opts: RestoreOptions): Promise<Vm> {
+    const s = opts.snapshot;
+    const vm = Vm.launch(opts, s.machine, { path: s.ramFile, share: false }, true, undefined);
+    await vm.startup(opts.timeoutMs ?? 60_000, async (deadline) => {
+      vm.qmp = await QmpClient.connect(vm.paths.qmpSocket, deadline);
+      await loadState(vm.qmp, vm.paths.migrationSocket, s.stateFile, s.ignoreShared, deadline);
+      if (!opts.paused) await vm.activate(opts.hostname ?? opts.id, deadline);
+    });
+    return vm;
+  }
+
+  /** Runs a restored-and-paused VM and gives it its identity (warm pool claim). */
+  async activate(hostname: string, timeoutMs = 30_000): Promise<void> {
+    await this.qmp.execute("cont");
+    if (!this.agent) await this.connectAgent(timeoutMs);
+    this.info = await this.agent.waitReady(timeoutMs);
+    await this.agent.forkNotify({ sandboxId: this.id, hostname });
+    this.info = await this.agent.hello();
+  }
+
+  /** Hands the RAM file over to the caller (it becomes a snapshot base); stop() leaves it. */
+  disownRamFile(): string {
+    const f = this.ownedRamFile;
+    if (!f)
+      throw new MitosError("internal", `VM ${this.id} owns no RAM file`, { remediation: "Boot it with keepRamFile." });
+    this.ownedRamFile = undefined;
+    return f;
+  }
+
+  async pause(): Promise<void> {
+    await this.qmp.execute("stop");
+  }
+
+  async resume(): Promise<void> {
+    await this.qmp.execute("cont");
+  }
+
+  private static launch(
+    opts: LaunchOptions,
+    machine: MachineSpec,
+    memory: MemoryBacking,
+    incoming: boolean,
+    ownedRamFile: string | undefined,
+  ): Vm {
     if (!ID_RE.test(opts.id)) {
       throw new MitosError("invalid_input", `invalid VM id ${JSON.stringify(opts.id)}`, {
         remediation: "Ids match ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$.",
       });
     }
-    const accel = opts.accel ?? chooseAccel().accel;
     const dir = path.join(opts.dataDir, "vms", opts.id);
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-    const paths = {
+    const paths: Paths = {
       agentSocket: path.join(dir, "agent.sock"),
       qmpSocket: path.join(dir, "qmp.sock"),
+      migrationSocket: path.join(dir, "migrate.sock"),
       consoleLog: path.join(dir, "console.log"),
       qemuLog: path.join(dir, "qemu.log"),
     };
-    if (Buffer.byteLength(paths.agentSocket) > 107) {
-      throw new MitosError("invalid_input", `data dir path too long for Unix sockets: ${paths.agentSocket}`, {
+    if (Buffer.byteLength(paths.migrationSocket) > 107) {
+      throw new MitosError("invalid_input", `data dir path too long for Unix sockets: ${paths.migrationSocket}`, {
         remediation: "Use a shorter data dir (MITOS_DATA_DIR), e.g. /var/lib/mitos.",
       });
     }
-    for (const p of [paths.agentSocket, paths.qmpSocket]) fs.rmSync(p, { force: true });
-    const ramFile = path.join(opts.shmDir, `mitos-${opts.id}.ram`);
-    const memMiB = opts.memMiB ?? 512;
+    for (const p of [paths.agentSocket, paths.qmpSocket, paths.migrationSocket]) fs.rmSync(p, { force: true });
     const args = qemuArgs({
-      accel,
-      vcpus: opts.vcpus ?? 1,
-      memMiB,
-      kernel: opts.images.kernel,
-      initrd: opts.images.initrd,
-      rootfs: opts.images.rootfs,
-      memory: { path: ramFile, share: true },
+      accel: machine.accel,
+      vcpus: machine.vcpus,
+      memMiB: machine.memMiB,
+      kernel: machine.images.kernel,
+      initrd: machine.images.initrd,
+      rootfs: machine.images.rootfs,
+      memory,
       paths,
       cmdline: [`mitos.hostname=${opts.id}`],
+      incoming,
     });
     const log = fs.openSync(paths.qemuLog, "w");
-    const proc = spawn(opts.qemuBinary ?? "qemu-system-x86_64", args, {
-      stdio: ["ignore", log, log],
-      detached: false,
-    });
+    const proc = spawn(opts.qemuBinary ?? "qemu-system-x86_64", args, { stdio: ["ignore", log, log] });
     fs.closeSync(log);
-    const spawnError = new Promise<Error>((resolve) => proc.once("error", resolve));
-    const vm = new Vm(opts.id, accel, dir, paths, ramFile, proc);
-    const timeoutMs = opts.bootTimeoutMs ?? 60_000;
+    const vm = new Vm(opts.id, machine, dir, paths, ownedRamFile, proc);
+    vm.spawnError = new Promise<Error>((resolve) => proc.once("error", resolve));
+    return vm;
+  }
+
+  private spawnError!: Promise<Error>;
+
+  /** Runs `steps` racing QEMU's death; on any failure the VM is stopped. */
+  private async startup(timeoutMs: number, steps: (deadlineMs: number) => Promise<void>): Promise<void> {
     try {
-      const ready = (async () => {
-        vm.agent = await AgentClient.connect(paths.agentSocket, timeoutMs, {
-          context: { vm: opts.id, console_log: paths.consoleLog },
-        });
-        if (!vm.running) vm.agent.close("VM exited during boot");
-        vm.info = await vm.agent.waitReady(timeoutMs);
-      })();
       const failed = Promise.race([
-        spawnError.then((e) => {
+        this.spawnError.then((e) => {
           throw new MitosError("unavailable", `cannot start QEMU: ${e.message}`, {
             remediation: "Install QEMU: apt-get install -y qemu-system-x86 (needs qemu-system-x86_64 on PATH).",
           });
         }),
-        vm.exited.then((x) => {
-          throw vm.bootFailure(`QEMU exited during boot (${x.signal ?? `code ${x.code}`})`);
+        this.exited.then((x) => {
+          throw this.startFailure(`QEMU exited during start (${x.signal ?? `code ${x.code}`})`);
         }),
       ]);
-      await Promise.race([ready, failed]);
+      await Promise.race([steps(timeoutMs), failed]);
     } catch (err) {
-      await vm.stop();
-      if (err instanceof MitosError && err.code === "unavailable" && !vm.running) throw vm.bootFailure(err.message);
-      throw err;
+      await this.stop();
+      if (err instanceof MitosError && err.code === "unavailable" && err.message.startsWith("cannot start QEMU"))
+        throw err;
+      if (err instanceof MitosError && err.message.includes("failed to start")) throw err;
+      throw this.startFailure(err instanceof Error ? err.message : String(err));
     }
-    if (!opts.keepRamFile) fs.rmSync(ramFile, { force: true });
-    return vm;
   }
 
-  private bootFailure(reason: string): MitosError {
-    return new MitosError("internal", `VM ${this.id} failed to boot: ${reason}`, {
+  private async connectAgent(timeoutMs: number): Promise<void> {
+    this.agent = await AgentClient.connect(this.paths.agentSocket, timeoutMs, {
+      context: { vm: this.id, console_log: this.paths.consoleLog },
+    });
+    if (!this.running) this.agent.close("VM exited during start");
+  }
+
+  private startFailure(reason: string): MitosError {
+    return new MitosError("internal", `VM ${this.id} failed to start: ${reason}`, {
       remediation: `Read the VM logs: ${this.paths.qemuLog} (QEMU) and ${this.paths.consoleLog} (guest console).`,
       cause: `${tail(this.paths.qemuLog, 10)}\n${tail(this.paths.consoleLog, 20)}`.trim(),
       context: { vm: this.id, console_log: this.paths.consoleLog, qemu_log: this.paths.qemuLog },
@@ -148,7 +256,7 @@ export class Vm {
     return tail(this.paths.consoleLog, lines);
   }
 
-  /** Kills QEMU and removes the VM's runtime files. Idempotent. */
+  /** Kills QEMU and removes the VM's sockets and owned RAM file. Idempotent. */
   async stop(): Promise<void> {
     this.agent?.close(`VM ${this.id} was stopped`);
     if (this.running) {
@@ -157,8 +265,10 @@ export class Vm {
       await this.exited;
       clearTimeout(t);
     }
-    fs.rmSync(this.ramFile, { force: true });
-    for (const p of [this.paths.agentSocket, this.paths.qmpSocket]) fs.rmSync(p, { force: true });
+    if (this.ownedRamFile) fs.rmSync(this.ownedRamFile, { force: true });
+    for (const p of [this.paths.agentSocket, this.paths.qmpSocket, this.paths.migrationSocket]) {
+      fs.rmSync(p, { force: true });
+    }
   }
 
   /** Stops the VM and deletes its directory, logs included. */

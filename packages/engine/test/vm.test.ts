@@ -24,7 +24,7 @@ before(async () => {
     images,
     dataDir,
     shmDir: defaultShmDir(),
-    bootTimeoutMs: 120_000,
+    timeoutMs: 120_000,
   });
 });
 
@@ -214,7 +214,7 @@ describe("a VM that dies", () => {
       images,
       dataDir,
       shmDir: defaultShmDir(),
-      bootTimeoutMs: 120_000,
+      timeoutMs: 120_000,
     });
     try {
       const pending = doomed.agent.exec({ command: "sleep 600" }).result;
@@ -235,7 +235,7 @@ describe("a VM that dies", () => {
       images,
       dataDir,
       shmDir: defaultShmDir(),
-      bootTimeoutMs: 120_000,
+      timeoutMs: 120_000,
     });
     try {
       const pending = doomed.agent.exec({ command: "sleep 600" }).result;

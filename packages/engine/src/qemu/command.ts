@@ -84,6 +84,7 @@ export function qemuArgs(c: QemuConfig): string[] {
     "-qmp",
     `unix:${c.paths.qmpSocket},server=on,wait=off`,
   ];
-  if (c.incoming) args.push("-incoming", "defer");
+  // Paused after the state loads: the caller decides when it runs (warm pools).
+  if (c.incoming) args.push("-S", "-incoming", "defer");
   return args;
 }

@@ -1,0 +1,521 @@
+#define _GNU_SOURCE
+#include "exec.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include "port.h"
+#include "sysio.h"
+
+#define CGROUP_ROOT "/sys/fs/cgroup/mitos"
+#define DRAIN_MS 100
+
+static int use_cgroups;
+
+void exec_use_cgroups(int on)
+{
+	use_cgroups = on;
+}
+
+static const char *base_env[] = {
+	"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+	"HOME=/root",
+	"LANG=C.UTF-8",
+};
+
+/* Base environment, then ENV entries add or override by key. */
+static char **build_env(const fields_t *f, int pty, char *err, size_t errlen)
+{
+	size_t n = 0, cap = 4 + f->nenvs + 1;
+	char **env = calloc(cap, sizeof *env);
+	if (!env) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	for (size_t i = 0; i < 3; i++)
+		env[n++] = (char *)base_env[i];
+	if (pty)
+		env[n++] = "TERM=xterm-256color";
+	for (size_t i = 0; i < f->nenvs; i++) {
+		char *kv = f->envs[i];
+		char *eq = strchr(kv, '=');
+		if (!eq || eq == kv) {
+			snprintf(err, errlen, "exec: ENV \"%.100s\" is not KEY=VALUE", kv);
+			free(env);
+			return NULL;
+		}
+		size_t klen = (size_t)(eq - kv) + 1;
+		size_t j;
+		for (j = 0; j < n; j++)
+			if (strncmp(env[j], kv, klen) == 0)
+				break;
+		env[j] = kv;
+		if (j == n)
+			n++;
+	}
+	env[n] = NULL;
+	return env;
+}
+
+static void cgroup_path(uint32_t id, const char *file, char *out, size_t cap)
+{
+	if (file)
+		snprintf(out, cap, CGROUP_ROOT "/exec-%u/%s", id, file);
+	else
+		snprintf(out, cap, CGROUP_ROOT "/exec-%u", id);
+}
+
+static void kill_group(stream_t *s)
+{
+	if (s->cgroup) {
+		char p[128];
+		cgroup_path(s->id, "cgroup.kill", p, sizeof p);
+		int fd = open(p, O_WRONLY | O_CLOEXEC);
+		if (fd >= 0) {
+			if (write(fd, "1", 1) < 0)
+				logmsg("%s: %s", p, strerror(errno));
+			close(fd);
+		}
+	}
+	/* Also the process group: covers kernels without cgroup.kill. */
+	if (s->pid > 0)
+		kill(-s->pid, SIGKILL);
+}
+
+static void close_fd(int *fd)
+{
+	if (*fd >= 0)
+		close(*fd);
+	*fd = -1;
+}
+
+static void release(stream_t *s)
+{
+	close_fd(&s->out_fd);
+	close_fd(&s->err_fd);
+	close_fd(&s->in_fd);
+	close_fd(&s->pty_fd);
+	if (s->cgroup) {
+		char p[128];
+		cgroup_path(s->id, NULL, p, sizeof p);
+		rmdir(p); /* EBUSY while background processes live: fine */
+	}
+	s->dead = 1;
+}
+
+/* In the child: report why we could not exec, then die. */
+static void __attribute__((noreturn)) child_fail(int fd, const char *what)
+{
+	char msg[400];
+	int e = errno;
+	int n = snprintf(msg, sizeof msg, "%d %s", e, what);
+	if (write(fd, msg, (size_t)n) < 0)
+		_exit(127);
+	_exit(127);
+}
+
+struct spawn {
+	char **argv, **envp;
+	const char *cwd;
+	const char *pty_slave;
+	int in_r, out_w, err_w, report_w;
+	int set_uid, set_gid;
+	uid_t uid;
+	gid_t gid;
+	uint32_t id;
+	int cgroup;
+};
+
+static void __attribute__((noreturn)) child(const struct spawn *sp)
+{
+	char what[320];
+	sigset_t all;
+	sigemptyset(&all);
+	sigprocmask(SIG_SETMASK, &all, NULL);
+	signal(SIGPIPE, SIG_DFL); /* the agent ignores it; the command must not */
+	setsid();
+	if (sp->cgroup) {
+		char p[128];
+		cgroup_path(sp->id, "cgroup.procs", p, sizeof p);
+		int fd = open(p, O_WRONLY | O_CLOEXEC);
+		if (fd >= 0) {
+			if (write(fd, "0", 1) < 0) { /* best effort: pgid kill still works */ }
+			close(fd);
+		}
+	}
+	if (sp->pty_slave) {
+		int t = open(sp->pty_slave, O_RDWR);
+		if (t < 0) {
+			snprintf(what, sizeof what, "open pty %s", sp->pty_slave);
+			child_fail(sp->report_w, what);
+		}
+		ioctl(t, TIOCSCTTY, 0);
+		dup2(t, 0);
+		dup2(t, 1);
+		dup2(t, 2);
+		if (t > 2)
+			close(t);
+	} else {
+		if (dup2(sp->in_r, 0) < 0 || dup2(sp->out_w, 1) < 0 || dup2(sp->err_w, 2) < 0)
+			child_fail(sp->report_w, "dup2");
+	}
+	umask(022);
+	if (sp->set_gid) {
+		if (setgroups(1, &sp->gid) < 0 || setgid(sp->gid) < 0) {
+			snprintf(what, sizeof what, "setgid %u", (unsigned)sp->gid);
+			child_fail(sp->report_w, what);
+		}
+	}
+	if (sp->set_uid) {
+		if (!sp->set_gid && setgroups(0, NULL) < 0 && errno != EPERM)
+			child_fail(sp->report_w, "setgroups");
+		if (setuid(sp->uid) < 0) {
+			snprintf(what, sizeof what, "setuid %u", (unsigned)sp->uid);
+			child_fail(sp->report_w, what);
+		}
+	}
+	if (sp->cwd && chdir(sp->cwd) < 0) {
+		snprintf(what, sizeof what, "chdir %.300s", sp->cwd);
+		child_fail(sp->report_w, what);
+	}
+	environ = sp->envp; /* execvp searches the PATH of the new environment */
+	execvp(sp->argv[0], sp->argv);
+	snprintf(what, sizeof what, "exec %.300s", sp->argv[0]);
+	child_fail(sp->report_w, what);
+}
+
+static int valid_id(const fields_t *f, int tag)
+{
+	return f->ival[tag] >= 0 && f->ival[tag] < 0xFFFFFFFFLL;
+}
+
+void exec_start(uint32_t id, const fields_t *f)
+{
+	char err[400] = "";
+	int pty = f->have[F_PTY_COLS] || f->have[F_PTY_ROWS];
+	if (f->have[F_CMD] == (f->nargs > 0)) {
+		send_error(id, EINVAL, "exec: give exactly one of CMD or ARG");
+		return;
+	}
+	if ((f->have[F_TIMEOUT_MS] && f->ival[F_TIMEOUT_MS] < 0) ||
+	    (f->have[F_WINDOW] && f->ival[F_WINDOW] < 0) ||
+	    (f->have[F_UID] && !valid_id(f, F_UID)) || (f->have[F_GID] && !valid_id(f, F_GID))) {
+		send_error(id, EINVAL, "exec: negative or out-of-range TIMEOUT_MS, WINDOW, UID or GID");
+		return;
+	}
+	struct winsize ws = { .ws_col = 80, .ws_row = 24 };
+	if (pty) {
+		int64_t c = f->have[F_PTY_COLS] ? f->ival[F_PTY_COLS] : 80;
+		int64_t r = f->have[F_PTY_ROWS] ? f->ival[F_PTY_ROWS] : 24;
+		if (c < 1 || c > 65535 || r < 1 || r > 65535) {
+			send_error(id, EINVAL, "exec: PTY_COLS/PTY_ROWS out of range");
+			return;
+		}
+		ws.ws_col = (unsigned short)c;
+		ws.ws_row = (unsigned short)r;
+	}
+	stream_t *s = stream_new(id, S_EXEC);
+	if (!s) {
+		send_error(id, EMFILE, "exec: too many open streams (%d)", MAX_STREAMS);
+		return;
+	}
+	char **envp = build_env(f, pty, err, sizeof err);
+	if (!envp) {
+		send_error(id, EINVAL, "%s", err);
+		s->dead = 1;
+		return;
+	}
+	char *sh_argv[] = { "/bin/sh", "-c", f->sval[F_CMD], NULL };
+	struct spawn sp = {
+		.argv = f->have[F_CMD] ? sh_argv : f->args,
+		.envp = envp,
+		.cwd = f->sval[F_CWD],
+		.in_r = -1, .out_w = -1, .err_w = -1, .report_w = -1,
+		.set_uid = f->have[F_UID], .uid = (uid_t)f->ival[F_UID],
+		.set_gid = f->have[F_GID], .gid = (gid_t)f->ival[F_GID],
+		.id = id,
+	};
+	int out[2] = { -1, -1 }, errp[2] = { -1, -1 }, in[2] = { -1, -1 }, rep[2] = { -1, -1 };
+	char slave[128];
+	const char *stage = "pipe";
+	if (pipe2(rep, O_CLOEXEC) < 0)
+		goto fail;
+	sp.report_w = rep[1];
+	if (pty) {
+		stage = "open /dev/ptmx";
+		s->pty_fd = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC | O_NONBLOCK);
+		if (s->pty_fd < 0 || grantpt(s->pty_fd) < 0 || unlockpt(s->pty_fd) < 0 ||
+		    ptsname_r(s->pty_fd, slave, sizeof slave) != 0)
+			goto fail;
+		ioctl(s->pty_fd, TIOCSWINSZ, &ws);
+		sp.pty_slave = slave;
+	} else {
+		if (pipe2(out, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0)
+			goto fail;
+		sp.out_w = out[1];
+		sp.err_w = errp[1];
+		if (f->have[F_STDIN_OPEN] && f->ival[F_STDIN_OPEN] == 1) {
+			if (pipe2(in, O_CLOEXEC) < 0)
+				goto fail;
+			sp.in_r = in[0];
+		} else {
+			stage = "open /dev/null";
+			sp.in_r = in[0] = open("/dev/null", O_RDONLY | O_CLOEXEC);
+			if (sp.in_r < 0)
+				goto fail;
+		}
+	}
+	if (use_cgroups) {
+		char p[128];
+		cgroup_path(id, NULL, p, sizeof p);
+		s->cgroup = mkdir(p, 0755) == 0 || errno == EEXIST;
+		sp.cgroup = s->cgroup;
+	}
+	stage = "fork";
+	pid_t pid = fork();
+	if (pid < 0)
+		goto fail;
+	if (pid == 0)
+		child(&sp);
+
+	/* Parent: keep our ends, make them non-blocking for poll(). */
+	close(rep[1]);
+	rep[1] = -1;
+	close_fd(&out[1]);
+	close_fd(&errp[1]);
+	close_fd(&in[0]);
+	char msg[400];
+	ssize_t n;
+	do
+		n = read(rep[0], msg, sizeof msg - 1);
+	while (n < 0 && errno == EINTR);
+	close_fd(&rep[0]);
+	if (n > 0) {
+		/* The child could not exec: it sent "errno what". */
+		msg[n] = 0;
+		int e = atoi(msg);
+		char *what = strchr(msg, ' ');
+		waitpid(pid, NULL, 0);
+		send_error(id, e ? e : EIO, "exec: %s: %s", what ? what + 1 : "start", strerror(e));
+		close_fd(&out[0]);
+		close_fd(&errp[0]);
+		close_fd(&in[1]);
+		free(envp);
+		release(s);
+		return;
+	}
+	free(envp);
+	s->pid = pid;
+	s->start_ms = now_ms();
+	s->deadline_ms = f->ival[F_TIMEOUT_MS] > 0 ? s->start_ms + f->ival[F_TIMEOUT_MS] : 0;
+	s->credit = f->have[F_WINDOW] ? f->ival[F_WINDOW] : DEFAULT_WINDOW;
+	if (pty) {
+		s->out_fd = s->pty_fd;
+		s->in_fd = fcntl(s->pty_fd, F_DUPFD_CLOEXEC, 3); /* closable stdin side */
+		s->pty_fd = fcntl(s->pty_fd, F_DUPFD_CLOEXEC, 3);
+	} else {
+		s->out_fd = out[0];
+		s->err_fd = errp[0];
+		s->in_fd = in[1];
+		fcntl(s->out_fd, F_SETFL, O_NONBLOCK);
+		fcntl(s->err_fd, F_SETFL, O_NONBLOCK);
+		if (s->in_fd >= 0)
+			fcntl(s->in_fd, F_SETFL, O_NONBLOCK);
+	}
+	fbuf_t b;
+	uint8_t buf[16];
+	b = (fbuf_t){ .p = buf, .cap = sizeof buf };
+	fb_int(&b, F_PID, pid);
+	send_fields(T_STARTED, id, &b);
+	return;
+
+fail:;
+	int e = errno;
+	for (int i = 0; i < 2; i++) {
+		close_fd(&out[i]);
+		close_fd(&errp[i]);
+		close_fd(&in[i]);
+		close_fd(&rep[i]);
+	}
+	free(envp);
+	send_error(id, e, "exec: %s: %s", stage, strerror(e));
+	release(s);
+}
+
+void exec_stdin(stream_t *s, const uint8_t *p, size_t n)
+{
+	if (s->in_fd < 0 || s->in_close) {
+		/* Nobody can take it: acknowledge so the host's window moves. */
+		uint8_t buf[16];
+		fbuf_t b = { .p = buf, .cap = sizeof buf };
+		fb_int(&b, F_BYTES, (int64_t)n);
+		send_fields(T_STDIN_ACK, s->id, &b);
+		return;
+	}
+	if (s->in_len + n > s->in_cap) {
+		size_t cap = s->in_cap ? s->in_cap : 65536;
+		while (cap < s->in_len + n)
+			cap *= 2;
+		uint8_t *q = realloc(s->in_buf, cap);
+		if (!q) {
+			send_error(0, ENOMEM, "stdin for stream %u: out of memory, %zu bytes dropped", s->id, n);
+			return;
+		}
+		s->in_buf = q;
+		s->in_cap = cap;
+	}
+	memcpy(s->in_buf + s->in_len, p, n);
+	s->in_len += n;
+	if (s->in_len > STDIN_WINDOW)
+		send_error(0, EPROTO, "protocol: stdin for stream %u exceeds the %d byte window", s->id, STDIN_WINDOW);
+}
+
+static void stdin_finish_close(stream_t *s)
+{
+	if (s->pty_fd >= 0 && s->in_fd >= 0) {
+		/* PTY: the terminal has no separate stdin to close; send EOF (^D). */
+		if (write(s->in_fd, "\x04", 1) < 0) { /* ignore */ }
+	}
+	close_fd(&s->in_fd);
+}
+
+void exec_stdin_close(stream_t *s)
+{
+	s->in_close = 1;
+	if (s->in_len == 0)
+		stdin_finish_close(s);
+}
+
+void exec_writable(stream_t *s)
+{
+	if (s->in_fd < 0 || s->in_len == 0)
+		return;
+	ssize_t w = write(s->in_fd, s->in_buf, s->in_len);
+	if (w < 0 && (errno == EAGAIN || errno == EINTR))
+		return;
+	size_t acked = w < 0 ? s->in_len : (size_t)w; /* EPIPE: drop it all */
+	memmove(s->in_buf, s->in_buf + acked, s->in_len - acked);
+	s->in_len -= acked;
+	uint8_t buf[16];
+	fbuf_t b = { .p = buf, .cap = sizeof buf };
+	fb_int(&b, F_BYTES, (int64_t)acked);
+	send_fields(T_STDIN_ACK, s->id, &b);
+	if (w < 0) {
+		close_fd(&s->in_fd); /* the process closed its stdin */
+		s->in_close = 1;
+	} else if (s->in_len == 0 && s->in_close) {
+		stdin_finish_close(s);
+	}
+}
+
+void exec_resize(stream_t *s, const fields_t *f)
+{
+	if (s->pty_fd < 0)
+		return;
+	int64_t c = f->ival[F_PTY_COLS], r = f->ival[F_PTY_ROWS];
+	if (!f->have[F_PTY_COLS] || !f->have[F_PTY_ROWS] || c < 1 || c > 65535 || r < 1 || r > 65535) {
+		send_error(0, EINVAL, "resize stream %u: need PTY_COLS and PTY_ROWS in 1..65535", s->id);
+		return;
+	}
+	struct winsize ws = { .ws_col = (unsigned short)c, .ws_row = (unsigned short)r };
+	ioctl(s->pty_fd, TIOCSWINSZ, &ws); /* the kernel sends SIGWINCH */
+}
+
+void exec_signal(stream_t *s, int sig)
+{
+	/* The whole group, even after the leader exited: background members
+	 * may remain. */
+	if (s->pid > 0)
+		kill(-s->pid, sig);
+}
+
+void exec_readable(stream_t *s, int which)
+{
+	static uint8_t buf[MAX_CHUNK];
+	int *fd = which == 1 ? &s->out_fd : &s->err_fd;
+	if (*fd < 0 || s->credit <= 0)
+		return;
+	size_t want = s->credit < MAX_CHUNK ? (size_t)s->credit : MAX_CHUNK;
+	ssize_t n = read(*fd, buf, want);
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return;
+	if (n <= 0) { /* EOF; EIO on a PTY master means the slave side closed */
+		close_fd(fd);
+		return;
+	}
+	s->credit -= n;
+	if (s->exited)
+		s->drain_ms = now_ms() + DRAIN_MS;
+	port_send(which == 1 ? T_STDOUT : T_STDERR, s->id, buf, (size_t)n);
+}
+
+int exec_reaped(pid_t pid, int status)
+{
+	for (int i = 0; i < stream_count(); i++) {
+		stream_t *s = stream_at(i);
+		if (s->kind == S_EXEC && !s->dead && s->pid == pid && !s->exited) {
+			s->exited = 1;
+			s->status = status;
+			s->exit_ms = now_ms();
+			s->drain_ms = s->exit_ms + DRAIN_MS;
+			return 1;
+		}
+	}
+	return 0;
+}
+
+static void send_exit(stream_t *s)
+{
+	uint8_t buf[64];
+	fbuf_t b = { .p = buf, .cap = sizeof buf };
+	if (s->timed_out) {
+		fb_int(&b, F_EXIT_CODE, 124);
+		fb_int(&b, F_TIMED_OUT, 1);
+	} else if (WIFSIGNALED(s->status)) {
+		fb_int(&b, F_EXIT_CODE, 128 + WTERMSIG(s->status));
+		fb_int(&b, F_SIGNAL, WTERMSIG(s->status));
+	} else {
+		fb_int(&b, F_EXIT_CODE, WEXITSTATUS(s->status));
+	}
+	fb_int(&b, F_DURATION_MS, s->exit_ms - s->start_ms);
+	send_fields(T_EXIT, s->id, &b);
+}
+
+int64_t exec_tick(stream_t *s, int64_t now)
+{
+	if (!s->exited) {
+		if (s->deadline_ms && !s->timed_out) {
+			if (now >= s->deadline_ms) {
+				kill_group(s);
+				s->timed_out = 1;
+			} else {
+				return s->deadline_ms;
+			}
+		}
+		return INT64_MAX;
+	}
+	int open_out = s->out_fd >= 0 || s->err_fd >= 0;
+	if (open_out && s->credit <= 0)
+		s->drain_ms = now + DRAIN_MS; /* waiting on the host, not on data */
+	if (open_out && now < s->drain_ms)
+		return s->drain_ms;
+	send_exit(s);
+	release(s);
+	return INT64_MAX;
+}
+
+void exec_abort(stream_t *s)
+{
+	kill_group(s);
+	release(s);
+}

@@ -1,0 +1,13 @@
+/* HELLO, PROCESSES and KILL: requests answered at once. */
+#ifndef MITOS_INFO_H
+#define MITOS_INFO_H
+
+#include <stdint.h>
+
+#include "frame.h"
+
+void info_hello(uint32_t id);
+void info_processes(uint32_t id);
+void info_kill(uint32_t id, const fields_t *f);
+
+#endif

@@ -1,0 +1,12 @@
+/* FORK_NOTIFY: make a restored clone unique (entropy, clock, identity)
+ * and tell registered processes. */
+#ifndef MITOS_NOTIFY_H
+#define MITOS_NOTIFY_H
+
+#include <stdint.h>
+
+#include "frame.h"
+
+void fork_notify(uint32_t id, const fields_t *f, int vm_mode);
+
+#endif
