@@ -1,0 +1,100 @@
+// The engine's on-disk record of what it owns: templates (with their base
+// files) and every VM it started (pid, runtime dir, RAM files). Written
+// atomically (temp file + rename) after every change, so a crash leaves either
+// the old or the new record, never half of one. On start the engine reads it
+// to reap what a previous run left behind.
+
+import fs from "node:fs";
+import path from "node:path";
+import type { MachineSpec } from "./vm.js";
+
+export interface TemplateRecord {
+  id: string;
+  recipe: { packages: string[]; init: string[]; env: Record<string, string> };
+  machine: MachineSpec;
+  ramFile: string;
+  stateFile: string;
+  createdAt: string;
+  creationTimeMs: number;
+  /** Guest uptime when the template was frozen (restores continue from it). */
+  uptimeMs: number;
+}
+
+export interface VmRecord {
+  vmId: string;
+  pid: number;
+  dir: string;
+  sandboxId?: string;
+  /** Files that must go when this VM does (e.g. a fork base not yet unlinked). */
+  files: string[];
+}
+
+export interface JournalData {
+  version: 1;
+  templates: Record<string, TemplateRecord>;
+  vms: Record<string, VmRecord>;
+}
+
+export class Journal {
+  private data: JournalData;
+  private readonly file: string;
+
+  constructor(dataDir: string) {
+    this.file = path.join(dataDir, "journal.json");
+    this.data = Journal.read(this.file);
+  }
+
+  private static read(file: string): JournalData {
+    try {
+      const parsed = JSON.parse(fs.readFileSync(file, "utf8")) as JournalData;
+      if (parsed.version === 1 && parsed.templates && parsed.vms) return parsed;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "ENOENT") {
+        // A corrupt journal cannot be trusted; keep it for inspection.
+        fs.renameSync(file, `${file}.corrupt-${Date.now()}`);
+      }
+    }
+    return { version: 1, templates: {}, vms: {} };
+  }
+
+  get templates(): Readonly<Record<string, TemplateRecord>> {
+    return this.data.templates;
+  }
+
+  get vms(): Readonly<Record<string, VmRecord>> {
+    return this.data.vms;
+  }
+
+  putTemplate(t: TemplateRecord): void {
+    this.data.templates[t.id] = t;
+    this.flush();
+  }
+
+  deleteTemplate(id: string): void {
+    delete this.data.templates[id];
+    this.flush();
+  }
+
+  putVm(v: VmRecord): void {
+    this.data.vms[v.vmId] = v;
+    this.flush();
+  }
+
+  deleteVm(vmId: string): void {
+    if (!(vmId in this.data.vms)) return;
+    delete this.data.vms[vmId];
+    this.flush();
+  }
+
+  private flush(): void {
+    const tmp = `${this.file}.tmp-${process.pid}`;
+    const fd = fs.openSync(tmp, "w", 0o600);
+    try {
+      fs.writeSync(fd, JSON.stringify(this.data, null, 1));
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    fs.renameSync(tmp, this.file);
+  }
+}

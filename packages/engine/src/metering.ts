@@ -1,0 +1,87 @@
+// Memory accounting from /proc/<pid>/smaps: what each VM holds privately,
+// what it shares through base files, and host totals with every shared base
+// page counted once.
+
+import fs from "node:fs";
+
+export interface VmMemory {
+  /**
+   * Memory only this VM holds: every anonymous page of the QEMU process —
+   * guest pages it changed (copy-on-write copies of the base) plus the VMM's
+   * own heap and TCG code buffer. File pages (the base, QEMU's binary) are not.
+   */
+  privateBytes: number;
+  /** Guest RAM pages made private (copy-on-write copies of the base). */
+  guestPrivateBytes: number;
+  /** Base pages this VM maps and has not copied (shared with its siblings). */
+  sharedBytes: number;
+  /** Identity of the base file mapping (dev:inode), for counting it once. */
+  baseKey: string | undefined;
+  /** Resident size of that base in the page cache, as this VM sees it mapped. */
+  baseResidentBytes: number;
+}
+
+interface Mapping {
+  key: string;
+  path: string;
+  fields: Record<string, number>;
+}
+
+function parseSmaps(text: string): Mapping[] {
+  const out: Mapping[] = [];
+  let cur: Mapping | undefined;
+  for (const line of text.split("\n")) {
+    const head = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ (\S+) (\d+)\s*(.*)$/.exec(line);
+    if (head) {
+      cur = { key: `${head[1]}:${head[2]}`, path: head[3] ?? "", fields: {} };
+      out.push(cur);
+      continue;
+    }
+    const f = /^(\w+):\s+(\d+) kB$/.exec(line);
+    if (f && cur) cur.fields[f[1] as string] = Number(f[2]) * 1024;
+  }
+  return out;
+}
+
+/** Reads one VM's memory figures; `ramMarker` identifies its guest RAM mapping by path. */
+export function readVmMemory(pid: number, ramMarker: (path: string) => boolean): VmMemory {
+  const maps = parseSmaps(fs.readFileSync(`/proc/${pid}/smaps`, "utf8"));
+  let privateBytes = 0;
+  let guestPrivateBytes = 0;
+  let sharedBytes = 0;
+  let baseKey: string | undefined;
+  let baseResidentBytes = 0;
+  for (const m of maps) {
+    const anon = m.fields.Anonymous ?? 0;
+    privateBytes += anon;
+    if (ramMarker(m.path)) {
+      // COW copies of base pages are anonymous; the rest of the mapping's
+      // resident pages are the base file's page cache, shared with siblings.
+      guestPrivateBytes += anon;
+      const fileResident = (m.fields.Rss ?? 0) - anon;
+      sharedBytes += fileResident;
+      baseKey = m.key;
+      baseResidentBytes += fileResident;
+    }
+  }
+  return { privateBytes, guestPrivateBytes, sharedBytes, baseKey, baseResidentBytes };
+}
+
+export interface HostMemory {
+  /** Sum of private bytes over all VMs. */
+  privateBytes: number;
+  /** Distinct bases, each counted once (largest resident size seen). */
+  sharedBytes: number;
+  totalBytes: number;
+}
+
+export function hostTotals(vms: VmMemory[]): HostMemory {
+  const bases = new Map<string, number>();
+  let privateBytes = 0;
+  for (const v of vms) {
+    privateBytes += v.privateBytes;
+    if (v.baseKey) bases.set(v.baseKey, Math.max(bases.get(v.baseKey) ?? 0, v.baseResidentBytes));
+  }
+  const sharedBytes = [...bases.values()].reduce((a, b) => a + b, 0);
+  return { privateBytes, sharedBytes, totalBytes: privateBytes + sharedBytes };
+}
