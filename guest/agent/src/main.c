@@ -56,7 +56,7 @@ static int is_request(uint8_t t)
 	switch (t) {
 	case T_HELLO: case T_EXEC: case T_READ: case T_WRITE_OPEN: case T_LIST:
 	case T_STAT: case T_MKDIR: case T_REMOVE: case T_RENAME:
-	case T_FORK_NOTIFY: case T_PROCESSES: case T_KILL:
+	case T_FORK_NOTIFY: case T_PROCESSES: case T_KILL: case T_SET_CLOCK:
 		return 1;
 	}
 	return 0;
@@ -95,6 +95,7 @@ static void handle_request(const frame_t *fr)
 	case T_FORK_NOTIFY: fork_notify(id, &f, vm_mode); break;
 	case T_PROCESSES: info_processes(id); break;
 	case T_KILL: info_kill(id, &f); break;
+	case T_SET_CLOCK: set_clock(id, &f, vm_mode); break;
 	}
 	fields_free(&f);
 }

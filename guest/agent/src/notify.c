@@ -95,6 +95,44 @@ static int write_id(const char *id)
 	return rename("/run/mitos/.sandbox-id.tmp", "/run/mitos/sandbox-id");
 }
 
+/* Steps CLOCK_REALTIME to t (ns since the epoch); *step gets new - old.
+ * Returns 0 or an errno. */
+static int step_clock(int64_t t, int64_t *step)
+{
+	struct timespec old, now;
+	if (t < 0)
+		return EINVAL;
+	clock_gettime(CLOCK_REALTIME, &old);
+	now.tv_sec = t / 1000000000;
+	now.tv_nsec = t % 1000000000;
+	if (clock_settime(CLOCK_REALTIME, &now) < 0)
+		return errno;
+	*step = t - ((int64_t)old.tv_sec * 1000000000 + old.tv_nsec);
+	return 0;
+}
+
+void set_clock(uint32_t id, const fields_t *f, int vm_mode)
+{
+	if (!vm_mode) {
+		send_error(id, EPERM, "set-clock only runs inside a VM");
+		return;
+	}
+	if (!f->have[F_TIME_NS]) {
+		send_error(id, EINVAL, "set-clock: TIME_NS is required");
+		return;
+	}
+	int64_t step = 0;
+	int rc = step_clock(f->ival[F_TIME_NS], &step);
+	if (rc) {
+		send_error(id, rc, "set-clock: clock_settime: %s", strerror(rc));
+		return;
+	}
+	uint8_t buf[32];
+	fbuf_t b = { .p = buf, .cap = sizeof buf };
+	fb_int(&b, F_CLOCK_STEP_NS, step);
+	send_ok(id, &b);
+}
+
 void fork_notify(uint32_t id, const fields_t *f, int vm_mode)
 {
 	if (!vm_mode) {
@@ -114,18 +152,9 @@ void fork_notify(uint32_t id, const fields_t *f, int vm_mode)
 		return;
 	}
 	int64_t step = 0;
-	if (f->have[F_TIME_NS]) {
-		struct timespec old, now;
-		int64_t t = f->ival[F_TIME_NS];
-		clock_gettime(CLOCK_REALTIME, &old);
-		now.tv_sec = t / 1000000000;
-		now.tv_nsec = t % 1000000000;
-		if (t < 0 || clock_settime(CLOCK_REALTIME, &now) < 0) {
-			int e = t < 0 ? EINVAL : errno;
-			send_error(id, e, "fork-notify: clock_settime: %s", strerror(e));
-			return;
-		}
-		step = t - ((int64_t)old.tv_sec * 1000000000 + old.tv_nsec);
+	if (f->have[F_TIME_NS] && (rc = step_clock(f->ival[F_TIME_NS], &step)) != 0) {
+		send_error(id, rc, "fork-notify: clock_settime: %s", strerror(rc));
+		return;
 	}
 	const char *host = f->sval[F_HOSTNAME];
 	if (host && sethostname(host, strlen(host)) < 0) {

@@ -9,4 +9,7 @@
 
 void fork_notify(uint32_t id, const fields_t *f, int vm_mode);
 
+/* SET_CLOCK: step the wall clock to the host's (after a pause). */
+void set_clock(uint32_t id, const fields_t *f, int vm_mode);
+
 #endif

@@ -10,11 +10,14 @@ export type {
 } from "./agent/client.js";
 export { AgentClient } from "./agent/client.js";
 export { defaultDataDir, defaultShmDir } from "./config.js";
+export type { EngineOptions, SandboxInfo, SandboxState, TemplateInfo, TemplateSpec } from "./engine.js";
+export { Engine } from "./engine.js";
 export type { ErrorCode } from "./errors.js";
 export { AgentGoneError, GuestError, MitosError } from "./errors.js";
 export type { BuildProgress, ImageRecipe, ImageSet } from "./image/build.js";
 export { BUILTIN_RECIPES, ensureImages } from "./image/build.js";
+export type { HostMemory, VmMemory } from "./metering.js";
 export type { Accel, AccelChoice } from "./qemu/accel.js";
 export { chooseAccel } from "./qemu/accel.js";
-export type { BootOptions, VmExit } from "./vm.js";
+export type { BootOptions, MachineSpec, Snapshot, VmExit } from "./vm.js";
 export { ID_RE, Vm } from "./vm.js";

@@ -18,6 +18,7 @@ export interface TemplateRecord {
   creationTimeMs: number;
   /** Guest uptime when the template was frozen (restores continue from it). */
   uptimeMs: number;
+  bootId: string;
 }
 
 export interface VmRecord {

@@ -52,8 +52,8 @@ export interface RestoreOptions extends LaunchOptions {
   snapshot: Snapshot;
   /** Leave the restored VM paused (warm pool); `resume` + identity later. */
   paused?: boolean;
-  /** Identity given to the guest by fork-notify (default: the id). */
-  hostname?: string;
+  /** Sandbox id (and hostname) given to the guest by fork-notify (default: the VM id). */
+  sandboxId?: string;
 }
 
 export interface VmExit {
@@ -133,17 +133,17 @@ export class Vm {
     await vm.startup(opts.timeoutMs ?? 60_000, async (deadline) => {
       vm.qmp = await QmpClient.connect(vm.paths.qmpSocket, deadline);
       await loadState(vm.qmp, vm.paths.migrationSocket, s.stateFile, s.ignoreShared, deadline);
-      if (!opts.paused) await vm.activate(opts.hostname ?? opts.id, deadline);
+      if (!opts.paused) await vm.activate(opts.sandboxId ?? opts.id, deadline);
     });
     return vm;
   }
 
   /** Runs a restored-and-paused VM and gives it its identity (warm pool claim). */
-  async activate(hostname: string, timeoutMs = 30_000): Promise<void> {
+  async activate(sandboxId: string, timeoutMs = 30_000): Promise<void> {
     await this.qmp.execute("cont");
     if (!this.agent) await this.connectAgent(timeoutMs);
     this.info = await this.agent.waitReady(timeoutMs);
-    await this.agent.forkNotify({ sandboxId: this.id, hostname });
+    await this.agent.forkNotify({ sandboxId, hostname: sandboxId });
     this.info = await this.agent.hello();
   }
 
@@ -160,8 +160,10 @@ export class Vm {
     await this.qmp.execute("stop");
   }
 
+  /** Runs a paused VM again and steps its clock past the pause (guest time stops while paused). */
   async resume(): Promise<void> {
     await this.qmp.execute("cont");
+    if (this.agent && !this.agent.closed) await this.agent.setClock();
   }
 
   private static launch(

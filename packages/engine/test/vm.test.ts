@@ -3,6 +3,7 @@
 
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
+import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import {
   AgentGoneError,
@@ -15,10 +16,11 @@ import {
 } from "../src/index.js";
 
 const dataDir = defaultDataDir();
+const imagesDir = path.join(dataDir, "images");
 let vm: Vm;
 
 before(async () => {
-  const images = await ensureImages(BUILTIN_RECIPES.python!, { dataDir });
+  const images = await ensureImages(BUILTIN_RECIPES.python!, { cacheDir: imagesDir });
   vm = await Vm.boot({
     id: `test-vm-${process.pid}`,
     images,
@@ -198,17 +200,20 @@ describe("a booted python VM", () => {
   it("caches the image build: a second build reuses the files in under 2 s", async () => {
     const steps: string[] = [];
     const started = Date.now();
-    const again = await ensureImages(BUILTIN_RECIPES.python!, { dataDir, onProgress: (p) => steps.push(p.step) });
+    const again = await ensureImages(BUILTIN_RECIPES.python!, {
+      cacheDir: imagesDir,
+      onProgress: (p) => steps.push(p.step),
+    });
     const ms = Date.now() - started;
     assert.ok(ms < 2000, `cached build took ${ms} ms`);
     assert.deepEqual(steps, ["cached", "cached", "cached"]);
-    assert.equal(again.rootfs, (await ensureImages(BUILTIN_RECIPES.python!, { dataDir })).rootfs);
+    assert.equal(again.rootfs, (await ensureImages(BUILTIN_RECIPES.python!, { cacheDir: imagesDir })).rootfs);
   });
 });
 
 describe("a VM that dies", () => {
   it("fails pending and later calls with a clear error when the guest kernel panics", async () => {
-    const images = await ensureImages(BUILTIN_RECIPES.base!, { dataDir });
+    const images = await ensureImages(BUILTIN_RECIPES.base!, { cacheDir: imagesDir });
     const doomed = await Vm.boot({
       id: `test-crash-${process.pid}`,
       images,
@@ -229,7 +234,7 @@ describe("a VM that dies", () => {
   });
 
   it("fails a pending call at once when QEMU is killed", async () => {
-    const images = await ensureImages(BUILTIN_RECIPES.base!, { dataDir });
+    const images = await ensureImages(BUILTIN_RECIPES.base!, { cacheDir: imagesDir });
     const doomed = await Vm.boot({
       id: `test-kill-${process.pid}`,
       images,

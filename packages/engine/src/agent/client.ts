@@ -494,6 +494,16 @@ export class AgentClient {
     return result;
   }
 
+  /** Steps the guest's wall clock to the host's (a paused VM's clock falls behind). */
+  async setClock(): Promise<bigint> {
+    const f = await this.unary(
+      MsgType.SET_CLOCK,
+      new FieldWriter().int(Tag.TIME_NS, BigInt(Date.now()) * 1_000_000n).build(),
+      "agent",
+    );
+    return f.bigint(Tag.CLOCK_STEP_NS) ?? 0n;
+  }
+
   // --- plumbing ---
 
   private unary(

@@ -28,6 +28,7 @@ export const MsgType = {
   FORK_NOTIFY: 0x20,
   PROCESSES: 0x21,
   KILL: 0x22,
+  SET_CLOCK: 0x23,
   OK: 0x81,
   STARTED: 0x82,
   STDOUT: 0x83,

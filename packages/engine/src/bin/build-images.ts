@@ -1,3 +1,4 @@
+import path from "node:path";
 // Builds (or finds in the cache) the guest images of the named built-in
 // templates, printing progress. Usage: build-images [template...]
 import { defaultDataDir } from "../config.js";
@@ -15,7 +16,7 @@ for (const name of names.length > 0 ? names : Object.keys(BUILTIN_RECIPES)) {
   const started = Date.now();
   try {
     const images = await ensureImages(recipe, {
-      dataDir,
+      cacheDir: path.join(dataDir, "images"),
       onProgress: (p) => {
         const t = (p.elapsedMs / 1000).toFixed(1);
         process.stderr.write(`[${name}] ${p.artifact}: ${p.step}${p.step === "cached" ? "" : ` (${t}s)`}\n`);

@@ -1,3 +1,4 @@
+import path from "node:path";
 // Boots a python microVM, runs code in it, and shuts it down.
 import { defaultDataDir, defaultShmDir } from "../config.js";
 import { MitosError } from "../errors.js";
@@ -6,9 +7,10 @@ import { chooseAccel } from "../qemu/accel.js";
 import { Vm } from "../vm.js";
 
 const dataDir = defaultDataDir();
+const imagesDir = path.join(dataDir, "images");
 const accel = chooseAccel();
 console.log(`accelerator: ${accel.accel} (${accel.reason})`);
-const images = await ensureImages(BUILTIN_RECIPES.python!, { dataDir });
+const images = await ensureImages(BUILTIN_RECIPES.python!, { cacheDir: imagesDir });
 const t0 = Date.now();
 const vm = await Vm.boot({ id: `demo-${process.pid}`, images, dataDir, shmDir: defaultShmDir(), accel: accel.accel });
 console.log(`booted VM ${vm.id} (pid ${vm.pid}) in ${Date.now() - t0} ms; agent ${vm.info.version}; logs in ${vm.dir}`);

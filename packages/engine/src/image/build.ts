@@ -36,7 +36,8 @@ export interface BuildProgress {
 }
 
 export interface BuildOptions {
-  dataDir: string;
+  /** Cache directory, e.g. /var/lib/mitos/images. */
+  cacheDir: string;
   onProgress?: (p: BuildProgress) => void;
 }
 
@@ -51,7 +52,7 @@ export async function ensureImages(recipe: ImageRecipe, opts: BuildOptions): Pro
       });
     }
   }
-  const cache = path.join(opts.dataDir, "images");
+  const cache = opts.cacheDir;
   fs.mkdirSync(cache, { recursive: true });
   const agentBin = await buildAgent(opts);
 

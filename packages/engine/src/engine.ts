@@ -1,0 +1,748 @@
+// The engine: templates, sandboxes, warm pools and live fork, with a journal
+// so a restarted engine reaps what a previous run left behind.
+
+import { randomBytes } from "node:crypto";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import type { AgentClient, ExecRequest } from "./agent/client.js";
+import { defaultDataDir, defaultShmDir } from "./config.js";
+import { MitosError } from "./errors.js";
+import { BUILTIN_RECIPES, ensureImages } from "./image/build.js";
+import { Journal, type TemplateRecord } from "./journal.js";
+import { hostTotals, readVmMemory, type VmMemory } from "./metering.js";
+import { WarmPool } from "./pool.js";
+import { type Accel, chooseAccel } from "./qemu/accel.js";
+import { captureLive, saveState } from "./snapshot.js";
+import { ID_RE, type Snapshot, Vm } from "./vm.js";
+
+export type SandboxState = "starting" | "ready" | "paused" | "terminated" | "failed";
+
+export interface TemplateSpec {
+  /** Built-in image to start from: "base" (minimal Debian) or "python" (default). */
+  image?: string;
+  packages?: string[];
+  /** Shell commands run once in the booted template before it is frozen. */
+  init?: string[];
+  env?: Record<string, string>;
+  resources?: { vcpuCount?: number; memSizeMib?: number };
+  initWaitSeconds?: number;
+}
+
+export interface TemplateInfo {
+  id: string;
+  ready: boolean;
+  createdAt: string;
+  creationTimeMs: number;
+}
+
+export interface SandboxInfo {
+  id: string;
+  templateId: string;
+  parentId: string | null;
+  state: SandboxState;
+  createdAt: string;
+  deadlineUnix: number;
+  /** Time to hand this sandbox out: claim/restore, or the fork that made it. */
+  forkTimeMs: number;
+  accel: Accel;
+  pid: number;
+}
+
+export interface EngineOptions {
+  dataDir?: string;
+  shmDir?: string;
+  /** Image cache (default <dataDir>/images); tests share one across data dirs. */
+  imagesDir?: string;
+  accel?: Accel;
+  /** Warm VMs kept per template (default: python 2). */
+  poolTargets?: Record<string, number>;
+  poolIdleMs?: number;
+  defaultTimeoutSeconds?: number;
+  maxTimeoutSeconds?: number;
+  /** Parallel restores during a fork (default: 2 × cores). */
+  restoreConcurrency?: number;
+  log?: (msg: string, fields?: Record<string, unknown>) => void;
+}
+
+interface Sandbox {
+  id: string;
+  templateId: string;
+  parentId: string | null;
+  state: SandboxState;
+  vm: Vm;
+  createdAt: Date;
+  deadline: number;
+  timer: NodeJS.Timeout | undefined;
+  forkTimeMs: number;
+  env: Record<string, string>;
+}
+
+const TOMBSTONES = 10_000;
+
+export class Engine {
+  readonly dataDir: string;
+  readonly shmDir: string;
+  readonly accel: Accel;
+  private readonly journal: Journal;
+  private readonly sandboxes = new Map<string, Sandbox>();
+  /** Ids reaped at their deadline, to answer 410 rather than 404. */
+  private readonly expired = new Set<string>();
+  private readonly templateBuilds = new Map<string, Promise<TemplateRecord>>();
+  private readonly pools = new Map<string, WarmPool>();
+  private readonly imagesDir: string;
+  private readonly opts: Required<Omit<EngineOptions, "dataDir" | "shmDir" | "imagesDir" | "accel" | "log">>;
+  private readonly log: NonNullable<EngineOptions["log"]>;
+  private closed = false;
+
+  private constructor(options: EngineOptions) {
+    this.dataDir = options.dataDir ?? defaultDataDir();
+    this.shmDir = options.shmDir ?? defaultShmDir();
+    this.imagesDir = options.imagesDir ?? path.join(this.dataDir, "images");
+    this.accel = options.accel ?? chooseAccel().accel;
+    this.log = options.log ?? (() => {});
+    this.opts = {
+      poolTargets: options.poolTargets ?? { python: 2 },
+      poolIdleMs: options.poolIdleMs ?? 10 * 60_000,
+      defaultTimeoutSeconds: options.defaultTimeoutSeconds ?? 300,
+      maxTimeoutSeconds: options.maxTimeoutSeconds ?? 3600,
+      restoreConcurrency: options.restoreConcurrency ?? Math.max(2, 2 * os.availableParallelism()),
+    };
+    for (const d of ["vms", "templates", "bases"])
+      fs.mkdirSync(path.join(this.dataDir, d), { recursive: true, mode: 0o700 });
+    this.journal = new Journal(this.dataDir);
+  }
+
+  /** Opens the engine: reaps VMs a previous run left, drops broken templates, starts pools. */
+  static async open(options: EngineOptions = {}): Promise<Engine> {
+    const engine = new Engine(options);
+    await engine.recover();
+    for (const [template, target] of Object.entries(engine.opts.poolTargets)) {
+      if (target > 0 && engine.journal.templates[template]) engine.poolFor(template);
+    }
+    return engine;
+  }
+
+  // --- templates ---
+
+  /** Builds a template (or returns the existing one with that id). */
+  async createTemplate(id: string, spec: TemplateSpec = {}): Promise<TemplateInfo> {
+    return templateInfo(await this.ensureTemplate(id, spec));
+  }
+
+  listTemplates(): TemplateInfo[] {
+    return Object.values(this.journal.templates).map(templateInfo);
+  }
+
+  templateRecord(id: string): TemplateRecord | undefined {
+    return this.journal.templates[id];
+  }
+
+  private ensureTemplate(id: string, spec: TemplateSpec): Promise<TemplateRecord> {
+    checkId(id, "template");
+    const existing = this.journal.templates[id];
+    if (existing) return Promise.resolve(existing);
+    let build = this.templateBuilds.get(id);
+    if (!build) {
+      build = this.buildTemplate(id, spec).finally(() => this.templateBuilds.delete(id));
+      this.templateBuilds.set(id, build);
+    }
+    return build;
+  }
+
+  private async buildTemplate(id: string, spec: TemplateSpec): Promise<TemplateRecord> {
+    const started = Date.now();
+    const imageName = spec.image ?? (id in BUILTIN_RECIPES ? id : "python");
+    const baseRecipe = BUILTIN_RECIPES[imageName];
+    if (!baseRecipe) {
+      throw new MitosError("invalid_input", `unknown image ${JSON.stringify(imageName)}`, {
+        remediation: `Use one of the built-in images: ${Object.keys(BUILTIN_RECIPES).join(", ")}; add packages with "packages".`,
+      });
+    }
+    const packages = [...baseRecipe.packages, ...(spec.packages ?? [])];
+    const init = spec.init ?? (imageName === "python" ? [PYTHON_WARMUP] : []);
+    const env = spec.env ?? {};
+    const memMiB = spec.resources?.memSizeMib ?? 512;
+    const vcpus = spec.resources?.vcpuCount ?? 1;
+    if (!Number.isInteger(memMiB) || memMiB < 128 || memMiB > 16384) {
+      throw new MitosError("invalid_input", `mem_size_mib ${memMiB} is out of range`, {
+        remediation: "Use 128 to 16384 MiB.",
+      });
+    }
+    if (!Number.isInteger(vcpus) || vcpus < 1 || vcpus > 16) {
+      throw new MitosError("invalid_input", `vcpu_count ${vcpus} is out of range`, {
+        remediation: "Use 1 to 16 vCPUs.",
+      });
+    }
+    this.log("template build started", { template: id, packages, init: init.length });
+    const images = await ensureImages({ packages }, { cacheDir: this.imagesDir });
+    const vmId = `tpl-${id.slice(0, 40)}-${hex(4)}`;
+    const vm = await Vm.boot({
+      id: vmId,
+      images,
+      dataDir: this.dataDir,
+      shmDir: this.shmDir,
+      memMiB,
+      vcpus,
+      accel: this.accel,
+      keepRamFile: true,
+      timeoutMs: 120_000,
+    });
+    this.journal.putVm({ vmId, pid: vm.pid, dir: vm.dir, files: [path.join(this.shmDir, `mitos-${vmId}.ram`)] });
+    try {
+      for (const cmd of init) {
+        const r = await vm.agent.exec({ command: cmd, env, timeoutMs: (spec.initWaitSeconds ?? 300) * 1000 }).result;
+        if (r.exitCode !== 0) {
+          throw new MitosError("invalid_input", `template init step failed with exit ${r.exitCode}: ${cmd}`, {
+            remediation: "Fix the init command; its output is in cause.",
+            cause: `${r.stdout.toString().slice(-2000)}${r.stderr.toString().slice(-2000)}`,
+            context: { template: id },
+          });
+        }
+      }
+      const info = await vm.agent.hello();
+      await vm.pause();
+      const stateFile = path.join(this.dataDir, "templates", `${id}.state`);
+      await saveState(vm.qmp, vm.paths.migrationSocket, stateFile, 60_000);
+      const ramFile = vm.disownRamFile();
+      await vm.destroy();
+      const record: TemplateRecord = {
+        id,
+        recipe: { packages, init, env },
+        machine: vm.machine,
+        ramFile,
+        stateFile,
+        createdAt: new Date().toISOString(),
+        creationTimeMs: Date.now() - started,
+        uptimeMs: info.uptimeMs,
+        bootId: info.bootId,
+      };
+      this.journal.putTemplate(record);
+      this.journal.deleteVm(vmId);
+      this.log("template ready", { template: id, ms: record.creationTimeMs });
+      const target = this.opts.poolTargets[id] ?? 0;
+      if (target > 0) this.poolFor(id);
+      return record;
+    } catch (err) {
+      await vm.destroy();
+      fs.rmSync(path.join(this.shmDir, `mitos-${vmId}.ram`), { force: true });
+      this.journal.deleteVm(vmId);
+      throw err;
+    }
+  }
+
+  private snapshotOf(t: TemplateRecord): Snapshot {
+    return { machine: t.machine, ramFile: t.ramFile, stateFile: t.stateFile, ignoreShared: true };
+  }
+
+  // --- pools ---
+
+  private poolFor(template: string): WarmPool {
+    let pool = this.pools.get(template);
+    if (!pool) {
+      pool = new WarmPool({
+        template,
+        target: this.opts.poolTargets[template] ?? 0,
+        idleMs: this.opts.poolIdleMs,
+        restore: () => this.restorePaused(template),
+        onError: (err) => this.log("warm pool restore failed", { template, error: err.message }),
+      });
+      this.pools.set(template, pool);
+      pool.fill();
+    }
+    return pool;
+  }
+
+  private async restorePaused(template: string): Promise<Vm> {
+    const t = this.journal.templates[template];
+    if (!t) throw new MitosError("not_found", `template ${template} is gone`, { remediation: "Create it again." });
+    const vmId = `vm-${hex(4)}`;
+    const vm = await Vm.restore({ id: vmId, dataDir: this.dataDir, snapshot: this.snapshotOf(t), paused: true });
+    this.journal.putVm({ vmId, pid: vm.pid, dir: vm.dir, files: [] });
+    vm.exited.then(() => {
+      if (!this.closed) this.journal.deleteVm(vmId);
+    });
+    return vm;
+  }
+
+  poolStatus(): Array<{ template: string; warm: number; target: number; claimed: number }> {
+    return [...this.pools.values()].map((p) => p.status);
+  }
+
+  // --- sandboxes ---
+
+  /** A new sandbox from a template: a warm VM when one is ready, else a fresh restore. */
+  async create(
+    templateId: string,
+    opts: { id?: string; timeoutSeconds?: number; env?: Record<string, string> } = {},
+  ): Promise<SandboxInfo> {
+    this.assertOpen();
+    const id = this.newSandboxId(opts.id);
+    const timeout = this.checkTimeout(opts.timeoutSeconds);
+    const started = Date.now();
+    const template = this.journal.templates[templateId] ?? (await this.builtinTemplate(templateId));
+    const placeholder = this.reserve(id, templateId, null, timeout, opts.env ?? {});
+    try {
+      const pool =
+        this.pools.get(templateId) ?? (this.opts.poolTargets[templateId] ? this.poolFor(templateId) : undefined);
+      const vm =
+        pool?.take() ??
+        (await Vm.restore({
+          id: `vm-${hex(4)}`,
+          dataDir: this.dataDir,
+          snapshot: this.snapshotOf(template),
+          paused: true,
+        }));
+      try {
+        // Identity is the sandbox id, not the VM's directory name.
+        await vm.activate(id);
+      } catch (err) {
+        await vm.destroy();
+        throw err;
+      }
+      return this.adopt(placeholder, vm, Date.now() - started);
+    } catch (err) {
+      this.sandboxes.delete(id);
+      throw err;
+    }
+  }
+
+  private async builtinTemplate(id: string): Promise<TemplateRecord> {
+    if (!(id in BUILTIN_RECIPES)) {
+      throw new MitosError("not_found", `no template ${JSON.stringify(id)}`, {
+        remediation: `Create it first (POST /v1/templates), or use a built-in one: ${Object.keys(BUILTIN_RECIPES).join(", ")}.`,
+        context: { template: id },
+      });
+    }
+    return this.ensureTemplate(id, {});
+  }
+
+  /**
+   * Live fork: pause the source once, capture its RAM into a new base and its
+   * device state, resume it, and restore `count` children from the base in
+   * parallel. Children share the base's pages copy-on-write.
+   */
+  async fork(
+    sourceId: string,
+    opts: { count?: number; ids?: string[]; pauseSource?: boolean; timeoutSeconds?: number } = {},
+  ): Promise<{ children: SandboxInfo[]; forkTimeMs: number }> {
+    this.assertOpen();
+    const source = this.running(sourceId);
+    const count = opts.count ?? opts.ids?.length ?? 1;
+    if (!Number.isInteger(count) || count < 1) {
+      throw new MitosError("invalid_input", `fork count must be a positive integer, got ${count}`, {
+        remediation: "Pass count between 1 and the fork limit.",
+      });
+    }
+    const ids = Array.from({ length: count }, (_, i) => this.newSandboxId(opts.ids?.[i]));
+    if (new Set(ids).size !== ids.length) {
+      throw new MitosError("invalid_input", "child ids must be distinct", {
+        remediation: "Give each child its own id.",
+      });
+    }
+    const timeout = this.checkTimeout(opts.timeoutSeconds);
+    const started = Date.now();
+    const key = hex(6);
+    const ramFile = path.join(this.shmDir, `mitos-base-${key}.ram`);
+    const stateFile = path.join(this.dataDir, "bases", `${key}.state`);
+    // Journal the base under the source so a crash mid-fork still reaps it.
+    const srcRecord = this.journal.vms[source.vm.id];
+    if (srcRecord) this.journal.putVm({ ...srcRecord, files: [...srcRecord.files, ramFile, stateFile] });
+    const placeholders = ids.map((id) => this.reserve(id, source.templateId, source.id, timeout, source.env));
+    const wasState = source.state;
+    source.state = "paused";
+    try {
+      await source.vm.pause();
+      const tPaused = Date.now();
+      try {
+        await captureLive(
+          source.vm.qmp,
+          source.vm.paths.migrationSocket,
+          { ramFile, stateFile, memBytes: source.vm.machine.memMiB * 1024 * 1024 },
+          120_000,
+        );
+      } finally {
+        if (!opts.pauseSource) {
+          await source.vm.resume().catch(() => {});
+          source.state = wasState;
+        }
+      }
+      const tCaptured = Date.now();
+      const snapshot: Snapshot = { machine: source.vm.machine, ramFile, stateFile, ignoreShared: false };
+      const results = await limitAll(this.opts.restoreConcurrency, placeholders, () =>
+        Vm.restore({ id: `vm-${hex(4)}`, dataDir: this.dataDir, snapshot, paused: true }),
+      );
+      // Every child has mapped the base (or failed): the name can go; the
+      // pages live on while any child maps them.
+      fs.rmSync(ramFile, { force: true });
+      fs.rmSync(stateFile, { force: true });
+      const tRestored = Date.now();
+      const children: SandboxInfo[] = [];
+      const errors: Error[] = [];
+      await Promise.all(
+        results.map(async (r, i) => {
+          const p = placeholders[i] as Sandbox;
+          if (r.status === "rejected") {
+            this.sandboxes.delete(p.id);
+            errors.push(r.reason as Error);
+            return;
+          }
+          try {
+            await r.value.activate(p.id);
+            children[i] = this.adopt(p, r.value, Date.now() - started);
+          } catch (err) {
+            this.sandboxes.delete(p.id);
+            await r.value.destroy();
+            errors.push(err as Error);
+          }
+        }),
+      );
+      if (errors.length === count) {
+        throw new MitosError("fork_failed", `all ${count} children failed to start: ${errors[0]?.message}`, {
+          remediation: "The source sandbox is unchanged. Retry; if it repeats, check host memory and /dev/shm space.",
+        });
+      }
+      const forkTimeMs = Date.now() - started;
+      this.log("fork", {
+        source: source.id,
+        count,
+        ok: children.filter(Boolean).length,
+        ms: forkTimeMs,
+        pauseMs: tPaused - started,
+        captureMs: tCaptured - tPaused,
+        restoreMs: tRestored - tCaptured,
+        activateMs: Date.now() - tRestored,
+      });
+      return { children: children.filter(Boolean), forkTimeMs };
+    } catch (err) {
+      for (const p of placeholders) if (this.sandboxes.get(p.id) === p) this.sandboxes.delete(p.id);
+      throw err instanceof MitosError
+        ? err
+        : new MitosError("fork_failed", `fork of ${source.id} failed: ${(err as Error).message}`, {
+            remediation: "The source sandbox was resumed and is unchanged. Retry the fork.",
+          });
+    } finally {
+      fs.rmSync(ramFile, { force: true });
+      fs.rmSync(stateFile, { force: true });
+      const rec = this.journal.vms[source.vm.id];
+      if (rec) this.journal.putVm({ ...rec, files: rec.files.filter((f) => f !== ramFile && f !== stateFile) });
+    }
+  }
+
+  list(): SandboxInfo[] {
+    return [...this.sandboxes.values()].filter((s) => s.state !== "starting").map((s) => this.info(s));
+  }
+
+  get(id: string): SandboxInfo {
+    return this.info(this.lookup(id));
+  }
+
+  /** The agent of a running sandbox (for exec and files). */
+  agent(id: string): AgentClient {
+    return this.running(id).vm.agent;
+  }
+
+  /** Exec with the sandbox's default env merged in. */
+  exec(id: string, req: ExecRequest) {
+    const s = this.running(id);
+    return s.vm.agent.exec({ ...req, env: { ...s.env, ...(req.env ?? {}) } });
+  }
+
+  async pause(id: string): Promise<void> {
+    const s = this.running(id);
+    await s.vm.pause();
+    s.state = "paused";
+  }
+
+  async resume(id: string): Promise<void> {
+    const s = this.lookup(id);
+    if (s.state !== "paused") {
+      throw new MitosError("conflict", `sandbox ${id} is ${s.state}, not paused`, {
+        remediation: "Only a paused sandbox can be resumed.",
+      });
+    }
+    await s.vm.resume();
+    s.state = "ready";
+  }
+
+  setTimeout(id: string, seconds: number): { deadlineUnix: number; timeoutSeconds: number } {
+    const s = this.lookup(id);
+    const t = this.checkTimeout(seconds);
+    this.arm(s, t);
+    return { deadlineUnix: Math.floor(s.deadline / 1000), timeoutSeconds: t };
+  }
+
+  async terminate(id: string): Promise<void> {
+    const s = this.lookup(id);
+    await this.kill(s, "terminated");
+  }
+
+  memory(id: string): VmMemory {
+    const s = this.lookup(id);
+    return this.vmMemory(s.vm);
+  }
+
+  metering(): {
+    sandboxes: Array<{ id: string } & VmMemory>;
+    host: ReturnType<typeof hostTotals>;
+  } {
+    const rows: Array<{ id: string } & VmMemory> = [];
+    for (const s of this.sandboxes.values()) {
+      if (!s.vm.running || s.state === "starting") continue;
+      try {
+        rows.push({ id: s.id, ...this.vmMemory(s.vm) });
+      } catch {
+        // The VM exited between the check and the read.
+      }
+    }
+    return { sandboxes: rows, host: hostTotals(rows) };
+  }
+
+  private vmMemory(vm: Vm): VmMemory {
+    return readVmMemory(vm.pid, (p) => /\/mitos-[^/]*\.ram( \(deleted\))?$/.test(p));
+  }
+
+  /** Stops pools and timers; `killSandboxes` also terminates every sandbox (tests, `--ephemeral`). */
+  async close(opts: { killSandboxes?: boolean } = {}): Promise<void> {
+    this.closed = true;
+    await Promise.all([...this.pools.values()].map((p) => p.close()));
+    for (const s of this.sandboxes.values()) if (s.timer) clearTimeout(s.timer);
+    if (opts.killSandboxes) await Promise.all([...this.sandboxes.values()].map((s) => this.kill(s, "terminated")));
+  }
+
+  // --- internals ---
+
+  private reserve(
+    id: string,
+    templateId: string,
+    parentId: string | null,
+    timeoutSeconds: number,
+    env: Record<string, string>,
+  ): Sandbox {
+    const s: Sandbox = {
+      id,
+      templateId,
+      parentId,
+      state: "starting",
+      vm: undefined as unknown as Vm,
+      createdAt: new Date(),
+      deadline: Date.now() + timeoutSeconds * 1000,
+      timer: undefined,
+      forkTimeMs: 0,
+      env,
+    };
+    this.sandboxes.set(id, s);
+    return s;
+  }
+
+  private adopt(s: Sandbox, vm: Vm, forkTimeMs: number): SandboxInfo {
+    s.vm = vm;
+    s.state = "ready";
+    s.forkTimeMs = forkTimeMs;
+    this.arm(s, Math.max(1, Math.round((s.deadline - Date.now()) / 1000)));
+    this.journal.putVm({ vmId: vm.id, pid: vm.pid, dir: vm.dir, sandboxId: s.id, files: [] });
+    vm.exited.then((x) => {
+      if (s.state === "terminated") return;
+      s.state = "failed";
+      if (s.timer) clearTimeout(s.timer);
+      this.log("sandbox VM exited unexpectedly", { sandbox: s.id, code: x.code, signal: x.signal });
+      void vm.stop().then(() => this.journal.deleteVm(vm.id));
+    });
+    return this.info(s);
+  }
+
+  private arm(s: Sandbox, seconds: number): void {
+    if (s.timer) clearTimeout(s.timer);
+    s.deadline = Date.now() + seconds * 1000;
+    s.timer = setTimeout(() => {
+      this.expired.add(s.id);
+      if (this.expired.size > TOMBSTONES) this.expired.delete(this.expired.values().next().value as string);
+      void this.kill(s, "terminated").then(() => this.sandboxes.delete(s.id));
+    }, seconds * 1000);
+    s.timer.unref();
+  }
+
+  private async kill(s: Sandbox, state: SandboxState): Promise<void> {
+    if (s.timer) clearTimeout(s.timer);
+    s.state = state;
+    if (s.vm) {
+      await s.vm.destroy();
+      this.journal.deleteVm(s.vm.id);
+    }
+    this.sandboxes.delete(s.id);
+  }
+
+  private lookup(id: string): Sandbox {
+    const s = this.sandboxes.get(id);
+    if (!s || s.state === "starting") {
+      if (this.expired.has(id)) {
+        throw new MitosError("idle_timeout", `sandbox ${id} reached its deadline and was terminated`, {
+          remediation: "Create a new sandbox; extend deadlines with set_timeout before they pass.",
+        });
+      }
+      throw new MitosError("not_found", `no sandbox ${JSON.stringify(id)}`, {
+        remediation: "List sandboxes (GET /v1/sandboxes) for valid ids; terminated sandboxes are gone.",
+        context: { sandbox: id },
+      });
+    }
+    return s;
+  }
+
+  private running(id: string): Sandbox {
+    const s = this.lookup(id);
+    if (s.state !== "ready") {
+      throw new MitosError("conflict", `sandbox ${id} is ${s.state}`, {
+        remediation: s.state === "paused" ? "Resume it first (POST /v1/resume)." : "Create a new sandbox.",
+        context: { sandbox: id, state: s.state },
+      });
+    }
+    return s;
+  }
+
+  private info(s: Sandbox): SandboxInfo {
+    return {
+      id: s.id,
+      templateId: s.templateId,
+      parentId: s.parentId,
+      state: s.state,
+      createdAt: s.createdAt.toISOString(),
+      deadlineUnix: Math.floor(s.deadline / 1000),
+      forkTimeMs: s.forkTimeMs,
+      accel: this.accel,
+      pid: s.vm?.pid ?? -1,
+    };
+  }
+
+  private newSandboxId(requested?: string): string {
+    if (requested !== undefined) {
+      checkId(requested, "sandbox");
+      if (this.sandboxes.has(requested)) {
+        throw new MitosError("conflict", `sandbox id ${requested} is taken`, {
+          remediation: "Choose another id, or omit it to get a generated one.",
+        });
+      }
+      return requested;
+    }
+    for (;;) {
+      const id = `sb-${hex(4)}`;
+      if (!this.sandboxes.has(id)) return id;
+    }
+  }
+
+  private checkTimeout(seconds: number | undefined): number {
+    const t = seconds ?? this.opts.defaultTimeoutSeconds;
+    if (!Number.isInteger(t) || t < 1) {
+      throw new MitosError("invalid_input", `timeout_seconds must be a positive integer, got ${t}`, {
+        remediation: "Pass a whole number of seconds.",
+      });
+    }
+    if (t > this.opts.maxTimeoutSeconds) {
+      throw new MitosError("timeout_too_large", `timeout ${t}s is above the limit of ${this.opts.maxTimeoutSeconds}s`, {
+        remediation: `Ask for at most ${this.opts.maxTimeoutSeconds} seconds and extend with set_timeout later.`,
+      });
+    }
+    return t;
+  }
+
+  private assertOpen(): void {
+    if (this.closed) {
+      throw new MitosError("unavailable", "the engine is shutting down", { remediation: "Retry once mitosd is back." });
+    }
+  }
+
+  /** Reaps every VM a previous run left (journal), and templates whose files are gone. */
+  private async recover(): Promise<void> {
+    for (const v of Object.values(this.journal.vms)) {
+      if (isOurQemu(v.pid, v.dir)) {
+        try {
+          process.kill(v.pid, "SIGKILL");
+        } catch {
+          // already gone
+        }
+        await waitGone(v.pid, 5000);
+      }
+      fs.rmSync(v.dir, { recursive: true, force: true });
+      for (const f of v.files) fs.rmSync(f, { force: true });
+      this.journal.deleteVm(v.vmId);
+      this.log("reaped VM left by a previous run", { vm: v.vmId, pid: v.pid });
+    }
+    for (const t of Object.values(this.journal.templates)) {
+      let reason: string | undefined;
+      if (!fs.existsSync(t.ramFile) || !fs.existsSync(t.stateFile)) reason = "its files are gone";
+      else {
+        // A template frozen with an older agent, kernel or root image is stale.
+        const current = await ensureImages({ packages: t.recipe.packages }, { cacheDir: this.imagesDir });
+        const was = t.machine.images;
+        if (current.kernel !== was.kernel || current.initrd !== was.initrd || current.rootfs !== was.rootfs) {
+          reason = "its guest images changed";
+        }
+      }
+      if (reason) {
+        fs.rmSync(t.ramFile, { force: true });
+        fs.rmSync(t.stateFile, { force: true });
+        this.journal.deleteTemplate(t.id);
+        this.log(`dropped template: ${reason}`, { template: t.id });
+      }
+    }
+    // Stray files of ours not named by the journal (a crash between creating and journaling).
+    const known = new Set(Object.values(this.journal.templates).flatMap((t) => [t.ramFile, t.stateFile]));
+    for (const f of fs.readdirSync(this.shmDir)) {
+      const p = path.join(this.shmDir, f);
+      if (/^mitos-.*\.ram$/.test(f) && !known.has(p)) fs.rmSync(p, { force: true });
+    }
+    for (const d of ["vms", "bases"]) {
+      for (const f of fs.readdirSync(path.join(this.dataDir, d)))
+        fs.rmSync(path.join(this.dataDir, d, f), { recursive: true, force: true });
+    }
+  }
+}
+
+const PYTHON_WARMUP = "python3 -c 'import json, os, sys, subprocess, re, math, random' && true";
+
+function templateInfo(t: TemplateRecord): TemplateInfo {
+  return { id: t.id, ready: true, createdAt: t.createdAt, creationTimeMs: t.creationTimeMs };
+}
+
+function checkId(id: string, what: string): void {
+  if (!ID_RE.test(id)) {
+    throw new MitosError("invalid_input", `invalid ${what} id ${JSON.stringify(id)}`, {
+      remediation: "Ids are 1-64 characters: letters, digits, '_' and '-', starting with a letter or digit.",
+    });
+  }
+}
+
+function hex(bytes: number): string {
+  return randomBytes(bytes).toString("hex");
+}
+
+function isOurQemu(pid: number, dir: string): boolean {
+  try {
+    const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, "utf8");
+    return cmd.includes("qemu-system") && cmd.includes(dir);
+  } catch {
+    return false;
+  }
+}
+
+async function waitGone(pid: number, ms: number): Promise<void> {
+  const until = Date.now() + ms;
+  while (Date.now() < until && fs.existsSync(`/proc/${pid}`)) await new Promise((r) => setTimeout(r, 20));
+}
+
+/** Runs fn over items with at most `limit` in flight; settles like Promise.allSettled. */
+async function limitAll<T, R>(limit: number, items: T[], fn: (t: T) => Promise<R>): Promise<PromiseSettledResult<R>[]> {
+  const results: PromiseSettledResult<R>[] = new Array(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      try {
+        results[i] = { status: "fulfilled", value: await fn(items[i] as T) };
+      } catch (reason) {
+        results[i] = { status: "rejected", reason };
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return results;
+}
