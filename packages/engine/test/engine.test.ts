@@ -139,7 +139,7 @@ describe("live fork", () => {
     const rows = probe.map((p) => p.trim().split("\n"));
     assert.equal(new Set(rows.map((r) => r[0])).size, ids.length, "urandom differs everywhere");
     assert.equal(new Set(rows.map((r) => r[1])).size, ids.length, "uuids differ everywhere");
-    rows.forEach((r, i) => assert.equal(r[2], ids[i]));
+    for (const [i, r] of rows.entries()) assert.equal(r[2], ids[i]);
     for (const id of ids) {
       const before = Date.now() / 1000;
       const guest = Number(await sh(id, "date +%s.%N"));

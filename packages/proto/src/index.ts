@@ -1,0 +1,1 @@
+export * from "./gen/sandbox/v1/sandbox_pb.js";
