@@ -1,0 +1,156 @@
+// mitosd: one fastify server for the lifecycle API and the Connect runtime.
+
+import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
+import { Engine, type EngineOptions, MitosError } from "@mitos/engine";
+import Fastify, { type FastifyError, type FastifyInstance } from "fastify";
+import { authorized, ensureToken } from "./auth.js";
+import { envelope, HTTP_STATUS, toMitosError } from "./errors.js";
+import { IdempotencyCache } from "./idempotency.js";
+import { registerLifecycle } from "./lifecycle.js";
+import { createMetrics } from "./metrics.js";
+import { registerRuntime } from "./runtime.js";
+
+export const VERSION = "0.1.0";
+
+export interface ServerOptions extends EngineOptions {
+  host?: string;
+  /** 0 picks a free port. */
+  port?: number;
+  /** Override the token (tests); default: the token file in the data dir. */
+  token?: string;
+  maxForkCount?: number;
+  maxExecTimeoutSeconds?: number;
+  /** Request body limit for JSON routes (bytes). */
+  bodyLimit?: number;
+  logLevel?: string;
+}
+
+export interface MitosServer {
+  url: string;
+  token: string;
+  tokenFile: string;
+  engine: Engine;
+  app: FastifyInstance;
+  close(opts?: { killSandboxes?: boolean }): Promise<void>;
+}
+
+export async function createServer(opts: ServerOptions = {}): Promise<MitosServer> {
+  const app = Fastify({
+    logger: { level: opts.logLevel ?? "info" },
+    bodyLimit: opts.bodyLimit ?? 1 << 20,
+    // Let the engine's own timeouts decide; a fork of many VMs may take a while.
+    requestTimeout: 0,
+  });
+  const engine = await Engine.open({
+    ...opts,
+    log: (msg, fields) => app.log.info(fields ?? {}, msg),
+  });
+  const tokenInfo = opts.token ? { token: opts.token, path: "(given)", created: false } : ensureToken(engine.dataDir);
+  const token = tokenInfo.token;
+  const metrics = createMetrics(engine);
+  const host = opts.host ?? "127.0.0.1";
+
+  app.setErrorHandler((err: FastifyError, _req, reply) => {
+    let m: MitosError;
+    if (err.code === "FST_ERR_CTP_INVALID_JSON_BODY" || (err instanceof SyntaxError && err.statusCode === 400)) {
+      m = new MitosError("invalid_json", `the request body is not valid JSON: ${err.message}`, {
+        remediation: "Send a JSON object with Content-Type: application/json.",
+      });
+    } else if (err.code === "FST_ERR_CTP_BODY_TOO_LARGE") {
+      m = new MitosError("body_too_large", "the request body is too large", {
+        remediation: `Keep JSON bodies under ${opts.bodyLimit ?? 1 << 20} bytes; send files with WriteFile.`,
+      });
+    } else if (err.code === "FST_ERR_CTP_EMPTY_JSON_BODY") {
+      m = new MitosError("invalid_json", "the request body is empty", { remediation: "Send a JSON object, e.g. {}." });
+    } else if (err.code === "FST_ERR_CTP_INVALID_MEDIA_TYPE") {
+      m = new MitosError("invalid_input", "unsupported Content-Type", {
+        remediation: "Use Content-Type: application/json.",
+      });
+    } else {
+      m = toMitosError(err);
+      if (m.code === "internal") app.log.error(err, "unhandled error");
+    }
+    reply.code(HTTP_STATUS[m.code] ?? 500).send(envelope(m));
+  });
+  app.setNotFoundHandler((req, reply) => {
+    const m = new MitosError("not_found", `no route ${req.method} ${req.url.split("?")[0]}`, {
+      remediation: "See the API reference: lifecycle routes live under /v1/, runtime calls under /sandbox.v1.Sandbox/.",
+    });
+    reply.code(404).send(envelope(m));
+  });
+
+  // Lifecycle routes check the bearer token here; runtime calls in the
+  // Connect interceptor, so errors come back in the Connect format.
+  app.addHook("onRequest", async (req, reply) => {
+    if (req.url === "/v1/health" || req.url.startsWith("/sandbox.v1.Sandbox/")) return;
+    if (!authorized(req.headers.authorization, token)) {
+      const m = new MitosError("unauthorized", "missing or wrong bearer token", {
+        remediation: `Send Authorization: Bearer <token>; the token is in ${tokenInfo.path} (or set MITOS_API_KEY).`,
+      });
+      return reply.code(401).send(envelope(m));
+    }
+  });
+  const auth: Interceptor = (next) => async (req) => {
+    if (!authorized(req.header.get("authorization"), token)) {
+      const e = new ConnectError("missing or wrong bearer token", Code.Unauthenticated);
+      e.metadata.set("x-mitos-error-code", "unauthorized");
+      e.metadata.set("x-mitos-remediation", `Send Authorization: Bearer <token>; the token is in ${tokenInfo.path}.`);
+      throw e;
+    }
+    return next(req);
+  };
+
+  let url = "";
+  const maxExecTimeoutSeconds = opts.maxExecTimeoutSeconds ?? 3600;
+  await app.register(fastifyConnectPlugin, {
+    routes: (router) => registerRuntime(router, { engine, maxExecTimeoutSeconds, metrics }),
+    interceptors: [auth],
+    // Emit zero values too ({"exitCode":0}), so plain-JSON clients need no proto3 defaults.
+    jsonOptions: { alwaysEmitImplicit: true },
+  });
+  // After the Connect plugin, which keeps its own parsers. JSON bodies: an empty body is no body (DELETE with a Content-Type header),
+  // and malformed JSON is `invalid_json` with the parser's reason.
+  app.removeContentTypeParser("application/json");
+  app.addContentTypeParser("application/json", { parseAs: "string" }, (_req, text, done) => {
+    const s = String(text);
+    if (s.trim() === "") return done(null, undefined);
+    try {
+      done(null, JSON.parse(s));
+    } catch (e) {
+      done(
+        new MitosError("invalid_json", `the request body is not valid JSON: ${(e as Error).message}`, {
+          remediation: "Send a JSON object with Content-Type: application/json.",
+        }),
+        undefined,
+      );
+    }
+  });
+
+  registerLifecycle(app, {
+    engine,
+    version: VERSION,
+    metrics,
+    idempotency: new IdempotencyCache(),
+    maxForkCount: opts.maxForkCount ?? 64,
+    endpoint: () => url,
+  });
+
+  await app.listen({ host, port: opts.port ?? 8080 });
+  const addr = app.server.address();
+  const port = typeof addr === "object" && addr ? addr.port : (opts.port ?? 8080);
+  url = `http://${host.includes(":") ? `[${host}]` : host}:${port}`;
+  app.log.info({ url, token_file: tokenInfo.path, data_dir: engine.dataDir, accel: engine.accel }, "mitosd listening");
+
+  return {
+    url,
+    token,
+    tokenFile: tokenInfo.path,
+    engine,
+    app,
+    async close(o = {}) {
+      await app.close();
+      await engine.close({ killSandboxes: o.killSandboxes ?? true });
+    },
+  };
+}

@@ -1,0 +1,2 @@
+export type { MitosServer, ServerOptions } from "./app.js";
+export { createServer, VERSION } from "./app.js";

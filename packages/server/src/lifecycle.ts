@@ -1,0 +1,246 @@
+// Lifecycle routes (API.md "Lifecycle"): JSON in and out, snake_case.
+
+import type { Engine, SandboxInfo, TemplateInfo } from "@mitos/engine";
+import { MitosError } from "@mitos/engine";
+import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import { invalid } from "./errors.js";
+import type { IdempotencyCache } from "./idempotency.js";
+import type { Metrics } from "./metrics.js";
+
+export interface LifecycleOptions {
+  engine: Engine;
+  version: string;
+  metrics: Metrics;
+  idempotency: IdempotencyCache;
+  maxForkCount: number;
+  /** Runtime endpoint advertised in sandbox objects. */
+  endpoint: () => string;
+}
+
+type Body = Record<string, unknown>;
+
+export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): void {
+  const { engine } = o;
+  const sandboxJson = (s: SandboxInfo) => {
+    let memory = { private_bytes: 0, shared_bytes: 0 };
+    if (s.state === "ready" || s.state === "paused") {
+      try {
+        const m = engine.memory(s.id);
+        memory = { private_bytes: m.privateBytes, shared_bytes: m.sharedBytes };
+      } catch {
+        // The VM went away between listing and reading its memory.
+      }
+    }
+    return {
+      id: s.id,
+      template_id: s.templateId,
+      parent_id: s.parentId,
+      state: s.state,
+      endpoint: o.endpoint(),
+      created_at: s.createdAt,
+      deadline_unix: s.deadlineUnix,
+      fork_time_ms: s.forkTimeMs,
+      accel: s.accel,
+      memory,
+    };
+  };
+  const templateJson = (t: TemplateInfo) => ({
+    id: t.id,
+    ready: t.ready,
+    created_at: t.createdAt,
+    creation_time_ms: t.creationTimeMs,
+  });
+  const idempotent =
+    (handler: (req: FastifyRequest) => Promise<unknown>) => (req: FastifyRequest, reply: FastifyReply) =>
+      o.idempotency.run(req, reply, () => handler(req));
+
+  app.get("/v1/health", async () => ({
+    status: "ok",
+    version: o.version,
+    accel: engine.accel,
+    templates: engine.listTemplates().length,
+    sandboxes: engine.list().length,
+  }));
+
+  app.post(
+    "/v1/templates",
+    idempotent(async (req) => {
+      const b = body(req);
+      const id = str(b, "id", true);
+      const resources = obj(b, "resources");
+      const t = await engine.createTemplate(id, {
+        ...optional("image", str(b, "image")),
+        ...optional("packages", strList(b, "packages")),
+        ...optional("init", strList(b, "init")),
+        ...optional("env", strMap(b, "env")),
+        ...optional("initWaitSeconds", int(b, "init_wait_seconds")),
+        resources: {
+          ...optional("vcpuCount", resources ? int(resources, "vcpu_count") : undefined),
+          ...optional("memSizeMib", resources ? int(resources, "mem_size_mib") : undefined),
+        },
+      });
+      return templateJson(t);
+    }),
+  );
+
+  app.get("/v1/templates", async () => engine.listTemplates().map(templateJson));
+
+  const createSandbox = idempotent(async (req) => {
+    const b = body(req);
+    const template = str(b, "template") ?? str(b, "pool");
+    if (!template) throw invalid("template is required", 'Pass {"template": "python"} (or "pool").');
+    const started = Date.now();
+    const s = await engine.create(template, {
+      ...optional("id", str(b, "id")),
+      ...optional("timeoutSeconds", int(b, "timeout_seconds")),
+      ...optional("env", strMap(b, "env")),
+    });
+    o.metrics.claimSeconds.observe((Date.now() - started) / 1000);
+    return sandboxJson(s);
+  });
+  app.post("/v1/fork", createSandbox);
+  app.post("/v1/sandboxes", createSandbox);
+
+  app.get("/v1/sandboxes", async () => engine.list().map(sandboxJson));
+  app.get<{ Params: { id: string } }>("/v1/sandboxes/:id", async (req) => sandboxJson(engine.get(req.params.id)));
+
+  app.post<{ Params: { id: string } }>(
+    "/v1/sandboxes/:id/fork",
+    idempotent(async (req) => {
+      const b = body(req);
+      const id = (req.params as { id: string }).id;
+      const count = int(b, "count");
+      if (count !== undefined && (count < 1 || count > o.maxForkCount)) {
+        throw new MitosError(
+          count < 1 ? "invalid_input" : "quota_exceeded",
+          `count ${count} is outside 1..${o.maxForkCount}`,
+          {
+            remediation: `Fork at most ${o.maxForkCount} children per request; fork again for more.`,
+            context: { limit: "max_fork_count", value: o.maxForkCount },
+          },
+        );
+      }
+      const childId = str(b, "id");
+      const r = await engine.fork(id, {
+        count: count ?? 1,
+        ...(childId && count === undefined ? { ids: [childId] } : {}),
+        ...optional("pauseSource", bool(b, "pause_source")),
+      });
+      o.metrics.forkSeconds.observe(r.forkTimeMs / 1000);
+      if (count === undefined) return sandboxJson(r.children[0] as SandboxInfo);
+      return { sandboxes: r.children.map(sandboxJson), fork_time_ms: r.forkTimeMs };
+    }),
+  );
+
+  app.delete<{ Params: { id: string } }>("/v1/sandboxes/:id", async (req) => {
+    await engine.terminate(req.params.id);
+    return { status: "terminated", id: req.params.id };
+  });
+
+  app.post("/v1/set_timeout", async (req) => {
+    const b = body(req);
+    const r = engine.setTimeout(str(b, "sandbox", true), int(b, "timeout_seconds", true));
+    return { status: "ok", deadline_unix: r.deadlineUnix, timeout_seconds: r.timeoutSeconds };
+  });
+
+  app.post("/v1/pause", async (req) => {
+    await engine.pause(str(body(req), "sandbox", true));
+    return { status: "paused" };
+  });
+
+  app.post("/v1/resume", async (req) => {
+    await engine.resume(str(body(req), "sandbox", true));
+    return { status: "running" };
+  });
+
+  app.get("/v1/pools", async () => engine.poolStatus());
+
+  app.get("/v1/metering", async () => {
+    const m = engine.metering();
+    return {
+      sandboxes: m.sandboxes.map((s) => ({
+        id: s.id,
+        private_bytes: s.privateBytes,
+        shared_bytes: s.sharedBytes,
+        guest_private_bytes: s.guestPrivateBytes,
+      })),
+      host: { private_bytes: m.host.privateBytes, shared_bytes: m.host.sharedBytes, total_bytes: m.host.totalBytes },
+    };
+  });
+
+  app.get("/metrics", async (_req, reply) => {
+    reply.header("content-type", o.metrics.registry.contentType);
+    return o.metrics.registry.metrics();
+  });
+}
+
+// --- body field readers: each names the field it rejects ---
+
+function body(req: FastifyRequest): Body {
+  const b = req.body ?? {};
+  if (typeof b !== "object" || Array.isArray(b)) throw invalid("the body must be a JSON object", "Send a JSON object.");
+  return b as Body;
+}
+
+function str(b: Body, k: string, required: true): string;
+function str(b: Body, k: string, required?: false): string | undefined;
+function str(b: Body, k: string, required = false): string | undefined {
+  const v = b[k];
+  if (v === undefined || v === null) {
+    if (required) throw invalid(`${k} is required`, `Pass "${k}" as a string.`, { field: k });
+    return undefined;
+  }
+  if (typeof v !== "string") throw invalid(`${k} must be a string`, `Pass "${k}" as a string.`, { field: k });
+  return v;
+}
+
+function int(b: Body, k: string, required: true): number;
+function int(b: Body, k: string, required?: false): number | undefined;
+function int(b: Body, k: string, required = false): number | undefined {
+  const v = b[k];
+  if (v === undefined || v === null) {
+    if (required) throw invalid(`${k} is required`, `Pass "${k}" as a whole number.`, { field: k });
+    return undefined;
+  }
+  if (typeof v !== "number" || !Number.isSafeInteger(v)) {
+    throw invalid(`${k} must be a whole number`, `Pass "${k}" as a whole number.`, { field: k });
+  }
+  return v;
+}
+
+function bool(b: Body, k: string): boolean | undefined {
+  const v = b[k];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== "boolean") throw invalid(`${k} must be true or false`, `Pass "${k}" as a boolean.`, { field: k });
+  return v;
+}
+
+function obj(b: Body, k: string): Body | undefined {
+  const v = b[k];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== "object" || Array.isArray(v)) throw invalid(`${k} must be an object`, `Pass "${k}" as an object.`);
+  return v as Body;
+}
+
+function strList(b: Body, k: string): string[] | undefined {
+  const v = b[k];
+  if (v === undefined || v === null) return undefined;
+  if (!Array.isArray(v) || v.some((x) => typeof x !== "string")) {
+    throw invalid(`${k} must be a list of strings`, `Pass "${k}" as ["…", …].`, { field: k });
+  }
+  return v as string[];
+}
+
+function strMap(b: Body, k: string): Record<string, string> | undefined {
+  const v = obj(b, k);
+  if (!v) return undefined;
+  for (const [key, val] of Object.entries(v)) {
+    if (typeof val !== "string") throw invalid(`${k}.${key} must be a string`, `Give every "${k}" value as a string.`);
+  }
+  return v as Record<string, string>;
+}
+
+/** `{[k]: v}` when v is defined, else `{}` (keeps exactOptionalPropertyTypes-style objects clean). */
+function optional<K extends string, V>(k: K, v: V | undefined): { [P in K]?: V } {
+  return (v === undefined ? {} : { [k]: v }) as { [P in K]?: V };
+}
