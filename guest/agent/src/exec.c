@@ -433,6 +433,12 @@ void exec_resize(stream_t *s, const fields_t *f)
 
 void exec_signal(stream_t *s, int sig)
 {
+	/* SIGKILL means "end this command": everything it started, including
+	 * job-control jobs and setsid escapees in its cgroup. */
+	if (sig == SIGKILL) {
+		kill_group(s);
+		return;
+	}
 	/* The whole group, even after the leader exited: background members
 	 * may remain. */
 	if (s->pid > 0)

@@ -52,7 +52,7 @@ export interface SandboxInfo {
 export interface EngineOptions {
   dataDir?: string;
   shmDir?: string;
-  /** Image cache (default <dataDir>/images); tests share one across data dirs. */
+  /** Image cache (default $MITOS_IMAGES_DIR or <dataDir>/images); tests share one across data dirs. */
   imagesDir?: string;
   accel?: Accel;
   /** Warm VMs kept per template (default: python 2). */
@@ -98,7 +98,9 @@ export class Engine {
   private constructor(options: EngineOptions) {
     this.dataDir = options.dataDir ?? defaultDataDir();
     this.shmDir = options.shmDir ?? defaultShmDir();
-    this.imagesDir = options.imagesDir ?? path.join(this.dataDir, "images");
+    this.imagesDir =
+      options.imagesDir ??
+      (process.env.MITOS_IMAGES_DIR ? path.resolve(process.env.MITOS_IMAGES_DIR) : path.join(this.dataDir, "images"));
     this.accel = options.accel ?? chooseAccel().accel;
     this.log = options.log ?? (() => {});
     this.opts = {

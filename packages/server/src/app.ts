@@ -6,6 +6,7 @@ import { Engine, type EngineOptions, MitosError } from "@mitos/engine";
 import Fastify, { type FastifyError, type FastifyInstance } from "fastify";
 import { authorized, ensureToken } from "./auth.js";
 import { envelope, HTTP_STATUS, toMitosError } from "./errors.js";
+import { registerExecSocket } from "./exec-socket.js";
 import { IdempotencyCache } from "./idempotency.js";
 import { registerLifecycle } from "./lifecycle.js";
 import { createMetrics } from "./metrics.js";
@@ -83,7 +84,8 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
   // Lifecycle routes check the bearer token here; runtime calls in the
   // Connect interceptor, so errors come back in the Connect format.
   app.addHook("onRequest", async (req, reply) => {
-    if (req.url === "/v1/health" || req.url.startsWith("/sandbox.v1.Sandbox/")) return;
+    const connectCall = req.method === "POST" && req.url.startsWith("/sandbox.v1.Sandbox/");
+    if (req.url === "/v1/health" || connectCall) return;
     if (!authorized(req.headers.authorization, token)) {
       const m = new MitosError("unauthorized", "missing or wrong bearer token", {
         remediation: `Send Authorization: Bearer <token>; the token is in ${tokenInfo.path} (or set MITOS_API_KEY).`,
@@ -127,6 +129,7 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
     }
   });
 
+  await registerExecSocket(app, { engine, maxExecTimeoutSeconds });
   registerLifecycle(app, {
     engine,
     version: VERSION,

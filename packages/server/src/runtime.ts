@@ -25,11 +25,17 @@ export interface RuntimeOptions {
 
 const QUEUE_BYTES = 1 << 20;
 
+/** The bidi Exec is served as a WebSocket on the same path (exec-socket.ts), not by Connect. */
+type RuntimeImpl = Omit<ServiceImpl<typeof Sandbox>, "exec">;
+
 export function registerRuntime(router: ConnectRouter, opts: RuntimeOptions): void {
-  router.service(Sandbox, wrap(runtimeImpl(opts)));
+  const impl = wrap(runtimeImpl(opts)) as Record<string, unknown>;
+  for (const m of Sandbox.methods) {
+    if (m.localName !== "exec") router.rpc(m, impl[m.localName] as never);
+  }
 }
 
-function runtimeImpl({ engine, maxExecTimeoutSeconds, metrics }: RuntimeOptions): ServiceImpl<typeof Sandbox> {
+function runtimeImpl({ engine, maxExecTimeoutSeconds, metrics }: RuntimeOptions): RuntimeImpl {
   const sandboxId = (ctx: HandlerContext): string => {
     const id = ctx.requestHeader.get("x-sandbox-id");
     if (!id) {
@@ -38,34 +44,7 @@ function runtimeImpl({ engine, maxExecTimeoutSeconds, metrics }: RuntimeOptions)
     return id;
   };
 
-  const execRequest = (r: {
-    command: string;
-    args: string[];
-    env: Array<{ key: string; value: string }>;
-    cwd: string;
-    timeoutSeconds: number;
-  }): ExecRequest => {
-    if (r.timeoutSeconds > maxExecTimeoutSeconds) {
-      throw new MitosError(
-        "timeout_too_large",
-        `timeoutSeconds ${r.timeoutSeconds} is above ${maxExecTimeoutSeconds}`,
-        {
-          remediation: `Ask for at most ${maxExecTimeoutSeconds} seconds; long jobs can run in the background.`,
-        },
-      );
-    }
-    if (r.command === "" && r.args.length === 0) {
-      throw invalid("exec needs a command or args", "Pass command (run by /bin/sh -c) or args (argv).");
-    }
-    const env: Record<string, string> = {};
-    for (const e of r.env) env[e.key] = e.value;
-    return {
-      ...(r.args.length > 0 ? { args: r.args } : { command: r.command }),
-      env,
-      ...(r.cwd ? { cwd: guestPath(r.cwd, "cwd") } : {}),
-      ...(r.timeoutSeconds > 0 ? { timeoutMs: r.timeoutSeconds * 1000 } : {}),
-    };
-  };
+  const execRequest = (r: ExecFields): ExecRequest => toExecRequest(r, maxExecTimeoutSeconds);
 
   return {
     async *execStream(req, ctx) {
@@ -103,13 +82,6 @@ function runtimeImpl({ engine, maxExecTimeoutSeconds, metrics }: RuntimeOptions)
       } finally {
         ctx.signal.removeEventListener("abort", onAbort);
       }
-    },
-
-    // biome-ignore lint/correctness/useYield: bidi exec needs h2c; not served yet, and says so.
-    async *exec() {
-      throw new MitosError("unavailable", "bidirectional Exec is not served yet", {
-        remediation: "Use ExecStream for commands; interactive PTY sessions come with the WebSocket route.",
-      });
     },
 
     async *readFile(req, ctx) {
@@ -198,7 +170,7 @@ function writeCtx(requests: object): HandlerContext {
 }
 
 /** Maps every thrown error to a Connect error carrying the API code. */
-function wrap(impl: ServiceImpl<typeof Sandbox>): ServiceImpl<typeof Sandbox> {
+function wrap(impl: RuntimeImpl): RuntimeImpl {
   const out: Record<string, unknown> = {};
   for (const [name, fn] of Object.entries(impl) as Array<[string, (...a: unknown[]) => unknown]>) {
     if (name === "writeFile") {
@@ -228,11 +200,39 @@ function wrap(impl: ServiceImpl<typeof Sandbox>): ServiceImpl<typeof Sandbox> {
       };
     }
   }
-  return out as ServiceImpl<typeof Sandbox>;
+  return out as RuntimeImpl;
+}
+
+export interface ExecFields {
+  command: string;
+  args: string[];
+  env: Array<{ key: string; value: string }>;
+  cwd: string;
+  timeoutSeconds: number;
+}
+
+/** Validates an exec request from the wire (ExecStream, or the Exec socket's open message). */
+export function toExecRequest(r: ExecFields, maxExecTimeoutSeconds: number): ExecRequest {
+  if (r.timeoutSeconds > maxExecTimeoutSeconds) {
+    throw new MitosError("timeout_too_large", `timeoutSeconds ${r.timeoutSeconds} is above ${maxExecTimeoutSeconds}`, {
+      remediation: `Ask for at most ${maxExecTimeoutSeconds} seconds; long jobs can run in the background.`,
+    });
+  }
+  if (r.command === "" && r.args.length === 0) {
+    throw invalid("exec needs a command or args", "Pass command (run by /bin/sh -c) or args (argv).");
+  }
+  const env: Record<string, string> = {};
+  for (const e of r.env) env[e.key] = e.value;
+  return {
+    ...(r.args.length > 0 ? { args: r.args } : { command: r.command }),
+    env,
+    ...(r.cwd ? { cwd: guestPath(r.cwd, "cwd") } : {}),
+    ...(r.timeoutSeconds > 0 ? { timeoutMs: r.timeoutSeconds * 1000 } : {}),
+  };
 }
 
 /** Guest paths must be absolute; they never name anything on the host. */
-function guestPath(p: string, field: string): string {
+export function guestPath(p: string, field: string): string {
   if (!p.startsWith("/") || p.includes("\0") || p.length > 4096) {
     throw invalid(
       `${field} must be an absolute guest path`,

@@ -1,0 +1,230 @@
+// A sandbox handle: lifecycle calls go to the REST API, exec and files to the
+// runtime service. Fields mirror the server's sandbox object and are refreshed
+// by info() and by calls that change them.
+
+import type { ResolvedConfig } from "./config.js";
+import { makeError } from "./errors.js";
+import type { LifecycleClient } from "./http.js";
+import { Pty, type PtyOptions } from "./pty.js";
+import type { RuntimeClient } from "./runtime.js";
+import type {
+  Accel,
+  ExecOptions,
+  ExecResult,
+  FileInfo,
+  MemoryUsage,
+  SandboxInfo,
+  SandboxState,
+  TimeoutInfo,
+} from "./types.js";
+import { type Json, toForkMany, toSandboxInfo, toTimeoutInfo } from "./wire.js";
+
+/** What a Sandbox needs from its SandboxServer. */
+export interface Clients {
+  http: LifecycleClient;
+  runtime: RuntimeClient;
+  config: ResolvedConfig;
+}
+
+export interface ForkOptions {
+  /** Keep the source paused after the fork (default: it resumes). */
+  pauseSource?: boolean;
+}
+
+export class Sandbox {
+  #info: SandboxInfo;
+  readonly #clients: Clients;
+  readonly files: SandboxFiles;
+
+  constructor(clients: Clients, info: SandboxInfo) {
+    this.#clients = clients;
+    this.#info = info;
+    this.files = new SandboxFiles(clients.runtime, info.id);
+  }
+
+  get id(): string {
+    return this.#info.id;
+  }
+  get templateId(): string {
+    return this.#info.templateId;
+  }
+  get parentId(): string | null {
+    return this.#info.parentId;
+  }
+  get state(): SandboxState {
+    return this.#info.state;
+  }
+  get endpoint(): string | undefined {
+    return this.#info.endpoint;
+  }
+  get createdAt(): string {
+    return this.#info.createdAt;
+  }
+  get deadlineUnix(): number | undefined {
+    return this.#info.deadlineUnix;
+  }
+  get forkTimeMs(): number {
+    return this.#info.forkTimeMs;
+  }
+  get accel(): Accel | undefined {
+    return this.#info.accel;
+  }
+  get memory(): MemoryUsage | undefined {
+    return this.#info.memory;
+  }
+
+  /** An interactive terminal (default: sh) over mitosd's WebSocket exec route. */
+  createPty(opts: PtyOptions = {}): Promise<Pty> {
+    return Pty.open(this.#clients.config, this.id, opts);
+  }
+
+  private get path(): string {
+    return `/v1/sandboxes/${encodeURIComponent(this.id)}`;
+  }
+
+  /** Runs `cmd` with `/bin/sh -c` (or directly with `opts.args`) and waits for it to exit. */
+  exec(cmd: string, opts: ExecOptions = {}): Promise<ExecResult> {
+    return this.#clients.runtime.exec(this.id, cmd, opts);
+  }
+
+  /** Starts `cmd` and returns at once; output still reaches onStdout/onStderr. */
+  execBackground(cmd: string, opts: ExecOptions = {}): ExecHandle {
+    return new ExecHandle((signal) => this.#clients.runtime.exec(this.id, cmd, { ...opts, signal }), opts.signal);
+  }
+
+  /**
+   * Forks this sandbox into `count` children with one request: one pause of
+   * the source, one capture, `count` copy-on-write children.
+   */
+  async fork(count = 1, opts: ForkOptions = {}): Promise<Sandbox[]> {
+    if (!Number.isInteger(count) || count < 1) {
+      throw makeError({
+        code: "invalid_input",
+        message: `fork count must be a positive integer, got ${count}`,
+        remediation: "Pass the number of children to create, e.g. fork(8).",
+      });
+    }
+    const body: Record<string, Json> = { count };
+    if (opts.pauseSource !== undefined) body.pause_source = opts.pauseSource;
+    const res = await this.#clients.http.post(`${this.path}/fork`, body, { create: true });
+    // A server that ignores `count` answers with one sandbox object.
+    const infos = isSingle(res) ? [toSandboxInfo(res)] : toForkMany(res).sandboxes;
+    return infos.map((info) => new Sandbox(this.#clients, info));
+  }
+
+  /** Sets the deadline to `seconds` from now; refused (TimeoutTooLargeError) above the server's ceiling. */
+  async setTimeout(seconds: number): Promise<TimeoutInfo> {
+    const t = toTimeoutInfo(
+      await this.#clients.http.post("/v1/set_timeout", { sandbox: this.id, timeout_seconds: seconds }),
+    );
+    this.#info = { ...this.#info, deadlineUnix: t.deadlineUnix };
+    return t;
+  }
+
+  async pause(): Promise<void> {
+    await this.#clients.http.post("/v1/pause", { sandbox: this.id });
+    this.#info = { ...this.#info, state: "paused" };
+  }
+
+  async resume(): Promise<void> {
+    await this.#clients.http.post("/v1/resume", { sandbox: this.id });
+    this.#info = { ...this.#info, state: "ready" };
+  }
+
+  async terminate(): Promise<void> {
+    await this.#clients.http.delete(this.path);
+    this.#info = { ...this.#info, state: "terminated" };
+  }
+
+  /** Fetches the sandbox object again and updates this handle's fields. */
+  async info(): Promise<SandboxInfo> {
+    this.#info = toSandboxInfo(await this.#clients.http.get(this.path));
+    return { ...this.#info };
+  }
+
+  toJSON(): SandboxInfo {
+    return { ...this.#info };
+  }
+}
+
+function isSingle(v: unknown): boolean {
+  return typeof v === "object" && v !== null && "id" in v && !("sandboxes" in v);
+}
+
+/** A command started with execBackground(). */
+export class ExecHandle {
+  readonly #abort = new AbortController();
+  readonly #result: Promise<ExecResult>;
+  #running = true;
+
+  constructor(run: (signal: AbortSignal) => Promise<ExecResult>, outer?: AbortSignal) {
+    if (outer) {
+      if (outer.aborted) this.#abort.abort(outer.reason);
+      else outer.addEventListener("abort", () => this.#abort.abort(outer.reason), { once: true });
+    }
+    this.#result = run(this.#abort.signal).finally(() => {
+      this.#running = false;
+    });
+    // The caller may never wait(); keep an early failure from being unhandled.
+    this.#result.catch(() => {});
+  }
+
+  get running(): boolean {
+    return this.#running;
+  }
+
+  /** Resolves when the command exits; rejects with CanceledError after kill(). */
+  wait(): Promise<ExecResult> {
+    return this.#result;
+  }
+
+  /** Closes the stream, which makes mitosd kill the command's process group. */
+  async kill(): Promise<void> {
+    this.#abort.abort();
+    await this.#result.then(
+      () => {},
+      () => {},
+    );
+  }
+}
+
+/** File operations inside one sandbox. */
+export class SandboxFiles {
+  constructor(
+    private readonly runtime: RuntimeClient,
+    private readonly sandboxId: string,
+  ) {}
+
+  /** The file's bytes. */
+  read(path: string): Promise<Uint8Array> {
+    return this.runtime.readFile(this.sandboxId, path);
+  }
+
+  /** The file decoded as UTF-8. */
+  async readText(path: string): Promise<string> {
+    return new TextDecoder().decode(await this.read(path));
+  }
+
+  /** Creates or replaces the file; strings are written as UTF-8. Returns the bytes written. */
+  write(path: string, data: string | Uint8Array, opts: { mode?: number } = {}): Promise<number> {
+    const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
+    return this.runtime.writeFile(this.sandboxId, path, bytes, opts.mode ?? 0);
+  }
+
+  list(dir: string): Promise<FileInfo[]> {
+    return this.runtime.list(this.sandboxId, dir);
+  }
+
+  stat(path: string): Promise<FileInfo> {
+    return this.runtime.stat(this.sandboxId, path);
+  }
+
+  /** Creates the directory and its missing parents. */
+  mkdir(path: string): Promise<void> {
+    return this.runtime.mkdir(this.sandboxId, path);
+  }
+
+  remove(path: string, opts: { recursive?: boolean } = {}): Promise<void> {
+    return this.runtime.remove(this.sandboxId, path, opts.recursive ?? false);
+  }
+}

@@ -1,0 +1,118 @@
+// Entry point: one SandboxServer per mitosd, holding the REST client and the
+// shared Connect transport that every Sandbox it hands out reuses.
+
+import { type ClientOptions, type ResolvedConfig, resolveConfig } from "./config.js";
+import { LifecycleClient } from "./http.js";
+import { RuntimeClient } from "./runtime.js";
+import { type Clients, Sandbox } from "./sandbox.js";
+import type { Health, Metering, PoolInfo, TemplateInfo, TemplateSpec } from "./types.js";
+import {
+  array,
+  type Json,
+  templateBody,
+  toHealth,
+  toMetering,
+  toPools,
+  toSandboxInfo,
+  toTemplateInfo,
+} from "./wire.js";
+
+export interface CreateSandboxOptions {
+  /** Id for the new sandbox; default a generated `sb-<8 hex>`. */
+  id?: string;
+  /** Deadline in seconds from now; refused (TimeoutTooLargeError) above the server's ceiling. */
+  timeoutSeconds?: number;
+  /** Extra environment for commands in this sandbox. */
+  env?: Record<string, string>;
+}
+
+export interface CreateTemplateOptions {
+  /** Wait until the template is ready (default true). */
+  wait?: boolean;
+  /** How often to check readiness while waiting (default 1000 ms). */
+  pollIntervalMs?: number;
+  signal?: AbortSignal;
+}
+
+export class SandboxServer {
+  readonly baseUrl: string;
+  readonly #clients: Clients;
+
+  constructor(opts: ClientOptions = {}) {
+    const config: ResolvedConfig = resolveConfig(opts);
+    this.baseUrl = config.baseUrl;
+    this.#clients = { http: new LifecycleClient(config), runtime: new RuntimeClient(config), config };
+  }
+
+  /** A new sandbox restored from `template` (from its warm pool when one is warm). */
+  async fork(template: string, idOrOpts?: string | CreateSandboxOptions): Promise<Sandbox> {
+    const opts: CreateSandboxOptions = typeof idOrOpts === "string" ? { id: idOrOpts } : (idOrOpts ?? {});
+    const body: Record<string, Json> = { template };
+    if (opts.id !== undefined) body.id = opts.id;
+    if (opts.timeoutSeconds !== undefined) body.timeout_seconds = opts.timeoutSeconds;
+    if (opts.env !== undefined) body.env = opts.env;
+    const res = await this.#clients.http.post("/v1/fork", body, { create: true });
+    return new Sandbox(this.#clients, toSandboxInfo(res));
+  }
+
+  /** A handle on an existing sandbox (GET /v1/sandboxes/{id}). */
+  async get(id: string): Promise<Sandbox> {
+    const res = await this.#clients.http.get(`/v1/sandboxes/${encodeURIComponent(id)}`);
+    return new Sandbox(this.#clients, toSandboxInfo(res));
+  }
+
+  async listSandboxes(): Promise<Sandbox[]> {
+    const res = await this.#clients.http.get("/v1/sandboxes");
+    return array("sandbox list", res).map((s) => new Sandbox(this.#clients, toSandboxInfo(s)));
+  }
+
+  /**
+   * Creates a template (an existing id returns the existing one). By default
+   * waits until it is ready, polling the template list.
+   */
+  async createTemplate(id: string, spec: TemplateSpec = {}, opts: CreateTemplateOptions = {}): Promise<TemplateInfo> {
+    const res = await this.#clients.http.post("/v1/templates", templateBody(id, spec), {
+      create: true,
+      signal: opts.signal,
+    });
+    let t = toTemplateInfo(res);
+    const interval = opts.pollIntervalMs ?? 1000;
+    while (!t.ready && opts.wait !== false) {
+      await delay(interval, opts.signal);
+      const found = (await this.listTemplates()).find((x) => x.id === id);
+      if (found) t = found;
+    }
+    return t;
+  }
+
+  async listTemplates(): Promise<TemplateInfo[]> {
+    return array("template list", await this.#clients.http.get("/v1/templates")).map(toTemplateInfo);
+  }
+
+  async health(): Promise<Health> {
+    return toHealth(await this.#clients.http.get("/v1/health"));
+  }
+
+  async pools(): Promise<PoolInfo[]> {
+    return toPools(await this.#clients.http.get("/v1/pools"));
+  }
+
+  async metering(): Promise<Metering> {
+    return toMetering(await this.#clients.http.get("/v1/metering"));
+  }
+}
+
+function delay(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    const t = setTimeout(resolve, ms);
+    signal?.addEventListener(
+      "abort",
+      () => {
+        clearTimeout(t);
+        reject(signal.reason);
+      },
+      { once: true },
+    );
+  });
+}

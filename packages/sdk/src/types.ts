@@ -1,0 +1,113 @@
+// Public shapes of the lifecycle API's objects, in camelCase (the wire is
+// snake_case; see wire.ts).
+
+export type SandboxState = "starting" | "ready" | "paused" | "terminated" | "failed";
+export type Accel = "kvm" | "tcg";
+
+export interface MemoryUsage {
+  /** Pages only this sandbox holds (its copy-on-write copies and VMM heap). */
+  privateBytes: number;
+  /** Base pages it still shares with its template and siblings. */
+  sharedBytes: number;
+}
+
+export interface SandboxInfo {
+  id: string;
+  templateId: string;
+  /** The sandbox this one was forked from; null when made from a template. */
+  parentId: string | null;
+  state: SandboxState;
+  endpoint: string | undefined;
+  /** ISO 8601. */
+  createdAt: string;
+  /** When mitosd reaps it (Unix seconds). */
+  deadlineUnix: number | undefined;
+  forkTimeMs: number;
+  accel: Accel | undefined;
+  memory: MemoryUsage | undefined;
+}
+
+export interface TemplateSpec {
+  /** Built-in image to start from, e.g. "base" or "python". */
+  image?: string;
+  packages?: string[];
+  /** Shell commands run once in the booted template before it is frozen. */
+  init?: string[];
+  env?: Record<string, string>;
+  resources?: { vcpuCount?: number; memSizeMib?: number };
+  initWaitSeconds?: number;
+}
+
+export interface TemplateInfo {
+  id: string;
+  ready: boolean;
+  createdAt: string;
+  creationTimeMs: number;
+}
+
+export interface Health {
+  status: string;
+  version: string;
+  accel: Accel;
+  templates: number;
+  sandboxes: number;
+}
+
+export interface PoolInfo {
+  template: string;
+  warm: number;
+  target: number;
+  claimed: number;
+}
+
+export interface SandboxMemory extends MemoryUsage {
+  id: string;
+}
+
+export interface Metering {
+  sandboxes: SandboxMemory[];
+  /** Host totals, each shared base page counted once. */
+  host: MemoryUsage & { totalBytes?: number };
+}
+
+export interface TimeoutInfo {
+  deadlineUnix: number;
+  timeoutSeconds: number;
+}
+
+export interface FileInfo {
+  name: string;
+  path: string;
+  isDir: boolean;
+  size: number;
+  /** Permission and type bits. */
+  mode: number;
+  modifiedAtUnix: number;
+}
+
+export interface ExecResult {
+  /** 124 when the command was killed at its deadline. */
+  exitCode: number;
+  stdout: string;
+  stderr: string;
+  execTimeMs: number;
+  /** Set when the guest reported a problem running the command. */
+  error?: string;
+}
+
+export interface ExecOptions {
+  /** Server-side deadline; above the server's ceiling the call fails with TimeoutTooLargeError. */
+  timeoutSeconds?: number;
+  env?: Record<string, string>;
+  cwd?: string;
+  /**
+   * Run `cmd` directly with these arguments instead of through `/bin/sh -c`
+   * (argv = [cmd, ...args]). Pass `[]` to run `cmd` without a shell.
+   */
+  args?: string[];
+  /** Receives stdout as it arrives, decoded as UTF-8. */
+  onStdout?: (chunk: string) => void;
+  /** Receives stderr as it arrives, decoded as UTF-8. */
+  onStderr?: (chunk: string) => void;
+  signal?: AbortSignal;
+}

@@ -1,0 +1,146 @@
+// Conversion between the lifecycle API's snake_case JSON and the SDK's
+// camelCase objects, with just enough checking that a wrong server fails
+// loudly instead of handing out undefined ids.
+
+import { makeError } from "./errors.js";
+import type {
+  Health,
+  Metering,
+  PoolInfo,
+  SandboxInfo,
+  SandboxState,
+  TemplateInfo,
+  TemplateSpec,
+  TimeoutInfo,
+} from "./types.js";
+
+export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+
+export function snakeToCamel(key: string): string {
+  return key.replace(/_([a-z0-9])/g, (_, c: string) => c.toUpperCase());
+}
+
+/** Renames every object key to camelCase, recursively. */
+export function camelize(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(camelize);
+  if (isRecord(value)) {
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(value)) out[snakeToCamel(k)] = camelize(v);
+    return out;
+  }
+  return value;
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+function bad(what: string, value: unknown): never {
+  throw makeError({
+    code: "internal",
+    message: `unexpected ${what} from mitosd`,
+    cause: JSON.stringify(value)?.slice(0, 300),
+    remediation:
+      "The server's answer does not match the API this SDK speaks. Check that mitosd and @mitos/sdk versions match.",
+  });
+}
+
+function record(what: string, v: unknown): Record<string, unknown> {
+  const c = camelize(v);
+  return isRecord(c) ? c : bad(what, v);
+}
+
+function str(what: string, o: Record<string, unknown>, key: string): string {
+  const v = o[key];
+  return typeof v === "string" ? v : bad(`${what}.${key}`, v);
+}
+
+function optStr(o: Record<string, unknown>, key: string): string | undefined {
+  const v = o[key];
+  return typeof v === "string" ? v : undefined;
+}
+
+function num(o: Record<string, unknown>, key: string): number {
+  const v = o[key];
+  return typeof v === "number" ? v : 0;
+}
+
+function optNum(o: Record<string, unknown>, key: string): number | undefined {
+  const v = o[key];
+  return typeof v === "number" ? v : undefined;
+}
+
+export function array(what: string, v: unknown): unknown[] {
+  return Array.isArray(v) ? v : bad(what, v);
+}
+
+export function toSandboxInfo(v: unknown): SandboxInfo {
+  const o = record("sandbox", v);
+  const mem = isRecord(o.memory) ? o.memory : undefined;
+  const accel = optStr(o, "accel");
+  return {
+    id: str("sandbox", o, "id"),
+    templateId: optStr(o, "templateId") ?? "",
+    parentId: optStr(o, "parentId") ?? null,
+    state: (optStr(o, "state") ?? "ready") as SandboxState,
+    endpoint: optStr(o, "endpoint"),
+    createdAt: optStr(o, "createdAt") ?? "",
+    deadlineUnix: optNum(o, "deadlineUnix"),
+    forkTimeMs: num(o, "forkTimeMs"),
+    accel: accel === "kvm" || accel === "tcg" ? accel : undefined,
+    memory: mem ? { privateBytes: num(mem, "privateBytes"), sharedBytes: num(mem, "sharedBytes") } : undefined,
+  };
+}
+
+export function toTemplateInfo(v: unknown): TemplateInfo {
+  const o = record("template", v);
+  return {
+    id: str("template", o, "id"),
+    ready: o.ready === true,
+    createdAt: optStr(o, "createdAt") ?? "",
+    creationTimeMs: num(o, "creationTimeMs"),
+  };
+}
+
+/** The answer of POST /v1/sandboxes/{id}/fork with `count`. */
+export function toForkMany(v: unknown): { sandboxes: SandboxInfo[]; forkTimeMs: number } {
+  const o = isRecord(v) ? v : bad("fork answer", v);
+  return {
+    sandboxes: array("fork answer sandboxes", o.sandboxes).map(toSandboxInfo),
+    forkTimeMs: typeof o.fork_time_ms === "number" ? o.fork_time_ms : 0,
+  };
+}
+
+export function toTimeoutInfo(v: unknown): TimeoutInfo {
+  const o = record("set_timeout answer", v);
+  return { deadlineUnix: num(o, "deadlineUnix"), timeoutSeconds: num(o, "timeoutSeconds") };
+}
+
+export function toHealth(v: unknown): Health {
+  return record("health", v) as unknown as Health;
+}
+
+export function toPools(v: unknown): PoolInfo[] {
+  return array("pools", v).map((p) => record("pool", p) as unknown as PoolInfo);
+}
+
+export function toMetering(v: unknown): Metering {
+  return record("metering", v) as unknown as Metering;
+}
+
+/** TemplateSpec → the POST /v1/templates body. `env` keys are user data and keep their case. */
+export function templateBody(id: string, spec: TemplateSpec): Record<string, Json> {
+  const body: Record<string, Json> = { id };
+  if (spec.image !== undefined) body.image = spec.image;
+  if (spec.packages !== undefined) body.packages = spec.packages;
+  if (spec.init !== undefined) body.init = spec.init;
+  if (spec.env !== undefined) body.env = spec.env;
+  if (spec.resources !== undefined) {
+    const r: Record<string, Json> = {};
+    if (spec.resources.vcpuCount !== undefined) r.vcpu_count = spec.resources.vcpuCount;
+    if (spec.resources.memSizeMib !== undefined) r.mem_size_mib = spec.resources.memSizeMib;
+    body.resources = r;
+  }
+  if (spec.initWaitSeconds !== undefined) body.init_wait_seconds = spec.initWaitSeconds;
+  return body;
+}
