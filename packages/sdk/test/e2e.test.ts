@@ -121,7 +121,13 @@ describe("terminal sessions", () => {
     const server = new SandboxServer({ baseUrl, apiKey });
     const box = await server.fork("python");
     let screen = "";
-    const pty = await box.createPty({ cols: 80, rows: 24, onData: (d) => (screen += d) });
+    const pty = await box.createPty({
+      cols: 80,
+      rows: 24,
+      onData: (d) => {
+        screen += d;
+      },
+    });
     pty.write("echo hi-$((40+2))\r");
     await until(
       () => screen.includes("hi-42"),
@@ -144,7 +150,11 @@ describe("terminal sessions", () => {
     const server = new SandboxServer({ baseUrl, apiKey });
     const box = await server.fork("python");
     let screen = "";
-    const pty = await box.createPty({ onData: (d) => (screen += d) });
+    const pty = await box.createPty({
+      onData: (d) => {
+        screen += d;
+      },
+    });
     pty.write("sleep 1234 & echo started\r");
     await until(
       () => screen.includes("started"),
