@@ -1,27 +1,9 @@
 // Engine errors carry the API's error codes (shared/design API.md) so the
 // server can turn them into the envelope without guessing.
 
-export type ErrorCode =
-  | "invalid_input"
-  | "invalid_json"
-  | "timeout_too_large"
-  | "unauthorized"
-  | "forbidden"
-  | "budget_exhausted"
-  | "not_found"
-  | "conflict"
-  | "idle_timeout"
-  | "body_too_large"
-  | "quota_exceeded"
-  | "rate_limited"
-  | "too_many_streams"
-  | "canceled"
-  | "internal"
-  | "exec_failed"
-  | "file_failed"
-  | "fork_failed"
-  | "unavailable"
-  | "exec_timeout";
+import type { ErrorCode } from "@mitos/proto";
+
+export type { ErrorCode };
 
 export interface ErrorDetails {
   remediation: string;

@@ -1,1 +1,2 @@
+export * from "./error-codes.js";
 export * from "./gen/sandbox/v1/sandbox_pb.js";

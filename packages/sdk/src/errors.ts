@@ -4,55 +4,12 @@
 
 import { Code, ConnectError } from "@connectrpc/connect";
 
-export type ErrorCode =
-  | "invalid_input"
-  | "invalid_json"
-  | "timeout_too_large"
-  | "unauthorized"
-  | "forbidden"
-  | "budget_exhausted"
-  | "not_found"
-  | "conflict"
-  | "idle_timeout"
-  | "body_too_large"
-  | "quota_exceeded"
-  | "rate_limited"
-  | "too_many_streams"
-  | "canceled"
-  | "internal"
-  | "exec_failed"
-  | "file_failed"
-  | "fork_failed"
-  | "unavailable"
-  | "exec_timeout";
+import { type ErrorCode, HTTP_STATUS_BY_CODE, isErrorCode } from "@mitos/proto";
+
+export { type ErrorCode, isErrorCode };
 
 /** HTTP status for each code, as in the API's table. */
-export const STATUS_BY_CODE: Readonly<Record<ErrorCode, number>> = {
-  invalid_input: 400,
-  invalid_json: 400,
-  timeout_too_large: 400,
-  unauthorized: 401,
-  forbidden: 403,
-  budget_exhausted: 403,
-  not_found: 404,
-  conflict: 409,
-  idle_timeout: 410,
-  body_too_large: 413,
-  quota_exceeded: 429,
-  rate_limited: 429,
-  too_many_streams: 429,
-  canceled: 499,
-  internal: 500,
-  exec_failed: 500,
-  file_failed: 500,
-  fork_failed: 500,
-  unavailable: 503,
-  exec_timeout: 504,
-};
-
-export function isErrorCode(value: unknown): value is ErrorCode {
-  return typeof value === "string" && Object.hasOwn(STATUS_BY_CODE, value);
-}
+export const STATUS_BY_CODE: Readonly<Record<ErrorCode, number>> = HTTP_STATUS_BY_CODE;
 
 export interface MitosErrorInit {
   code: ErrorCode;

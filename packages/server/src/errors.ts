@@ -3,29 +3,9 @@
 
 import { Code, ConnectError } from "@connectrpc/connect";
 import { type ErrorCode, MitosError } from "@mitos/engine";
+import { HTTP_STATUS_BY_CODE } from "@mitos/proto";
 
-export const HTTP_STATUS: Record<ErrorCode, number> = {
-  invalid_input: 400,
-  invalid_json: 400,
-  timeout_too_large: 400,
-  unauthorized: 401,
-  forbidden: 403,
-  budget_exhausted: 403,
-  not_found: 404,
-  conflict: 409,
-  idle_timeout: 410,
-  body_too_large: 413,
-  quota_exceeded: 429,
-  rate_limited: 429,
-  too_many_streams: 429,
-  canceled: 499,
-  internal: 500,
-  exec_failed: 500,
-  file_failed: 500,
-  fork_failed: 500,
-  unavailable: 503,
-  exec_timeout: 504,
-};
+export const HTTP_STATUS: Readonly<Record<ErrorCode, number>> = HTTP_STATUS_BY_CODE;
 
 const CONNECT_CODE: Record<ErrorCode, Code> = {
   invalid_input: Code.InvalidArgument,

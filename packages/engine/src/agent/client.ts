@@ -2,8 +2,9 @@
 // connection, many concurrent streams, credit-based flow control.
 
 import { randomBytes } from "node:crypto";
-import net from "node:net";
+import type net from "node:net";
 import { AgentGoneError, GuestError, MitosError } from "../errors.js";
+import { connectWhenReady } from "../unix-socket.js";
 import {
   DEFAULT_WINDOW,
   encodeFrame,
@@ -130,24 +131,10 @@ export class AgentClient {
 
   /** Connects to the agent's Unix socket (QEMU chardev), retrying until it exists. */
   static async connect(path: string, deadlineMs: number, options: AgentClientOptions = {}): Promise<AgentClient> {
-    const until = Date.now() + deadlineMs;
-    for (;;) {
-      try {
-        const socket = await new Promise<net.Socket>((resolve, reject) => {
-          const s = net.createConnection(path);
-          s.once("connect", () => {
-            s.removeListener("error", reject);
-            resolve(s);
-          });
-          s.once("error", reject);
-        });
-        return new AgentClient(socket, options);
-      } catch (err) {
-        if (Date.now() > until) {
-          throw new AgentGoneError(`cannot connect to ${path}: ${(err as Error).message}`, options.context);
-        }
-        await sleep(20);
-      }
+    try {
+      return new AgentClient(await connectWhenReady(path, deadlineMs, 20), options);
+    } catch (err) {
+      throw new AgentGoneError(`cannot connect to ${path}: ${(err as Error).message}`, options.context);
     }
   }
 
@@ -658,8 +645,4 @@ class StdinWindow {
     this.waiters = [];
     for (const f of w) f();
   }
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
 }

@@ -2,8 +2,9 @@
 // commands matched to answers by id, events delivered to listeners.
 
 import { EventEmitter } from "node:events";
-import net from "node:net";
+import type net from "node:net";
 import { MitosError } from "../errors.js";
+import { connectWhenReady } from "../unix-socket.js";
 
 export interface QmpEvent {
   event: string;
@@ -33,28 +34,15 @@ export class QmpClient extends EventEmitter<{ event: [QmpEvent]; close: [] }> {
 
   /** Connects (retrying until the socket exists) and negotiates capabilities. */
   static async connect(path: string, deadlineMs: number): Promise<QmpClient> {
-    const until = Date.now() + deadlineMs;
-    for (;;) {
-      try {
-        const socket = await new Promise<net.Socket>((resolve, reject) => {
-          const s = net.createConnection(path);
-          s.once("connect", () => {
-            s.removeListener("error", reject);
-            resolve(s);
-          });
-          s.once("error", reject);
-        });
-        const qmp = new QmpClient(socket);
-        await qmp.execute("qmp_capabilities");
-        return qmp;
-      } catch (err) {
-        if (Date.now() > until) {
-          throw new MitosError("unavailable", `cannot reach QEMU's QMP socket ${path}: ${(err as Error).message}`, {
-            remediation: "QEMU did not start or exited at once; read the VM's qemu.log.",
-          });
-        }
-        await new Promise((r) => setTimeout(r, 10));
-      }
+    try {
+      const qmp = new QmpClient(await connectWhenReady(path, deadlineMs));
+      await qmp.execute("qmp_capabilities", undefined, deadlineMs);
+      return qmp;
+    } catch (err) {
+      if (err instanceof MitosError) throw err;
+      throw new MitosError("unavailable", `cannot reach QEMU's QMP socket ${path}: ${(err as Error).message}`, {
+        remediation: "QEMU did not start or exited at once; read the VM's qemu.log.",
+      });
     }
   }
 
