@@ -2,14 +2,17 @@
 
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { Engine, type EngineOptions, MitosError } from "@mitos/engine";
 import Fastify, { type FastifyError, type FastifyInstance } from "fastify";
 import { authorized, ensureToken } from "./auth.js";
 import { envelope, HTTP_STATUS, toMitosError } from "./errors.js";
 import { registerExecSocket } from "./exec-socket.js";
+import { serveH2c } from "./h2c.js";
 import { IdempotencyCache } from "./idempotency.js";
 import { registerLifecycle } from "./lifecycle.js";
 import { createMetrics } from "./metrics.js";
+import { registerOpenApi } from "./openapi.js";
 import { registerRuntime } from "./runtime.js";
 
 export const VERSION = "0.1.0";
@@ -42,6 +45,8 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
     bodyLimit: opts.bodyLimit ?? 1 << 20,
     // Let the engine's own timeouts decide; a fork of many VMs may take a while.
     requestTimeout: 0,
+    // Validate types as sent: "template": 7 is an error, not "7".
+    ajv: { customOptions: { coerceTypes: false } },
   });
   const engine = await Engine.open({
     ...opts,
@@ -64,6 +69,11 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
       });
     } else if (err.code === "FST_ERR_CTP_EMPTY_JSON_BODY") {
       m = new MitosError("invalid_json", "the request body is empty", { remediation: "Send a JSON object, e.g. {}." });
+    } else if (err.validation) {
+      m = new MitosError("invalid_input", `invalid request: ${err.message}`, {
+        remediation: "Fix the named field; GET /openapi.json describes every route's body.",
+        context: { problems: err.validation.map((v) => `${v.instancePath || "body"} ${v.message ?? ""}`.trim()) },
+      });
     } else if (err.code === "FST_ERR_CTP_INVALID_MEDIA_TYPE") {
       m = new MitosError("invalid_input", "unsupported Content-Type", {
         remediation: "Use Content-Type: application/json.",
@@ -130,6 +140,7 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
   });
 
   await registerExecSocket(app, { engine, maxExecTimeoutSeconds });
+  await registerOpenApi(app, VERSION);
   registerLifecycle(app, {
     engine,
     version: VERSION,
@@ -138,6 +149,17 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
     maxForkCount: opts.maxForkCount ?? 64,
     endpoint: () => url,
   });
+
+  // HTTP/2 cleartext (prior knowledge) on the same port: the runtime service
+  // with the bidi Exec, for clients such as connect-node with httpVersion "2".
+  const h2 = serveH2c(
+    app.server,
+    connectNodeAdapter({
+      routes: (router) => registerRuntime(router, { engine, maxExecTimeoutSeconds, metrics }, true),
+      interceptors: [auth],
+      jsonOptions: { alwaysEmitImplicit: true },
+    }),
+  );
 
   await app.listen({ host, port: opts.port ?? 8080 });
   const addr = app.server.address();
@@ -152,6 +174,7 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
     engine,
     app,
     async close(o = {}) {
+      h2.close();
       await app.close();
       await engine.close({ killSandboxes: o.killSandboxes ?? true });
     },

@@ -7,13 +7,14 @@
 
 import { fromJson, type JsonValue, toJson } from "@bufbuild/protobuf";
 import websocket from "@fastify/websocket";
-import type { Engine, ExecHandle } from "@mitos/engine";
+import type { Engine } from "@mitos/engine";
 import { MitosError } from "@mitos/engine";
-import { type ExecInput, ExecInputSchema, type ExecResponse, ExecResponseSchema } from "@mitos/proto";
+import { type ExecInput, ExecInputSchema, ExecResponseSchema } from "@mitos/proto";
 import type { FastifyInstance } from "fastify";
 import type { WebSocket } from "ws";
 import { toMitosError } from "./errors.js";
-import { toExecRequest } from "./runtime.js";
+import { interactiveExec } from "./interactive-exec.js";
+import { StreamQueue } from "./stream-queue.js";
 
 export const EXEC_SUBPROTOCOL = "connect.sandbox.v1";
 const END_STREAM = 0x02;
@@ -35,8 +36,6 @@ export async function registerExecSocket(
 }
 
 function serve(socket: WebSocket, sandboxId: string, engine: Engine, maxExecTimeoutSeconds: number): void {
-  let handle: ExecHandle | undefined;
-  let finished = false;
   const send = (flag: number, json: JsonValue) =>
     new Promise<void>((resolve) => {
       if (socket.readyState !== socket.OPEN) return resolve();
@@ -47,67 +46,31 @@ function serve(socket: WebSocket, sandboxId: string, engine: Engine, maxExecTime
       // Resolving on the write callback gives backpressure to the guest stream.
       socket.send(Buffer.concat([head, body]), () => resolve());
     });
-  const event = (e: ExecResponse["event"]) =>
-    send(
-      0,
-      toJson(ExecResponseSchema, { $typeName: "sandbox.v1.ExecResponse", event: e }, { alwaysEmitImplicit: true }),
-    );
-  const fail = (err: unknown) => {
-    if (finished) return;
-    finished = true;
-    const m = toMitosError(err);
-    void send(END_STREAM, {
-      error: { code: m.code, message: m.message, remediation: m.remediation },
-    } as JsonValue).then(() => socket.close(1000));
-  };
-
+  const inputs = new StreamQueue<ExecInput>(64);
+  const closed = new AbortController();
   socket.on("message", (data: Buffer, isBinary: boolean) => {
     try {
-      const input = decode(data, isBinary);
-      const m = input.input;
-      if (!handle) {
-        if (m.case !== "open")
-          throw new MitosError("invalid_input", "the first message must be {open:{…}}", {
-            remediation: "Send {open:{command, pty?}} first, then stdin/resize/stdinClose messages.",
-          });
-        const o = m.value;
-        const pty = o.pty ? { cols: o.pty.size?.cols || 80, rows: o.pty.size?.rows || 24 } : undefined;
-        handle = engine.exec(sandboxId, {
-          ...toExecRequest(o, maxExecTimeoutSeconds),
-          ...(pty ? { pty } : {}),
-          stdin: true,
-          collect: false,
-          onStdout: (c) => event({ case: "stdout", value: c }),
-          onStderr: (c) => event({ case: "stderr", value: c }),
-        });
-        handle.result.then(
-          async (r) => {
-            await event({
-              case: "exit",
-              value: { $typeName: "sandbox.v1.ExitStatus", exitCode: r.exitCode, execTimeMs: r.durationMs, error: "" },
-            });
-            finished = true;
-            await send(END_STREAM, {});
-            socket.close(1000);
-          },
-          (err: unknown) => fail(err),
-        );
-        return;
-      }
-      if (m.case === "stdin") void handle.write(Buffer.from(m.value)).catch(() => {});
-      else if (m.case === "resize") handle.resize(m.value.cols, m.value.rows);
-      else if (m.case === "stdinClose") handle.closeStdin();
-      else if (m.case === "open")
-        throw new MitosError("invalid_input", "open was sent twice", { remediation: "Send open once." });
+      void inputs.push(decode(data, isBinary));
     } catch (err) {
-      handle?.signal(9);
-      fail(err);
+      inputs.end(err as Error);
     }
   });
   socket.on("close", () => {
-    // The client went away: the guest process group goes too.
-    if (!finished) handle?.signal(9);
+    inputs.end();
+    closed.abort();
   });
+  void (async () => {
+    try {
+      for await (const m of interactiveExec(engine, sandboxId, inputs, maxExecTimeoutSeconds, closed.signal)) {
+        await send(0, toJson(ExecResponseSchema, m, { alwaysEmitImplicit: true }));
+      }
+      await send(END_STREAM, {});
+    } catch (err) {
+      const m = toMitosError(err);
+      await send(END_STREAM, { error: { code: m.code, message: m.message, remediation: m.remediation } });
+    }
+    socket.close(1000);
+  })();
 }
 
 function decode(data: Buffer, isBinary: boolean): ExecInput {

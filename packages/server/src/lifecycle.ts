@@ -6,6 +6,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { invalid } from "./errors.js";
 import type { IdempotencyCache } from "./idempotency.js";
 import type { Metrics } from "./metrics.js";
+import { routeSchemas } from "./openapi.js";
 
 export interface LifecycleOptions {
   engine: Engine;
@@ -54,7 +55,7 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
     (handler: (req: FastifyRequest) => Promise<unknown>) => (req: FastifyRequest, reply: FastifyReply) =>
       o.idempotency.run(req, reply, () => handler(req));
 
-  app.get("/v1/health", async () => ({
+  app.get("/v1/health", { schema: routeSchemas.health }, async () => ({
     status: "ok",
     version: o.version,
     accel: engine.accel,
@@ -64,6 +65,7 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
 
   app.post(
     "/v1/templates",
+    { schema: routeSchemas.createTemplate },
     idempotent(async (req) => {
       const b = body(req);
       const id = str(b, "id", true);
@@ -83,7 +85,9 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
     }),
   );
 
-  app.get("/v1/templates", async () => engine.listTemplates().map(templateJson));
+  app.get("/v1/templates", { schema: routeSchemas.listTemplates }, async () =>
+    engine.listTemplates().map(templateJson),
+  );
 
   const createSandbox = idempotent(async (req) => {
     const b = body(req);
@@ -98,14 +102,17 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
     o.metrics.claimSeconds.observe((Date.now() - started) / 1000);
     return sandboxJson(s);
   });
-  app.post("/v1/fork", createSandbox);
-  app.post("/v1/sandboxes", createSandbox);
+  app.post("/v1/fork", { schema: routeSchemas.createSandbox }, createSandbox);
+  app.post("/v1/sandboxes", { schema: routeSchemas.createSandbox }, createSandbox);
 
-  app.get("/v1/sandboxes", async () => engine.list().map(sandboxJson));
-  app.get<{ Params: { id: string } }>("/v1/sandboxes/:id", async (req) => sandboxJson(engine.get(req.params.id)));
+  app.get("/v1/sandboxes", { schema: routeSchemas.listSandboxes }, async () => engine.list().map(sandboxJson));
+  app.get<{ Params: { id: string } }>("/v1/sandboxes/:id", { schema: routeSchemas.getSandbox }, async (req) =>
+    sandboxJson(engine.get(req.params.id)),
+  );
 
   app.post<{ Params: { id: string } }>(
     "/v1/sandboxes/:id/fork",
+    { schema: routeSchemas.fork },
     idempotent(async (req) => {
       const b = body(req);
       const id = (req.params as { id: string }).id;
@@ -132,30 +139,30 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
     }),
   );
 
-  app.delete<{ Params: { id: string } }>("/v1/sandboxes/:id", async (req) => {
+  app.delete<{ Params: { id: string } }>("/v1/sandboxes/:id", { schema: routeSchemas.terminate }, async (req) => {
     await engine.terminate(req.params.id);
     return { status: "terminated", id: req.params.id };
   });
 
-  app.post("/v1/set_timeout", async (req) => {
+  app.post("/v1/set_timeout", { schema: routeSchemas.setTimeout }, async (req) => {
     const b = body(req);
     const r = engine.setTimeout(str(b, "sandbox", true), int(b, "timeout_seconds", true));
     return { status: "ok", deadline_unix: r.deadlineUnix, timeout_seconds: r.timeoutSeconds };
   });
 
-  app.post("/v1/pause", async (req) => {
+  app.post("/v1/pause", { schema: routeSchemas.pause }, async (req) => {
     await engine.pause(str(body(req), "sandbox", true));
     return { status: "paused" };
   });
 
-  app.post("/v1/resume", async (req) => {
+  app.post("/v1/resume", { schema: routeSchemas.resume }, async (req) => {
     await engine.resume(str(body(req), "sandbox", true));
     return { status: "running" };
   });
 
-  app.get("/v1/pools", async () => engine.poolStatus());
+  app.get("/v1/pools", { schema: routeSchemas.pools }, async () => engine.poolStatus());
 
-  app.get("/v1/metering", async () => {
+  app.get("/v1/metering", { schema: routeSchemas.metering }, async () => {
     const m = engine.metering();
     return {
       sandboxes: m.sandboxes.map((s) => ({
@@ -168,7 +175,7 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
     };
   });
 
-  app.get("/metrics", async (_req, reply) => {
+  app.get("/metrics", { schema: routeSchemas.metrics }, async (_req, reply) => {
     reply.header("content-type", o.metrics.registry.contentType);
     return o.metrics.registry.metrics();
   });

@@ -14,6 +14,7 @@ import {
   type WriteFileRequest,
 } from "@mitos/proto";
 import { invalid, toConnectError } from "./errors.js";
+import { interactiveExec } from "./interactive-exec.js";
 import type { Metrics } from "./metrics.js";
 import { StreamQueue } from "./stream-queue.js";
 
@@ -25,13 +26,17 @@ export interface RuntimeOptions {
 
 const QUEUE_BYTES = 1 << 20;
 
-/** The bidi Exec is served as a WebSocket on the same path (exec-socket.ts), not by Connect. */
-type RuntimeImpl = Omit<ServiceImpl<typeof Sandbox>, "exec">;
+type RuntimeImpl = ServiceImpl<typeof Sandbox>;
 
-export function registerRuntime(router: ConnectRouter, opts: RuntimeOptions): void {
-  const impl = wrap(runtimeImpl(opts)) as Record<string, unknown>;
+/**
+ * Registers the runtime methods. Over HTTP/1.1 the bidi `Exec` cannot run, and
+ * its path serves the WebSocket route instead (exec-socket.ts), so it is
+ * registered only on the h2c router (`withBidiExec`).
+ */
+export function registerRuntime(router: ConnectRouter, opts: RuntimeOptions, withBidiExec = false): void {
+  const impl = wrap(runtimeImpl(opts)) as unknown as Record<string, unknown>;
   for (const m of Sandbox.methods) {
-    if (m.localName !== "exec") router.rpc(m, impl[m.localName] as never);
+    if (m.localName !== "exec" || withBidiExec) router.rpc(m, impl[m.localName] as never);
   }
 }
 
@@ -82,6 +87,11 @@ function runtimeImpl({ engine, maxExecTimeoutSeconds, metrics }: RuntimeOptions)
       } finally {
         ctx.signal.removeEventListener("abort", onAbort);
       }
+    },
+
+    async *exec(inputs, ctx) {
+      metrics.execs.inc();
+      yield* interactiveExec(engine, sandboxId(ctx), inputs, maxExecTimeoutSeconds, ctx.signal);
     },
 
     async *readFile(req, ctx) {

@@ -14,7 +14,7 @@ import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { defaultDataDir } from "@mitos/engine";
-import { Sandbox as SandboxService, WriteFileRequestSchema } from "@mitos/proto";
+import { ExecInputSchema, Sandbox as SandboxService, WriteFileRequestSchema } from "@mitos/proto";
 import { createServer, type MitosServer } from "../src/index.js";
 
 const root = defaultDataDir();
@@ -151,6 +151,17 @@ describe("lifecycle API", () => {
     for (const c of [...first.sandboxes, single]) await api("DELETE", `/v1/sandboxes/${c.id}`);
   });
 
+  it("describes the lifecycle routes in OpenAPI", async () => {
+    const doc = (await (await api("GET", "/openapi.json")).json()) as {
+      openapi: string;
+      paths: Record<string, unknown>;
+    };
+    assert.match(doc.openapi, /^3\./);
+    for (const p of ["/v1/health", "/v1/templates", "/v1/sandboxes", "/v1/sandboxes/{id}/fork", "/v1/set_timeout"]) {
+      assert.ok(p in doc.paths, `${p} missing from OpenAPI`);
+    }
+  });
+
   it("reports pools, metering and Prometheus metrics", async () => {
     const pools = (await (await api("GET", "/v1/pools")).json()) as Array<{ template: string; target: number }>;
     assert.ok(pools.some((p) => p.template === "python" && p.target === 1));
@@ -254,6 +265,51 @@ describe("lifecycle API", () => {
       const unauth = createClient(SandboxService, createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" }));
       const denied = await unauth.stat({ path: "/" }).catch((e: unknown) => e);
       assert.ok(denied instanceof ConnectError && denied.code === Code.Unauthenticated);
+    });
+
+    it("serves the bidi Exec over h2c on the same port (PTY, stdin, resize)", async () => {
+      const h2 = createClient(
+        SandboxService,
+        createConnectTransport({
+          baseUrl: server.url,
+          httpVersion: "2",
+          useBinaryFormat: false,
+          interceptors: [
+            (next) => async (req) => {
+              req.header.set("authorization", `Bearer ${server.token}`);
+              req.header.set("x-sandbox-id", sb.id);
+              return next(req);
+            },
+          ],
+        }),
+      );
+      let screen = "";
+      let exitCode = -1;
+      let sawHi: () => void = () => {};
+      const hi = new Promise<void>((r) => {
+        sawHi = r;
+      });
+      async function* inputs() {
+        yield create(ExecInputSchema, {
+          input: { case: "open", value: { command: "sh", pty: { term: "xterm", size: { cols: 80, rows: 24 } } } },
+        });
+        yield create(ExecInputSchema, { input: { case: "stdin", value: Buffer.from("echo hi-$((40+2))\r") } });
+        await hi;
+        yield create(ExecInputSchema, { input: { case: "resize", value: { cols: 132, rows: 50 } } });
+        yield create(ExecInputSchema, { input: { case: "stdin", value: Buffer.from("stty size; exit 3\r") } });
+      }
+      for await (const m of h2.exec(inputs())) {
+        if (m.event.case === "stdout") {
+          screen += Buffer.from(m.event.value).toString();
+          if (screen.includes("hi-42")) sawHi();
+        }
+        if (m.event.case === "exit") exitCode = m.event.value.exitCode;
+      }
+      assert.match(screen, /hi-42/);
+      assert.match(screen, /50 132/);
+      assert.equal(exitCode, 3);
+      // The unary calls work over h2c too.
+      assert.equal((await h2.stat({ path: "/etc" })).isDir, true);
     });
 
     it("works with plain curl and Connect JSON framing", async () => {

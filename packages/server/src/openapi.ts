@@ -1,0 +1,164 @@
+// OpenAPI description of the lifecycle routes (served at /openapi.json).
+// The schemas document the wire format and validate request bodies; the
+// handlers' own checks give the field-level error messages.
+
+import swagger from "@fastify/swagger";
+import type { FastifyInstance, FastifySchema } from "fastify";
+
+const str = { type: "string" } as const;
+const int = { type: "integer" } as const;
+const id = { type: "string", pattern: "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$" } as const;
+const env = { type: "object", additionalProperties: str } as const;
+
+const errorEnvelope = {
+  type: "object",
+  properties: {
+    error: {
+      type: "object",
+      required: ["code", "message", "remediation"],
+      properties: {
+        code: str,
+        message: str,
+        cause: { type: ["string", "null"] },
+        remediation: str,
+        context: { type: "object", additionalProperties: true },
+      },
+    },
+  },
+} as const;
+
+const sandbox = {
+  type: "object",
+  properties: {
+    id: str,
+    template_id: str,
+    parent_id: { type: ["string", "null"] },
+    state: { type: "string", enum: ["starting", "ready", "paused", "terminated", "failed"] },
+    endpoint: str,
+    created_at: str,
+    deadline_unix: int,
+    fork_time_ms: int,
+    accel: { type: "string", enum: ["kvm", "tcg"] },
+    memory: { type: "object", properties: { private_bytes: int, shared_bytes: int } },
+  },
+} as const;
+
+const template = {
+  type: "object",
+  properties: { id: str, ready: { type: "boolean" }, created_at: str, creation_time_ms: int },
+} as const;
+
+const errors = { "4xx": errorEnvelope, "5xx": errorEnvelope };
+const sandboxRef = { type: "object", required: ["sandbox"], properties: { sandbox: str } } as const;
+const createBody = {
+  type: "object",
+  properties: { template: str, pool: str, id, timeout_seconds: int, env },
+} as const;
+
+export const routeSchemas = {
+  health: {
+    summary: "Liveness, version, accelerator and counts (no auth)",
+    security: [],
+    response: {
+      200: {
+        type: "object",
+        properties: { status: str, version: str, accel: str, templates: int, sandboxes: int },
+      },
+    },
+  },
+  createTemplate: {
+    summary: "Build a template (an existing id returns it)",
+    body: {
+      type: "object",
+      required: ["id"],
+      properties: {
+        id,
+        image: str,
+        packages: { type: "array", items: str },
+        init: { type: "array", items: str },
+        env,
+        resources: { type: "object", properties: { vcpu_count: int, mem_size_mib: int } },
+        init_wait_seconds: int,
+      },
+    },
+    response: { 200: template, ...errors },
+  },
+  listTemplates: { summary: "List templates", response: { 200: { type: "array", items: template } } },
+  createSandbox: {
+    summary: "New sandbox restored from a template (from the warm pool when one is warm)",
+    body: createBody,
+    response: { 200: sandbox, ...errors },
+  },
+  listSandboxes: { summary: "List sandboxes", response: { 200: { type: "array", items: sandbox } } },
+  getSandbox: { summary: "One sandbox", response: { 200: sandbox, ...errors } },
+  fork: {
+    summary: "Live fork: one child (no count) or {sandboxes, fork_time_ms} with count",
+    body: { type: "object", properties: { id, count: int, pause_source: { type: "boolean" } } },
+    response: {
+      200: {
+        anyOf: [
+          {
+            type: "object",
+            required: ["sandboxes"],
+            properties: { sandboxes: { type: "array", items: sandbox }, fork_time_ms: int },
+          },
+          { ...sandbox, required: ["id"] },
+        ],
+      },
+      ...errors,
+    },
+  },
+  terminate: {
+    summary: "Terminate a sandbox",
+    response: { 200: { type: "object", properties: { status: str, id: str } }, ...errors },
+  },
+  setTimeout: {
+    summary: "Move a sandbox's deadline",
+    body: {
+      type: "object",
+      required: ["sandbox", "timeout_seconds"],
+      properties: { sandbox: str, timeout_seconds: int },
+    },
+    response: {
+      200: { type: "object", properties: { status: str, deadline_unix: int, timeout_seconds: int } },
+      ...errors,
+    },
+  },
+  pause: {
+    summary: "Pause a sandbox",
+    body: sandboxRef,
+    response: { 200: { type: "object", properties: { status: str } }, ...errors },
+  },
+  resume: {
+    summary: "Resume a sandbox",
+    body: sandboxRef,
+    response: { 200: { type: "object", properties: { status: str } }, ...errors },
+  },
+  pools: {
+    summary: "Warm pools",
+    response: {
+      200: {
+        type: "array",
+        items: { type: "object", properties: { template: str, warm: int, target: int, claimed: int } },
+      },
+    },
+  },
+  metering: { summary: "Memory per sandbox and host totals (shared pages counted once)" },
+  metrics: { summary: "Prometheus metrics", hide: true },
+} satisfies Record<string, FastifySchema & { summary?: string; hide?: boolean; security?: unknown[] }>;
+
+export async function registerOpenApi(app: FastifyInstance, version: string): Promise<void> {
+  await app.register(swagger, {
+    openapi: {
+      info: {
+        title: "mitosd lifecycle API",
+        version,
+        description:
+          "Forkable microVM sandboxes. The runtime service is Connect RPC (sandbox.v1.Sandbox), see the proto.",
+      },
+      components: { securitySchemes: { bearer: { type: "http", scheme: "bearer" } } },
+      security: [{ bearer: [] }],
+    },
+  });
+  app.get("/openapi.json", { schema: { hide: true } }, async () => app.swagger());
+}
