@@ -14,6 +14,13 @@ export function serveH2c(
   handler: (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void,
 ): { close(): void } {
   const h2 = http2.createServer({}, handler);
+  // Sessions live on sockets the HTTP/1.1 server accepted: closing that server
+  // waits for them, so close() ends them.
+  const sessions = new Set<http2.ServerHttp2Session>();
+  h2.on("session", (s) => {
+    sessions.add(s);
+    s.once("close", () => sessions.delete(s));
+  });
   const h1Listeners = h1.listeners("connection") as Array<(s: net.Socket) => void>;
   h1.removeAllListeners("connection");
   h1.on("connection", (socket: net.Socket) => {
@@ -36,7 +43,10 @@ export function serveH2c(
     socket.on("data", onData);
   });
   return {
-    close: () => h2.close(),
+    close: () => {
+      for (const s of sessions) s.destroy();
+      h2.close();
+    },
   };
 }
 

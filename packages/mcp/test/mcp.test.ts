@@ -1,0 +1,98 @@
+// mitos-mcp driven by the official MCP client over stdio, against a real
+// mitosd and real VMs.
+
+import assert from "node:assert/strict";
+import path from "node:path";
+import { after, before, describe, it } from "node:test";
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
+import { type Daemon, repoRoot, startMitosd } from "../../../test-support/mitosd.js";
+
+let daemon: Daemon;
+let client: Client;
+
+interface TextResult {
+  isError?: boolean;
+  content: Array<{ type: string; text?: string }>;
+}
+
+async function call<T>(name: string, args: Record<string, unknown> = {}): Promise<T> {
+  const r = (await client.callTool({ name, arguments: args })) as TextResult;
+  assert.ok(!r.isError, `${name} failed: ${r.content[0]?.text}`);
+  return JSON.parse(r.content[0]?.text ?? "null") as T;
+}
+
+before(async () => {
+  daemon = await startMitosd("/var/lib/mitos/test-mcp");
+  client = new Client({ name: "mitos-test", version: "0.0.1" });
+  await client.connect(
+    new StdioClientTransport({
+      command: process.execPath,
+      args: ["--import", "tsx", path.join(repoRoot, "packages/mcp/src/bin/mitos-mcp.ts")],
+      env: daemon.env as Record<string, string>,
+      cwd: repoRoot,
+    }),
+  );
+});
+
+after(async () => {
+  await client?.close();
+  await daemon?.stop();
+});
+
+describe("mitos-mcp", () => {
+  it("lists its tools with descriptions and input schemas", async () => {
+    const { tools } = await client.listTools();
+    assert.deepEqual(tools.map((t) => t.name).sort(), [
+      "sandbox_create",
+      "sandbox_exec",
+      "sandbox_fork",
+      "sandbox_list",
+      "sandbox_read_file",
+      "sandbox_terminate",
+      "sandbox_write_file",
+    ]);
+    for (const t of tools) {
+      assert.ok((t.description ?? "").length > 30, `${t.name} needs a description`);
+      assert.equal(t.inputSchema.type, "object");
+    }
+  });
+
+  it("creates, forks 3 ways, runs in each child, reads and writes files, terminates", async () => {
+    const sb = await call<{ id: string }>("sandbox_create", { template: "python" });
+    await call("sandbox_write_file", { sandbox_id: sb.id, path: "/root/seed.txt", content: "from the parent\n" });
+    const { children } = await call<{ children: string[] }>("sandbox_fork", { sandbox_id: sb.id, count: 3 });
+    assert.equal(children.length, 3);
+    const outs = await Promise.all(
+      children.map((id, i) =>
+        call<{ exit_code: number; stdout: string }>("sandbox_exec", {
+          sandbox_id: id,
+          command: `python3 -c 'print(${i} * 10)'; cat /root/seed.txt; hostname`,
+        }),
+      ),
+    );
+    outs.forEach((o, i) => {
+      assert.equal(o.exit_code, 0);
+      assert.equal(o.stdout, `${i * 10}\nfrom the parent\n${children[i]}\n`);
+    });
+    const file = await call<{ content: string }>("sandbox_read_file", {
+      sandbox_id: children[0],
+      path: "/root/seed.txt",
+    });
+    assert.equal(file.content, "from the parent\n");
+    const listed = await call<Array<{ id: string; parent: string | null }>>("sandbox_list");
+    for (const id of children) assert.equal(listed.find((s) => s.id === id)?.parent, sb.id);
+    for (const id of [...children, sb.id]) await call("sandbox_terminate", { sandbox_id: id });
+  });
+
+  it("returns errors as tool results with the error envelope", async () => {
+    const r = (await client.callTool({
+      name: "sandbox_exec",
+      arguments: { sandbox_id: "no-such-box", command: "true" },
+    })) as TextResult;
+    assert.equal(r.isError, true);
+    const env = JSON.parse(r.content[0]?.text ?? "{}") as { error: { code: string; remediation: string } };
+    assert.equal(env.error.code, "not_found");
+    assert.ok(env.error.remediation.length > 0);
+  });
+});

@@ -1,0 +1,48 @@
+// Starts a real mitosd process for end-to-end tests of the clients (SDKs,
+// CLI, MCP), each suite in its own data dir, sharing the guest image cache.
+
+import { type ChildProcess, spawn } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+
+export const repoRoot = path.resolve(import.meta.dirname, "..");
+
+export interface Daemon {
+  url: string;
+  token: string;
+  /** Environment for a client process: MITOS_BASE_URL and MITOS_API_KEY set. */
+  env: NodeJS.ProcessEnv;
+  stop(): Promise<void>;
+}
+
+export async function startMitosd(dataDir: string): Promise<Daemon> {
+  const proc: ChildProcess = spawn(
+    process.execPath,
+    ["--import", "tsx", path.join(repoRoot, "packages/server/src/bin/mitosd.ts"), "--port", "0", "--data-dir", dataDir],
+    {
+      stdio: ["ignore", "ignore", "pipe"],
+      env: { ...process.env, MITOS_IMAGES_DIR: process.env.MITOS_IMAGES_DIR ?? "/var/lib/mitos/images" },
+    },
+  );
+  const url = await new Promise<string>((resolve, reject) => {
+    let err = "";
+    proc.stderr?.on("data", (d: Buffer) => {
+      err += d.toString();
+      const m = /mitosd (http:\/\/\S+) \(token in/.exec(err);
+      if (m?.[1]) resolve(m[1]);
+    });
+    proc.once("exit", (code) => reject(new Error(`mitosd exited (${code}): ${err.slice(-2000)}`)));
+  });
+  const token = fs.readFileSync(path.join(dataDir, "token"), "utf8").trim();
+  return {
+    url,
+    token,
+    env: { ...process.env, MITOS_BASE_URL: url, MITOS_API_KEY: token },
+    stop: async () => {
+      if (proc.exitCode !== null) return;
+      const exited = new Promise((r) => proc.once("exit", r));
+      proc.kill("SIGTERM");
+      await exited;
+    },
+  };
+}
