@@ -1,40 +1,25 @@
 // The SDK against a real mitosd process and real VMs.
 
 import assert from "node:assert/strict";
-import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { execFile } from "node:child_process";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { promisify } from "node:util";
+import { type Daemon, repoRoot as repo, startMitosd } from "../../../test-support/mitosd.js";
 import { NotFoundError, type Sandbox, SandboxServer, TimeoutTooLargeError, UnauthorizedError } from "../src/index.js";
 
-const repo = path.resolve(import.meta.dirname, "../../..");
-const dataDir = "/var/lib/mitos/test-sdk";
-let daemon: ChildProcess;
+let daemon: Daemon;
 let baseUrl = "";
 let apiKey = "";
 
 before(async () => {
-  daemon = spawn(
-    process.execPath,
-    ["--import", "tsx", path.join(repo, "packages/server/src/bin/mitosd.ts"), "--port", "0", "--data-dir", dataDir],
-    { stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, MITOS_IMAGES_DIR: "/var/lib/mitos/images" } },
-  );
-  baseUrl = await new Promise<string>((resolve, reject) => {
-    let err = "";
-    daemon.stderr?.on("data", (d: Buffer) => {
-      err += d.toString();
-      const m = /mitosd (http:\/\/\S+) \(token in (\S+)\)/.exec(err);
-      if (m?.[1]) resolve(m[1]);
-    });
-    daemon.once("exit", (code) => reject(new Error(`mitosd exited (${code}): ${err}`)));
-  });
-  const { readFileSync } = await import("node:fs");
-  apiKey = readFileSync(path.join(dataDir, "token"), "utf8").trim();
+  daemon = await startMitosd("/var/lib/mitos/test-sdk");
+  baseUrl = daemon.url;
+  apiKey = daemon.token;
 });
 
 after(async () => {
-  daemon?.kill("SIGTERM");
-  await new Promise((r) => daemon?.once("exit", r));
+  await daemon?.stop();
 });
 
 describe("@mitos/sdk against mitosd", () => {
