@@ -31,6 +31,7 @@ export type {
   MemoryUsage,
   Metering,
   PoolInfo,
+  ProcessInfo,
   SandboxInfo,
   SandboxMemory,
   SandboxState,

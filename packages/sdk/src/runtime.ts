@@ -9,7 +9,7 @@ import { type FileInfo as FileInfoMsg, Sandbox as SandboxService, type WriteFile
 import type { ResolvedConfig } from "./config.js";
 import { errorFromConnect, makeError } from "./errors.js";
 import { USER_AGENT } from "./http.js";
-import type { ExecOptions, ExecResult, FileInfo } from "./types.js";
+import type { ExecOptions, ExecResult, FileInfo, ProcessInfo } from "./types.js";
 
 export const SANDBOX_ID_HEADER = "x-sandbox-id";
 
@@ -136,6 +136,29 @@ export class RuntimeClient {
   async remove(sandboxId: string, path: string, recursive: boolean): Promise<void> {
     try {
       await this.client.remove({ path, recursive }, this.opts(sandboxId));
+    } catch (e) {
+      this.fail(e);
+    }
+  }
+
+  async processes(sandboxId: string): Promise<ProcessInfo[]> {
+    try {
+      const r = await this.client.processes({}, this.opts(sandboxId));
+      return r.processes.map((p) => ({
+        pid: p.pid,
+        ppid: p.ppid,
+        command: p.command,
+        state: p.state,
+        rssBytes: Number(p.rssBytes),
+      }));
+    } catch (e) {
+      this.fail(e);
+    }
+  }
+
+  async signal(sandboxId: string, pid: number, signal: number): Promise<void> {
+    try {
+      await this.client.signal({ pid, signal }, this.opts(sandboxId));
     } catch (e) {
       this.fail(e);
     }

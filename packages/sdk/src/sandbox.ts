@@ -13,6 +13,7 @@ import type {
   ExecResult,
   FileInfo,
   MemoryUsage,
+  ProcessInfo,
   SandboxInfo,
   SandboxState,
   TimeoutInfo,
@@ -129,6 +130,16 @@ export class Sandbox {
   async resume(): Promise<void> {
     await this.#clients.http.post("/v1/resume", { sandbox: this.id });
     this.#info = { ...this.#info, state: "ready" };
+  }
+
+  /** Processes running in the sandbox. */
+  processes(): Promise<ProcessInfo[]> {
+    return this.#clients.runtime.processes(this.id);
+  }
+
+  /** Sends a signal (default SIGTERM) to a process in the sandbox. */
+  signal(pid: number, signal = 15): Promise<void> {
+    return this.#clients.runtime.signal(this.id, pid, signal);
   }
 
   async terminate(): Promise<void> {

@@ -85,6 +85,15 @@ export interface FileInfo {
   modifiedAtUnix: number;
 }
 
+export interface ProcessInfo {
+  pid: number;
+  ppid: number;
+  command: string;
+  /** One letter from /proc/<pid>/stat (R, S, Z, ...). */
+  state: string;
+  rssBytes: number;
+}
+
 export interface ExecResult {
   /** 124 when the command was killed at its deadline. */
   exitCode: number;

@@ -86,6 +86,27 @@ describe("@mitos/sdk against mitosd", () => {
     assert.equal(r.exitCode, 124);
   });
 
+  it("covers health, templates, pools, metering, processes and signals", async () => {
+    const server = new SandboxServer({ baseUrl, apiKey });
+    const h = await server.health();
+    assert.equal(h.status, "ok");
+    const tpl = await server.createTemplate("python");
+    assert.equal(tpl.id, "python");
+    assert.ok((await server.pools()).some((p) => p.template === "python"));
+    const m = await server.metering();
+    assert.ok(m.sandboxes.some((r) => r.id === sb.id));
+    assert.ok((m.host.totalBytes ?? 0) > 0);
+    const bg = await sb.exec("sleep 300 >/dev/null 2>&1 & echo $!");
+    const pid = Number(bg.stdout.trim());
+    assert.ok((await sb.processes()).some((p) => p.pid === pid && p.command.includes("sleep")));
+    await sb.signal(pid, 9);
+    await until(
+      async () => !(await sb.processes()).some((p) => p.pid === pid && p.state !== "Z"),
+      5000,
+      () => "still alive",
+    );
+  });
+
   it("pauses, resumes, extends and terminates", async () => {
     await sb.pause();
     assert.equal((await sb.info()).state, "paused");
