@@ -62,6 +62,8 @@ export interface EngineOptions {
   maxTimeoutSeconds?: number;
   /** Parallel restores during a fork (default: 2 × cores). */
   restoreConcurrency?: number;
+  /** Built-in templates to build in the background at open (mitosd: python), so the first create is warm. */
+  prepareTemplates?: string[];
   log?: (msg: string, fields?: Record<string, unknown>) => void;
 }
 
@@ -91,7 +93,9 @@ export class Engine {
   private readonly templateBuilds = new Map<string, Promise<TemplateRecord>>();
   private readonly pools = new Map<string, WarmPool>();
   private readonly imagesDir: string;
-  private readonly opts: Required<Omit<EngineOptions, "dataDir" | "shmDir" | "imagesDir" | "accel" | "log">>;
+  private readonly opts: Required<
+    Omit<EngineOptions, "dataDir" | "shmDir" | "imagesDir" | "accel" | "log" | "prepareTemplates">
+  >;
   private readonly log: NonNullable<EngineOptions["log"]>;
   private closed = false;
 
@@ -121,6 +125,11 @@ export class Engine {
     await engine.recover();
     for (const [template, target] of Object.entries(engine.opts.poolTargets)) {
       if (target > 0 && engine.journal.templates[template]) engine.poolFor(template);
+    }
+    for (const t of options.prepareTemplates ?? []) {
+      engine
+        .ensureTemplate(t, {})
+        .catch((err: Error) => engine.log("template prepare failed", { template: t, error: err.message }));
     }
     return engine;
   }
@@ -507,6 +516,8 @@ export class Engine {
   /** Stops pools and timers; `killSandboxes` also terminates every sandbox (tests, `--ephemeral`). */
   async close(opts: { killSandboxes?: boolean } = {}): Promise<void> {
     this.closed = true;
+    // A template build in flight owns a VM: let it finish (or fail) first.
+    await Promise.allSettled([...this.templateBuilds.values()]);
     await Promise.all([...this.pools.values()].map((p) => p.close()));
     for (const s of this.sandboxes.values()) if (s.timer) clearTimeout(s.timer);
     if (opts.killSandboxes) await Promise.all([...this.sandboxes.values()].map((s) => this.kill(s, "terminated")));

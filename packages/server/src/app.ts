@@ -49,6 +49,7 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
     ajv: { customOptions: { coerceTypes: false } },
   });
   const engine = await Engine.open({
+    prepareTemplates: ["python"],
     ...opts,
     log: (msg, fields) => app.log.info(fields ?? {}, msg),
   });
