@@ -1,7 +1,7 @@
 // The engine: templates, sandboxes, warm pools and live fork, with a journal
 // so a restarted engine reaps what a previous run left behind.
 
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -51,6 +51,7 @@ export interface SandboxInfo {
 
 export interface EngineOptions {
   dataDir?: string;
+  /** RAM files (a tmpfs dir used by this engine alone; default /dev/shm/mitos-<hash of dataDir>). */
   shmDir?: string;
   /** Image cache (default $MITOS_IMAGES_DIR or <dataDir>/images); tests share one across data dirs. */
   imagesDir?: string;
@@ -101,7 +102,11 @@ export class Engine {
 
   private constructor(options: EngineOptions) {
     this.dataDir = options.dataDir ?? defaultDataDir();
-    this.shmDir = options.shmDir ?? defaultShmDir();
+    // Each engine gets its own directory in the tmpfs: at start it removes RAM
+    // files its journal does not know, which must never be another engine's.
+    this.shmDir =
+      options.shmDir ??
+      path.join(defaultShmDir(), `mitos-${createHash("sha256").update(this.dataDir).digest("hex").slice(0, 12)}`);
     this.imagesDir =
       options.imagesDir ??
       (process.env.MITOS_IMAGES_DIR ? path.resolve(process.env.MITOS_IMAGES_DIR) : path.join(this.dataDir, "images"));
@@ -114,6 +119,7 @@ export class Engine {
       maxTimeoutSeconds: options.maxTimeoutSeconds ?? 3600,
       restoreConcurrency: options.restoreConcurrency ?? Math.max(2, 2 * os.availableParallelism()),
     };
+    fs.mkdirSync(this.shmDir, { recursive: true, mode: 0o700 });
     for (const d of ["vms", "templates", "bases"])
       fs.mkdirSync(path.join(this.dataDir, d), { recursive: true, mode: 0o700 });
     this.journal = new Journal(this.dataDir);

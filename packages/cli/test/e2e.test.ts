@@ -1,0 +1,206 @@
+// The built CLI (packages/cli/dist/bin/mitos.js) against a real mitosd and
+// real VMs. Build first: `npm run -s build` (or `npx tsc -b packages/cli`).
+
+import assert from "node:assert/strict";
+import { execFileSync, spawn } from "node:child_process";
+import { existsSync } from "node:fs";
+import path from "node:path";
+import { after, before, describe, it } from "node:test";
+import { type Daemon, repoRoot, startMitosd } from "../../../test-support/mitosd.js";
+
+const repo = repoRoot;
+const bin = path.join(repo, "packages/cli/dist/bin/mitos.js");
+const dataDir = "/var/lib/mitos/test-cli";
+let daemon: Daemon | undefined;
+let env: NodeJS.ProcessEnv = {};
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** `mitos <args>` as a separate process, like a user's shell would run it. */
+function mitos(args: string[], opts: { timeoutMs?: number } = {}): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [bin, ...args], { env, cwd: repo, stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d: Buffer) => {
+      stdout += d.toString();
+    });
+    child.stderr.on("data", (d: Buffer) => {
+      stderr += d.toString();
+    });
+    const t = setTimeout(() => child.kill("SIGKILL"), opts.timeoutMs ?? 60_000);
+    child.once("error", reject);
+    child.once("close", (code) => {
+      clearTimeout(t);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+/** A command line split like a POSIX shell would (single quotes only), so API.md's lines run verbatim. */
+function shellWords(line: string): string[] {
+  const words: string[] = [];
+  for (const m of line.matchAll(/'([^']*)'|(\S+)/g)) words.push(m[1] ?? m[2] ?? "");
+  return words;
+}
+
+before(async () => {
+  if (!existsSync(bin)) execFileSync("npx", ["tsc", "-b", "packages/cli"], { cwd: repo, stdio: "inherit" });
+  daemon = await startMitosd(dataDir);
+  env = { ...daemon.env };
+  delete env.MITOS_DATA_DIR;
+});
+
+after(async () => {
+  await daemon?.stop();
+});
+
+describe("mitos CLI against mitosd", () => {
+  let source = "";
+  let forks: string[] = [];
+
+  it("runs the three API.md lines verbatim", async () => {
+    const create = await mitos(shellWords("sandbox create --pool python"), { timeoutMs: 120_000 });
+    assert.equal(create.code, 0, create.stderr);
+    source = create.stdout.trim();
+    assert.match(source, /^sb-[0-9a-f]{8}$/);
+
+    const fork = await mitos(shellWords(`fork ${source} --count 8`));
+    assert.equal(fork.code, 0, fork.stderr);
+    forks = fork.stdout.trim().split("\n");
+    assert.equal(forks.length, 8);
+    assert.equal(new Set(forks).size, 8);
+    for (const id of forks) assert.match(id, /^sb-[0-9a-f]{8}$/);
+
+    const exec = await mitos(shellWords(`sandbox exec ${forks[0]} python3 -c 'print(42)'`));
+    assert.equal(exec.code, 0, exec.stderr);
+    assert.equal(exec.stdout, "42\n");
+  });
+
+  it("propagates the command's exit code and both output streams", async () => {
+    const r = await mitos(["sandbox", "exec", forks[1] ?? "", "sh", "-c", "echo out; echo err >&2; exit 7"]);
+    assert.equal(r.code, 7);
+    assert.equal(r.stdout, "out\n");
+    assert.equal(r.stderr, "err\n");
+    const one = await mitos(["sandbox", "exec", forks[1] ?? "", "echo $((6*7)) | tr 4 X; exit 5"]);
+    assert.equal(one.code, 5);
+    assert.equal(one.stdout, "X2\n");
+  });
+
+  it("exits 124 when a command hits --timeout", async () => {
+    const r = await mitos(["sandbox", "exec", "--timeout", "1", forks[2] ?? "", "sleep 20"]);
+    assert.equal(r.code, 124, r.stderr);
+  });
+
+  it("exits 3 for an unknown sandbox, with code and fix on stderr", async () => {
+    const r = await mitos(["sandbox", "exec", "sb-00000000", "true"]);
+    assert.equal(r.code, 3);
+    assert.match(r.stderr, /^error: not_found: /);
+    assert.match(r.stderr, /\nfix: /);
+    assert.equal((await mitos(["fork", "sb-00000000", "--count", "2"])).code, 3);
+    assert.equal((await mitos(["sandbox", "terminate", "sb-00000000"])).code, 3);
+  });
+
+  it("prints listings as JSON that parses", async () => {
+    const ls = await mitos(["sandbox", "ls", "--json"]);
+    assert.equal(ls.code, 0, ls.stderr);
+    const list = JSON.parse(ls.stdout) as Array<{ id: string; parentId: string | null; state: string }>;
+    const ids = new Set(list.map((s) => s.id));
+    for (const id of [source, ...forks]) assert.ok(ids.has(id), id);
+    assert.equal(list.find((s) => s.id === forks[0])?.parentId, source);
+
+    const table = await mitos(["sandbox", "ls"]);
+    assert.match(table.stdout, /^ID\s+TEMPLATE\s+PARENT\s+STATE\s+PRIVATE\s+SHARED\s+DEADLINE/);
+    assert.match(table.stdout, new RegExp(`${forks[0]}\\s+python\\s+${source}\\s+ready`));
+
+    const tpl = JSON.parse((await mitos(["template", "ls", "--json"])).stdout) as Array<{ id: string; ready: boolean }>;
+    assert.ok(tpl.some((t) => t.id === "python" && t.ready));
+    const pools = JSON.parse((await mitos(["pool", "ls", "--json"])).stdout) as Array<{ template: string }>;
+    assert.ok(Array.isArray(pools));
+    const created = await mitos(["sandbox", "create", "--template", "python", "--timeout", "120", "--json"]);
+    assert.equal(created.code, 0, created.stderr);
+    const sb = JSON.parse(created.stdout) as { id: string; templateId: string };
+    assert.equal(sb.templateId, "python");
+    const forked = JSON.parse((await mitos(["fork", sb.id, "--json"])).stdout) as Array<{ parentId: string }>;
+    assert.equal(forked[0]?.parentId, sb.id);
+  });
+
+  it("shows the sandboxes in `mitos top --once`", async () => {
+    const r = await mitos(["top", "--once"]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /^mitos top - /);
+    assert.match(r.stdout, /memory: private /);
+    assert.match(r.stdout, new RegExp(`${source}\\s+python\\s+-\\s+ready\\s+\\d`));
+  });
+
+  it("passes `mitos doctor` against the running server", async () => {
+    const r = await mitos(["doctor"]);
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    assert.match(r.stdout, /\[ok {2}\] mitosd: /);
+    assert.match(r.stdout, /\[ok {2}\] token: accepted/);
+    assert.match(r.stdout, /all checks passed/);
+    const bad = await mitos(["doctor", "--api-key", "wrong"]);
+    assert.equal(bad.code, 1);
+    assert.match(bad.stdout, /\[FAIL\] token: /);
+  });
+
+  it("runs an interactive shell under a real pseudo-terminal", async () => {
+    // python3's pty module gives the CLI a real terminal: raw mode, echo, resize.
+    const driver = String.raw`
+import os, pty, select, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+buf = b""
+def until(pat, secs):
+    global buf
+    end = time.time() + secs
+    while time.time() < end:
+        r, _, _ = select.select([fd], [], [], 0.2)
+        if r:
+            try:
+                d = os.read(fd, 4096)
+            except OSError:
+                return False
+            if not d:
+                return False
+            buf += d
+            if pat in buf:
+                return True
+    return False
+until(b"# ", 30)
+os.write(fd, b"echo hi-$((40+2))\r")
+saw = until(b"hi-42\r", 30)
+os.write(fd, b"exit\r")
+while True:
+    try:
+        d = os.read(fd, 4096)
+    except OSError:
+        break
+    if not d:
+        break
+    buf += d
+_, st = os.waitpid(pid, 0)
+sys.stderr.write(repr(buf) + "\n")
+print("saw" if saw else "missed", os.waitstatus_to_exitcode(st))
+`;
+    const out = execFileSync("python3", ["-c", driver, process.execPath, bin, "sandbox", "shell", forks[3] ?? ""], {
+      env,
+      timeout: 60_000,
+      encoding: "utf8",
+    });
+    assert.equal(out.trim(), "saw 0");
+  });
+
+  it("terminates sandboxes", async () => {
+    const r = await mitos(["sandbox", "terminate", ...forks]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout.trim().split("\n").length, forks.length);
+    const left = JSON.parse((await mitos(["sandbox", "ls", "--json"])).stdout) as Array<{ id: string }>;
+    for (const id of forks) assert.ok(!left.some((s) => s.id === id), id);
+  });
+});

@@ -1,0 +1,187 @@
+"""Public shapes of the API's objects, in snake_case (as on the lifecycle
+wire), with just enough checking that a wrong server fails loudly instead of
+handing out ``None`` ids."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from .errors import MitosError, make_error
+
+
+@dataclass(frozen=True)
+class MemoryUsage:
+    #: Pages only this sandbox holds (its copy-on-write copies and VMM heap).
+    private_bytes: int
+    #: Base pages it still shares with its template and siblings.
+    shared_bytes: int
+
+
+@dataclass(frozen=True)
+class SandboxInfo:
+    id: str
+    template_id: str
+    #: The sandbox this one was forked from; None when made from a template.
+    parent_id: Optional[str]
+    #: "starting", "ready", "paused", "terminated" or "failed".
+    state: str
+    endpoint: Optional[str]
+    #: ISO 8601.
+    created_at: str
+    #: When mitosd reaps it (Unix seconds).
+    deadline_unix: Optional[int]
+    fork_time_ms: float
+    #: "kvm" or "tcg".
+    accel: Optional[str]
+    memory: Optional[MemoryUsage]
+
+
+@dataclass(frozen=True)
+class TemplateInfo:
+    id: str
+    ready: bool
+    created_at: str
+    creation_time_ms: float
+
+
+@dataclass(frozen=True)
+class Health:
+    status: str
+    version: str
+    accel: Optional[str]
+    templates: int
+    sandboxes: int
+
+
+@dataclass(frozen=True)
+class TimeoutInfo:
+    deadline_unix: int
+    timeout_seconds: int
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    name: str
+    path: str
+    is_dir: bool
+    size: int
+    #: Permission and type bits.
+    mode: int
+    modified_at_unix: int
+
+
+@dataclass
+class ExecResult:
+    #: 124 when the command was killed at its deadline.
+    exit_code: int
+    stdout: str
+    stderr: str
+    exec_time_ms: int
+    #: Set when the guest reported a problem running the command.
+    error: Optional[str] = field(default=None)
+
+
+def bad(what: str, value: Any) -> MitosError:
+    try:
+        text = json.dumps(value)[:300]
+    except (TypeError, ValueError):
+        text = repr(value)[:300]
+    return make_error(
+        "internal",
+        "unexpected %s from mitosd" % what,
+        cause=text,
+        remediation="The server's answer does not match the API this SDK speaks. "
+        "Check that mitosd and mitos-run versions match.",
+    )
+
+
+def record(what: str, v: Any) -> Dict[str, Any]:
+    if not isinstance(v, dict):
+        raise bad(what, v)
+    return v
+
+
+def array(what: str, v: Any) -> List[Any]:
+    if not isinstance(v, list):
+        raise bad(what, v)
+    return v
+
+
+def _num(o: Dict[str, Any], key: str) -> Any:
+    v = o.get(key)
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else 0
+
+
+def _opt_str(o: Dict[str, Any], key: str) -> Optional[str]:
+    v = o.get(key)
+    return v if isinstance(v, str) else None
+
+
+def to_sandbox_info(v: Any) -> SandboxInfo:
+    o = record("sandbox", v)
+    sid = o.get("id")
+    if not isinstance(sid, str):
+        raise bad("sandbox.id", v)
+    mem = o.get("memory")
+    deadline = o.get("deadline_unix")
+    accel = _opt_str(o, "accel")
+    return SandboxInfo(
+        id=sid,
+        template_id=_opt_str(o, "template_id") or "",
+        parent_id=_opt_str(o, "parent_id"),
+        state=_opt_str(o, "state") or "ready",
+        endpoint=_opt_str(o, "endpoint"),
+        created_at=_opt_str(o, "created_at") or "",
+        deadline_unix=int(deadline) if isinstance(deadline, (int, float)) and not isinstance(deadline, bool) else None,
+        fork_time_ms=_num(o, "fork_time_ms"),
+        accel=accel if accel in ("kvm", "tcg") else None,
+        memory=MemoryUsage(int(_num(mem, "private_bytes")), int(_num(mem, "shared_bytes"))) if isinstance(mem, dict) else None,
+    )
+
+
+def to_template_info(v: Any) -> TemplateInfo:
+    o = record("template", v)
+    tid = o.get("id")
+    if not isinstance(tid, str):
+        raise bad("template.id", v)
+    return TemplateInfo(
+        id=tid,
+        ready=o.get("ready") is True,
+        created_at=_opt_str(o, "created_at") or "",
+        creation_time_ms=_num(o, "creation_time_ms"),
+    )
+
+
+def to_health(v: Any) -> Health:
+    o = record("health", v)
+    return Health(
+        status=_opt_str(o, "status") or "",
+        version=_opt_str(o, "version") or "",
+        accel=_opt_str(o, "accel"),
+        templates=int(_num(o, "templates")),
+        sandboxes=int(_num(o, "sandboxes")),
+    )
+
+
+def to_timeout_info(v: Any) -> TimeoutInfo:
+    o = record("set_timeout answer", v)
+    return TimeoutInfo(deadline_unix=int(_num(o, "deadline_unix")), timeout_seconds=int(_num(o, "timeout_seconds")))
+
+
+def to_file_info(v: Any) -> FileInfo:
+    o = record("file info", v)
+
+    def i64(key: str) -> int:
+        x = o.get(key)
+        return int(x) if isinstance(x, (str, int, float)) and not isinstance(x, bool) and x != "" else 0
+
+    return FileInfo(
+        name=_opt_str(o, "name") or "",
+        path=_opt_str(o, "path") or "",
+        is_dir=o.get("isDir") is True,
+        size=i64("size"),
+        mode=i64("mode"),
+        modified_at_unix=i64("modifiedAtUnix"),
+    )

@@ -1,0 +1,136 @@
+"""Entry point: one SandboxServer per mitosd, holding the lifecycle (REST)
+client and the runtime (Connect) client that every Sandbox it hands out
+reuses."""
+
+from __future__ import annotations
+
+import time
+import urllib.parse
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from ._config import resolve_config
+from ._connect import ConnectClient
+from ._http import HttpClient
+from ._types import Health, TemplateInfo, array, to_health, to_sandbox_info, to_template_info
+from .sandbox import Sandbox
+
+
+class SandboxServer:
+    """A client for one mitosd.
+
+    ``base_url`` defaults to ``MITOS_BASE_URL``, else ``http://127.0.0.1:8080``;
+    ``api_key`` to ``MITOS_API_KEY``, else the token file
+    ``${MITOS_DATA_DIR:-/var/lib/mitos}/token``.
+    """
+
+    def __init__(
+        self,
+        base_url: Optional[str] = None,
+        api_key: Optional[str] = None,
+        max_retries: Optional[int] = None,
+        timeout: Optional[float] = None,
+    ) -> None:
+        self.config = resolve_config(base_url=base_url, api_key=api_key, max_retries=max_retries, timeout=timeout)
+        self.base_url = self.config.base_url
+        self._http = HttpClient(self.config)
+        self._runtime = ConnectClient(self.config)
+
+    def __repr__(self) -> str:
+        return "SandboxServer(base_url=%r)" % self.base_url
+
+    def _sandbox(self, v: Any) -> Sandbox:
+        return Sandbox(self._http, self._runtime, to_sandbox_info(v))
+
+    def create(
+        self,
+        template: str = "python",
+        id: Optional[str] = None,
+        timeout: Optional[int] = None,
+        env: Optional[Mapping[str, str]] = None,
+    ) -> Sandbox:
+        """A new sandbox restored from ``template`` (from its warm pool when one
+        is warm). ``timeout``: its deadline in seconds from now (refused with
+        TimeoutTooLargeError above the server's ceiling); ``env``: extra
+        environment for its commands."""
+        body: Dict[str, Any] = {"template": template}
+        if id is not None:
+            body["id"] = id
+        if timeout is not None:
+            body["timeout_seconds"] = timeout
+        if env is not None:
+            body["env"] = dict(env)
+        return self._sandbox(self._http.post("/v1/fork", body, create=True))
+
+    #: The API's name for create(): ``POST /v1/fork`` restores a sandbox from a template.
+    fork = create
+
+    def get(self, id: str) -> Sandbox:
+        """A handle on an existing sandbox (NotFoundError if there is none)."""
+        return self._sandbox(self._http.get("/v1/sandboxes/" + urllib.parse.quote(id, safe="")))
+
+    def list_sandboxes(self) -> List[Sandbox]:
+        return [self._sandbox(s) for s in array("sandbox list", self._http.get("/v1/sandboxes"))]
+
+    def create_template(
+        self,
+        id: str,
+        image: Optional[str] = None,
+        packages: Optional[Sequence[str]] = None,
+        init: Optional[Sequence[str]] = None,
+        env: Optional[Mapping[str, str]] = None,
+        resources: Optional[Mapping[str, int]] = None,
+        init_wait_seconds: Optional[float] = None,
+        wait: bool = True,
+        poll_interval: float = 1.0,
+    ) -> TemplateInfo:
+        """Creates a template (an existing id returns the existing one).
+        ``resources``: ``{"vcpu_count": n, "mem_size_mib": m}``. Waits until the
+        template is ready unless ``wait=False``."""
+        body: Dict[str, Any] = {"id": id}
+        if image is not None:
+            body["image"] = image
+        if packages is not None:
+            body["packages"] = list(packages)
+        if init is not None:
+            body["init"] = list(init)
+        if env is not None:
+            body["env"] = dict(env)
+        if resources is not None:
+            body["resources"] = dict(resources)
+        if init_wait_seconds is not None:
+            body["init_wait_seconds"] = init_wait_seconds
+        t = to_template_info(self._http.post("/v1/templates", body, create=True))
+        while not t.ready and wait:
+            time.sleep(poll_interval)
+            for found in self.list_templates():
+                if found.id == id:
+                    t = found
+        return t
+
+    def list_templates(self) -> List[TemplateInfo]:
+        return [to_template_info(t) for t in array("template list", self._http.get("/v1/templates"))]
+
+    def health(self) -> Health:
+        return to_health(self._http.get("/v1/health"))
+
+    def pools(self) -> List[Dict[str, Any]]:
+        """Warm pools: ``[{template, warm, target, claimed}]``."""
+        return array("pools", self._http.get("/v1/pools"))
+
+    def metering(self) -> Dict[str, Any]:
+        """Memory per sandbox and host totals, shared pages counted once."""
+        res = self._http.get("/v1/metering")
+        return res if isinstance(res, dict) else {"value": res}
+
+
+def create(
+    template: str = "python",
+    id: Optional[str] = None,
+    timeout: Optional[int] = None,
+    env: Optional[Mapping[str, str]] = None,
+    base_url: Optional[str] = None,
+    api_key: Optional[str] = None,
+) -> Sandbox:
+    """A new sandbox from ``template`` on the mitosd found by the usual
+    configuration (``base_url``/``MITOS_BASE_URL``, ``api_key``/``MITOS_API_KEY``/token file)."""
+    return SandboxServer(base_url=base_url, api_key=api_key).create(template, id=id, timeout=timeout, env=env)

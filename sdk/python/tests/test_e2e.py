@@ -1,0 +1,189 @@
+"""End to end against a real mitosd: set MITOS_BASE_URL and MITOS_API_KEY.
+
+packages/sdk/test/python-sdk.test.ts starts a mitosd and runs this suite.
+"""
+
+import os
+import subprocess
+import sys
+import time
+import unittest
+
+import mitos
+
+BASE_URL = os.environ.get("MITOS_BASE_URL", "").strip()
+API_KEY = os.environ.get("MITOS_API_KEY", "").strip()
+HERE = os.path.dirname(os.path.abspath(__file__))
+SDK_DIR = os.path.dirname(HERE)
+
+SKIP_REASON = "e2e: set MITOS_BASE_URL and MITOS_API_KEY to run against a real mitosd"
+
+
+@unittest.skipUnless(BASE_URL and API_KEY, SKIP_REASON)
+class E2ETest(unittest.TestCase):
+    server = None  # type: mitos.SandboxServer
+    sb = None  # type: mitos.Sandbox
+
+    @classmethod
+    def setUpClass(cls):
+        cls.server = mitos.SandboxServer(base_url=BASE_URL, api_key=API_KEY)
+        cls.sb = cls.server.create("python")
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            cls.sb.terminate()
+        except mitos.MitosError:
+            pass
+
+    def _ids(self):
+        return {s.id for s in self.server.list_sandboxes()}
+
+    def test_api_example_verbatim(self):
+        before = self._ids()
+        env = dict(os.environ, MITOS_BASE_URL=BASE_URL, MITOS_API_KEY=API_KEY)
+        env["PYTHONPATH"] = SDK_DIR + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        try:
+            proc = subprocess.run(
+                [sys.executable, os.path.join(SDK_DIR, "examples", "fork_swarm.py")],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                timeout=120,
+            )
+        finally:
+            # The example leaves its sandboxes running: clean up after it.
+            for sid in self._ids() - before:
+                try:
+                    self.server.get(sid).terminate()
+                except mitos.NotFoundError:
+                    pass
+        self.assertEqual(proc.returncode, 0, proc.stderr.decode())
+        # print() of stdout that already ends in "\n": each square, then a blank line.
+        expected = "".join("%d\n\n" % (i * i) for i in range(8))
+        self.assertEqual(proc.stdout.decode(), expected)
+
+    def test_exec_stdout_stderr_exit_code(self):
+        r = self.sb.exec("echo out; echo err >&2; exit 3")
+        self.assertEqual((r.stdout, r.stderr, r.exit_code), ("out\n", "err\n", 3))
+        self.assertGreaterEqual(r.exec_time_ms, 0)
+        r = self.sb.exec("echo $FOO; pwd", env={"FOO": "bar"}, cwd="/tmp")
+        self.assertEqual((r.exit_code, r.stdout), (0, "bar\n/tmp\n"))
+        r = self.sb.exec("python3", args=["-c", "import sys; print(sys.argv[1:])", "a b"])
+        self.assertEqual(r.stdout, "['a b']\n")
+        r = self.sb.exec("printf 'caf\\303\\251 \\342\\230\\203'")
+        self.assertEqual(r.stdout, "café ☃")
+
+    def test_callbacks_get_output_before_the_command_ends(self):
+        chunks = []
+        errs = []
+        t0 = time.monotonic()
+        r = self.sb.exec(
+            "echo first; echo oops >&2; sleep 1.5; echo second",
+            on_stdout=lambda s: chunks.append((time.monotonic() - t0, s)),
+            on_stderr=errs.append,
+        )
+        self.assertEqual(r.exit_code, 0)
+        self.assertEqual(r.stdout, "first\nsecond\n")
+        self.assertEqual("".join(errs), "oops\n")
+        self.assertGreaterEqual(len(chunks), 2, chunks)
+        self.assertEqual(chunks[0][1], "first\n")
+        self.assertEqual("".join(c for _, c in chunks), "first\nsecond\n")
+        self.assertGreaterEqual(chunks[-1][0] - chunks[0][0], 1.0, chunks)
+
+    def test_files_round_trip(self):
+        data = os.urandom(1 << 20)
+        files = self.sb.files
+        files.mkdir("/root/py/dir")
+        self.assertEqual(files.write("/root/py/blob.bin", data), len(data))
+        self.assertEqual(files.read("/root/py/blob.bin"), data)
+        files.write("/root/py/hello.txt", "héllo")
+        self.assertEqual(files.read_text("/root/py/hello.txt"), "héllo")
+        self.assertEqual(sorted(f.name for f in files.list("/root/py")), ["blob.bin", "dir", "hello.txt"])
+        st = files.stat("/root/py/blob.bin")
+        self.assertEqual((st.size, st.is_dir, st.path), (1 << 20, False, "/root/py/blob.bin"))
+        self.assertTrue(files.stat("/root/py/dir").is_dir)
+        self.assertGreater(st.modified_at_unix, 1_600_000_000)
+        check = self.sb.exec("sha256sum /root/py/blob.bin")
+        import hashlib
+
+        self.assertEqual(check.stdout.split()[0], hashlib.sha256(data).hexdigest())
+        files.remove("/root/py", recursive=True)
+        with self.assertRaises(mitos.NotFoundError):
+            files.stat("/root/py")
+        self.assertFalse(files.exists("/root/py"))
+
+    def test_fork_children_are_distinct_vms(self):
+        self.sb.files.write("/root/marker", "from parent")
+        kids = self.sb.fork(3)
+        try:
+            self.assertEqual(len(kids), 3)
+            self.assertEqual(len({k.id for k in kids}), 3)
+            for k in kids:
+                self.assertEqual(k.parent_id, self.sb.id)
+                self.assertEqual(k.exec("hostname").stdout.strip(), k.id)
+                self.assertEqual(k.files.read_text("/root/marker"), "from parent")
+            kids[0].files.write("/root/marker", "changed")
+            self.assertEqual(kids[1].files.read_text("/root/marker"), "from parent")
+            self.assertEqual(self.sb.files.read_text("/root/marker"), "from parent")
+        finally:
+            for k in kids:
+                k.terminate()
+
+    def test_errors(self):
+        with self.assertRaises(mitos.NotFoundError):
+            self.server.get("no-such-sandbox")
+        bad = mitos.SandboxServer(base_url=BASE_URL, api_key="wrong-token")
+        with self.assertRaises(mitos.UnauthorizedError) as cm:
+            bad.list_sandboxes()
+        self.assertEqual(cm.exception.status, 401)
+        with self.assertRaises(mitos.UnauthorizedError):
+            mitos.Sandbox(bad._http, bad._runtime, self.sb._info).exec("true")
+        with self.assertRaises(mitos.TimeoutTooLargeError) as cm:
+            self.sb.exec("true", timeout=10**6)
+        self.assertIsInstance(cm.exception, mitos.InvalidInputError)
+        with self.assertRaises(mitos.TimeoutTooLargeError):
+            self.sb.set_timeout(10**7)
+        ghost = mitos.Sandbox(self.server._http, self.server._runtime, self.sb._info.__class__(**dict(self.sb.to_dict(), id="ghost-1", memory=None)))
+        with self.assertRaises(mitos.NotFoundError):
+            ghost.exec("true")
+        with self.assertRaises(mitos.NotFoundError):
+            self.sb.files.read("/no/such/file")
+        r = self.sb.exec("sleep 20", timeout=1)
+        self.assertEqual(r.exit_code, 124)
+
+    def test_lifecycle(self):
+        sb = self.server.create("python", timeout=300)
+        try:
+            self.assertEqual(sb.template_id, "python")
+            self.assertIsNotNone(sb.deadline_unix)
+            sb.pause()
+            self.assertEqual(sb.info().state, "paused")
+            self.assertEqual(sb.state, "paused")
+            with self.assertRaises(mitos.ConflictError):
+                sb.exec("true")
+            sb.resume()
+            self.assertEqual(sb.exec("echo back").stdout, "back\n")
+            t = sb.set_timeout(600)
+            self.assertEqual(t.timeout_seconds, 600)
+            self.assertGreater(t.deadline_unix, time.time() + 500)
+            self.assertEqual(sb.deadline_unix, t.deadline_unix)
+            self.assertIn(sb.id, self._ids())
+            self.assertIn("python", [tpl.id for tpl in self.server.list_templates()])
+            self.assertEqual(self.server.health().status, "ok")
+        finally:
+            sb.terminate()
+        self.assertEqual(sb.state, "terminated")
+        with self.assertRaises(mitos.NotFoundError):
+            self.server.get(sb.id)
+
+    def test_context_manager_terminates(self):
+        with mitos.create("python", base_url=BASE_URL, api_key=API_KEY) as sb:
+            self.assertEqual(sb.exec("echo in").stdout, "in\n")
+            sid = sb.id
+        with self.assertRaises(mitos.NotFoundError):
+            self.server.get(sid)
+
+
+if __name__ == "__main__":
+    unittest.main()
