@@ -11,6 +11,10 @@ bash scripts/install-deps.sh
 [ -d node_modules ] || npm ci --no-audit --no-fund
 echo "==> building (TypeScript, guest agent)"
 npm run -s build
+# The commands on PATH: mitos, mitosd, mitos-mcp.
+ln -sf "$PWD/packages/cli/dist/bin/mitos.js" /usr/local/bin/mitos
+ln -sf "$PWD/packages/server/dist/bin/mitosd.js" /usr/local/bin/mitosd
+ln -sf "$PWD/packages/mcp/dist/bin/mitos-mcp.js" /usr/local/bin/mitos-mcp
 echo "==> guest images (cached under ${MITOS_DATA_DIR}/images)"
 npx tsx packages/engine/src/bin/build-images.ts base python
 if curl -fsS "${MITOS_BASE_URL}/v1/health" >/dev/null 2>&1; then

@@ -2,6 +2,8 @@
 // mitosd and real VMs.
 
 import assert from "node:assert/strict";
+import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
@@ -25,13 +27,13 @@ async function call<T>(name: string, args: Record<string, unknown> = {}): Promis
 before(async () => {
   daemon = await startMitosd("/var/lib/mitos/test-mcp");
   client = new Client({ name: "mitos-test", version: "0.0.1" });
+  // As in the API.md client config {"mcpServers": {"mitos": {"command": "mitos-mcp"}}}:
+  // the built command on PATH, as setup.sh links it into /usr/local/bin.
+  const binDir = fs.mkdtempSync(path.join(os.tmpdir(), "mitos-bin-"));
+  fs.symlinkSync(path.join(repoRoot, "packages/mcp/dist/bin/mitos-mcp.js"), path.join(binDir, "mitos-mcp"));
+  const env = { ...daemon.env, PATH: `${binDir}:${process.env.PATH}` };
   await client.connect(
-    new StdioClientTransport({
-      command: process.execPath,
-      args: ["--import", "tsx", path.join(repoRoot, "packages/mcp/src/bin/mitos-mcp.ts")],
-      env: daemon.env as Record<string, string>,
-      cwd: repoRoot,
-    }),
+    new StdioClientTransport({ command: "mitos-mcp", env: env as Record<string, string>, cwd: repoRoot }),
   );
 });
 
