@@ -158,27 +158,21 @@ export async function loadState(
   ignoreShared: boolean,
   timeoutMs: number,
 ): Promise<void> {
-  const dbg = (m: string) => process.env.MITOS_DEBUG && console.error(`[loadState ${socketPath}] ${m}`);
   await setCapabilities(qmp, ignoreShared);
-  dbg("caps set");
   const done = migrationDone(qmp, timeoutMs);
   done.catch(() => {});
   await qmp.execute("migrate-incoming", { uri: `unix:${socketPath}` });
-  dbg("incoming");
   const sock = await new Promise<net.Socket>((resolve, reject) => {
     const s = net.createConnection(socketPath);
     s.once("connect", () => resolve(s));
     s.once("error", reject);
   });
-  dbg("connected");
   const data = fs.readFileSync(stateFile);
   await new Promise<void>((resolve, reject) => {
     sock.on("error", reject);
     sock.on("close", () => reject(new Error("QEMU closed the migration socket early")));
     sock.end(data, () => resolve());
   });
-  dbg("sent");
   await done;
-  dbg("done");
   sock.destroy();
 }
