@@ -6,6 +6,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import type { AgentClient, ExecRequest } from "./agent/client.js";
+import { baseFileOf, digHoles, RAM_FILE_RE } from "./base-file.js";
 import { defaultDataDir, defaultShmDir } from "./config.js";
 import { MitosError } from "./errors.js";
 import { BUILTIN_RECIPES, ensureImages } from "./image/build.js";
@@ -93,6 +94,8 @@ export class Engine {
   private readonly expired = new Set<string>();
   private readonly templateBuilds = new Map<string, Promise<TemplateRecord>>();
   private readonly pools = new Map<string, WarmPool>();
+  /** Background work (giving base pages back) that close() waits for. */
+  private readonly background = new Set<Promise<void>>();
   private readonly imagesDir: string;
   private readonly opts: Required<
     Omit<EngineOptions, "dataDir" | "shmDir" | "imagesDir" | "accel" | "log" | "prepareTemplates">
@@ -261,7 +264,7 @@ export class Engine {
         template,
         target: this.opts.poolTargets[template] ?? 0,
         idleMs: this.opts.poolIdleMs,
-        restore: () => this.restorePaused(template),
+        restore: () => this.restoreWarm(template),
         onError: (err) => this.log("warm pool restore failed", { template, error: err.message }),
       });
       this.pools.set(template, pool);
@@ -270,7 +273,7 @@ export class Engine {
     return pool;
   }
 
-  private async restorePaused(template: string): Promise<Vm> {
+  private async restoreWarm(template: string): Promise<Vm> {
     const t = this.journal.templates[template];
     if (!t) throw new MitosError("not_found", `template ${template} is gone`, { remediation: "Create it again." });
     const vmId = `vm-${hex(4)}`;
@@ -279,6 +282,12 @@ export class Engine {
     vm.exited.then(() => {
       if (!this.closed) this.journal.deleteVm(vmId);
     });
+    try {
+      await vm.warmUp();
+    } catch (err) {
+      await vm.destroy();
+      throw err;
+    }
     return vm;
   }
 
@@ -368,6 +377,7 @@ export class Engine {
     const placeholders = ids.map((id) => this.reserve(id, source.templateId, source.id, timeout, source.env));
     const wasState = source.state;
     source.state = "paused";
+    let captured = false;
     try {
       await source.vm.pause();
       const tPaused = Date.now();
@@ -385,6 +395,7 @@ export class Engine {
         }
       }
       const tCaptured = Date.now();
+      captured = true;
       const snapshot: Snapshot = { machine: source.vm.machine, ramFile, stateFile, ignoreShared: false };
       const results = await limitAll(this.opts.restoreConcurrency, placeholders, () =>
         Vm.restore({ id: `vm-${hex(4)}`, dataDir: this.dataDir, snapshot, paused: true }),
@@ -439,11 +450,22 @@ export class Engine {
             remediation: "The source sandbox was resumed and is unchanged. Retry the fork.",
           });
     } finally {
+      if (captured) this.reclaimBase(source.vm);
       fs.rmSync(ramFile, { force: true });
       fs.rmSync(stateFile, { force: true });
       const rec = this.journal.vms[source.vm.id];
       if (rec) this.journal.putVm({ ...rec, files: rec.files.filter((f) => f !== ramFile && f !== stateFile) });
     }
+  }
+
+  /** Gives back the pages of the source's base that a capture faulted in (base-file.ts), in the background. */
+  private reclaimBase(vm: Vm): void {
+    const file = vm.running ? baseFileOf(vm.pid) : undefined;
+    if (!file) return;
+    const p: Promise<void> = digHoles(file)
+      .catch((err: Error) => this.log("could not give back base pages", { vm: vm.id, error: err.message }))
+      .finally(() => this.background.delete(p));
+    this.background.add(p);
   }
 
   list(): SandboxInfo[] {
@@ -516,7 +538,7 @@ export class Engine {
   }
 
   private vmMemory(vm: Vm): VmMemory {
-    return readVmMemory(vm.pid, (p) => /\/mitos-[^/]*\.ram( \(deleted\))?$/.test(p));
+    return readVmMemory(vm.pid, (p) => RAM_FILE_RE.test(p));
   }
 
   /** Stops pools and timers; `killSandboxes` also terminates every sandbox (tests, `--ephemeral`). */
@@ -525,6 +547,7 @@ export class Engine {
     // A template build in flight owns a VM: let it finish (or fail) first.
     await Promise.allSettled([...this.templateBuilds.values()]);
     await Promise.all([...this.pools.values()].map((p) => p.close()));
+    await Promise.allSettled([...this.background]);
     for (const s of this.sandboxes.values()) if (s.timer) clearTimeout(s.timer);
     if (opts.killSandboxes) await Promise.all([...this.sandboxes.values()].map((s) => this.kill(s, "terminated")));
   }

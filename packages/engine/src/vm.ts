@@ -138,13 +138,26 @@ export class Vm {
     return vm;
   }
 
-  /** Runs a restored-and-paused VM and gives it its identity (warm pool claim). */
+  /**
+   * Runs a restored-and-paused VM and makes it a new machine with its own
+   * identity: fresh entropy (reseed confirmed), the host's clock, id and
+   * hostname. Also how a warm VM is claimed; safe to repeat.
+   */
   async activate(sandboxId: string, timeoutMs = 30_000): Promise<void> {
     await this.qmp.execute("cont");
     if (!this.agent) await this.connectAgent(timeoutMs);
-    this.info = await this.agent.waitReady(timeoutMs);
-    await this.agent.forkNotify({ sandboxId, hostname: sandboxId });
-    this.info = await this.agent.hello();
+    await this.agent.notifyRestored({ sandboxId, hostname: sandboxId }, timeoutMs);
+  }
+
+  /**
+   * Readies a restored VM for a warm pool: runs it once (notify and one
+   * command, so TCG has translated the agent's and the exec path's code in
+   * this process) and pauses it again. A claim is then `activate` on a warm guest.
+   */
+  async warmUp(timeoutMs = 30_000): Promise<void> {
+    await this.activate(this.id, timeoutMs);
+    await this.agent.exec({ command: "true", timeoutMs }).result;
+    await this.pause();
   }
 
   /** Hands the RAM file over to the caller (it becomes a snapshot base); stop() leaves it. */

@@ -1,6 +1,6 @@
 // The QEMU command line of a Mitos microVM (ARCHITECTURE.md section 2).
 
-import { type Accel, accelArgs, tcgClockHints } from "./accel.js";
+import { type Accel, accelArgs, tcgKernelArgs } from "./accel.js";
 
 export interface VmPaths {
   agentSocket: string;
@@ -66,7 +66,7 @@ export function qemuArgs(c: QemuConfig): string[] {
     "-initrd",
     c.initrd,
     "-append",
-    [...KERNEL_CMDLINE, ...tcgClockHints(c.accel), ...(c.cmdline ?? [])].join(" "),
+    [...KERNEL_CMDLINE, ...tcgKernelArgs(c.accel), ...(c.cmdline ?? [])].join(" "),
     "-chardev",
     `socket,id=agent,path=${c.paths.agentSocket},server=on,wait=off`,
     "-device",
