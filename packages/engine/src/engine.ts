@@ -15,7 +15,8 @@ import { hostTotals, readVmMemory, type VmMemory } from "./metering.js";
 import { WarmPool } from "./pool.js";
 import { type Accel, chooseAccel } from "./qemu/accel.js";
 import { captureLive, saveState } from "./snapshot.js";
-import { ID_RE, type Snapshot, Vm } from "./vm.js";
+import { SpareVms } from "./spares.js";
+import { ID_RE, type MachineSpec, type Snapshot, Vm } from "./vm.js";
 
 export type SandboxState = "starting" | "ready" | "paused" | "terminated" | "failed";
 
@@ -64,6 +65,10 @@ export interface EngineOptions {
   maxTimeoutSeconds?: number;
   /** Parallel restores during a fork (default: 2 × cores). */
   restoreConcurrency?: number;
+  /** Most spare QEMUs kept waiting for the next fork (default: 2 × cores; 0: none). */
+  spareVms?: number;
+  /** How long after its last fork a sandbox's base gets back the pages the capture faulted in (default 30 s). */
+  reclaimDelayMs?: number;
   /** Built-in templates to build in the background at open (mitosd: python), so the first create is warm. */
   prepareTemplates?: string[];
   log?: (msg: string, fields?: Record<string, unknown>) => void;
@@ -94,11 +99,13 @@ export class Engine {
   private readonly expired = new Set<string>();
   private readonly templateBuilds = new Map<string, Promise<TemplateRecord>>();
   private readonly pools = new Map<string, WarmPool>();
+  private readonly spares: SpareVms;
   /** Background work (giving base pages back) that close() waits for. */
   private readonly background = new Set<Promise<void>>();
+  private readonly reclaimTimers = new Map<string, NodeJS.Timeout>();
   private readonly imagesDir: string;
   private readonly opts: Required<
-    Omit<EngineOptions, "dataDir" | "shmDir" | "imagesDir" | "accel" | "log" | "prepareTemplates">
+    Omit<EngineOptions, "dataDir" | "shmDir" | "imagesDir" | "accel" | "log" | "prepareTemplates" | "spareVms">
   >;
   private readonly log: NonNullable<EngineOptions["log"]>;
   private closed = false;
@@ -121,11 +128,29 @@ export class Engine {
       defaultTimeoutSeconds: options.defaultTimeoutSeconds ?? 300,
       maxTimeoutSeconds: options.maxTimeoutSeconds ?? 3600,
       restoreConcurrency: options.restoreConcurrency ?? Math.max(2, 2 * os.availableParallelism()),
+      reclaimDelayMs: options.reclaimDelayMs ?? 30_000,
     };
     fs.mkdirSync(this.shmDir, { recursive: true, mode: 0o700 });
     for (const d of ["vms", "templates", "bases"])
       fs.mkdirSync(path.join(this.dataDir, d), { recursive: true, mode: 0o700 });
     this.journal = new Journal(this.dataDir);
+    this.spares = new SpareVms({
+      size: options.spareVms ?? Math.max(2, 2 * os.availableParallelism()),
+      shmDir: this.shmDir,
+      idleMs: this.opts.poolIdleMs,
+      spawn: (machine, ramFile) => this.spawnSpare(machine, ramFile),
+      onError: (err) => this.log("spare VM failed to start", { error: err.message }),
+    });
+  }
+
+  private async spawnSpare(machine: MachineSpec, ramFile: string): Promise<Vm> {
+    const vmId = `vm-${hex(4)}`;
+    const vm = await Vm.incoming({ id: vmId, dataDir: this.dataDir, machine, ramFile });
+    this.journal.putVm({ vmId, pid: vm.pid, dir: vm.dir, files: [] });
+    vm.exited.then(() => {
+      if (!this.closed) this.journal.deleteVm(vmId);
+    });
+    return vm;
   }
 
   /** Opens the engine: reaps VMs a previous run left, drops broken templates, starts pools. */
@@ -291,6 +316,12 @@ export class Engine {
     return vm;
   }
 
+  /** QEMU processes started and waiting for the next fork (spares.ts). */
+  spareStatus(): { ready: number; pids: number[]; ramFile: string | undefined } {
+    const pids = this.spares.pids;
+    return { ready: pids.length, pids, ramFile: this.spares.ramFile };
+  }
+
   poolStatus(): Array<{ template: string; warm: number; target: number; claimed: number }> {
     return [...this.pools.values()].map((p) => p.status);
   }
@@ -369,7 +400,9 @@ export class Engine {
     const timeout = this.checkTimeout(opts.timeoutSeconds);
     const started = Date.now();
     const key = hex(6);
-    const ramFile = path.join(this.shmDir, `mitos-base-${key}.ram`);
+    // Spares already wait on an empty base file: capture into it and load them.
+    const spare = this.spares.take(source.vm.machine, count);
+    const ramFile = spare?.ramFile ?? path.join(this.shmDir, `mitos-base-${key}.ram`);
     const stateFile = path.join(this.dataDir, "bases", `${key}.state`);
     // Journal the base under the source so a crash mid-fork still reaps it.
     const srcRecord = this.journal.vms[source.vm.id];
@@ -397,8 +430,15 @@ export class Engine {
       const tCaptured = Date.now();
       captured = true;
       const snapshot: Snapshot = { machine: source.vm.machine, ramFile, stateFile, ignoreShared: false };
-      const results = await limitAll(this.opts.restoreConcurrency, placeholders, () =>
-        Vm.restore({ id: `vm-${hex(4)}`, dataDir: this.dataDir, snapshot, paused: true }),
+      const spares = spare?.vms.splice(0) ?? [];
+      const results = await limitAll(
+        this.opts.restoreConcurrency,
+        placeholders.map((_, i) => spares[i]),
+        async (vm) => {
+          if (!vm) return Vm.restore({ id: `vm-${hex(4)}`, dataDir: this.dataDir, snapshot, paused: true });
+          await vm.load(snapshot, { paused: true });
+          return vm;
+        },
       );
       // Every child has mapped the base (or failed): the name can go; the
       // pages live on while any child maps them.
@@ -450,6 +490,7 @@ export class Engine {
             remediation: "The source sandbox was resumed and is unchanged. Retry the fork.",
           });
     } finally {
+      for (const vm of spare?.vms ?? []) void vm.destroy(); // the fork failed before loading them
       if (captured) this.reclaimBase(source.vm);
       fs.rmSync(ramFile, { force: true });
       fs.rmSync(stateFile, { force: true });
@@ -458,14 +499,24 @@ export class Engine {
     }
   }
 
-  /** Gives back the pages of the source's base that a capture faulted in (base-file.ts), in the background. */
+  /**
+   * Gives back the pages of the source's base that a capture faulted in
+   * (base-file.ts), once the source has not been forked for a while: the next
+   * capture would fault them in again, and that costs more than the pages.
+   */
   private reclaimBase(vm: Vm): void {
-    const file = vm.running ? baseFileOf(vm.pid) : undefined;
-    if (!file) return;
-    const p: Promise<void> = digHoles(file)
-      .catch((err: Error) => this.log("could not give back base pages", { vm: vm.id, error: err.message }))
-      .finally(() => this.background.delete(p));
-    this.background.add(p);
+    clearTimeout(this.reclaimTimers.get(vm.id));
+    const timer = setTimeout(() => {
+      this.reclaimTimers.delete(vm.id);
+      const file = vm.running ? baseFileOf(vm.pid) : undefined;
+      if (!file || this.closed) return;
+      const p: Promise<void> = digHoles(file)
+        .catch((err: Error) => this.log("could not give back base pages", { vm: vm.id, error: err.message }))
+        .finally(() => this.background.delete(p));
+      this.background.add(p);
+    }, this.opts.reclaimDelayMs);
+    timer.unref();
+    this.reclaimTimers.set(vm.id, timer);
   }
 
   list(): SandboxInfo[] {
@@ -547,6 +598,8 @@ export class Engine {
     // A template build in flight owns a VM: let it finish (or fail) first.
     await Promise.allSettled([...this.templateBuilds.values()]);
     await Promise.all([...this.pools.values()].map((p) => p.close()));
+    await this.spares.close();
+    for (const t of this.reclaimTimers.values()) clearTimeout(t);
     await Promise.allSettled([...this.background]);
     for (const s of this.sandboxes.values()) if (s.timer) clearTimeout(s.timer);
     if (opts.killSandboxes) await Promise.all([...this.sandboxes.values()].map((s) => this.kill(s, "terminated")));

@@ -126,7 +126,8 @@ export async function captureLive(
   files: { ramFile: string; stateFile: string; memBytes: number },
   timeoutMs: number,
 ): Promise<SplitStats> {
-  const ramFd = fs.openSync(files.ramFile, "wx", 0o600);
+  // The file may exist already, empty: spare VMs wait on it (spares.ts).
+  const ramFd = fs.openSync(files.ramFile, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
   const stateFd = fs.openSync(files.stateFile, "w", 0o600);
   try {
     fs.ftruncateSync(ramFd, files.memBytes);

@@ -6,8 +6,10 @@ import { type ChildProcess, spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { AgentClient, type AgentInfo } from "./agent/client.js";
+import { RAM_FILE_RE } from "./base-file.js";
 import { MitosError } from "./errors.js";
 import type { ImageSet } from "./image/build.js";
+import { readVmMemory } from "./metering.js";
 import { type Accel, chooseAccel } from "./qemu/accel.js";
 import { type MemoryBacking, qemuArgs, type VmPaths } from "./qemu/command.js";
 import { QmpClient } from "./qemu/qmp.js";
@@ -128,14 +130,37 @@ export class Vm {
    * new machine (fork-notify). Fails closed if the guest does not confirm.
    */
   static async restore(opts: RestoreOptions): Promise<Vm> {
-    const s = opts.snapshot;
-    const vm = Vm.launch(opts, s.machine, { path: s.ramFile, share: false }, true, undefined);
+    const vm = await Vm.incoming({ ...opts, machine: opts.snapshot.machine, ramFile: opts.snapshot.ramFile });
+    await vm.load(opts.snapshot, opts);
+    return vm;
+  }
+
+  /**
+   * The first half of a restore: QEMU started and waiting for a device state
+   * (`-incoming defer`), guest RAM mapped privately from `ramFile`. Until the
+   * VM runs, QEMU leaves that mapping untouched, so the file may still be
+   * filled after this (spare VMs waiting for the next fork's base).
+   */
+  static async incoming(opts: LaunchOptions & { machine: MachineSpec; ramFile: string }): Promise<Vm> {
+    const vm = Vm.launch(opts, opts.machine, { path: opts.ramFile, share: false }, true, undefined);
     await vm.startup(opts.timeoutMs ?? 60_000, async (deadline) => {
       vm.qmp = await QmpClient.connect(vm.paths.qmpSocket, deadline);
-      await loadState(vm.qmp, vm.paths.migrationSocket, s.stateFile, s.ignoreShared, deadline);
-      if (!opts.paused) await vm.activate(opts.sandboxId ?? opts.id, deadline);
     });
     return vm;
+  }
+
+  /** The second half: loads the device state (and, unless `paused`, activates the guest). */
+  async load(s: Snapshot, opts: { paused?: boolean; sandboxId?: string; timeoutMs?: number } = {}): Promise<void> {
+    await this.startup(opts.timeoutMs ?? 60_000, async (deadline) => {
+      await loadState(this.qmp, this.paths.migrationSocket, s.stateFile, s.ignoreShared, deadline);
+      if (!opts.paused) await this.activate(opts.sandboxId ?? this.id, deadline);
+    });
+  }
+
+  /** Whether any page of the guest RAM mapping has been touched (a spare must not have been). */
+  ramTouched(): boolean {
+    const m = readVmMemory(this.pid, (p) => RAM_FILE_RE.test(p));
+    return m.guestPrivateBytes + m.sharedBytes > 0;
   }
 
   /**

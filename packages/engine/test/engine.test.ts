@@ -26,7 +26,7 @@ const sh = async (id: string, command: string) => {
 
 before(async () => {
   fs.mkdirSync(shmDir, { recursive: true });
-  engine = await Engine.open({ dataDir, shmDir, imagesDir, poolTargets: { python: 1 } });
+  engine = await Engine.open({ dataDir, shmDir, imagesDir, poolTargets: { python: 1 }, reclaimDelayMs: 1000 });
   await engine.createTemplate("python");
 });
 
@@ -126,6 +126,21 @@ describe("live fork", () => {
     assert.equal(await sh(child.id, "cat /root/state.txt"), "parent-state\n");
     assert.equal(await sh(parent, "python3 -c 'print(6*7)'"), "42\n");
     await engine.terminate(child.id);
+  });
+
+  it("a second fork loads spare QEMUs that were waiting on the empty base file", async () => {
+    const first = await engine.fork(parent, { count: 2 });
+    await Promise.all(first.children.map((c) => engine.terminate(c.id)));
+    await waitFor(() => engine.spareStatus().ready === 2, 30_000);
+    const waiting = engine.spareStatus().pids;
+    const { children } = await engine.fork(parent, { count: 2 });
+    assert.deepEqual(children.map((c) => c.pid).sort(), [...waiting].sort(), "the children are the spares");
+    const seen = await Promise.all(children.map((c) => sh(c.id, "cat /root/state.txt; hostname")));
+    assert.deepEqual(
+      seen,
+      children.map((c) => `parent-state\n${c.id}\n`),
+    );
+    await Promise.all(children.map((c) => engine.terminate(c.id)));
   });
 
   it("fork(4): each child's writes are its own; the parent and siblings never see them", async () => {
@@ -246,7 +261,13 @@ describe("live fork", () => {
   it("leaves only template bases in /dev/shm once sandboxes are gone", async () => {
     for (const s of engine.list()) await engine.terminate(s.id);
     const tpl = engine.templateRecord("python")!;
-    await waitFor(() => fs.readdirSync(shmDir).every((f) => path.join(shmDir, f) === tpl.ramFile), 10_000);
+    // Besides the template: at most the empty file the spare QEMUs wait on, holding no memory.
+    const spare = engine.spareStatus().ramFile;
+    await waitFor(
+      () => fs.readdirSync(shmDir).every((f) => [tpl.ramFile, spare].includes(path.join(shmDir, f))),
+      10_000,
+    );
+    if (spare && fs.existsSync(spare)) assert.equal(fs.statSync(spare).blocks, 0);
     assert.deepEqual(fs.readdirSync(path.join(dataDir, "bases")), []);
   });
 });
