@@ -277,8 +277,18 @@ export class Engine {
       dataDir: this.dataDir,
       snapshot: this.snapshotOf(t),
       paused: true,
-      runAs: this.confinement.runAs(this.templateGroups.get(t.id), this.accel),
+      runAs: this.confinement.runAs(this.templateGroup(t), this.accel),
     });
+  }
+
+  /** The group a template's base is shared with, given to the base on first use. */
+  private templateGroup(t: TemplateRecord): SharedGroup | undefined {
+    if (!this.templateGroups.has(t.id)) {
+      const group = this.confinement.group();
+      this.confinement.share(t.ramFile, group);
+      this.templateGroups.set(t.id, group);
+    }
+    return this.templateGroups.get(t.id);
   }
 
   // --- pools ---
@@ -737,11 +747,7 @@ export class Engine {
       }
     }
     // Template bases get a group of this run (ids are not kept across runs).
-    for (const t of Object.values(this.journal.templates)) {
-      const group = this.confinement.group();
-      this.confinement.share(t.ramFile, group);
-      this.templateGroups.set(t.id, group);
-    }
+    for (const t of Object.values(this.journal.templates)) this.templateGroup(t);
     // Stray files of ours not named by the journal (a crash between creating and journaling).
     const known = new Set(Object.values(this.journal.templates).flatMap((t) => [t.ramFile, t.stateFile]));
     for (const f of fs.readdirSync(this.shmDir)) {

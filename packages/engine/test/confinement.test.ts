@@ -10,7 +10,7 @@ import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { defaultDataDir } from "../src/config.js";
 import { Confinement, claimBlock, ID_RANGE, preferredBlock } from "../src/confine.js";
-import { Engine, type SandboxInfo } from "../src/index.js";
+import { Engine, type MitosError, type SandboxInfo } from "../src/index.js";
 
 const root = defaultDataDir();
 const imagesDir = path.join(root, "images");
@@ -235,6 +235,32 @@ describe("confinement without root, and the id registry", () => {
     assert.match(c.reason, /not root/);
     assert.equal(c.group(), undefined);
     assert.equal(c.runAs(undefined, "tcg"), undefined);
+  });
+
+  it("refuses a data dir QEMU could not reach, saying which dir to open up", () => {
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "mitos-closed-"));
+    try {
+      const data = path.join(tmp, "data");
+      for (const d of [data, path.join(data, "vms"), path.join(tmp, "shm")]) fs.mkdirSync(d, { recursive: true });
+      const open = () =>
+        Confinement.open({
+          dataDir: data,
+          shmDir: path.join(tmp, "shm"),
+          imagesDir: path.join(data, "images"),
+          registryDir: path.join(tmp, "registry"),
+          uid: 0,
+        });
+      assert.throws(open, (e: MitosError) => {
+        assert.equal(e.code, "unavailable");
+        assert.match(e.message, /cannot pass through/);
+        assert.match(e.remediation, new RegExp(`chmod o\\+x ${tmp}`));
+        return true;
+      });
+      fs.chmodSync(tmp, 0o711);
+      assert.equal(open().uids, true);
+    } finally {
+      fs.rmSync(tmp, { recursive: true, force: true });
+    }
   });
 
   it("gives each data dir its own block, keeps it, and frees blocks of data dirs that are gone", () => {
