@@ -120,9 +120,16 @@ export class Vm {
       vcpus: opts.vcpus ?? 1,
       accel: opts.accel ?? chooseAccel().accel,
     };
+    checkVmId(opts);
     const ramFile = path.join(opts.shmDir, `mitos-${opts.id}.ram`);
     createRamFile(ramFile, machine.memMiB * 1024 * 1024, opts.runAs);
-    const vm = Vm.launch(opts, machine, { path: ramFile, share: true }, false, ramFile);
+    let vm: Vm;
+    try {
+      vm = Vm.launch(opts, machine, { path: ramFile, share: true }, false, ramFile);
+    } catch (err) {
+      fs.rmSync(ramFile, { force: true });
+      throw err;
+    }
     await vm.startup(opts.timeoutMs ?? 60_000, async (deadline) => {
       vm.qmp = await QmpClient.connect(vm.paths.qmpSocket, deadline);
       await vm.connectAgent(deadline);
@@ -183,12 +190,7 @@ export class Vm {
     incoming: boolean,
     ownedRamFile: string | undefined,
   ): Vm {
-    if (!ID_RE.test(opts.id)) {
-      opts.runAs?.release();
-      throw new MitosError("invalid_input", `invalid VM id ${JSON.stringify(opts.id)}`, {
-        remediation: "Ids match ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$.",
-      });
-    }
+    checkVmId(opts);
     const dir = path.join(opts.dataDir, "vms", opts.id);
     const paths: Paths = {
       agentSocket: path.join(dir, "agent.sock"),
@@ -308,6 +310,15 @@ export class Vm {
     await this.stop();
     fs.rmSync(this.dir, { recursive: true, force: true });
   }
+}
+
+/** The id names files (runtime dir, RAM file): nothing but a plain name gets that far. */
+function checkVmId(opts: LaunchOptions): void {
+  if (ID_RE.test(opts.id)) return;
+  opts.runAs?.release();
+  throw new MitosError("invalid_input", `invalid VM id ${JSON.stringify(opts.id)}`, {
+    remediation: "Ids match ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$.",
+  });
 }
 
 function cannotStart(e: Error): MitosError {
