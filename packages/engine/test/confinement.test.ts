@@ -70,6 +70,12 @@ function runAs(uid: number, gid: number, cmd: string, args: string[]): { status:
 const connectScript =
   "const s=require('net').connect(process.argv[1]);s.on('connect',()=>{console.log('connected');process.exit(0)});s.on('error',(e)=>{console.error(e.code);process.exit(3)})";
 
+/** The start of a QEMU's first mapping, as a decimal offset into /proc/<pid>/mem. */
+function firstMapped(pid: number): string {
+  const start = fs.readFileSync(`/proc/${pid}/maps`, "utf8").split("-")[0] as string;
+  return BigInt(`0x${start}`).toString();
+}
+
 const mode = (st: fs.Stats) => (st.mode & 0o7777).toString(8);
 
 before(
@@ -177,25 +183,44 @@ describe("QEMU confinement", { skip: isRoot ? false : "needs root" }, () => {
     const [ua, ga] = [ia.uid[0] as number, ia.gid[0] as number];
     const dirA = vmDir(a.pid);
     const dirB = vmDir(b.pid);
-    // Positive control: the same uid reaches its own files, so the refusals below are real.
-    assert.equal(runAs(ua, ga, "cat", [path.join(dirA, "console.log")]).status, 0);
-    assert.equal(runAs(ua, ga, process.execPath, ["-e", connectScript, path.join(dirA, "qmp.sock")]).status, 0);
-
+    // What a uid might try against a VM's QEMU. Each works as the VM's own uid
+    // (the control) and must fail as another VM's uid.
+    const probes = (pid: number, dir: string) =>
+      [
+        ["list its dir", "ls", [dir]],
+        ["read its console log", "cat", [path.join(dir, "console.log")]],
+        ["read its QEMU's environment", "cat", [`/proc/${pid}/environ`]],
+        [
+          "read its QEMU's memory",
+          "dd",
+          [`if=/proc/${pid}/mem`, "of=/dev/null", "bs=1", "count=1", `skip=${firstMapped(pid)}`],
+        ],
+        ["signal its QEMU", "kill", ["-0", String(pid)]],
+        ["connect to its QMP socket", process.execPath, ["-e", connectScript, path.join(dir, "qmp.sock")]],
+      ] as const;
+    for (const [what, cmd, args] of probes(a.pid, dirA)) {
+      const r = runAs(ua, ga, cmd, [...args]);
+      assert.equal(r.status, 0, `control: VM A's uid could not ${what}: ${r.stderr}`);
+    }
+    for (const [pid, dir] of [
+      [b.pid, dirB],
+      [child.pid, vmDir(child.pid)],
+    ] as const) {
+      for (const [what, cmd, args] of probes(pid, dir)) {
+        const r = runAs(ua, ga, cmd, [...args]);
+        assert.notEqual(r.status, 0, `VM A's uid could ${what} (pid ${pid})`);
+      }
+    }
+    // The engine's own files: root reads them (control), a VM's uid does not.
     for (const [what, cmd, args] of [
-      ["list B's dir", "ls", [dirB]],
-      ["read B's console log", "cat", [path.join(dirB, "console.log")]],
       ["read B's QEMU log", "cat", [path.join(dirB, "qemu.log")]],
       ["list the VM dirs", "ls", [path.join(dataDir, "vms")]],
       ["list the RAM dir", "ls", [shmDir]],
       ["read the journal", "cat", [path.join(dataDir, "journal.json")]],
       ["read the template state", "cat", [path.join(dataDir, "templates", "python.state")]],
-      ["read B's QEMU environment", "cat", [`/proc/${b.pid}/environ`]],
-      ["read B's QEMU memory", "dd", [`if=/proc/${b.pid}/mem`, "bs=1", "count=1", "skip=4194304"]],
-      ["signal B's QEMU", "kill", ["-0", String(b.pid)]],
-      ["signal the child's QEMU", "kill", ["-0", String(child.pid)]],
     ] as const) {
-      const r = runAs(ua, ga, cmd, [...args]);
-      assert.notEqual(r.status, 0, `uid ${ua} could ${what}`);
+      assert.equal(spawnSync(cmd, [...args], { stdio: "ignore" }).status, 0, `control: root could not ${what}`);
+      assert.notEqual(runAs(ua, ga, cmd, [...args]).status, 0, `VM A's uid could ${what}`);
     }
     for (const sock of ["agent.sock", "qmp.sock"]) {
       const r = runAs(ua, ga, process.execPath, ["-e", connectScript, path.join(dirB, sock)]);
