@@ -101,7 +101,13 @@ export class Confinement {
 
   /** A fresh uid with the gid of the base the VM maps (undefined when uids are not switched). */
   runAs(group: SharedGroup | undefined, accel: Accel): RunAs | undefined {
-    if (!this.uids || !group) return undefined;
+    if (!this.uids) return undefined;
+    // Fail closed: a VM without its base's group would otherwise run as root.
+    if (!group) {
+      throw new MitosError("internal", "a VM's RAM base has no group", {
+        remediation: "This is a bug in mitosd; restart it (templates are kept) and report it.",
+      });
+    }
     const uid = this.take();
     group.retain();
     let released = false;

@@ -96,6 +96,8 @@ before(
 
 after(async () => {
   await engine?.close({ killSandboxes: true });
+  // Built from scratch each run: free the template's RAM now.
+  if (engine) for (const d of [dataDir, shmDir]) fs.rmSync(d, { recursive: true, force: true });
 });
 
 describe("QEMU confinement", { skip: isRoot ? false : "needs root" }, () => {
