@@ -8,6 +8,7 @@ import path from "node:path";
 import type { AgentClient, ExecRequest } from "./agent/client.js";
 import { baseFileOf, digHoles, RAM_FILE_RE } from "./base-file.js";
 import { defaultDataDir, defaultShmDir } from "./config.js";
+import { Confinement, type SharedGroup } from "./confine.js";
 import { MitosError } from "./errors.js";
 import { BUILTIN_RECIPES, ensureImages } from "./image/build.js";
 import { Journal, type TemplateRecord } from "./journal.js";
@@ -93,7 +94,11 @@ export class Engine {
   readonly dataDir: string;
   readonly shmDir: string;
   readonly accel: Accel;
+  /** Whether each QEMU runs as a uid of its own (docs/security.md). */
+  readonly confinement: Confinement;
   private readonly journal: Journal;
+  /** The gid each template's RAM base is shared with (undefined: no uid switching). */
+  private readonly templateGroups = new Map<string, SharedGroup | undefined>();
   private readonly sandboxes = new Map<string, Sandbox>();
   /** Ids reaped at their deadline, to answer 410 rather than 404. */
   private readonly expired = new Set<string>();
@@ -133,19 +138,28 @@ export class Engine {
     fs.mkdirSync(this.shmDir, { recursive: true, mode: 0o700 });
     for (const d of ["vms", "templates", "bases"])
       fs.mkdirSync(path.join(this.dataDir, d), { recursive: true, mode: 0o700 });
+    this.confinement = Confinement.open({
+      dataDir: this.dataDir,
+      shmDir: this.shmDir,
+      imagesDir: this.imagesDir,
+      log: this.log,
+    });
     this.journal = new Journal(this.dataDir);
     this.spares = new SpareVms({
       size: options.spareVms ?? Math.max(2, 2 * os.availableParallelism()),
       shmDir: this.shmDir,
       idleMs: this.opts.poolIdleMs,
-      spawn: (machine, ramFile) => this.spawnSpare(machine, ramFile),
+      spawn: (machine, ramFile, group) => this.spawnSpare(machine, ramFile, group),
+      group: () => this.confinement.group(),
+      share: (file, group) => this.confinement.share(file, group),
       onError: (err) => this.log("spare VM failed to start", { error: err.message }),
     });
   }
 
-  private async spawnSpare(machine: MachineSpec, ramFile: string): Promise<Vm> {
+  private async spawnSpare(machine: MachineSpec, ramFile: string, group: SharedGroup | undefined): Promise<Vm> {
     const vmId = `vm-${hex(4)}`;
-    const vm = await Vm.incoming({ id: vmId, dataDir: this.dataDir, machine, ramFile });
+    const runAs = this.confinement.runAs(group, this.accel);
+    const vm = await Vm.incoming({ id: vmId, dataDir: this.dataDir, machine, ramFile, runAs });
     this.journal.putVm({ vmId, pid: vm.pid, dir: vm.dir, files: [] });
     vm.exited.then(() => {
       if (!this.closed) this.journal.deleteVm(vmId);
@@ -222,6 +236,7 @@ export class Engine {
     this.log("template build started", { template: id, packages, init: init.length });
     const images = await ensureImages({ packages }, { cacheDir: this.imagesDir });
     const vmId = `tpl-${id.slice(0, 40)}-${hex(4)}`;
+    const group = this.confinement.group();
     const vm = await Vm.boot({
       id: vmId,
       images,
@@ -232,6 +247,10 @@ export class Engine {
       accel: this.accel,
       keepRamFile: true,
       timeoutMs: 120_000,
+      runAs: this.confinement.runAs(group, this.accel),
+    }).catch((err) => {
+      group?.release();
+      throw err;
     });
     this.journal.putVm({ vmId, pid: vm.pid, dir: vm.dir, files: [path.join(this.shmDir, `mitos-${vmId}.ram`)] });
     try {
@@ -248,7 +267,7 @@ export class Engine {
       const info = await vm.agent.hello();
       await vm.pause();
       const stateFile = path.join(this.dataDir, "templates", `${id}.state`);
-      await saveState(vm.qmp, vm.paths.migrationSocket, stateFile, 60_000);
+      await saveState(vm.qmp, vm.paths.migrationSocket, stateFile, 60_000, vm.runAs);
       const ramFile = vm.disownRamFile();
       await vm.destroy();
       const record: TemplateRecord = {
@@ -263,6 +282,7 @@ export class Engine {
         bootId: info.bootId,
       };
       this.journal.putTemplate(record);
+      this.templateGroups.set(id, group);
       this.journal.deleteVm(vmId);
       this.log("template ready", { template: id, ms: record.creationTimeMs });
       const target = this.opts.poolTargets[id] ?? 0;
@@ -271,6 +291,7 @@ export class Engine {
     } catch (err) {
       await vm.destroy();
       fs.rmSync(path.join(this.shmDir, `mitos-${vmId}.ram`), { force: true });
+      group?.release();
       this.journal.deleteVm(vmId);
       throw err;
     }
@@ -278,6 +299,27 @@ export class Engine {
 
   private snapshotOf(t: TemplateRecord): Snapshot {
     return { machine: t.machine, ramFile: t.ramFile, stateFile: t.stateFile, ignoreShared: true };
+  }
+
+  /** A paused VM restored from a template, running as a uid of its own in the template's group. */
+  private restoreFromTemplate(vmId: string, t: TemplateRecord): Promise<Vm> {
+    return Vm.restore({
+      id: vmId,
+      dataDir: this.dataDir,
+      snapshot: this.snapshotOf(t),
+      paused: true,
+      runAs: this.confinement.runAs(this.templateGroup(t), this.accel),
+    });
+  }
+
+  /** The group a template's base is shared with, given to the base on first use. */
+  private templateGroup(t: TemplateRecord): SharedGroup | undefined {
+    if (!this.templateGroups.has(t.id)) {
+      const group = this.confinement.group();
+      this.confinement.share(t.ramFile, group);
+      this.templateGroups.set(t.id, group);
+    }
+    return this.templateGroups.get(t.id);
   }
 
   // --- pools ---
@@ -302,7 +344,7 @@ export class Engine {
     const t = this.journal.templates[template];
     if (!t) throw new MitosError("not_found", `template ${template} is gone`, { remediation: "Create it again." });
     const vmId = `vm-${hex(4)}`;
-    const vm = await Vm.restore({ id: vmId, dataDir: this.dataDir, snapshot: this.snapshotOf(t), paused: true });
+    const vm = await this.restoreFromTemplate(vmId, t);
     this.journal.putVm({ vmId, pid: vm.pid, dir: vm.dir, files: [] });
     vm.exited.then(() => {
       if (!this.closed) this.journal.deleteVm(vmId);
@@ -342,14 +384,7 @@ export class Engine {
     try {
       const pool =
         this.pools.get(templateId) ?? (this.opts.poolTargets[templateId] ? this.poolFor(templateId) : undefined);
-      const vm =
-        pool?.take() ??
-        (await Vm.restore({
-          id: `vm-${hex(4)}`,
-          dataDir: this.dataDir,
-          snapshot: this.snapshotOf(template),
-          paused: true,
-        }));
+      const vm = pool?.take() ?? (await this.restoreFromTemplate(`vm-${hex(4)}`, template));
       try {
         // Identity is the sandbox id, not the VM's directory name.
         await vm.activate(id);
@@ -404,6 +439,8 @@ export class Engine {
     const spare = this.spares.take(source.vm.machine, count);
     const ramFile = spare?.ramFile ?? path.join(this.shmDir, `mitos-base-${key}.ram`);
     const stateFile = path.join(this.dataDir, "bases", `${key}.state`);
+    // The base's own group: only this fork's children can open it (the spares' one when there are spares).
+    const baseGroup = spare ? spare.group : this.confinement.group();
     // Journal the base under the source so a crash mid-fork still reaps it.
     const srcRecord = this.journal.vms[source.vm.id];
     if (srcRecord) this.journal.putVm({ ...srcRecord, files: [...srcRecord.files, ramFile, stateFile] });
@@ -420,6 +457,7 @@ export class Engine {
           source.vm.paths.migrationSocket,
           { ramFile, stateFile, memBytes: source.vm.machine.memMiB * 1024 * 1024 },
           120_000,
+          source.vm.runAs,
         );
       } finally {
         if (!opts.pauseSource) {
@@ -430,14 +468,23 @@ export class Engine {
       const tCaptured = Date.now();
       captured = true;
       const snapshot: Snapshot = { machine: source.vm.machine, ramFile, stateFile, ignoreShared: false };
+      this.confinement.share(ramFile, baseGroup);
       const spares = spare?.vms.splice(0) ?? [];
       const results = await limitAll(
         this.opts.restoreConcurrency,
         placeholders.map((_, i) => spares[i]),
         async (vm) => {
-          if (!vm) return Vm.restore({ id: `vm-${hex(4)}`, dataDir: this.dataDir, snapshot, paused: true });
-          await vm.load(snapshot, { paused: true });
-          return vm;
+          if (vm) {
+            await vm.load(snapshot, { paused: true });
+            return vm;
+          }
+          return Vm.restore({
+            id: `vm-${hex(4)}`,
+            dataDir: this.dataDir,
+            snapshot,
+            paused: true,
+            runAs: this.confinement.runAs(baseGroup, this.accel),
+          });
         },
       );
       // Every child has mapped the base (or failed): the name can go; the
@@ -494,6 +541,7 @@ export class Engine {
       if (captured) this.reclaimBase(source.vm);
       fs.rmSync(ramFile, { force: true });
       fs.rmSync(stateFile, { force: true });
+      baseGroup?.release();
       const rec = this.journal.vms[source.vm.id];
       if (rec) this.journal.putVm({ ...rec, files: rec.files.filter((f) => f !== ramFile && f !== stateFile) });
     }
@@ -779,6 +827,8 @@ export class Engine {
         this.log(`dropped template: ${reason}`, { template: t.id });
       }
     }
+    // Template bases get a group of this run (ids are not kept across runs).
+    for (const t of Object.values(this.journal.templates)) this.templateGroup(t);
     // Stray files of ours not named by the journal (a crash between creating and journaling).
     const known = new Set(Object.values(this.journal.templates).flatMap((t) => [t.ramFile, t.stateFile]));
     for (const f of fs.readdirSync(this.shmDir)) {

@@ -13,6 +13,7 @@
 import { randomBytes } from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
+import type { SharedGroup } from "./confine.js";
 import type { MachineSpec, Vm } from "./vm.js";
 
 export interface SpareOptions {
@@ -21,14 +22,19 @@ export interface SpareOptions {
   shmDir: string;
   /** Drop the spares after this long without a fork (ms). */
   idleMs: number;
-  /** Starts one spare VM mapping `ramFile`. */
-  spawn: (machine: MachineSpec, ramFile: string) => Promise<Vm>;
+  /** Starts one spare VM mapping `ramFile`, in the base's group. */
+  spawn: (machine: MachineSpec, ramFile: string, group: SharedGroup | undefined) => Promise<Vm>;
+  /** A new group for a base, and giving a file to it (confine.ts). */
+  group: () => SharedGroup | undefined;
+  share: (file: string, group: SharedGroup | undefined) => void;
   onError?: (err: Error) => void;
 }
 
 interface Generation {
   machine: MachineSpec;
   ramFile: string;
+  /** The base's group; its first hold passes to the fork that takes the generation. */
+  group: SharedGroup | undefined;
   ready: Vm[];
   starting: number;
   /** Taken by a fork: late spares are dropped. */
@@ -60,10 +66,10 @@ export class SpareVms {
    * caller must fill (capture) before loading them; or undefined when none are ready.
    * Starts the next generation either way.
    */
-  take(machine: MachineSpec, n: number): { ramFile: string; vms: Vm[] } | undefined {
+  take(machine: MachineSpec, n: number): { ramFile: string; vms: Vm[]; group: SharedGroup | undefined } | undefined {
     this.want = Math.max(1, Math.min(this.opts.size, n));
     const g = this.gen;
-    let out: { ramFile: string; vms: Vm[] } | undefined;
+    let out: { ramFile: string; vms: Vm[]; group: SharedGroup | undefined } | undefined;
     if (g && sameMachine(g.machine, machine)) {
       const vms = g.ready.filter((v) => v.running && !v.ramTouched());
       for (const v of g.ready) if (!vms.includes(v)) void v.destroy();
@@ -71,7 +77,7 @@ export class SpareVms {
         g.taken = true;
         const use = vms.slice(0, n);
         for (const v of vms.slice(n)) void v.destroy();
-        out = { ramFile: g.ramFile, vms: use };
+        out = { ramFile: g.ramFile, vms: use, group: g.group };
         this.gen = undefined;
       }
     }
@@ -85,20 +91,22 @@ export class SpareVms {
     this.armIdle();
     if (this.gen && !sameMachine(this.gen.machine, machine)) this.drop();
     if (!this.gen) {
-      const ramFile = path.join(this.opts.shmDir, `mitos-base-${randomBytes(6).toString("hex")}.ram`);
+      const ramFile = path.join(this.opts.shmDir, `mitos-next-${randomBytes(6).toString("hex")}.ram`);
       const fd = fs.openSync(ramFile, "wx", 0o600);
       try {
         fs.ftruncateSync(fd, machine.memMiB * 1024 * 1024);
       } finally {
         fs.closeSync(fd);
       }
-      this.gen = { machine, ramFile, ready: [], starting: 0, taken: false };
+      const group = this.opts.group();
+      this.opts.share(ramFile, group);
+      this.gen = { machine, ramFile, group, ready: [], starting: 0, taken: false };
     }
     const g = this.gen;
     while (g.ready.length + g.starting < this.want) {
       g.starting++;
       const p: Promise<void> = this.opts
-        .spawn(machine, g.ramFile)
+        .spawn(machine, g.ramFile, g.group)
         .then((vm) => {
           if (g.taken || this.gen !== g || this.closed) return void vm.destroy();
           g.ready.push(vm);
@@ -123,6 +131,7 @@ export class SpareVms {
     this.gen = undefined;
     for (const v of g.ready.splice(0)) void v.destroy();
     fs.rmSync(g.ramFile, { force: true });
+    g.group?.release();
   }
 
   private armIdle(): void {
@@ -140,6 +149,7 @@ export class SpareVms {
     if (g) {
       await Promise.all(g.ready.splice(0).map((v) => v.destroy()));
       fs.rmSync(g.ramFile, { force: true });
+      g.group?.release();
     }
   }
 }

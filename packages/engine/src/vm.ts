@@ -7,6 +7,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { AgentClient, type AgentInfo } from "./agent/client.js";
 import { RAM_FILE_RE } from "./base-file.js";
+import { createRamFile, prepareVmDir, qemuCommand, type RunAs, reclaimVmDir } from "./confine.js";
 import { MitosError } from "./errors.js";
 import type { ImageSet } from "./image/build.js";
 import { readVmMemory } from "./metering.js";
@@ -38,6 +39,8 @@ export interface LaunchOptions {
   dataDir: string;
   qemuBinary?: string;
   timeoutMs?: number;
+  /** Run QEMU as this uid/gid (confine.ts); the VM releases it once QEMU is gone. Default: mitosd's own. */
+  runAs?: RunAs;
 }
 
 export interface BootOptions extends LaunchOptions {
@@ -80,10 +83,17 @@ export class Vm {
     readonly paths: Paths,
     private ownedRamFile: string | undefined,
     private readonly proc: ChildProcess,
+    /** Who QEMU runs as (undefined: mitosd's uid). */
+    readonly runAs: RunAs | undefined,
   ) {
     this.exited = new Promise((resolve) => {
       proc.once("exit", (code, signal) => {
         this.exitInfo = { code, signal };
+        // The uid may go to another VM now: first take its old dir back.
+        if (runAs) {
+          reclaimVmDir(dir);
+          runAs.release();
+        }
         const how = signal ? `killed by ${signal}` : `exit code ${code}`;
         this.agent?.close(`VM ${id} stopped (QEMU ${how}); console log: ${paths.consoleLog}`);
         this.qmp?.close();
@@ -112,9 +122,16 @@ export class Vm {
       vcpus: opts.vcpus ?? 1,
       accel: opts.accel ?? chooseAccel().accel,
     };
+    checkVmId(opts);
     const ramFile = path.join(opts.shmDir, `mitos-${opts.id}.ram`);
-    fs.rmSync(ramFile, { force: true });
-    const vm = Vm.launch(opts, machine, { path: ramFile, share: true }, false, ramFile);
+    createRamFile(ramFile, machine.memMiB * 1024 * 1024, opts.runAs);
+    let vm: Vm;
+    try {
+      vm = Vm.launch(opts, machine, { path: ramFile, share: true }, false, ramFile);
+    } catch (err) {
+      fs.rmSync(ramFile, { force: true });
+      throw err;
+    }
     await vm.startup(opts.timeoutMs ?? 60_000, async (deadline) => {
       vm.qmp = await QmpClient.connect(vm.paths.qmpSocket, deadline);
       await vm.connectAgent(deadline);
@@ -211,13 +228,8 @@ export class Vm {
     incoming: boolean,
     ownedRamFile: string | undefined,
   ): Vm {
-    if (!ID_RE.test(opts.id)) {
-      throw new MitosError("invalid_input", `invalid VM id ${JSON.stringify(opts.id)}`, {
-        remediation: "Ids match ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$.",
-      });
-    }
+    checkVmId(opts);
     const dir = path.join(opts.dataDir, "vms", opts.id);
-    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
     const paths: Paths = {
       agentSocket: path.join(dir, "agent.sock"),
       qmpSocket: path.join(dir, "qmp.sock"),
@@ -226,10 +238,12 @@ export class Vm {
       qemuLog: path.join(dir, "qemu.log"),
     };
     if (Buffer.byteLength(paths.migrationSocket) > 107) {
+      opts.runAs?.release();
       throw new MitosError("invalid_input", `data dir path too long for Unix sockets: ${paths.migrationSocket}`, {
         remediation: "Use a shorter data dir (MITOS_DATA_DIR), e.g. /var/lib/mitos.",
       });
     }
+    prepareVmDir(dir, opts.runAs);
     for (const p of [paths.agentSocket, paths.qmpSocket, paths.migrationSocket]) fs.rmSync(p, { force: true });
     const args = qemuArgs({
       accel: machine.accel,
@@ -243,11 +257,31 @@ export class Vm {
       cmdline: [`mitos.hostname=${opts.id}`],
       incoming,
     });
-    const log = fs.openSync(paths.qemuLog, "w");
-    const proc = spawn(opts.qemuBinary ?? "qemu-system-x86_64", args, { stdio: ["ignore", log, log] });
-    fs.closeSync(log);
-    const vm = new Vm(opts.id, machine, dir, paths, ownedRamFile, proc);
-    vm.spawnError = new Promise<Error>((resolve) => proc.once("error", resolve));
+    const log = fs.openSync(paths.qemuLog, "w", 0o600);
+    let cmd: { command: string; args: string[] };
+    try {
+      cmd = qemuCommand(opts.qemuBinary ?? "qemu-system-x86_64", args, opts.runAs);
+    } catch (err) {
+      fs.closeSync(log);
+      opts.runAs?.release();
+      throw cannotStart(err as Error);
+    }
+    // QEMU's own files (console log, sockets) are its uid's alone.
+    const umask = process.umask(0o077);
+    let proc: ChildProcess;
+    try {
+      proc = spawn(cmd.command, cmd.args, { stdio: ["ignore", log, log] });
+    } finally {
+      process.umask(umask);
+      fs.closeSync(log);
+    }
+    const vm = new Vm(opts.id, machine, dir, paths, ownedRamFile, proc, opts.runAs);
+    vm.spawnError = new Promise<Error>((resolve) =>
+      proc.once("error", (e) => {
+        opts.runAs?.release();
+        resolve(e);
+      }),
+    );
     return vm;
   }
 
@@ -258,9 +292,7 @@ export class Vm {
     try {
       const failed = Promise.race([
         this.spawnError.then((e) => {
-          throw new MitosError("unavailable", `cannot start QEMU: ${e.message}`, {
-            remediation: "Install QEMU: apt-get install -y qemu-system-x86 (needs qemu-system-x86_64 on PATH).",
-          });
+          throw cannotStart(e);
         }),
         this.exited.then((x) => {
           throw this.startFailure(`QEMU exited during start (${x.signal ?? `code ${x.code}`})`);
@@ -316,6 +348,22 @@ export class Vm {
     await this.stop();
     fs.rmSync(this.dir, { recursive: true, force: true });
   }
+}
+
+/** The id names files (runtime dir, RAM file): nothing but a plain name gets that far. */
+function checkVmId(opts: LaunchOptions): void {
+  if (ID_RE.test(opts.id)) return;
+  opts.runAs?.release();
+  throw new MitosError("invalid_input", `invalid VM id ${JSON.stringify(opts.id)}`, {
+    remediation: "Ids match ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$.",
+  });
+}
+
+function cannotStart(e: Error): MitosError {
+  return new MitosError("unavailable", `cannot start QEMU: ${e.message}`, {
+    remediation:
+      "Install QEMU: apt-get install -y qemu-system-x86 (needs qemu-system-x86_64 on PATH; setpriv from util-linux when mitosd is root).",
+  });
 }
 
 function tail(file: string, lines: number): string {
