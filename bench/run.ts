@@ -111,16 +111,29 @@ try {
     const sb = await engine.create("python");
     const n = quick ? 20 : 200;
     const values: number[] = [];
+    const inGuest: number[] = [];
+    const argv: number[] = [];
     for (let i = 0; i < n + 5; i++) {
-      const [ms] = await time(() => engine.exec(sb.id, { command: "true" }).result);
+      const [ms, r] = await time(() => engine.exec(sb.id, { command: "true" }).result);
       if (i >= 5) values.push(ms);
+      if (i >= 5) inGuest.push(r.durationMs);
+    }
+    for (let i = 0; i < Math.min(n, 50); i++) {
+      argv.push((await time(() => engine.exec(sb.id, { args: ["/bin/true"] }).result))[0]);
     }
     figures.exec = median(values);
     record(
       "exec-round-trip",
       rec,
-      [{ name: "exec `true` (/bin/sh -c true), sequential", unit: "ms", values }],
-      ["5 warm-up execs discarded. Host → agent → fork/exec of /bin/sh in the guest → exit frame → host."],
+      [
+        { name: "exec `true` (/bin/sh -c true), sequential", unit: "ms", values },
+        { name: "profile: the same execs as the guest agent timed them (fork → exit)", unit: "ms", values: inGuest },
+        { name: "exec argv [/bin/true] (no shell), sequential", unit: "ms", values: argv },
+      ],
+      [
+        "5 warm-up execs discarded. Host → agent → fork/exec of /bin/sh in the guest → exit frame → host.",
+        "The agent's own timing shows how much of the round trip is the guest process itself under TCG.",
+      ],
     );
     await engine.terminate(sb.id);
   }
