@@ -44,6 +44,11 @@ export function machine(accel: string): Record<string, string> {
     accel,
     qemu,
     node: process.version,
+    // Other work on the host skews every figure: say how busy it was when the record was written.
+    "load average (1/5/15 min)": os
+      .loadavg()
+      .map((l) => l.toFixed(2))
+      .join(" "),
   };
 }
 
