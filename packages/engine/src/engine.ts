@@ -538,6 +538,9 @@ export class Engine {
           });
     } finally {
       for (const vm of spare?.vms ?? []) void vm.destroy(); // the fork failed before loading them
+      // Spares for the next fork start a moment later, not while the children run their first commands.
+      const machine = source.vm.machine;
+      setTimeout(() => this.spares.prime(machine), 1000).unref();
       if (captured) this.reclaimBase(source.vm);
       fs.rmSync(ramFile, { force: true });
       fs.rmSync(stateFile, { force: true });

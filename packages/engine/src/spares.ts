@@ -64,7 +64,8 @@ export class SpareVms {
   /**
    * Up to `n` spares started for `machine` and the empty RAM file they map, which the
    * caller must fill (capture) before loading them; or undefined when none are ready.
-   * Starts the next generation either way.
+   * The caller primes the next generation once its fork is done (spares starting
+   * during a fork would take the CPU it needs).
    */
   take(machine: MachineSpec, n: number): { ramFile: string; vms: Vm[]; group: SharedGroup | undefined } | undefined {
     this.want = Math.max(1, Math.min(this.opts.size, n));
@@ -81,7 +82,6 @@ export class SpareVms {
         this.gen = undefined;
       }
     }
-    this.prime(machine);
     return out;
   }
 
