@@ -1,18 +1,19 @@
 // The engine: templates, sandboxes, warm pools and live fork, with a journal
 // so a restarted engine reaps what a previous run left behind.
 
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import type { AgentClient, ExecRequest } from "./agent/client.js";
-import { defaultDataDir, defaultShmDir } from "./config.js";
+import { defaultDataDir, shmDirFor } from "./config.js";
 import { MitosError } from "./errors.js";
 import { BUILTIN_RECIPES, ensureImages } from "./image/build.js";
 import { Journal, type TemplateRecord } from "./journal.js";
 import { hostTotals, readVmMemory, type VmMemory } from "./metering.js";
 import { WarmPool } from "./pool.js";
 import { type Accel, chooseAccel } from "./qemu/accel.js";
+import { qemuPidsOf } from "./qemu/processes.js";
 import { captureLive, saveState } from "./snapshot.js";
 import { ID_RE, type Snapshot, Vm } from "./vm.js";
 
@@ -65,8 +66,21 @@ export interface EngineOptions {
   restoreConcurrency?: number;
   /** Built-in templates to build in the background at open (mitosd: python), so the first create is warm. */
   prepareTemplates?: string[];
+  /** How long the guest agent may take to answer a call or a liveness ping (ms, default 30 s). */
+  agentTimeoutMs?: number;
   log?: (msg: string, fields?: Record<string, unknown>) => void;
+  /** Test hook for fault injection: awaited at each named step with the VM involved. */
+  faults?: (step: FaultStep, vm: Vm) => void | Promise<void>;
 }
+
+/** Where `EngineOptions.faults` is called: in create, fork and terminate. */
+export type FaultStep =
+  | "create:restored"
+  | "create:activated"
+  | "fork:paused"
+  | "fork:captured"
+  | "fork:child-restored"
+  | "terminate:before-kill";
 
 interface Sandbox {
   id: string;
@@ -95,23 +109,26 @@ export class Engine {
   private readonly pools = new Map<string, WarmPool>();
   private readonly imagesDir: string;
   private readonly opts: Required<
-    Omit<EngineOptions, "dataDir" | "shmDir" | "imagesDir" | "accel" | "log" | "prepareTemplates">
+    Omit<
+      EngineOptions,
+      "dataDir" | "shmDir" | "imagesDir" | "accel" | "log" | "prepareTemplates" | "faults" | "agentTimeoutMs"
+    >
   >;
   private readonly log: NonNullable<EngineOptions["log"]>;
+  private readonly fault: NonNullable<EngineOptions["faults"]>;
+  private readonly agentTimeoutMs: number | undefined;
   private closed = false;
 
   private constructor(options: EngineOptions) {
     this.dataDir = options.dataDir ?? defaultDataDir();
-    // Each engine gets its own directory in the tmpfs: at start it removes RAM
-    // files its journal does not know, which must never be another engine's.
-    this.shmDir =
-      options.shmDir ??
-      path.join(defaultShmDir(), `mitos-${createHash("sha256").update(this.dataDir).digest("hex").slice(0, 12)}`);
+    this.shmDir = options.shmDir ?? shmDirFor(this.dataDir);
     this.imagesDir =
       options.imagesDir ??
       (process.env.MITOS_IMAGES_DIR ? path.resolve(process.env.MITOS_IMAGES_DIR) : path.join(this.dataDir, "images"));
     this.accel = options.accel ?? chooseAccel().accel;
     this.log = options.log ?? (() => {});
+    this.fault = options.faults ?? (() => {});
+    this.agentTimeoutMs = options.agentTimeoutMs;
     this.opts = {
       poolTargets: options.poolTargets ?? { python: 2 },
       poolIdleMs: options.poolIdleMs ?? 10 * 60_000,
@@ -204,6 +221,7 @@ export class Engine {
       accel: this.accel,
       keepRamFile: true,
       timeoutMs: 120_000,
+      ...this.agentOpts(),
     });
     this.journal.putVm({ vmId, pid: vm.pid, dir: vm.dir, files: [path.join(this.shmDir, `mitos-${vmId}.ram`)] });
     try {
@@ -274,7 +292,13 @@ export class Engine {
     const t = this.journal.templates[template];
     if (!t) throw new MitosError("not_found", `template ${template} is gone`, { remediation: "Create it again." });
     const vmId = `vm-${hex(4)}`;
-    const vm = await Vm.restore({ id: vmId, dataDir: this.dataDir, snapshot: this.snapshotOf(t), paused: true });
+    const vm = await Vm.restore({
+      id: vmId,
+      dataDir: this.dataDir,
+      snapshot: this.snapshotOf(t),
+      paused: true,
+      ...this.agentOpts(),
+    });
     this.journal.putVm({ vmId, pid: vm.pid, dir: vm.dir, files: [] });
     vm.exited.then(() => {
       if (!this.closed) this.journal.deleteVm(vmId);
@@ -309,15 +333,19 @@ export class Engine {
           dataDir: this.dataDir,
           snapshot: this.snapshotOf(template),
           paused: true,
+          ...this.agentOpts(),
         }));
       try {
+        await this.fault("create:restored", vm);
         // Identity is the sandbox id, not the VM's directory name.
         await vm.activate(id);
+        await this.fault("create:activated", vm);
+        return this.adopt(placeholder, vm, Date.now() - started);
       } catch (err) {
         await vm.destroy();
+        this.journal.deleteVm(vm.id);
         throw err;
       }
-      return this.adopt(placeholder, vm, Date.now() - started);
     } catch (err) {
       this.sandboxes.delete(id);
       throw err;
@@ -372,22 +400,28 @@ export class Engine {
       await source.vm.pause();
       const tPaused = Date.now();
       try {
+        await this.fault("fork:paused", source.vm);
         await captureLive(
           source.vm.qmp,
           source.vm.paths.migrationSocket,
           { ramFile, stateFile, memBytes: source.vm.machine.memMiB * 1024 * 1024 },
           120_000,
         );
+        await this.fault("fork:captured", source.vm);
+      } catch (err) {
+        if (!source.vm.running) throw sourceDied(source.id, err as Error);
+        throw err;
       } finally {
         if (!opts.pauseSource) {
           await source.vm.resume().catch(() => {});
-          source.state = wasState;
+          // Unless the VM died meanwhile (its exit handler marked it failed).
+          if (source.state === "paused") source.state = wasState;
         }
       }
       const tCaptured = Date.now();
       const snapshot: Snapshot = { machine: source.vm.machine, ramFile, stateFile, ignoreShared: false };
       const results = await limitAll(this.opts.restoreConcurrency, placeholders, () =>
-        Vm.restore({ id: `vm-${hex(4)}`, dataDir: this.dataDir, snapshot, paused: true }),
+        Vm.restore({ id: `vm-${hex(4)}`, dataDir: this.dataDir, snapshot, paused: true, ...this.agentOpts() }),
       );
       // Every child has mapped the base (or failed): the name can go; the
       // pages live on while any child maps them.
@@ -405,11 +439,13 @@ export class Engine {
             return;
           }
           try {
+            await this.fault("fork:child-restored", r.value);
             await r.value.activate(p.id);
             children[i] = this.adopt(p, r.value, Date.now() - started);
           } catch (err) {
             this.sandboxes.delete(p.id);
             await r.value.destroy();
+            this.journal.deleteVm(r.value.id);
             errors.push(err as Error);
           }
         }),
@@ -424,6 +460,7 @@ export class Engine {
         source: source.id,
         count,
         ok: children.filter(Boolean).length,
+        ...(errors.length > 0 ? { failed: errors.length, error: errors[0]?.message } : {}),
         ms: forkTimeMs,
         pauseMs: tPaused - started,
         captureMs: tCaptured - tPaused,
@@ -491,6 +528,7 @@ export class Engine {
 
   async terminate(id: string): Promise<void> {
     const s = this.lookup(id);
+    if (s.vm) await this.fault("terminate:before-kill", s.vm);
     await this.kill(s, "terminated");
   }
 
@@ -555,6 +593,12 @@ export class Engine {
   }
 
   private adopt(s: Sandbox, vm: Vm, forkTimeMs: number): SandboxInfo {
+    if (!vm.running) {
+      throw new MitosError("unavailable", `the VM of sandbox ${s.id} exited while it was starting`, {
+        remediation: `Retry; if it repeats, read the guest console log ${vm.paths.consoleLog} and check host memory.`,
+        context: { sandbox: s.id },
+      });
+    }
     s.vm = vm;
     s.state = "ready";
     s.forkTimeMs = forkTimeMs;
@@ -563,11 +607,16 @@ export class Engine {
     vm.exited.then((x) => {
       if (s.state === "terminated") return;
       s.state = "failed";
-      if (s.timer) clearTimeout(s.timer);
+      // The deadline timer stays armed: a failed sandbox (and its logs) is
+      // reaped at its deadline if nobody terminates it first.
       this.log("sandbox VM exited unexpectedly", { sandbox: s.id, code: x.code, signal: x.signal });
       void vm.stop().then(() => this.journal.deleteVm(vm.id));
     });
     return this.info(s);
+  }
+
+  private agentOpts(): { agentTimeoutMs?: number } {
+    return this.agentTimeoutMs === undefined ? {} : { agentTimeoutMs: this.agentTimeoutMs };
   }
 
   private arm(s: Sandbox, seconds: number): void {
@@ -685,6 +734,17 @@ export class Engine {
       this.journal.deleteVm(v.vmId);
       this.log("reaped VM left by a previous run", { vm: v.vmId, pid: v.pid });
     }
+    // QEMUs started but not yet journaled when the previous run died (a
+    // restore in flight): found by their runtime paths under <dataDir>/vms/.
+    for (const pid of qemuPidsOf(this.dataDir)) {
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch {
+        // already gone
+      }
+      await waitGone(pid, 5000);
+      this.log("reaped unjournaled QEMU left by a previous run", { pid });
+    }
     for (const t of Object.values(this.journal.templates)) {
       let reason: string | undefined;
       if (!fs.existsSync(t.ramFile) || !fs.existsSync(t.stateFile)) reason = "its files are gone";
@@ -728,6 +788,14 @@ function checkId(id: string, what: string): void {
       remediation: "Ids are 1-64 characters: letters, digits, '_' and '-', starting with a letter or digit.",
     });
   }
+}
+
+/** A fork whose source VM exited mid-way: the source is failed, not "unchanged". */
+function sourceDied(sourceId: string, err: Error): MitosError {
+  return new MitosError("fork_failed", `the VM of source sandbox ${sourceId} exited during the fork: ${err.message}`, {
+    remediation: "The source sandbox has failed and no child was made. Create a new sandbox and fork that.",
+    context: { sandbox: sourceId },
+  });
 }
 
 function hex(bytes: number): string {

@@ -36,6 +36,8 @@ export interface LaunchOptions {
   dataDir: string;
   qemuBinary?: string;
   timeoutMs?: number;
+  /** How long the guest agent may take to answer a call or a liveness ping (ms). */
+  agentTimeoutMs?: number;
 }
 
 export interface BootOptions extends LaunchOptions {
@@ -209,11 +211,13 @@ export class Vm {
     const proc = spawn(opts.qemuBinary ?? "qemu-system-x86_64", args, { stdio: ["ignore", log, log] });
     fs.closeSync(log);
     const vm = new Vm(opts.id, machine, dir, paths, ownedRamFile, proc);
+    vm.agentTimeoutMs = opts.agentTimeoutMs;
     vm.spawnError = new Promise<Error>((resolve) => proc.once("error", resolve));
     return vm;
   }
 
   private spawnError!: Promise<Error>;
+  private agentTimeoutMs: number | undefined;
 
   /** Runs `steps` racing QEMU's death; on any failure the VM is stopped. */
   private async startup(timeoutMs: number, steps: (deadlineMs: number) => Promise<void>): Promise<void> {
@@ -241,6 +245,7 @@ export class Vm {
   private async connectAgent(timeoutMs: number): Promise<void> {
     this.agent = await AgentClient.connect(this.paths.agentSocket, timeoutMs, {
       context: { vm: this.id, console_log: this.paths.consoleLog },
+      ...(this.agentTimeoutMs === undefined ? {} : { callTimeoutMs: this.agentTimeoutMs }),
     });
     if (!this.running) this.agent.close("VM exited during start");
   }
