@@ -3,79 +3,15 @@
 // Markdown record to bench/results/<date>-<scenario>.{json,md} with the
 // machine it ran on and the exact command. Baselines run in the same process.
 
-import { execFileSync } from "node:child_process";
-import fs from "node:fs";
-import os from "node:os";
-import path from "node:path";
 import { Engine } from "../packages/engine/src/index.js";
+import { record, type Series } from "./record.js";
 
 const quick = process.argv.includes("--quick");
 const only = process.argv
   .find((a) => a.startsWith("--only="))
   ?.slice(7)
   .split(",");
-const resultsDir = path.join(import.meta.dirname, "results");
 const dataDir = "/var/lib/mitos/bench";
-
-interface Series {
-  name: string;
-  unit: string;
-  values: number[];
-}
-
-function stats(v: number[]): { n: number; p50: number; p90: number; max: number } {
-  const s = [...v].sort((a, b) => a - b);
-  const at = (q: number) => s[Math.min(s.length - 1, Math.floor(q * (s.length - 1)))] ?? Number.NaN;
-  return { n: s.length, p50: at(0.5), p90: at(0.9), max: s[s.length - 1] ?? Number.NaN };
-}
-
-function machine(accel: string): Record<string, string> {
-  const cpu = /model name\s*:\s*(.*)/.exec(fs.readFileSync("/proc/cpuinfo", "utf8"))?.[1] ?? "?";
-  const qemu = execFileSync("qemu-system-x86_64", ["--version"], { encoding: "utf8" }).split("\n")[0] ?? "?";
-  return {
-    cpu,
-    cores: String(os.availableParallelism()),
-    ram: `${Math.round(os.totalmem() / 2 ** 30)} GiB`,
-    kernel: os.release(),
-    accel,
-    qemu,
-    node: process.version,
-  };
-}
-
-function record(scenario: string, accel: string, series: Series[], notes: string[] = []): void {
-  fs.mkdirSync(resultsDir, { recursive: true });
-  const date = new Date().toISOString().slice(0, 10);
-  const command = `npm run bench -- ${process.argv.slice(2).join(" ")}`.trim();
-  const rows = series.map((s) => ({ ...s, ...stats(s.values) }));
-  const m = machine(accel);
-  fs.writeFileSync(
-    path.join(resultsDir, `${date}-${scenario}.json`),
-    `${JSON.stringify({ scenario, date, command, machine: m, series: rows, notes }, null, 1)}\n`,
-  );
-  const md = [
-    `# ${scenario} (${date})`,
-    "",
-    `Command: \`${command}\``,
-    "",
-    `Machine: ${Object.entries(m)
-      .map(([k, v]) => `${k} ${v}`)
-      .join("; ")}`,
-    "",
-    "| series | unit | n | p50 | p90 | max |",
-    "|---|---|---|---|---|---|",
-    ...rows.map((r) => `| ${r.name} | ${r.unit} | ${r.n} | ${fmt(r.p50)} | ${fmt(r.p90)} | ${fmt(r.max)} |`),
-    "",
-    ...notes.map((n) => `- ${n}`),
-    "",
-  ].join("\n");
-  fs.writeFileSync(path.join(resultsDir, `${date}-${scenario}.md`), md);
-  console.log(md);
-}
-
-function fmt(n: number): string {
-  return Number.isInteger(n) ? String(n) : n.toFixed(1);
-}
 
 async function time<T>(fn: () => Promise<T>): Promise<[number, T]> {
   const t = performance.now();

@@ -300,9 +300,11 @@ export class Engine {
       ...this.agentOpts(),
     });
     this.journal.putVm({ vmId, pid: vm.pid, dir: vm.dir, files: [] });
-    vm.exited.then(() => {
-      if (!this.closed) this.journal.deleteVm(vmId);
-    });
+    // Also after close: pools destroy their warm VMs then, and a clean
+    // shutdown leaves a journal naming no VM.
+    vm.exited
+      .then(() => this.journal.deleteVm(vmId))
+      .catch((err: Error) => this.log("journal update failed", { vm: vmId, error: err.message }));
     return vm;
   }
 

@@ -55,7 +55,8 @@ export class WarmPool {
         .restore()
         .then((vm) => {
           this.failures = 0;
-          if (this.closed) return void vm.destroy();
+          // Awaited: close() waits for in-flight restores, so this one is gone by then.
+          if (this.closed) return vm.destroy();
           this.warm.push(vm);
           vm.exited.then(() => {
             const i = this.warm.indexOf(vm);
