@@ -7,7 +7,7 @@ import os from "node:os";
 import path from "node:path";
 import type { AgentClient, ExecRequest } from "./agent/client.js";
 import { defaultDataDir, shmDirFor } from "./config.js";
-import { MitosError } from "./errors.js";
+import { MitosError, shmSpaceRemediation } from "./errors.js";
 import { BUILTIN_RECIPES, ensureImages } from "./image/build.js";
 import { Journal, type TemplateRecord } from "./journal.js";
 import { hostTotals, readVmMemory, type VmMemory } from "./metering.js";
@@ -207,6 +207,17 @@ export class Engine {
       throw new MitosError("invalid_input", `vcpu_count ${vcpus} is out of range`, {
         remediation: "Use 1 to 16 vCPUs.",
       });
+    }
+    // The template VM writes its RAM to a shared file: a full tmpfs would kill
+    // it with SIGBUS half way, so check for room for all of it first.
+    const shm = fs.statfsSync(this.shmDir);
+    const free = shm.bavail * shm.bsize;
+    if (free < memMiB * 1024 * 1024) {
+      throw new MitosError(
+        "unavailable",
+        `not enough space in ${this.shmDir} for a ${memMiB} MiB template RAM file (${Math.floor(free / 2 ** 20)} MiB free)`,
+        { remediation: shmSpaceRemediation(this.shmDir), context: { shm_dir: this.shmDir, template: id } },
+      );
     }
     this.log("template build started", { template: id, packages, init: init.length });
     const images = await ensureImages({ packages }, { cacheDir: this.imagesDir });

@@ -60,7 +60,10 @@ export class WarmPool {
           this.warm.push(vm);
           vm.exited.then(() => {
             const i = this.warm.indexOf(vm);
-            if (i >= 0) this.warm.splice(i, 1);
+            if (i < 0) return; // claimed: its sandbox handles the exit
+            // Died while warm: remove its runtime dir and replace it.
+            this.warm.splice(i, 1);
+            void vm.destroy().then(() => this.fill());
           });
         })
         .catch((err: Error) => {

@@ -4,7 +4,7 @@
 import fs from "node:fs";
 import net from "node:net";
 import path from "node:path";
-import { MitosError } from "./errors.js";
+import { MitosError, shmSpaceRemediation } from "./errors.js";
 import { MigrationSplitter, type SplitStats } from "./migration-split.js";
 import type { QmpClient } from "./qemu/qmp.js";
 
@@ -143,7 +143,7 @@ export async function captureLive(
     if ((err as NodeJS.ErrnoException).code === "ENOSPC") {
       const dir = path.dirname(files.ramFile);
       throw new MitosError("fork_failed", `no space left for the fork's RAM capture in ${dir}`, {
-        remediation: `The source sandbox was resumed and is unchanged. Free space in ${dir} (a tmpfs, /dev/shm by default): terminate sandboxes you no longer need, or enlarge it (mount -o remount,size=<bigger> <mount point>), then retry the fork.`,
+        remediation: `The source sandbox was resumed and is unchanged. ${shmSpaceRemediation(dir)}`,
         cause: (err as Error).message,
         context: { shm_dir: dir },
       });

@@ -8,7 +8,7 @@ import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
-import { assertNoLeaks, killQemusOf } from "../../../test-support/leaks.js";
+import { assertNoLeaks, killQemusOf, qemuPidsOf, waitGone } from "../../../test-support/leaks.js";
 import { defaultDataDir } from "../src/config.js";
 import type { FaultStep } from "../src/engine.js";
 import { Engine, MitosError, type SandboxInfo, type Vm } from "../src/index.js";
@@ -115,6 +115,20 @@ describe("QEMU killed during create", () => {
       await settle();
     });
   }
+});
+
+describe("QEMU killed while warm in the pool", () => {
+  it("a dead warm VM is never handed out and its record goes", async () => {
+    await waitFor(() => engine.poolStatus().some((p) => p.warm === 1), 60_000);
+    const [warm] = qemuPidsOf(dataDir);
+    assert.ok(warm, "the pool holds one VM");
+    process.kill(warm, "SIGKILL");
+    await waitGone(warm);
+    const sb = await engine.create("python");
+    assert.notEqual(sb.pid, warm);
+    assert.equal(await sh(sb.id, "echo ok"), "ok\n");
+    await settle();
+  });
 });
 
 describe("QEMU killed during fork", () => {
@@ -232,7 +246,7 @@ describe("guest faults", () => {
 });
 
 describe("RAM-file tmpfs full", () => {
-  it("a fork that cannot capture fails with fork_failed naming the dir; the source is unchanged", async (t) => {
+  it("a fork (or template build) without room fails naming the dir; the source is unchanged", async (t) => {
     if (!mounted) return t.skip("cannot mount a tmpfs here (needs root)");
     const source = await engine.create("python");
     await sh(source.id, "echo kept > /root/mark");
@@ -251,6 +265,12 @@ describe("RAM-file tmpfs full", () => {
       });
       assert.equal(state(source.id), "ready");
       assert.equal(await sh(source.id, "cat /root/mark"), "kept\n");
+      // A template build is refused up front rather than killed by SIGBUS half way.
+      await assert.rejects(engine.createTemplate("tight", { image: "base" }), (e) => {
+        isCode("unavailable")(e);
+        assert.ok((e as MitosError).remediation.includes(shmDir), (e as MitosError).remediation);
+        return true;
+      });
       await assertNoLeaks(owned);
     } finally {
       execFileSync("mount", ["-o", "remount,size=3g", shmDir]);
