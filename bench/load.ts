@@ -6,8 +6,10 @@
 // Latencies per operation go to bench/results/<date>-load.{json,md}.
 
 import fs from "node:fs";
+import os from "node:os";
 import { parseArgs } from "node:util";
 import { shmDirFor } from "../packages/engine/src/config.js";
+import { qemuProcesses } from "../packages/engine/src/qemu/processes.js";
 import { MitosError, type Sandbox, SandboxServer } from "../packages/sdk/src/index.js";
 import { leaks, qemuPidsOf } from "../test-support/leaks.js";
 import { startMitosd } from "../test-support/mitosd.js";
@@ -112,6 +114,8 @@ try {
   const server = new SandboxServer({ baseUrl: daemon.url, apiKey: daemon.token, maxRetries: 0 });
   await server.createTemplate("python");
   const accel = (await server.health()).accel;
+  const loadBefore = os.loadavg()[0]?.toFixed(1);
+  const qemusBefore = qemuProcesses().length - qemuPidsOf(dataDir).length;
   console.error(`load: ${clients} clients for ${seconds} s against ${daemon.url}`);
   const started = Date.now();
   await Promise.all(Array.from({ length: clients }, () => client(server, started + seconds * 1000)));
@@ -129,7 +133,7 @@ try {
     `Errors by code: ${JSON.stringify(errors)} (allowed: ${[...ALLOWED].join(", ")}).`,
     ...samples.map((s) => `Error sample: ${s}`),
     `Sandboxes left listed after the clients finished: ${left.length}. Leaks while mitosd ran: ${JSON.stringify(liveLeaks)}; after it stopped: ${JSON.stringify(afterStop)}.`,
-    "Other workloads (other agents' VM test suites) shared this 2-core machine during the run; treat latencies as an upper bound.",
+    `Other workloads (other agents' VM test suites) shared this 2-core machine: load average ${loadBefore} and ${qemusBefore} QEMU processes of other data dirs at the start (${os.loadavg()[0]?.toFixed(1)} at the end); treat latencies as an upper bound.`,
     `Result: ${failed ? "FAIL" : "PASS"}.`,
   );
   record(
