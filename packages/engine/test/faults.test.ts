@@ -222,7 +222,7 @@ describe("guest faults", () => {
     await settle();
   });
 
-  it("a frozen guest (QEMU stopped): exec and file calls end with a clear error; terminate cleans up", async () => {
+  it("a frozen guest (QEMU stopped): exec and file calls end with a clear error; it recovers when thawed; terminate of a frozen VM cleans up", async () => {
     const sb = await engine.create("python");
     process.kill(sb.pid, "SIGSTOP");
     try {
@@ -233,14 +233,20 @@ describe("guest faults", () => {
       for (const p of [exec, read, write]) await assert.rejects(p, isCode("unavailable"));
       const took = Date.now() - t0;
       assert.ok(took < AGENT_TIMEOUT_MS + 8000, `gave up after ${took} ms`);
-      await engine.terminate(sb.id);
+      assert.equal(state(sb.id), "ready", "a slow guest is not declared dead");
     } finally {
-      try {
-        process.kill(sb.pid, "SIGCONT");
-      } catch {
-        // terminated
-      }
+      process.kill(sb.pid, "SIGCONT");
     }
+    // Thawed: the same connection works, and the abandoned command was killed.
+    assert.equal(await sh(sb.id, "echo back"), "back\n");
+    let left = 1;
+    for (let i = 0; i < 50 && left > 0; i++) {
+      left = (await engine.agent(sb.id).processes()).filter((p) => p.command.includes("sleep 1000")).length;
+      if (left > 0) await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(left, 0, "the abandoned exec was killed in the guest");
+    process.kill(sb.pid, "SIGSTOP");
+    await engine.terminate(sb.id);
     await settle();
   });
 });
