@@ -3,7 +3,8 @@
 // loops create → exec → fork → exec in the child → terminate both, through
 // the SDK with retries off. Errors are counted by API code: any code but
 // quota_exceeded fails the run, as does a VM or file left behind at the end.
-// Latencies per operation go to bench/results/<date>-load.{json,md}.
+// Latencies per operation go to bench/results/<date>-load.{json,md}
+// (bench/results/quick/ for runs shorter than 60 s).
 
 import fs from "node:fs";
 import os from "node:os";
@@ -138,10 +139,15 @@ try {
   );
   record(
     "load",
-    accel,
+    // Runs shorter than a minute are smoke runs (results/quick/, not committed).
+    {
+      quick: seconds < 60,
+      accel,
+      command: `npm run bench:load -- ${process.argv.slice(2).join(" ")}`.trim(),
+      p99: true,
+    },
     (Object.keys(latency) as Op[]).map((op) => ({ name: op, unit: "ms", values: latency[op] })),
     notes,
-    { script: "bench:load", extra: { clients, seconds, loops, errors, leaks: [...liveLeaks, ...afterStop] } },
   );
 } finally {
   await daemon.stop();

@@ -1,5 +1,6 @@
-// Writing a benchmark record: bench/results/<date>-<scenario>.{json,md} with
-// percentiles per series, the machine it ran on and the exact command.
+// Benchmark records: statistics, the machine they ran on, and the JSON and
+// Markdown files in bench/results/ (quick smoke runs go to results/quick/,
+// which git ignores, so CI never overwrites the committed figures).
 
 import { execFileSync } from "node:child_process";
 import fs from "node:fs";
@@ -12,12 +13,24 @@ export interface Series {
   values: number[];
 }
 
-const resultsDir = path.join(import.meta.dirname, "results");
+export interface Stats {
+  n: number;
+  p50: number;
+  p90: number;
+  p99: number;
+  max: number;
+}
 
-export function stats(v: number[]): { n: number; p50: number; p90: number; p99: number; max: number } {
+export function stats(v: number[]): Stats {
   const s = [...v].sort((a, b) => a - b);
   const at = (q: number) => s[Math.min(s.length - 1, Math.floor(q * (s.length - 1)))] ?? Number.NaN;
-  return { n: s.length, p50: at(0.5), p90: at(0.9), p99: at(0.99), max: s[s.length - 1] ?? Number.NaN };
+  const mid =
+    s.length % 2 === 1 ? at(0.5) : ((s[s.length / 2 - 1] ?? Number.NaN) + (s[s.length / 2] ?? Number.NaN)) / 2;
+  return { n: s.length, p50: mid, p90: at(0.9), p99: at(0.99), max: s[s.length - 1] ?? Number.NaN };
+}
+
+export function median(v: number[]): number {
+  return stats(v).p50;
 }
 
 export function machine(accel: string): Record<string, string> {
@@ -34,51 +47,59 @@ export function machine(accel: string): Record<string, string> {
   };
 }
 
-export interface RecordOptions {
-  /** The npm script that ran it (default "bench"). */
-  script?: string;
-  /** Extra fields for the JSON record (e.g. error counts). */
-  extra?: Record<string, unknown>;
+export function fmt(n: number): string {
+  if (!Number.isFinite(n)) return "–";
+  return Number.isInteger(n) ? String(n) : n.toFixed(1);
 }
 
+export interface RecordOptions {
+  quick: boolean;
+  accel: string;
+  /** The command as a person would retype it. */
+  command: string;
+  /** Extra columns (p99 for load tests). */
+  p99?: boolean;
+}
+
+/** Writes <date>-<scenario>.{json,md} and prints the Markdown. */
 export function record(
   scenario: string,
-  accel: string,
+  o: RecordOptions,
   series: Series[],
   notes: string[] = [],
-  opts: RecordOptions = {},
-): void {
-  fs.mkdirSync(resultsDir, { recursive: true });
+): { json: string; md: string } {
+  const dir = path.join(import.meta.dirname, "results", ...(o.quick ? ["quick"] : []));
+  fs.mkdirSync(dir, { recursive: true });
   const date = new Date().toISOString().slice(0, 10);
-  const command = `npm run ${opts.script ?? "bench"} -- ${process.argv.slice(2).join(" ")}`.trim();
   const rows = series.map((s) => ({ ...s, ...stats(s.values) }));
-  const m = machine(accel);
+  const m = machine(o.accel);
+  const json = path.join(dir, `${date}-${scenario}.json`);
   fs.writeFileSync(
-    path.join(resultsDir, `${date}-${scenario}.json`),
-    `${JSON.stringify({ scenario, date, command, machine: m, series: rows, notes, ...opts.extra }, null, 1)}\n`,
+    json,
+    `${JSON.stringify({ scenario, date, command: o.command, machine: m, series: rows, notes }, null, 1)}\n`,
   );
+  const p99 = o.p99 ?? false;
   const md = [
     `# ${scenario} (${date})`,
     "",
-    `Command: \`${command}\``,
+    `Command: \`${o.command}\``,
     "",
     `Machine: ${Object.entries(m)
       .map(([k, v]) => `${k} ${v}`)
       .join("; ")}`,
     "",
-    "| series | unit | n | p50 | p90 | p99 | max |",
-    "|---|---|---|---|---|---|---|",
+    `| series | unit | n | p50 | p90 |${p99 ? " p99 |" : ""} max |`,
+    `|---|---|---|---|---|${p99 ? "---|" : ""}---|`,
     ...rows.map(
-      (r) => `| ${r.name} | ${r.unit} | ${r.n} | ${fmt(r.p50)} | ${fmt(r.p90)} | ${fmt(r.p99)} | ${fmt(r.max)} |`,
+      (r) =>
+        `| ${r.name} | ${r.unit} | ${r.n} | ${fmt(r.p50)} | ${fmt(r.p90)} |${p99 ? ` ${fmt(r.p99)} |` : ""} ${fmt(r.max)} |`,
     ),
     "",
     ...notes.map((n) => `- ${n}`),
     "",
   ].join("\n");
-  fs.writeFileSync(path.join(resultsDir, `${date}-${scenario}.md`), md);
+  const mdFile = path.join(dir, `${date}-${scenario}.md`);
+  fs.writeFileSync(mdFile, md);
   console.log(md);
-}
-
-function fmt(n: number): string {
-  return Number.isInteger(n) ? String(n) : n.toFixed(1);
+  return { json, md: mdFile };
 }

@@ -6,7 +6,9 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import type { AgentClient, ExecRequest } from "./agent/client.js";
+import { baseFileOf, digHoles, RAM_FILE_RE } from "./base-file.js";
 import { defaultDataDir, shmDirFor } from "./config.js";
+import { Confinement, type SharedGroup } from "./confine.js";
 import { MitosError, shmSpaceRemediation } from "./errors.js";
 import { BUILTIN_RECIPES, ensureImages } from "./image/build.js";
 import { Journal, type TemplateRecord } from "./journal.js";
@@ -15,7 +17,8 @@ import { WarmPool } from "./pool.js";
 import { type Accel, chooseAccel } from "./qemu/accel.js";
 import { qemuPidsOf } from "./qemu/processes.js";
 import { captureLive, saveState } from "./snapshot.js";
-import { ID_RE, type Snapshot, Vm } from "./vm.js";
+import { SpareVms } from "./spares.js";
+import { ID_RE, type MachineSpec, type Snapshot, Vm } from "./vm.js";
 
 export type SandboxState = "starting" | "ready" | "paused" | "terminated" | "failed";
 
@@ -64,6 +67,10 @@ export interface EngineOptions {
   maxTimeoutSeconds?: number;
   /** Parallel restores during a fork (default: 2 × cores). */
   restoreConcurrency?: number;
+  /** Most spare QEMUs kept waiting for the next fork (default: 2 × cores; 0: none). */
+  spareVms?: number;
+  /** How long after its last fork a sandbox's base gets back the pages the capture faulted in (default 30 s). */
+  reclaimDelayMs?: number;
   /** Built-in templates to build in the background at open (mitosd: python), so the first create is warm. */
   prepareTemplates?: string[];
   /** How long the guest agent may take to answer a call or a liveness ping (ms, default 30 s). */
@@ -101,17 +108,33 @@ export class Engine {
   readonly dataDir: string;
   readonly shmDir: string;
   readonly accel: Accel;
+  /** Whether each QEMU runs as a uid of its own (docs/security.md). */
+  readonly confinement: Confinement;
   private readonly journal: Journal;
+  /** The gid each template's RAM base is shared with (undefined: no uid switching). */
+  private readonly templateGroups = new Map<string, SharedGroup | undefined>();
   private readonly sandboxes = new Map<string, Sandbox>();
   /** Ids reaped at their deadline, to answer 410 rather than 404. */
   private readonly expired = new Set<string>();
   private readonly templateBuilds = new Map<string, Promise<TemplateRecord>>();
   private readonly pools = new Map<string, WarmPool>();
+  private readonly spares: SpareVms;
+  /** Background work (giving base pages back) that close() waits for. */
+  private readonly background = new Set<Promise<void>>();
+  private readonly reclaimTimers = new Map<string, NodeJS.Timeout>();
   private readonly imagesDir: string;
   private readonly opts: Required<
     Omit<
       EngineOptions,
-      "dataDir" | "shmDir" | "imagesDir" | "accel" | "log" | "prepareTemplates" | "faults" | "agentTimeoutMs"
+      | "dataDir"
+      | "shmDir"
+      | "imagesDir"
+      | "accel"
+      | "log"
+      | "prepareTemplates"
+      | "spareVms"
+      | "faults"
+      | "agentTimeoutMs"
     >
   >;
   private readonly log: NonNullable<EngineOptions["log"]>;
@@ -135,11 +158,36 @@ export class Engine {
       defaultTimeoutSeconds: options.defaultTimeoutSeconds ?? 300,
       maxTimeoutSeconds: options.maxTimeoutSeconds ?? 3600,
       restoreConcurrency: options.restoreConcurrency ?? Math.max(2, 2 * os.availableParallelism()),
+      reclaimDelayMs: options.reclaimDelayMs ?? 30_000,
     };
     fs.mkdirSync(this.shmDir, { recursive: true, mode: 0o700 });
     for (const d of ["vms", "templates", "bases"])
       fs.mkdirSync(path.join(this.dataDir, d), { recursive: true, mode: 0o700 });
+    this.confinement = Confinement.open({
+      dataDir: this.dataDir,
+      shmDir: this.shmDir,
+      imagesDir: this.imagesDir,
+      log: this.log,
+    });
     this.journal = new Journal(this.dataDir);
+    this.spares = new SpareVms({
+      size: options.spareVms ?? Math.max(2, 2 * os.availableParallelism()),
+      shmDir: this.shmDir,
+      idleMs: this.opts.poolIdleMs,
+      spawn: (machine, ramFile, group) => this.spawnSpare(machine, ramFile, group),
+      group: () => this.confinement.group(),
+      share: (file, group) => this.confinement.share(file, group),
+      onError: (err) => this.log("spare VM failed to start", { error: err.message }),
+    });
+  }
+
+  private async spawnSpare(machine: MachineSpec, ramFile: string, group: SharedGroup | undefined): Promise<Vm> {
+    const vmId = `vm-${hex(4)}`;
+    const runAs = this.confinement.runAs(group, this.accel);
+    const vm = await Vm.incoming({ id: vmId, dataDir: this.dataDir, machine, ramFile, runAs, ...this.agentOpts() });
+    // The generation's base file is journaled with it (a restart removes it).
+    this.journalUntilExit(vm, [ramFile]);
+    return vm;
   }
 
   /** Opens the engine: reaps VMs a previous run left, drops broken templates, starts pools. */
@@ -222,6 +270,7 @@ export class Engine {
     this.log("template build started", { template: id, packages, init: init.length });
     const images = await ensureImages({ packages }, { cacheDir: this.imagesDir });
     const vmId = `tpl-${id.slice(0, 40)}-${hex(4)}`;
+    const group = this.confinement.group();
     const vm = await Vm.boot({
       id: vmId,
       images,
@@ -232,7 +281,11 @@ export class Engine {
       accel: this.accel,
       keepRamFile: true,
       timeoutMs: 120_000,
+      runAs: this.confinement.runAs(group, this.accel),
       ...this.agentOpts(),
+    }).catch((err) => {
+      group?.release();
+      throw err;
     });
     this.journal.putVm({ vmId, pid: vm.pid, dir: vm.dir, files: [path.join(this.shmDir, `mitos-${vmId}.ram`)] });
     try {
@@ -249,7 +302,7 @@ export class Engine {
       const info = await vm.agent.hello();
       await vm.pause();
       const stateFile = path.join(this.dataDir, "templates", `${id}.state`);
-      await saveState(vm.qmp, vm.paths.migrationSocket, stateFile, 60_000);
+      await saveState(vm.qmp, vm.paths.migrationSocket, stateFile, 60_000, vm.runAs);
       const ramFile = vm.disownRamFile();
       await vm.destroy();
       const record: TemplateRecord = {
@@ -264,6 +317,7 @@ export class Engine {
         bootId: info.bootId,
       };
       this.journal.putTemplate(record);
+      this.templateGroups.set(id, group);
       this.journal.deleteVm(vmId);
       this.log("template ready", { template: id, ms: record.creationTimeMs });
       const target = this.opts.poolTargets[id] ?? 0;
@@ -272,6 +326,7 @@ export class Engine {
     } catch (err) {
       await vm.destroy();
       fs.rmSync(path.join(this.shmDir, `mitos-${vmId}.ram`), { force: true });
+      group?.release();
       this.journal.deleteVm(vmId);
       throw err;
     }
@@ -279,6 +334,28 @@ export class Engine {
 
   private snapshotOf(t: TemplateRecord): Snapshot {
     return { machine: t.machine, ramFile: t.ramFile, stateFile: t.stateFile, ignoreShared: true };
+  }
+
+  /** A paused VM restored from a template, running as a uid of its own in the template's group. */
+  private restoreFromTemplate(vmId: string, t: TemplateRecord): Promise<Vm> {
+    return Vm.restore({
+      id: vmId,
+      dataDir: this.dataDir,
+      snapshot: this.snapshotOf(t),
+      paused: true,
+      runAs: this.confinement.runAs(this.templateGroup(t), this.accel),
+      ...this.agentOpts(),
+    });
+  }
+
+  /** The group a template's base is shared with, given to the base on first use. */
+  private templateGroup(t: TemplateRecord): SharedGroup | undefined {
+    if (!this.templateGroups.has(t.id)) {
+      const group = this.confinement.group();
+      this.confinement.share(t.ramFile, group);
+      this.templateGroups.set(t.id, group);
+    }
+    return this.templateGroups.get(t.id);
   }
 
   // --- pools ---
@@ -290,7 +367,7 @@ export class Engine {
         template,
         target: this.opts.poolTargets[template] ?? 0,
         idleMs: this.opts.poolIdleMs,
-        restore: () => this.restorePaused(template),
+        restore: () => this.restoreWarm(template),
         onError: (err) => this.log("warm pool restore failed", { template, error: err.message }),
       });
       this.pools.set(template, pool);
@@ -299,24 +376,25 @@ export class Engine {
     return pool;
   }
 
-  private async restorePaused(template: string): Promise<Vm> {
+  private async restoreWarm(template: string): Promise<Vm> {
     const t = this.journal.templates[template];
     if (!t) throw new MitosError("not_found", `template ${template} is gone`, { remediation: "Create it again." });
     const vmId = `vm-${hex(4)}`;
-    const vm = await Vm.restore({
-      id: vmId,
-      dataDir: this.dataDir,
-      snapshot: this.snapshotOf(t),
-      paused: true,
-      ...this.agentOpts(),
-    });
-    this.journal.putVm({ vmId, pid: vm.pid, dir: vm.dir, files: [] });
-    // Also after close: pools destroy their warm VMs then, and a clean
-    // shutdown leaves a journal naming no VM.
-    vm.exited
-      .then(() => this.journal.deleteVm(vmId))
-      .catch((err: Error) => this.log("journal update failed", { vm: vmId, error: err.message }));
+    const vm = await this.restoreFromTemplate(vmId, t);
+    this.journalUntilExit(vm);
+    try {
+      await vm.warmUp();
+    } catch (err) {
+      await vm.destroy();
+      throw err;
+    }
     return vm;
+  }
+
+  /** QEMU processes started and waiting for the next fork (spares.ts). */
+  spareStatus(): { ready: number; pids: number[]; ramFile: string | undefined } {
+    const pids = this.spares.pids;
+    return { ready: pids.length, pids, ramFile: this.spares.ramFile };
   }
 
   poolStatus(): Array<{ template: string; warm: number; target: number; claimed: number }> {
@@ -339,15 +417,7 @@ export class Engine {
     try {
       const pool =
         this.pools.get(templateId) ?? (this.opts.poolTargets[templateId] ? this.poolFor(templateId) : undefined);
-      const vm =
-        pool?.take() ??
-        (await Vm.restore({
-          id: `vm-${hex(4)}`,
-          dataDir: this.dataDir,
-          snapshot: this.snapshotOf(template),
-          paused: true,
-          ...this.agentOpts(),
-        }));
+      const vm = pool?.take() ?? (await this.restoreFromTemplate(`vm-${hex(4)}`, template));
       try {
         await this.fault("create:restored", vm);
         // Identity is the sandbox id, not the VM's directory name.
@@ -401,14 +471,19 @@ export class Engine {
     const timeout = this.checkTimeout(opts.timeoutSeconds);
     const started = Date.now();
     const key = hex(6);
-    const ramFile = path.join(this.shmDir, `mitos-base-${key}.ram`);
+    // Spares already wait on an empty base file: capture into it and load them.
+    const spare = this.spares.take(source.vm.machine, count);
+    const ramFile = spare?.ramFile ?? path.join(this.shmDir, `mitos-base-${key}.ram`);
     const stateFile = path.join(this.dataDir, "bases", `${key}.state`);
+    // The base's own group: only this fork's children can open it (the spares' one when there are spares).
+    const baseGroup = spare ? spare.group : this.confinement.group();
     // Journal the base under the source so a crash mid-fork still reaps it.
     const srcRecord = this.journal.vms[source.vm.id];
     if (srcRecord) this.journal.putVm({ ...srcRecord, files: [...srcRecord.files, ramFile, stateFile] });
     const placeholders = ids.map((id) => this.reserve(id, source.templateId, source.id, timeout, source.env));
     const wasState = source.state;
     source.state = "paused";
+    let captured = false;
     try {
       await source.vm.pause();
       const tPaused = Date.now();
@@ -419,6 +494,7 @@ export class Engine {
           source.vm.paths.migrationSocket,
           { ramFile, stateFile, memBytes: source.vm.machine.memMiB * 1024 * 1024 },
           120_000,
+          source.vm.runAs,
         );
         await this.fault("fork:captured", source.vm);
       } catch (err) {
@@ -432,9 +508,27 @@ export class Engine {
         }
       }
       const tCaptured = Date.now();
+      captured = true;
       const snapshot: Snapshot = { machine: source.vm.machine, ramFile, stateFile, ignoreShared: false };
-      const results = await limitAll(this.opts.restoreConcurrency, placeholders, () =>
-        Vm.restore({ id: `vm-${hex(4)}`, dataDir: this.dataDir, snapshot, paused: true, ...this.agentOpts() }),
+      this.confinement.share(ramFile, baseGroup);
+      const spares = spare?.vms.splice(0) ?? [];
+      const results = await limitAll(
+        this.opts.restoreConcurrency,
+        placeholders.map((_, i) => spares[i]),
+        async (vm) => {
+          if (vm) {
+            await vm.load(snapshot, { paused: true });
+            return vm;
+          }
+          return Vm.restore({
+            id: `vm-${hex(4)}`,
+            dataDir: this.dataDir,
+            snapshot,
+            paused: true,
+            runAs: this.confinement.runAs(baseGroup, this.accel),
+            ...this.agentOpts(),
+          });
+        },
       );
       // Every child has mapped the base (or failed): the name can go; the
       // pages live on while any child maps them.
@@ -489,11 +583,34 @@ export class Engine {
             remediation: "The source sandbox was resumed and is unchanged. Retry the fork.",
           });
     } finally {
+      for (const vm of spare?.vms ?? []) void vm.destroy(); // the fork failed before loading them
+      if (captured) this.reclaimBase(source.vm);
       fs.rmSync(ramFile, { force: true });
       fs.rmSync(stateFile, { force: true });
+      baseGroup?.release();
       const rec = this.journal.vms[source.vm.id];
       if (rec) this.journal.putVm({ ...rec, files: rec.files.filter((f) => f !== ramFile && f !== stateFile) });
     }
+  }
+
+  /**
+   * Gives back the pages of the source's base that a capture faulted in
+   * (base-file.ts), once the source has not been forked for a while: the next
+   * capture would fault them in again, and that costs more than the pages.
+   */
+  private reclaimBase(vm: Vm): void {
+    clearTimeout(this.reclaimTimers.get(vm.id));
+    const timer = setTimeout(() => {
+      this.reclaimTimers.delete(vm.id);
+      const file = vm.running ? baseFileOf(vm.pid) : undefined;
+      if (!file || this.closed) return;
+      const p: Promise<void> = digHoles(file)
+        .catch((err: Error) => this.log("could not give back base pages", { vm: vm.id, error: err.message }))
+        .finally(() => this.background.delete(p));
+      this.background.add(p);
+    }, this.opts.reclaimDelayMs);
+    timer.unref();
+    this.reclaimTimers.set(vm.id, timer);
   }
 
   list(): SandboxInfo[] {
@@ -567,7 +684,7 @@ export class Engine {
   }
 
   private vmMemory(vm: Vm): VmMemory {
-    return readVmMemory(vm.pid, (p) => /\/mitos-[^/]*\.ram( \(deleted\))?$/.test(p));
+    return readVmMemory(vm.pid, (p) => RAM_FILE_RE.test(p));
   }
 
   /** Stops pools and timers; `killSandboxes` also terminates every sandbox (tests, `--ephemeral`). */
@@ -576,6 +693,9 @@ export class Engine {
     // A template build in flight owns a VM: let it finish (or fail) first.
     await Promise.allSettled([...this.templateBuilds.values()]);
     await Promise.all([...this.pools.values()].map((p) => p.close()));
+    await this.spares.close();
+    for (const t of this.reclaimTimers.values()) clearTimeout(t);
+    await Promise.allSettled([...this.background]);
     for (const s of this.sandboxes.values()) if (s.timer) clearTimeout(s.timer);
     if (opts.killSandboxes) await Promise.all([...this.sandboxes.values()].map((s) => this.kill(s, "terminated")));
   }
@@ -630,6 +750,14 @@ export class Engine {
 
   private agentOpts(): { agentTimeoutMs?: number } {
     return this.agentTimeoutMs === undefined ? {} : { agentTimeoutMs: this.agentTimeoutMs };
+  }
+
+  /** Journals a VM until its QEMU exits, also after close (a clean shutdown leaves a journal naming no VM). */
+  private journalUntilExit(vm: Vm, files: string[] = []): void {
+    this.journal.putVm({ vmId: vm.id, pid: vm.pid, dir: vm.dir, files });
+    vm.exited
+      .then(() => this.journal.deleteVm(vm.id))
+      .catch((err: Error) => this.log("journal update failed", { vm: vm.id, error: err.message }));
   }
 
   private arm(s: Sandbox, seconds: number): void {
@@ -776,6 +904,8 @@ export class Engine {
         this.log(`dropped template: ${reason}`, { template: t.id });
       }
     }
+    // Template bases get a group of this run (ids are not kept across runs).
+    for (const t of Object.values(this.journal.templates)) this.templateGroup(t);
     // Stray files of ours not named by the journal (a crash between creating and journaling).
     const known = new Set(Object.values(this.journal.templates).flatMap((t) => [t.ramFile, t.stateFile]));
     for (const f of fs.readdirSync(this.shmDir)) {

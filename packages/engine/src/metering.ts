@@ -3,6 +3,7 @@
 // page counted once.
 
 import fs from "node:fs";
+import { allocatedBytes } from "./base-file.js";
 
 export interface VmMemory {
   /**
@@ -19,9 +20,12 @@ export interface VmMemory {
   baseKey: string | undefined;
   /** Resident size of that base in the page cache, as this VM sees it mapped. */
   baseResidentBytes: number;
+  /** Memory the whole base file holds in the tmpfs (its allocated pages), whoever touched them. */
+  baseAllocatedBytes: number;
 }
 
 interface Mapping {
+  range: string;
   key: string;
   path: string;
   fields: Record<string, number>;
@@ -31,9 +35,9 @@ function parseSmaps(text: string): Mapping[] {
   const out: Mapping[] = [];
   let cur: Mapping | undefined;
   for (const line of text.split("\n")) {
-    const head = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ (\S+) (\d+)\s*(.*)$/.exec(line);
+    const head = /^([0-9a-f]+-[0-9a-f]+) \S+ \S+ (\S+) (\d+)\s*(.*)$/.exec(line);
     if (head) {
-      cur = { key: `${head[1]}:${head[2]}`, path: head[3] ?? "", fields: {} };
+      cur = { range: head[1] ?? "", key: `${head[2]}:${head[3]}`, path: head[4] ?? "", fields: {} };
       out.push(cur);
       continue;
     }
@@ -51,6 +55,7 @@ export function readVmMemory(pid: number, ramMarker: (path: string) => boolean):
   let sharedBytes = 0;
   let baseKey: string | undefined;
   let baseResidentBytes = 0;
+  let baseAllocatedBytes = 0;
   for (const m of maps) {
     const anon = m.fields.Anonymous ?? 0;
     privateBytes += anon;
@@ -62,15 +67,20 @@ export function readVmMemory(pid: number, ramMarker: (path: string) => boolean):
       sharedBytes += fileResident;
       baseKey = m.key;
       baseResidentBytes += fileResident;
+      try {
+        baseAllocatedBytes = allocatedBytes(`/proc/${pid}/map_files/${m.range}`);
+      } catch {
+        baseAllocatedBytes = baseResidentBytes; // map_files needs root; fall back to what this VM touched
+      }
     }
   }
-  return { privateBytes, guestPrivateBytes, sharedBytes, baseKey, baseResidentBytes };
+  return { privateBytes, guestPrivateBytes, sharedBytes, baseKey, baseResidentBytes, baseAllocatedBytes };
 }
 
 export interface HostMemory {
   /** Sum of private bytes over all VMs. */
   privateBytes: number;
-  /** Distinct bases, each counted once (largest resident size seen). */
+  /** Distinct bases, each counted once: the memory its file holds in the tmpfs. */
   sharedBytes: number;
   totalBytes: number;
 }
@@ -80,7 +90,7 @@ export function hostTotals(vms: VmMemory[]): HostMemory {
   let privateBytes = 0;
   for (const v of vms) {
     privateBytes += v.privateBytes;
-    if (v.baseKey) bases.set(v.baseKey, Math.max(bases.get(v.baseKey) ?? 0, v.baseResidentBytes));
+    if (v.baseKey) bases.set(v.baseKey, Math.max(bases.get(v.baseKey) ?? 0, v.baseAllocatedBytes));
   }
   const sharedBytes = [...bases.values()].reduce((a, b) => a + b, 0);
   return { privateBytes, sharedBytes, totalBytes: privateBytes + sharedBytes };

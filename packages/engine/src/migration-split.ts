@@ -45,8 +45,13 @@ export interface SplitStats {
   stateBytes: number;
 }
 
-/** Byte requests from the parser: read n bytes, peek n bytes, or copy the rest verbatim. */
-type Need = { n: number; peek?: boolean } | { rest: true };
+/**
+ * Byte requests from the parser: read n bytes, peek n bytes, or copy the rest
+ * verbatim. `ramWord` marks the start of a RAM entry, where push() may first
+ * consume plain pages of the base block itself (the hot path: one entry per
+ * guest page, tens of thousands per capture).
+ */
+type Need = { n: number; peek?: boolean; ramWord?: boolean } | { rest: true };
 
 export class MigrationSplitter {
   private buf: Buffer = Buffer.alloc(0);
@@ -86,6 +91,7 @@ export class MigrationSplitter {
         off = this.buf.length;
         break;
       }
+      if (need.ramWord && this.block === this.opts.ramBlock) off = this.basePages(off);
       if (this.buf.length - off < need.n) break;
       const slice = this.buf.subarray(off, off + need.n);
       if (!need.peek) off += need.n;
@@ -126,24 +132,61 @@ export class MigrationSplitter {
     while (off < all.length) off += fs.writeSync(this.stateFd, all, off);
   }
 
+  /**
+   * Consumes consecutive CONTINUE entries of the base block (a page, or a fill
+   * byte) straight from the buffer; stops at anything else, or at an entry not
+   * yet fully received, and leaves it to the parser. Returns the new offset.
+   */
+  private basePages(off: number): number {
+    const buf = this.buf;
+    while (off + 8 <= buf.length) {
+      const hi = buf.readUInt32BE(off);
+      const lo = buf.readUInt32BE(off + 4);
+      const flags = lo & FLAG_MASK;
+      const addr = hi * 2 ** 32 + (lo - flags);
+      if (flags === (F_PAGE | F_CONTINUE)) {
+        if (off + 8 + PAGE > buf.length) break;
+        this.writePage(addr, buf.subarray(off + 8, off + 8 + PAGE));
+        this.stats.pagesToBase++;
+        off += 8 + PAGE;
+      } else if (flags === (F_ZERO | F_CONTINUE)) {
+        if (off + 9 > buf.length) break;
+        this.fillPage(addr, buf[off + 8] ?? 0);
+        off += 9;
+      } else break;
+    }
+    return off;
+  }
+
+  private fillPage(addr: number, fill: number): void {
+    if (fill === 0) {
+      this.stats.zeroPagesSkipped++;
+      return;
+    }
+    this.writePage(addr, Buffer.alloc(PAGE, fill));
+    this.stats.pagesToBase++;
+  }
+
+  /** Queues a page for the base; `page` is kept by reference (stream chunks are never reused). */
   private writePage(offset: number, page: Buffer): void {
     const r = this.run;
     if (r && r.offset + r.bytes === offset && r.bytes < 4 << 20) {
-      r.parts.push(Buffer.from(page));
+      r.parts.push(page);
       r.bytes += page.length;
       return;
     }
     this.flushRun();
-    this.run = { offset, parts: [Buffer.from(page)], bytes: page.length };
+    this.run = { offset, parts: [page], bytes: page.length };
   }
 
   private flushRun(): void {
     const r = this.run;
     if (!r) return;
     this.run = undefined;
-    const data = Buffer.concat(r.parts);
-    let off = 0;
-    while (off < data.length) off += fs.writeSync(this.ramFd, data, off, data.length - off, r.offset + off);
+    let done = fs.writevSync(this.ramFd, r.parts, r.offset);
+    if (done === r.bytes) return;
+    const data = Buffer.concat(r.parts); // short write: finish the rest plainly
+    while (done < data.length) done += fs.writeSync(this.ramFd, data, done, data.length - done, r.offset + done);
   }
 
   private *parse(): Generator<Need, void, Buffer> {
@@ -224,7 +267,7 @@ export class MigrationSplitter {
   /** RAM entries up to and including EOS. */
   private *ramBody(): Generator<Need, void, Buffer> {
     for (;;) {
-      const word = yield { n: 8 };
+      const word = yield { n: 8, ramWord: true };
       const v = word.readBigUInt64BE(0);
       const flags = Number(v & BigInt(FLAG_MASK));
       const addr = Number(v & ~BigInt(FLAG_MASK));
@@ -257,10 +300,7 @@ export class MigrationSplitter {
         if (flags & F_PAGE) {
           this.writePage(addr, data);
           this.stats.pagesToBase++;
-        } else if (data[0] !== 0) {
-          this.writePage(addr, Buffer.alloc(PAGE, data[0]));
-          this.stats.pagesToBase++;
-        } else this.stats.zeroPagesSkipped++;
+        } else this.fillPage(addr, data[0] ?? 0);
         continue;
       }
       this.stats.pagesKept++;

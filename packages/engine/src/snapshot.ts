@@ -4,6 +4,7 @@
 import fs from "node:fs";
 import net from "node:net";
 import path from "node:path";
+import { type RunAs, shareSocket } from "./confine.js";
 import { MitosError, shmSpaceRemediation } from "./errors.js";
 import { MigrationSplitter, type SplitStats } from "./migration-split.js";
 import type { QmpClient } from "./qemu/qmp.js";
@@ -43,6 +44,7 @@ async function migrateOut(
   ignoreShared: boolean,
   timeoutMs: number,
   sink: { data(chunk: Buffer): void; end(): void },
+  runAs: RunAs | undefined,
 ): Promise<void> {
   await setCapabilities(qmp, ignoreShared);
   await qmp.execute("migrate-set-parameters", { "max-bandwidth": MAX_BANDWIDTH, "downtime-limit": 60_000 });
@@ -80,6 +82,8 @@ async function migrateOut(
     server.listen(socketPath, () => resolve());
   });
   try {
+    // QEMU (the VM's uid) connects; no one else may.
+    shareSocket(socketPath, runAs);
     const done = migrationDone(qmp, timeoutMs);
     done.catch(() => {});
     await qmp.execute("migrate", { uri: `unix:${socketPath}` });
@@ -99,18 +103,26 @@ export async function saveState(
   socketPath: string,
   outFile: string,
   timeoutMs: number,
+  runAs?: RunAs,
 ): Promise<number> {
   const fd = fs.openSync(outFile, "w", 0o600);
   let bytes = 0;
   try {
-    await migrateOut(qmp, socketPath, true, timeoutMs, {
-      data: (c) => {
-        bytes += c.length;
-        let off = 0;
-        while (off < c.length) off += fs.writeSync(fd, c, off);
+    await migrateOut(
+      qmp,
+      socketPath,
+      true,
+      timeoutMs,
+      {
+        data: (c) => {
+          bytes += c.length;
+          let off = 0;
+          while (off < c.length) off += fs.writeSync(fd, c, off);
+        },
+        end: () => {},
       },
-      end: () => {},
-    });
+      runAs,
+    );
   } finally {
     fs.closeSync(fd);
   }
@@ -126,16 +138,25 @@ export async function captureLive(
   socketPath: string,
   files: { ramFile: string; stateFile: string; memBytes: number },
   timeoutMs: number,
+  runAs?: RunAs,
 ): Promise<SplitStats> {
-  const ramFd = fs.openSync(files.ramFile, "wx", 0o600);
+  // The file may exist already, empty: spare VMs wait on it (spares.ts).
+  const ramFd = fs.openSync(files.ramFile, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
   const stateFd = fs.openSync(files.stateFile, "w", 0o600);
   try {
     fs.ftruncateSync(ramFd, files.memBytes);
     const splitter = new MigrationSplitter(stateFd, ramFd, { ramBlock: "mem", ignoreShared: false });
-    await migrateOut(qmp, socketPath, false, timeoutMs, {
-      data: (c) => splitter.push(c),
-      end: () => splitter.finish(),
-    });
+    await migrateOut(
+      qmp,
+      socketPath,
+      false,
+      timeoutMs,
+      {
+        data: (c) => splitter.push(c),
+        end: () => splitter.finish(),
+      },
+      runAs,
+    );
     return splitter.stats;
   } catch (err) {
     fs.rmSync(files.ramFile, { force: true });

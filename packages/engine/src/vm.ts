@@ -6,8 +6,11 @@ import { type ChildProcess, spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { AgentClient, type AgentInfo } from "./agent/client.js";
+import { RAM_FILE_RE } from "./base-file.js";
+import { createRamFile, prepareVmDir, qemuCommand, type RunAs, reclaimVmDir } from "./confine.js";
 import { MitosError } from "./errors.js";
 import type { ImageSet } from "./image/build.js";
+import { readVmMemory } from "./metering.js";
 import { type Accel, chooseAccel } from "./qemu/accel.js";
 import { type MemoryBacking, qemuArgs, type VmPaths } from "./qemu/command.js";
 import { QmpClient } from "./qemu/qmp.js";
@@ -38,6 +41,8 @@ export interface LaunchOptions {
   timeoutMs?: number;
   /** How long the guest agent may take to answer a call or a liveness ping (ms). */
   agentTimeoutMs?: number;
+  /** Run QEMU as this uid/gid (confine.ts); the VM releases it once QEMU is gone. Default: mitosd's own. */
+  runAs?: RunAs;
 }
 
 export interface BootOptions extends LaunchOptions {
@@ -80,10 +85,17 @@ export class Vm {
     readonly paths: Paths,
     private ownedRamFile: string | undefined,
     private readonly proc: ChildProcess,
+    /** Who QEMU runs as (undefined: mitosd's uid). */
+    readonly runAs: RunAs | undefined,
   ) {
     this.exited = new Promise((resolve) => {
       proc.once("exit", (code, signal) => {
         this.exitInfo = { code, signal };
+        // The uid may go to another VM now: first take its old dir back.
+        if (runAs) {
+          reclaimVmDir(dir);
+          runAs.release();
+        }
         const how = signal ? `killed by ${signal}` : `exit code ${code}`;
         this.agent?.close(`VM ${id} stopped (QEMU ${how}); console log: ${paths.consoleLog}`);
         this.qmp?.close();
@@ -112,9 +124,16 @@ export class Vm {
       vcpus: opts.vcpus ?? 1,
       accel: opts.accel ?? chooseAccel().accel,
     };
+    checkVmId(opts);
     const ramFile = path.join(opts.shmDir, `mitos-${opts.id}.ram`);
-    fs.rmSync(ramFile, { force: true });
-    const vm = Vm.launch(opts, machine, { path: ramFile, share: true }, false, ramFile);
+    createRamFile(ramFile, machine.memMiB * 1024 * 1024, opts.runAs);
+    let vm: Vm;
+    try {
+      vm = Vm.launch(opts, machine, { path: ramFile, share: true }, false, ramFile);
+    } catch (err) {
+      fs.rmSync(ramFile, { force: true });
+      throw err;
+    }
     await vm.startup(opts.timeoutMs ?? 60_000, async (deadline) => {
       vm.qmp = await QmpClient.connect(vm.paths.qmpSocket, deadline);
       await vm.connectAgent(deadline);
@@ -130,23 +149,59 @@ export class Vm {
    * new machine (fork-notify). Fails closed if the guest does not confirm.
    */
   static async restore(opts: RestoreOptions): Promise<Vm> {
-    const s = opts.snapshot;
-    const vm = Vm.launch(opts, s.machine, { path: s.ramFile, share: false }, true, undefined);
+    const vm = await Vm.incoming({ ...opts, machine: opts.snapshot.machine, ramFile: opts.snapshot.ramFile });
+    await vm.load(opts.snapshot, opts);
+    return vm;
+  }
+
+  /**
+   * The first half of a restore: QEMU started and waiting for a device state
+   * (`-incoming defer`), guest RAM mapped privately from `ramFile`. Until the
+   * VM runs, QEMU leaves that mapping untouched, so the file may still be
+   * filled after this (spare VMs waiting for the next fork's base).
+   */
+  static async incoming(opts: LaunchOptions & { machine: MachineSpec; ramFile: string }): Promise<Vm> {
+    const vm = Vm.launch(opts, opts.machine, { path: opts.ramFile, share: false }, true, undefined);
     await vm.startup(opts.timeoutMs ?? 60_000, async (deadline) => {
       vm.qmp = await QmpClient.connect(vm.paths.qmpSocket, deadline);
-      await loadState(vm.qmp, vm.paths.migrationSocket, s.stateFile, s.ignoreShared, deadline);
-      if (!opts.paused) await vm.activate(opts.sandboxId ?? opts.id, deadline);
     });
     return vm;
   }
 
-  /** Runs a restored-and-paused VM and gives it its identity (warm pool claim). */
+  /** The second half: loads the device state (and, unless `paused`, activates the guest). */
+  async load(s: Snapshot, opts: { paused?: boolean; sandboxId?: string; timeoutMs?: number } = {}): Promise<void> {
+    await this.startup(opts.timeoutMs ?? 60_000, async (deadline) => {
+      await loadState(this.qmp, this.paths.migrationSocket, s.stateFile, s.ignoreShared, deadline);
+      if (!opts.paused) await this.activate(opts.sandboxId ?? this.id, deadline);
+    });
+  }
+
+  /** Whether any page of the guest RAM mapping has been touched (a spare must not have been). */
+  ramTouched(): boolean {
+    const m = readVmMemory(this.pid, (p) => RAM_FILE_RE.test(p));
+    return m.guestPrivateBytes + m.sharedBytes > 0;
+  }
+
+  /**
+   * Runs a restored-and-paused VM and makes it a new machine with its own
+   * identity: fresh entropy (reseed confirmed), the host's clock, id and
+   * hostname. Also how a warm VM is claimed; safe to repeat.
+   */
   async activate(sandboxId: string, timeoutMs = 30_000): Promise<void> {
     await this.qmp.execute("cont");
     if (!this.agent) await this.connectAgent(timeoutMs);
-    this.info = await this.agent.waitReady(timeoutMs);
-    await this.agent.forkNotify({ sandboxId, hostname: sandboxId });
-    this.info = await this.agent.hello();
+    await this.agent.notifyRestored({ sandboxId, hostname: sandboxId }, timeoutMs);
+  }
+
+  /**
+   * Readies a restored VM for a warm pool: runs it once (notify and one
+   * command, so TCG has translated the agent's and the exec path's code in
+   * this process) and pauses it again. A claim is then `activate` on a warm guest.
+   */
+  async warmUp(timeoutMs = 30_000): Promise<void> {
+    await this.activate(this.id, timeoutMs);
+    await this.agent.exec({ command: "true", timeoutMs }).result;
+    await this.pause();
   }
 
   /** Hands the RAM file over to the caller (it becomes a snapshot base); stop() leaves it. */
@@ -175,13 +230,8 @@ export class Vm {
     incoming: boolean,
     ownedRamFile: string | undefined,
   ): Vm {
-    if (!ID_RE.test(opts.id)) {
-      throw new MitosError("invalid_input", `invalid VM id ${JSON.stringify(opts.id)}`, {
-        remediation: "Ids match ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$.",
-      });
-    }
+    checkVmId(opts);
     const dir = path.join(opts.dataDir, "vms", opts.id);
-    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
     const paths: Paths = {
       agentSocket: path.join(dir, "agent.sock"),
       qmpSocket: path.join(dir, "qmp.sock"),
@@ -190,10 +240,12 @@ export class Vm {
       qemuLog: path.join(dir, "qemu.log"),
     };
     if (Buffer.byteLength(paths.migrationSocket) > 107) {
+      opts.runAs?.release();
       throw new MitosError("invalid_input", `data dir path too long for Unix sockets: ${paths.migrationSocket}`, {
         remediation: "Use a shorter data dir (MITOS_DATA_DIR), e.g. /var/lib/mitos.",
       });
     }
+    prepareVmDir(dir, opts.runAs);
     for (const p of [paths.agentSocket, paths.qmpSocket, paths.migrationSocket]) fs.rmSync(p, { force: true });
     const args = qemuArgs({
       accel: machine.accel,
@@ -207,12 +259,32 @@ export class Vm {
       cmdline: [`mitos.hostname=${opts.id}`],
       incoming,
     });
-    const log = fs.openSync(paths.qemuLog, "w");
-    const proc = spawn(opts.qemuBinary ?? "qemu-system-x86_64", args, { stdio: ["ignore", log, log] });
-    fs.closeSync(log);
-    const vm = new Vm(opts.id, machine, dir, paths, ownedRamFile, proc);
+    const log = fs.openSync(paths.qemuLog, "w", 0o600);
+    let cmd: { command: string; args: string[] };
+    try {
+      cmd = qemuCommand(opts.qemuBinary ?? "qemu-system-x86_64", args, opts.runAs);
+    } catch (err) {
+      fs.closeSync(log);
+      opts.runAs?.release();
+      throw cannotStart(err as Error);
+    }
+    // QEMU's own files (console log, sockets) are its uid's alone.
+    const umask = process.umask(0o077);
+    let proc: ChildProcess;
+    try {
+      proc = spawn(cmd.command, cmd.args, { stdio: ["ignore", log, log] });
+    } finally {
+      process.umask(umask);
+      fs.closeSync(log);
+    }
+    const vm = new Vm(opts.id, machine, dir, paths, ownedRamFile, proc, opts.runAs);
     vm.agentTimeoutMs = opts.agentTimeoutMs;
-    vm.spawnError = new Promise<Error>((resolve) => proc.once("error", resolve));
+    vm.spawnError = new Promise<Error>((resolve) =>
+      proc.once("error", (e) => {
+        opts.runAs?.release();
+        resolve(e);
+      }),
+    );
     return vm;
   }
 
@@ -224,9 +296,7 @@ export class Vm {
     try {
       const failed = Promise.race([
         this.spawnError.then((e) => {
-          throw new MitosError("unavailable", `cannot start QEMU: ${e.message}`, {
-            remediation: "Install QEMU: apt-get install -y qemu-system-x86 (needs qemu-system-x86_64 on PATH).",
-          });
+          throw cannotStart(e);
         }),
         this.exited.then((x) => {
           throw this.startFailure(`QEMU exited during start (${x.signal ?? `code ${x.code}`})`);
@@ -283,6 +353,22 @@ export class Vm {
     await this.stop();
     fs.rmSync(this.dir, { recursive: true, force: true });
   }
+}
+
+/** The id names files (runtime dir, RAM file): nothing but a plain name gets that far. */
+function checkVmId(opts: LaunchOptions): void {
+  if (ID_RE.test(opts.id)) return;
+  opts.runAs?.release();
+  throw new MitosError("invalid_input", `invalid VM id ${JSON.stringify(opts.id)}`, {
+    remediation: "Ids match ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$.",
+  });
+}
+
+function cannotStart(e: Error): MitosError {
+  return new MitosError("unavailable", `cannot start QEMU: ${e.message}`, {
+    remediation:
+      "Install QEMU: apt-get install -y qemu-system-x86 (needs qemu-system-x86_64 on PATH; setpriv from util-linux when mitosd is root).",
+  });
 }
 
 function tail(file: string, lines: number): string {

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { accelArgs, chooseAccel, tcgClockHints } from "../src/qemu/accel.js";
+import { accelArgs, chooseAccel, tcgKernelArgs } from "../src/qemu/accel.js";
 
 const probe = (flags: string, kvm: boolean, env: NodeJS.ProcessEnv = {}) => ({
   env,
@@ -25,15 +25,20 @@ describe("accelerator choice", () => {
 
   it("picks the CPU model that fits the accelerator", () => {
     assert.deepEqual(accelArgs("kvm"), ["-accel", "kvm", "-cpu", "host"]);
-    assert.deepEqual(accelArgs("tcg"), ["-accel", "tcg", "-cpu", "max"]);
+    assert.deepEqual(accelArgs("tcg", {}), ["-accel", "tcg,tb-size=64", "-cpu", "max"]);
+    assert.deepEqual(accelArgs("tcg", { MITOS_TCG_TB_MIB: "0" }), ["-accel", "tcg", "-cpu", "max"]);
   });
 });
 
-describe("TCG clock hints", () => {
+describe("TCG kernel arguments", () => {
   const cpuinfo = (flags: string) => `flags\t\t: fpu ${flags}\ncpu MHz\t\t: 2299.998\n`;
-  it("pins the TSC rate under TCG on constant-TSC hosts only", () => {
-    assert.deepEqual(tcgClockHints("tcg", cpuinfo("constant_tsc")), ["tsc_early_khz=2299998", "tsc=reliable"]);
-    assert.deepEqual(tcgClockHints("tcg", cpuinfo("")), []);
-    assert.deepEqual(tcgClockHints("kvm", cpuinfo("constant_tsc")), []);
+  it("turns off guest ASLR and pins the TSC rate under TCG on constant-TSC hosts only", () => {
+    assert.deepEqual(tcgKernelArgs("tcg", cpuinfo("constant_tsc")), [
+      "norandmaps",
+      "tsc_early_khz=2299998",
+      "tsc=reliable",
+    ]);
+    assert.deepEqual(tcgKernelArgs("tcg", cpuinfo("")), ["norandmaps"]);
+    assert.deepEqual(tcgKernelArgs("kvm", cpuinfo("constant_tsc")), []);
   });
 });

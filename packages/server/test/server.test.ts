@@ -71,6 +71,10 @@ describe("lifecycle API", () => {
     const env = (await bad.json()) as { error: { code: string; remediation: string } };
     assert.equal(env.error.code, "unauthorized");
     assert.ok(env.error.remediation.length > 0);
+    // The token file is root's alone (docs/security.md).
+    const tok = fs.statSync(server.tokenFile);
+    assert.equal(tok.mode & 0o777, 0o600);
+    assert.equal(tok.uid, process.getuid?.());
   });
 
   it("creates a template (idempotent by id) and lists it", async () => {

@@ -168,13 +168,27 @@ export class AgentClient {
    * Waits until the agent answers HELLO. Data sent before the guest opens its
    * port may be dropped, so HELLO is retried with a short per-try timeout.
    */
-  async waitReady(deadlineMs: number): Promise<AgentInfo> {
+  waitReady(deadlineMs: number): Promise<AgentInfo> {
+    return this.untilAnswered(deadlineMs, (tryMs) => this.hello(tryMs));
+  }
+
+  /**
+   * FORK_NOTIFY for a VM that has just been restored (or claimed from a warm
+   * pool), retried like waitReady: it is also the first sign of life, so a
+   * separate HELLO would only add a round trip through a cold guest.
+   */
+  notifyRestored(identity: { sandboxId: string; hostname: string }, deadlineMs: number): Promise<ForkNotifyResult> {
+    return this.untilAnswered(deadlineMs, (tryMs) => this.forkNotify(identity, tryMs));
+  }
+
+  /** Repeats `call` with short per-try timeouts until it answers; other failures are final. */
+  private async untilAnswered<T>(deadlineMs: number, call: (tryMs: number) => Promise<T>): Promise<T> {
     const until = Date.now() + deadlineMs;
     for (;;) {
       try {
-        return await this.hello(Math.min(1000, Math.max(50, until - Date.now())));
+        return await call(Math.min(1000, Math.max(50, until - Date.now())));
       } catch (err) {
-        if (err instanceof AgentGoneError) throw err;
+        if (!(err instanceof MitosError && err.code === "unavailable") || err instanceof AgentGoneError) throw err;
         if (Date.now() >= until) {
           throw new AgentGoneError(`guest agent did not answer within ${deadlineMs} ms`, this.context);
         }
@@ -475,14 +489,14 @@ export class AgentClient {
    * Tells a freshly restored guest it is a new machine: fresh entropy, the
    * host's clock, its own identity. Fails closed if the reseed is not confirmed.
    */
-  async forkNotify(identity: { sandboxId: string; hostname: string }): Promise<ForkNotifyResult> {
+  async forkNotify(identity: { sandboxId: string; hostname: string }, timeoutMs?: number): Promise<ForkNotifyResult> {
     const nowNs = BigInt(Date.now()) * 1_000_000n;
     const w = new FieldWriter()
       .bytes(Tag.ENTROPY, randomBytes(64))
       .int(Tag.TIME_NS, nowNs)
       .str(Tag.SANDBOX_ID, identity.sandboxId)
       .str(Tag.HOSTNAME, identity.hostname);
-    const f = await this.unary(MsgType.FORK_NOTIFY, w.build(), "agent");
+    const f = await this.unary(MsgType.FORK_NOTIFY, w.build(), "agent", timeoutMs);
     const result = {
       reseeded: f.int(Tag.RESEEDED) === 1,
       notified: f.int(Tag.NOTIFIED) ?? 0,

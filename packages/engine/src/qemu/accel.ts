@@ -48,21 +48,37 @@ export function chooseAccel(probe: AccelProbe = realProbe): AccelChoice {
   return { accel: "kvm", reason: "hardware virtualization and /dev/kvm available" };
 }
 
+/**
+ * TCG's translated-code buffer per VM (MiB). QEMU's default is 1 GiB, filled
+ * before it is ever flushed, so a long-lived VM's private memory grows with
+ * all the code it ever ran; a small buffer caps that cost per VM
+ * (bench/results: per-child memory). `MITOS_TCG_TB_MIB` overrides.
+ */
+export const TCG_TB_MIB = 64;
+
 /** QEMU arguments for the accelerator. */
-export function accelArgs(accel: Accel): string[] {
-  return accel === "kvm" ? ["-accel", "kvm", "-cpu", "host"] : ["-accel", "tcg", "-cpu", "max"];
+export function accelArgs(accel: Accel, env: NodeJS.ProcessEnv = process.env): string[] {
+  if (accel === "kvm") return ["-accel", "kvm", "-cpu", "host"];
+  const tb = Number(env.MITOS_TCG_TB_MIB ?? TCG_TB_MIB);
+  return ["-accel", Number.isInteger(tb) && tb > 0 ? `tcg,tb-size=${tb}` : "tcg", "-cpu", "max"];
 }
 
 /**
- * Kernel command line words that keep a TCG guest's boot from hanging while
- * it calibrates the TSC (seen on 2-core hosts: "could not calculate TSC khz").
- * QEMU's TCG TSC runs at the host's rate, so the host's figure is right. Only
- * given when the host TSC is constant; KVM needs none.
+ * Kernel command line words for TCG guests; KVM needs none.
+ * - `norandmaps`: TCG caches translated code by guest virtual address, so with
+ *   ASLR every new process's libc and ld.so sit at new addresses and are
+ *   translated again; without it an exec reuses the translations (decision 0004).
+ * - TSC hints keep boot from hanging while it calibrates the TSC (seen on 2-core
+ *   hosts: "could not calculate TSC khz"). QEMU's TCG TSC runs at the host's
+ *   rate, so the host's figure is right; only given when the host TSC is constant.
  */
-export function tcgClockHints(accel: Accel, cpuinfo: string = realProbe.cpuinfo()): string[] {
+export function tcgKernelArgs(accel: Accel, cpuinfo: string = realProbe.cpuinfo()): string[] {
   if (accel !== "tcg") return [];
   const flags = /^flags\s*:(.*)$/m.exec(cpuinfo)?.[1]?.split(/\s+/) ?? [];
   const mhz = Number(/^cpu MHz\s*:\s*([0-9.]+)/m.exec(cpuinfo)?.[1]);
-  if (!flags.includes("constant_tsc") || !Number.isFinite(mhz) || mhz <= 0) return [];
-  return [`tsc_early_khz=${Math.round(mhz * 1000)}`, "tsc=reliable"];
+  const tsc =
+    flags.includes("constant_tsc") && Number.isFinite(mhz) && mhz > 0
+      ? [`tsc_early_khz=${Math.round(mhz * 1000)}`, "tsc=reliable"]
+      : [];
+  return ["norandmaps", ...tsc];
 }

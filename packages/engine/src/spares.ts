@@ -1,0 +1,166 @@
+// Spare VMs for the next live fork: QEMU processes already started and
+// waiting for a device state, their guest RAM mapped privately from one
+// still-empty file. A fork captures its source straight into that file and
+// loads the spares, so the children skip QEMU's start-up; the next
+// generation (new file, new spares) is started in the background.
+//
+// Why this is sound: until `migrate-incoming`, QEMU does not touch guest RAM
+// (it skips loading ROMs and the kernel while it waits for an incoming
+// migration), and pages of a private file mapping that were never touched
+// read the file as it is when they are first touched. Each spare is checked
+// for an untouched mapping before use; one that fails the check is dropped.
+
+import { randomBytes } from "node:crypto";
+import fs from "node:fs";
+import path from "node:path";
+import type { SharedGroup } from "./confine.js";
+import type { MachineSpec, Vm } from "./vm.js";
+
+export interface SpareOptions {
+  /** Spares kept ready (0 turns them off). */
+  size: number;
+  shmDir: string;
+  /** Drop the spares after this long without a fork (ms). */
+  idleMs: number;
+  /** Starts one spare VM mapping `ramFile`, in the base's group. */
+  spawn: (machine: MachineSpec, ramFile: string, group: SharedGroup | undefined) => Promise<Vm>;
+  /** A new group for a base, and giving a file to it (confine.ts). */
+  group: () => SharedGroup | undefined;
+  share: (file: string, group: SharedGroup | undefined) => void;
+  onError?: (err: Error) => void;
+}
+
+interface Generation {
+  machine: MachineSpec;
+  ramFile: string;
+  /** The base's group; its first hold passes to the fork that takes the generation. */
+  group: SharedGroup | undefined;
+  ready: Vm[];
+  starting: number;
+  /** Taken by a fork: late spares are dropped. */
+  taken: boolean;
+}
+
+export class SpareVms {
+  private gen: Generation | undefined;
+  private readonly inflight = new Set<Promise<void>>();
+  private idleTimer: NodeJS.Timeout | undefined;
+  private closed = false;
+  /** Spares per generation: the last fork's count (a fork(1) workload keeps one), at most `size`. */
+  private want = 1;
+
+  constructor(private readonly opts: SpareOptions) {}
+
+  /** The empty RAM file the current spares map (nothing in it until a fork captures into it). */
+  get ramFile(): string | undefined {
+    return this.gen?.ramFile;
+  }
+
+  /** QEMU pids of the spares ready now. */
+  get pids(): number[] {
+    return (this.gen?.ready ?? []).map((v) => v.pid);
+  }
+
+  /**
+   * Up to `n` spares started for `machine` and the empty RAM file they map, which the
+   * caller must fill (capture) before loading them; or undefined when none are ready.
+   * Starts the next generation either way.
+   */
+  take(machine: MachineSpec, n: number): { ramFile: string; vms: Vm[]; group: SharedGroup | undefined } | undefined {
+    this.want = Math.max(1, Math.min(this.opts.size, n));
+    const g = this.gen;
+    let out: { ramFile: string; vms: Vm[]; group: SharedGroup | undefined } | undefined;
+    if (g && sameMachine(g.machine, machine)) {
+      const vms = g.ready.filter((v) => v.running && !v.ramTouched());
+      for (const v of g.ready) if (!vms.includes(v)) void v.destroy();
+      if (vms.length > 0) {
+        g.taken = true;
+        const use = vms.slice(0, n);
+        for (const v of vms.slice(n)) void v.destroy();
+        out = { ramFile: g.ramFile, vms: use, group: g.group };
+        this.gen = undefined;
+      }
+    }
+    this.prime(machine);
+    return out;
+  }
+
+  /** Starts a generation for `machine` (replacing one for another machine) and fills it. */
+  prime(machine: MachineSpec): void {
+    if (this.closed || this.opts.size <= 0) return;
+    this.armIdle();
+    if (this.gen && !sameMachine(this.gen.machine, machine)) this.drop();
+    if (!this.gen) {
+      const ramFile = path.join(this.opts.shmDir, `mitos-next-${randomBytes(6).toString("hex")}.ram`);
+      const fd = fs.openSync(ramFile, "wx", 0o600);
+      try {
+        fs.ftruncateSync(fd, machine.memMiB * 1024 * 1024);
+      } finally {
+        fs.closeSync(fd);
+      }
+      const group = this.opts.group();
+      this.opts.share(ramFile, group);
+      this.gen = { machine, ramFile, group, ready: [], starting: 0, taken: false };
+    }
+    const g = this.gen;
+    while (g.ready.length + g.starting < this.want) {
+      g.starting++;
+      const p: Promise<void> = this.opts
+        .spawn(machine, g.ramFile, g.group)
+        .then((vm) => {
+          if (g.taken || this.gen !== g || this.closed) return void vm.destroy();
+          g.ready.push(vm);
+          vm.exited.then(() => {
+            const i = g.ready.indexOf(vm);
+            if (i >= 0) g.ready.splice(i, 1);
+          });
+        })
+        .catch((err: Error) => this.opts.onError?.(err))
+        .finally(() => {
+          g.starting--;
+          this.inflight.delete(p);
+        });
+      this.inflight.add(p);
+    }
+  }
+
+  /** A generation's file is the caller's once taken; otherwise it goes with its spares. */
+  private drop(): void {
+    const g = this.gen;
+    if (!g) return;
+    this.gen = undefined;
+    for (const v of g.ready.splice(0)) void v.destroy();
+    fs.rmSync(g.ramFile, { force: true });
+    g.group?.release();
+  }
+
+  private armIdle(): void {
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    this.idleTimer = setTimeout(() => this.drop(), this.opts.idleMs);
+    this.idleTimer.unref();
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    await Promise.allSettled([...this.inflight]);
+    const g = this.gen;
+    this.gen = undefined;
+    if (g) {
+      await Promise.all(g.ready.splice(0).map((v) => v.destroy()));
+      fs.rmSync(g.ramFile, { force: true });
+      g.group?.release();
+    }
+  }
+}
+
+function sameMachine(a: MachineSpec, b: MachineSpec): boolean {
+  return (
+    a.memMiB === b.memMiB &&
+    a.vcpus === b.vcpus &&
+    a.accel === b.accel &&
+    a.images.kernel === b.images.kernel &&
+    a.images.initrd === b.images.initrd &&
+    a.images.rootfs === b.images.rootfs
+  );
+}
