@@ -134,7 +134,7 @@ try {
     `Errors by code: ${JSON.stringify(errors)} (allowed: ${[...ALLOWED].join(", ")}).`,
     ...samples.map((s) => `Error sample: ${s}`),
     `Sandboxes left listed after the clients finished: ${left.length}. Leaks while mitosd ran: ${JSON.stringify(liveLeaks)}; after it stopped: ${JSON.stringify(afterStop)}.`,
-    `Other workloads (other agents' VM test suites) shared this 2-core machine: load average ${loadBefore} and ${qemusBefore} QEMU processes of other data dirs at the start (${os.loadavg()[0]?.toFixed(1)} at the end); treat latencies as an upper bound.`,
+    `This 2-core machine is shared with other agents' VM test suites and was not quiet on purpose: at the start the 1-min load average was ${loadBefore} with ${qemusBefore} QEMU processes of other data dirs (${os.loadavg()[0]?.toFixed(1)} at the end, this run included); treat latencies as an upper bound.`,
     `Result: ${failed ? "FAIL" : "PASS"}.`,
   );
   record(
