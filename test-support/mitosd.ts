@@ -12,7 +12,12 @@ export interface Daemon {
   token: string;
   /** Environment for a client process: MITOS_BASE_URL and MITOS_API_KEY set. */
   env: NodeJS.ProcessEnv;
+  pid: number;
+  /** Resolves when the process has exited (a SIGTERM stop, or a crash). */
+  exited: Promise<void>;
   stop(): Promise<void>;
+  /** Sends SIGKILL (no shutdown: its VMs stay behind for the next start to reap). */
+  kill(): Promise<void>;
 }
 
 export async function startMitosd(dataDir: string): Promise<Daemon> {
@@ -34,15 +39,21 @@ export async function startMitosd(dataDir: string): Promise<Daemon> {
     proc.once("exit", (code) => reject(new Error(`mitosd exited (${code}): ${err.slice(-2000)}`)));
   });
   const token = fs.readFileSync(path.join(dataDir, "token"), "utf8").trim();
+  const exited = new Promise<void>((r) => {
+    if (proc.exitCode !== null || proc.signalCode !== null) r();
+    else proc.once("exit", () => r());
+  });
+  const signal = async (sig: NodeJS.Signals) => {
+    if (proc.exitCode === null && proc.signalCode === null) proc.kill(sig);
+    await exited;
+  };
   return {
     url,
     token,
     env: { ...process.env, MITOS_BASE_URL: url, MITOS_API_KEY: token },
-    stop: async () => {
-      if (proc.exitCode !== null) return;
-      const exited = new Promise((r) => proc.once("exit", r));
-      proc.kill("SIGTERM");
-      await exited;
-    },
+    pid: proc.pid ?? -1,
+    exited,
+    stop: () => signal("SIGTERM"),
+    kill: () => signal("SIGKILL"),
   };
 }

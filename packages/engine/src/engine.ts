@@ -1,20 +1,21 @@
 // The engine: templates, sandboxes, warm pools and live fork, with a journal
 // so a restarted engine reaps what a previous run left behind.
 
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import type { AgentClient, ExecRequest } from "./agent/client.js";
 import { baseFileOf, digHoles, RAM_FILE_RE } from "./base-file.js";
-import { defaultDataDir, defaultShmDir } from "./config.js";
+import { defaultDataDir, shmDirFor } from "./config.js";
 import { Confinement, type SharedGroup } from "./confine.js";
-import { MitosError } from "./errors.js";
+import { MitosError, shmSpaceRemediation } from "./errors.js";
 import { BUILTIN_RECIPES, ensureImages } from "./image/build.js";
 import { Journal, type TemplateRecord } from "./journal.js";
 import { hostTotals, readVmMemory, type VmMemory } from "./metering.js";
 import { WarmPool } from "./pool.js";
 import { type Accel, chooseAccel } from "./qemu/accel.js";
+import { qemuPidsOf } from "./qemu/processes.js";
 import { captureLive, saveState } from "./snapshot.js";
 import { SpareVms } from "./spares.js";
 import { ID_RE, type MachineSpec, type Snapshot, Vm } from "./vm.js";
@@ -72,8 +73,21 @@ export interface EngineOptions {
   reclaimDelayMs?: number;
   /** Built-in templates to build in the background at open (mitosd: python), so the first create is warm. */
   prepareTemplates?: string[];
+  /** How long the guest agent may take to answer a call or a liveness ping (ms, default 30 s). */
+  agentTimeoutMs?: number;
   log?: (msg: string, fields?: Record<string, unknown>) => void;
+  /** Test hook for fault injection: awaited at each named step with the VM involved. */
+  faults?: (step: FaultStep, vm: Vm) => void | Promise<void>;
 }
+
+/** Where `EngineOptions.faults` is called: in create, fork and terminate. */
+export type FaultStep =
+  | "create:restored"
+  | "create:activated"
+  | "fork:paused"
+  | "fork:captured"
+  | "fork:child-restored"
+  | "terminate:before-kill";
 
 interface Sandbox {
   id: string;
@@ -110,23 +124,34 @@ export class Engine {
   private readonly reclaimTimers = new Map<string, NodeJS.Timeout>();
   private readonly imagesDir: string;
   private readonly opts: Required<
-    Omit<EngineOptions, "dataDir" | "shmDir" | "imagesDir" | "accel" | "log" | "prepareTemplates" | "spareVms">
+    Omit<
+      EngineOptions,
+      | "dataDir"
+      | "shmDir"
+      | "imagesDir"
+      | "accel"
+      | "log"
+      | "prepareTemplates"
+      | "spareVms"
+      | "faults"
+      | "agentTimeoutMs"
+    >
   >;
   private readonly log: NonNullable<EngineOptions["log"]>;
+  private readonly fault: NonNullable<EngineOptions["faults"]>;
+  private readonly agentTimeoutMs: number | undefined;
   private closed = false;
 
   private constructor(options: EngineOptions) {
     this.dataDir = options.dataDir ?? defaultDataDir();
-    // Each engine gets its own directory in the tmpfs: at start it removes RAM
-    // files its journal does not know, which must never be another engine's.
-    this.shmDir =
-      options.shmDir ??
-      path.join(defaultShmDir(), `mitos-${createHash("sha256").update(this.dataDir).digest("hex").slice(0, 12)}`);
+    this.shmDir = options.shmDir ?? shmDirFor(this.dataDir);
     this.imagesDir =
       options.imagesDir ??
       (process.env.MITOS_IMAGES_DIR ? path.resolve(process.env.MITOS_IMAGES_DIR) : path.join(this.dataDir, "images"));
     this.accel = options.accel ?? chooseAccel().accel;
     this.log = options.log ?? (() => {});
+    this.fault = options.faults ?? (() => {});
+    this.agentTimeoutMs = options.agentTimeoutMs;
     this.opts = {
       poolTargets: options.poolTargets ?? { python: 2 },
       poolIdleMs: options.poolIdleMs ?? 10 * 60_000,
@@ -159,11 +184,9 @@ export class Engine {
   private async spawnSpare(machine: MachineSpec, ramFile: string, group: SharedGroup | undefined): Promise<Vm> {
     const vmId = `vm-${hex(4)}`;
     const runAs = this.confinement.runAs(group, this.accel);
-    const vm = await Vm.incoming({ id: vmId, dataDir: this.dataDir, machine, ramFile, runAs });
-    this.journal.putVm({ vmId, pid: vm.pid, dir: vm.dir, files: [] });
-    vm.exited.then(() => {
-      if (!this.closed) this.journal.deleteVm(vmId);
-    });
+    const vm = await Vm.incoming({ id: vmId, dataDir: this.dataDir, machine, ramFile, runAs, ...this.agentOpts() });
+    // The generation's base file is journaled with it (a restart removes it).
+    this.journalUntilExit(vm, [ramFile]);
     return vm;
   }
 
@@ -233,6 +256,17 @@ export class Engine {
         remediation: "Use 1 to 16 vCPUs.",
       });
     }
+    // The template VM writes its RAM to a shared file: a full tmpfs would kill
+    // it with SIGBUS half way, so check for room for all of it first.
+    const shm = fs.statfsSync(this.shmDir);
+    const free = shm.bavail * shm.bsize;
+    if (free < memMiB * 1024 * 1024) {
+      throw new MitosError(
+        "unavailable",
+        `not enough space in ${this.shmDir} for a ${memMiB} MiB template RAM file (${Math.floor(free / 2 ** 20)} MiB free)`,
+        { remediation: shmSpaceRemediation(this.shmDir), context: { shm_dir: this.shmDir, template: id } },
+      );
+    }
     this.log("template build started", { template: id, packages, init: init.length });
     const images = await ensureImages({ packages }, { cacheDir: this.imagesDir });
     const vmId = `tpl-${id.slice(0, 40)}-${hex(4)}`;
@@ -248,6 +282,7 @@ export class Engine {
       keepRamFile: true,
       timeoutMs: 120_000,
       runAs: this.confinement.runAs(group, this.accel),
+      ...this.agentOpts(),
     }).catch((err) => {
       group?.release();
       throw err;
@@ -309,6 +344,7 @@ export class Engine {
       snapshot: this.snapshotOf(t),
       paused: true,
       runAs: this.confinement.runAs(this.templateGroup(t), this.accel),
+      ...this.agentOpts(),
     });
   }
 
@@ -345,10 +381,7 @@ export class Engine {
     if (!t) throw new MitosError("not_found", `template ${template} is gone`, { remediation: "Create it again." });
     const vmId = `vm-${hex(4)}`;
     const vm = await this.restoreFromTemplate(vmId, t);
-    this.journal.putVm({ vmId, pid: vm.pid, dir: vm.dir, files: [] });
-    vm.exited.then(() => {
-      if (!this.closed) this.journal.deleteVm(vmId);
-    });
+    this.journalUntilExit(vm);
     try {
       await vm.warmUp();
     } catch (err) {
@@ -386,13 +419,16 @@ export class Engine {
         this.pools.get(templateId) ?? (this.opts.poolTargets[templateId] ? this.poolFor(templateId) : undefined);
       const vm = pool?.take() ?? (await this.restoreFromTemplate(`vm-${hex(4)}`, template));
       try {
+        await this.fault("create:restored", vm);
         // Identity is the sandbox id, not the VM's directory name.
         await vm.activate(id);
+        await this.fault("create:activated", vm);
+        return this.adopt(placeholder, vm, Date.now() - started);
       } catch (err) {
         await vm.destroy();
+        this.journal.deleteVm(vm.id);
         throw err;
       }
-      return this.adopt(placeholder, vm, Date.now() - started);
     } catch (err) {
       this.sandboxes.delete(id);
       throw err;
@@ -452,6 +488,7 @@ export class Engine {
       await source.vm.pause();
       const tPaused = Date.now();
       try {
+        await this.fault("fork:paused", source.vm);
         await captureLive(
           source.vm.qmp,
           source.vm.paths.migrationSocket,
@@ -459,10 +496,15 @@ export class Engine {
           120_000,
           source.vm.runAs,
         );
+        await this.fault("fork:captured", source.vm);
+      } catch (err) {
+        if (!source.vm.running) throw sourceDied(source.id, err as Error);
+        throw err;
       } finally {
         if (!opts.pauseSource) {
           await source.vm.resume().catch(() => {});
-          source.state = wasState;
+          // Unless the VM died meanwhile (its exit handler marked it failed).
+          if (source.state === "paused") source.state = wasState;
         }
       }
       const tCaptured = Date.now();
@@ -484,6 +526,7 @@ export class Engine {
             snapshot,
             paused: true,
             runAs: this.confinement.runAs(baseGroup, this.accel),
+            ...this.agentOpts(),
           });
         },
       );
@@ -503,11 +546,13 @@ export class Engine {
             return;
           }
           try {
+            await this.fault("fork:child-restored", r.value);
             await r.value.activate(p.id);
             children[i] = this.adopt(p, r.value, Date.now() - started);
           } catch (err) {
             this.sandboxes.delete(p.id);
             await r.value.destroy();
+            this.journal.deleteVm(r.value.id);
             errors.push(err as Error);
           }
         }),
@@ -522,6 +567,7 @@ export class Engine {
         source: source.id,
         count,
         ok: children.filter(Boolean).length,
+        ...(errors.length > 0 ? { failed: errors.length, error: errors[0]?.message } : {}),
         ms: forkTimeMs,
         pauseMs: tPaused - started,
         captureMs: tCaptured - tPaused,
@@ -615,6 +661,7 @@ export class Engine {
 
   async terminate(id: string): Promise<void> {
     const s = this.lookup(id);
+    if (s.vm) await this.fault("terminate:before-kill", s.vm);
     await this.kill(s, "terminated");
   }
 
@@ -682,6 +729,12 @@ export class Engine {
   }
 
   private adopt(s: Sandbox, vm: Vm, forkTimeMs: number): SandboxInfo {
+    if (!vm.running) {
+      throw new MitosError("unavailable", `the VM of sandbox ${s.id} exited while it was starting`, {
+        remediation: `Retry; if it repeats, read the guest console log ${vm.paths.consoleLog} and check host memory.`,
+        context: { sandbox: s.id },
+      });
+    }
     s.vm = vm;
     s.state = "ready";
     s.forkTimeMs = forkTimeMs;
@@ -690,11 +743,24 @@ export class Engine {
     vm.exited.then((x) => {
       if (s.state === "terminated") return;
       s.state = "failed";
-      if (s.timer) clearTimeout(s.timer);
+      // The deadline timer stays armed: a failed sandbox (and its logs) is
+      // reaped at its deadline if nobody terminates it first.
       this.log("sandbox VM exited unexpectedly", { sandbox: s.id, code: x.code, signal: x.signal });
       void vm.stop().then(() => this.journal.deleteVm(vm.id));
     });
     return this.info(s);
+  }
+
+  private agentOpts(): { agentTimeoutMs?: number } {
+    return this.agentTimeoutMs === undefined ? {} : { agentTimeoutMs: this.agentTimeoutMs };
+  }
+
+  /** Journals a VM until its QEMU exits, also after close (a clean shutdown leaves a journal naming no VM). */
+  private journalUntilExit(vm: Vm, files: string[] = []): void {
+    this.journal.putVm({ vmId: vm.id, pid: vm.pid, dir: vm.dir, files });
+    vm.exited
+      .then(() => this.journal.deleteVm(vm.id))
+      .catch((err: Error) => this.log("journal update failed", { vm: vm.id, error: err.message }));
   }
 
   private arm(s: Sandbox, seconds: number): void {
@@ -812,6 +878,17 @@ export class Engine {
       this.journal.deleteVm(v.vmId);
       this.log("reaped VM left by a previous run", { vm: v.vmId, pid: v.pid });
     }
+    // QEMUs started but not yet journaled when the previous run died (a
+    // restore in flight): found by their runtime paths under <dataDir>/vms/.
+    for (const pid of qemuPidsOf(this.dataDir)) {
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch {
+        // already gone
+      }
+      await waitGone(pid, 5000);
+      this.log("reaped unjournaled QEMU left by a previous run", { pid });
+    }
     for (const t of Object.values(this.journal.templates)) {
       let reason: string | undefined;
       if (!fs.existsSync(t.ramFile) || !fs.existsSync(t.stateFile)) reason = "its files are gone";
@@ -857,6 +934,14 @@ function checkId(id: string, what: string): void {
       remediation: "Ids are 1-64 characters: letters, digits, '_' and '-', starting with a letter or digit.",
     });
   }
+}
+
+/** A fork whose source VM exited mid-way: the source is failed, not "unchanged". */
+function sourceDied(sourceId: string, err: Error): MitosError {
+  return new MitosError("fork_failed", `the VM of source sandbox ${sourceId} exited during the fork: ${err.message}`, {
+    remediation: "The source sandbox has failed and no child was made. Create a new sandbox and fork that.",
+    context: { sandbox: sourceId },
+  });
 }
 
 function hex(bytes: number): string {

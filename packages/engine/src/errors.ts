@@ -27,6 +27,11 @@ export class MitosError extends Error {
   }
 }
 
+/** What to do when the RAM-file tmpfs (`dir`) has no room. */
+export function shmSpaceRemediation(dir: string): string {
+  return `Free space in ${dir} (a tmpfs, /dev/shm by default): terminate sandboxes you no longer need, or enlarge it (mount -o remount,size=<bigger> <mount point>), then retry.`;
+}
+
 /** The VM or its agent went away: every pending and later call fails with this. */
 export class AgentGoneError extends MitosError {
   constructor(reason: string, context: Record<string, unknown> = {}) {

@@ -9,7 +9,7 @@ export type {
   ProcessInfo,
 } from "./agent/client.js";
 export { AgentClient } from "./agent/client.js";
-export { defaultDataDir, defaultShmDir } from "./config.js";
+export { defaultDataDir, defaultShmDir, shmDirFor } from "./config.js";
 export type { EngineOptions, SandboxInfo, SandboxState, TemplateInfo, TemplateSpec } from "./engine.js";
 export { Engine } from "./engine.js";
 export type { ErrorCode } from "./errors.js";

@@ -55,11 +55,15 @@ export class WarmPool {
         .restore()
         .then((vm) => {
           this.failures = 0;
-          if (this.closed) return void vm.destroy();
+          // Awaited: close() waits for in-flight restores, so this one is gone by then.
+          if (this.closed) return vm.destroy();
           this.warm.push(vm);
           vm.exited.then(() => {
             const i = this.warm.indexOf(vm);
-            if (i >= 0) this.warm.splice(i, 1);
+            if (i < 0) return; // claimed: its sandbox handles the exit
+            // Died while warm: remove its runtime dir and replace it.
+            this.warm.splice(i, 1);
+            void vm.destroy().then(() => this.fill());
           });
         })
         .catch((err: Error) => {

@@ -3,8 +3,9 @@
 
 import fs from "node:fs";
 import net from "node:net";
+import path from "node:path";
 import { type RunAs, shareSocket } from "./confine.js";
-import { MitosError } from "./errors.js";
+import { MitosError, shmSpaceRemediation } from "./errors.js";
 import { MigrationSplitter, type SplitStats } from "./migration-split.js";
 import type { QmpClient } from "./qemu/qmp.js";
 
@@ -160,6 +161,14 @@ export async function captureLive(
   } catch (err) {
     fs.rmSync(files.ramFile, { force: true });
     fs.rmSync(files.stateFile, { force: true });
+    if ((err as NodeJS.ErrnoException).code === "ENOSPC") {
+      const dir = path.dirname(files.ramFile);
+      throw new MitosError("fork_failed", `no space left for the fork's RAM capture in ${dir}`, {
+        remediation: `The source sandbox was resumed and is unchanged. ${shmSpaceRemediation(dir)}`,
+        cause: (err as Error).message,
+        context: { shm_dir: dir },
+      });
+    }
     throw err instanceof MitosError
       ? err
       : new MitosError("fork_failed", `capturing the VM state failed: ${(err as Error).message}`, {

@@ -39,6 +39,8 @@ export interface LaunchOptions {
   dataDir: string;
   qemuBinary?: string;
   timeoutMs?: number;
+  /** How long the guest agent may take to answer a call or a liveness ping (ms). */
+  agentTimeoutMs?: number;
   /** Run QEMU as this uid/gid (confine.ts); the VM releases it once QEMU is gone. Default: mitosd's own. */
   runAs?: RunAs;
 }
@@ -276,6 +278,7 @@ export class Vm {
       fs.closeSync(log);
     }
     const vm = new Vm(opts.id, machine, dir, paths, ownedRamFile, proc, opts.runAs);
+    vm.agentTimeoutMs = opts.agentTimeoutMs;
     vm.spawnError = new Promise<Error>((resolve) =>
       proc.once("error", (e) => {
         opts.runAs?.release();
@@ -286,6 +289,7 @@ export class Vm {
   }
 
   private spawnError!: Promise<Error>;
+  private agentTimeoutMs: number | undefined;
 
   /** Runs `steps` racing QEMU's death; on any failure the VM is stopped. */
   private async startup(timeoutMs: number, steps: (deadlineMs: number) => Promise<void>): Promise<void> {
@@ -311,6 +315,7 @@ export class Vm {
   private async connectAgent(timeoutMs: number): Promise<void> {
     this.agent = await AgentClient.connect(this.paths.agentSocket, timeoutMs, {
       context: { vm: this.id, console_log: this.paths.consoleLog },
+      ...(this.agentTimeoutMs === undefined ? {} : { callTimeoutMs: this.agentTimeoutMs }),
     });
     if (!this.running) this.agent.close("VM exited during start");
   }

@@ -6,6 +6,7 @@ import { spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
+import { qemuPidsOf } from "../../../test-support/leaks.js";
 import { AgentClient } from "../src/agent/client.js";
 import { defaultDataDir } from "../src/config.js";
 import { Engine, type MitosError } from "../src/index.js";
@@ -294,11 +295,11 @@ describe("crash recovery", () => {
       await new Promise((r) => setTimeout(r, 250));
       child.kill("SIGKILL");
       await new Promise((r) => child.once("exit", r));
-      assert.ok(qemuPidsUsing(crashData).length > 0, "the dead engine left QEMU processes behind (test premise)");
+      assert.ok(qemuPidsOf(crashData).length > 0, "the dead engine left QEMU processes behind (test premise)");
 
       const restarted = await Engine.open({ dataDir: crashData, shmDir: crashShm, imagesDir, poolTargets: {} });
       try {
-        assert.deepEqual(qemuPidsUsing(crashData), []);
+        assert.deepEqual(qemuPidsOf(crashData), []);
         const tpl = restarted.templateRecord("python");
         const shmLeft = fs.readdirSync(crashShm).filter((f) => path.join(crashShm, f) !== tpl?.ramFile);
         assert.deepEqual(shmLeft, []);
@@ -313,26 +314,12 @@ describe("crash recovery", () => {
       }
     } finally {
       child.kill("SIGKILL");
-      for (const pid of qemuPidsUsing(crashData)) process.kill(pid, "SIGKILL");
+      for (const pid of qemuPidsOf(crashData)) process.kill(pid, "SIGKILL");
       fs.rmSync(crashData, { recursive: true, force: true });
       fs.rmSync(crashShm, { recursive: true, force: true });
     }
   });
 });
-
-function qemuPidsUsing(dir: string): number[] {
-  const pids: number[] = [];
-  for (const p of fs.readdirSync("/proc")) {
-    if (!/^\d+$/.test(p)) continue;
-    try {
-      const cmd = fs.readFileSync(`/proc/${p}/cmdline`, "utf8");
-      if (cmd.startsWith("qemu-system") && cmd.includes(dir)) pids.push(Number(p));
-    } catch {
-      // gone
-    }
-  }
-  return pids;
-}
 
 function pidAlive(pid: number): boolean {
   try {

@@ -95,6 +95,8 @@ export interface ForkNotifyResult {
 interface StreamHandler {
   onFrame(frame: Frame): void;
   fail(err: Error): void;
+  /** Called when the stream is given up on (the agent stopped answering). */
+  abandon?(): void;
 }
 
 const TYPE_NAMES: Record<number, FileType> = { 1: "file", 2: "dir", 3: "symlink", 4: "other" };
@@ -104,7 +106,7 @@ const DEFAULT_CALL_TIMEOUT_MS = 30_000;
 export interface AgentClientOptions {
   /** Context attached to errors (sandbox id, console log path). */
   context?: Record<string, unknown>;
-  /** Timeout for unary calls (ms). */
+  /** Timeout for unary calls and for liveness pings during exec and file streams (ms). */
   callTimeoutMs?: number;
 }
 
@@ -117,6 +119,15 @@ export class AgentClient {
   private readonly callTimeoutMs: number;
   /** Agent-level errors reported on stream 0 (protocol trouble). */
   readonly events: string[] = [];
+  /**
+   * Streams with no deadline of their own (exec, file transfer): while any is
+   * open, HELLO is sent every few seconds, and if one goes unanswered for
+   * callTimeoutMs they fail instead of waiting forever on a hung guest.
+   */
+  private readonly watched = new Set<number>();
+  private watchdog: NodeJS.Timeout | undefined;
+  private pinging = false;
+  private readonly drainWaiters = new Set<() => void>();
 
   private constructor(
     private readonly socket: net.Socket,
@@ -146,6 +157,7 @@ export class AgentClient {
   close(reason: string): void {
     if (this.gone) return;
     this.gone = new AgentGoneError(reason, this.context);
+    if (this.watchdog) clearInterval(this.watchdog);
     this.socket.destroy();
     const handlers = [...this.streams.values()];
     this.streams.clear();
@@ -295,7 +307,10 @@ export class AgentClient {
         stdin.fail(e);
         done.reject(e);
       },
+      // If the guest comes back, the command must not run on unobserved.
+      abandon: () => this.send(MsgType.SIGNAL, id, new FieldWriter().int(Tag.SIGNAL, 9).build()),
     });
+    this.watch(id);
     this.send(MsgType.EXEC, id, w.build());
 
     return {
@@ -361,6 +376,7 @@ export class AgentClient {
         },
         fail: reject,
       });
+      this.watch(id);
       this.send(MsgType.READ, id, w.build());
     });
   }
@@ -393,6 +409,7 @@ export class AgentClient {
       });
     });
     final.catch(() => {});
+    this.watch(id);
     this.send(MsgType.WRITE_OPEN, id, w.build());
     const chunks: AsyncIterable<Buffer> | Iterable<Buffer> =
       typeof data === "string" || Buffer.isBuffer(data) ? [Buffer.from(data)] : data;
@@ -596,12 +613,63 @@ export class AgentClient {
         const done = () => {
           this.socket.off("drain", done);
           this.socket.off("close", done);
+          this.drainWaiters.delete(done);
           resolve();
         };
         this.socket.on("drain", done);
         this.socket.on("close", done);
+        this.drainWaiters.add(done);
       });
     }
+  }
+
+  private watch(id: number): void {
+    this.watched.add(id);
+    if (this.watchdog) return;
+    this.watchdog = setInterval(() => this.ping(), Math.max(1000, Math.min(10_000, this.callTimeoutMs / 3)));
+    this.watchdog.unref();
+  }
+
+  private ping(): void {
+    for (const id of this.watched) if (!this.streams.has(id)) this.watched.delete(id);
+    if (this.watched.size === 0) {
+      clearInterval(this.watchdog);
+      this.watchdog = undefined;
+      return;
+    }
+    if (this.pinging || this.gone) return;
+    this.pinging = true;
+    this.hello()
+      .catch((err: Error) => {
+        if (!(err instanceof AgentGoneError)) this.abandonWatched();
+      })
+      .finally(() => {
+        this.pinging = false;
+      });
+  }
+
+  /** Fails every watched stream: the agent did not answer a liveness ping in time. */
+  private abandonWatched(): void {
+    const err = new MitosError(
+      "unavailable",
+      `guest agent stopped answering (no reply to a liveness ping within ${this.callTimeoutMs} ms)`,
+      {
+        remediation: "The guest is hung or starved of CPU. Retry later, or terminate the sandbox and create a new one.",
+        context: this.context,
+      },
+    );
+    for (const id of [...this.watched]) {
+      const h = this.streams.get(id);
+      this.streams.delete(id);
+      this.watched.delete(id);
+      try {
+        h?.abandon?.();
+      } catch {
+        // the connection is gone; nothing to tell the guest
+      }
+      h?.fail(err);
+    }
+    for (const wake of [...this.drainWaiters]) wake();
   }
 
   private onData(chunk: Buffer): void {

@@ -1,0 +1,126 @@
+// Faults at the daemon level, on a real mitosd process: killed (SIGKILL) in
+// the middle of a fork and restarted on the same data dir (decision 0003: the
+// new run reaps the old run's VMs), and a guest kernel panic seen through the
+// runtime API while the daemon stays up.
+
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { after, before, it } from "node:test";
+import { ConnectError, createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { defaultDataDir, shmDirFor } from "@mitos/engine";
+import { Sandbox as SandboxService } from "@mitos/proto";
+import { assertNoLeaks, killQemusOf, qemuPidsOf } from "../../../test-support/leaks.js";
+import { type Daemon, startMitosd } from "../../../test-support/mitosd.js";
+
+const dataDir = path.join(defaultDataDir(), "test-server-faults");
+const owned = { dataDir, shmDir: shmDirFor(dataDir) };
+let daemon: Daemon;
+
+const api = async (method: string, route: string, body?: unknown) => {
+  const res = await fetch(`${daemon.url}${route}`, {
+    method,
+    headers: { authorization: `Bearer ${daemon.token}`, "content-type": "application/json" },
+    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+  });
+  return { status: res.status, json: (await res.json()) as Record<string, unknown> };
+};
+
+/** Runs a command through the Connect runtime service; resolves with stdout and the exit code. */
+async function exec(sandboxId: string, command: string): Promise<{ stdout: string; exitCode: number }> {
+  const transport = createConnectTransport({
+    baseUrl: daemon.url,
+    httpVersion: "1.1",
+    interceptors: [
+      (next) => async (req) => {
+        req.header.set("authorization", `Bearer ${daemon.token}`);
+        req.header.set("x-sandbox-id", sandboxId);
+        return next(req);
+      },
+    ],
+  });
+  let stdout = "";
+  let exitCode = -1;
+  for await (const m of createClient(SandboxService, transport).execStream({ command })) {
+    if (m.event.case === "stdout") stdout += Buffer.from(m.event.value).toString();
+    if (m.event.case === "exit") exitCode = m.event.value.exitCode ?? 0;
+  }
+  return { stdout, exitCode };
+}
+
+async function newSandbox(): Promise<string> {
+  const r = await api("POST", "/v1/sandboxes", { template: "python" });
+  assert.equal(r.status, 200, JSON.stringify(r.json));
+  return r.json.id as string;
+}
+
+const alive = (pid: number) => fs.existsSync(`/proc/${pid}`);
+
+before(async () => {
+  killQemusOf(dataDir);
+  fs.rmSync(dataDir, { recursive: true, force: true });
+  fs.rmSync(owned.shmDir, { recursive: true, force: true });
+  daemon = await startMitosd(dataDir);
+  const t = await api("POST", "/v1/templates", { id: "python" });
+  assert.equal(t.status, 200, JSON.stringify(t.json));
+});
+
+after(async () => {
+  await daemon?.stop();
+  killQemusOf(dataDir);
+  fs.rmSync(dataDir, { recursive: true, force: true });
+  fs.rmSync(owned.shmDir, { recursive: true, force: true });
+});
+
+it("a guest kernel panic: the exec ends with unavailable, the sandbox is failed, the daemon serves on", async () => {
+  const [victim, bystander] = [await newSandbox(), await newSandbox()];
+  const err = await exec(victim, "echo c > /proc/sysrq-trigger; sleep 60").catch((e: unknown) => e);
+  assert.ok(err instanceof ConnectError, `expected a Connect error, got ${JSON.stringify(err)}`);
+  assert.equal(err.metadata.get("x-mitos-error-code"), "unavailable");
+  assert.ok((err.metadata.get("x-mitos-remediation") ?? "").length > 10);
+  const until = Date.now() + 10_000;
+  while ((await api("GET", `/v1/sandboxes/${victim}`)).json.state !== "failed") {
+    assert.ok(Date.now() < until, "the panicked sandbox is reported failed");
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.equal((await exec(bystander, "echo alive")).stdout, "alive\n");
+  for (const id of [victim, bystander]) assert.equal((await api("DELETE", `/v1/sandboxes/${id}`)).status, 200);
+  await assertNoLeaks(owned);
+});
+
+it("mitosd killed mid-fork and restarted: no QEMU of the dead run survives, no file leaks, a new sandbox works", async () => {
+  const source = await newSandbox();
+  assert.equal((await exec(source, "echo before > /root/mark")).exitCode, 0);
+  const before = new Set(qemuPidsOf(dataDir));
+  const fork = api("POST", `/v1/sandboxes/${source}/fork`, { count: 4 }).catch((e: Error) => e);
+  // Kill it once the first child's QEMU exists: restores in flight, none yet adopted.
+  const until = Date.now() + 60_000;
+  while (!qemuPidsOf(dataDir).some((p) => !before.has(p))) {
+    assert.ok(Date.now() < until, "a child QEMU appeared");
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  await daemon.kill();
+  assert.ok((await fork) instanceof Error, "the fork request died with the daemon");
+  const orphans = qemuPidsOf(dataDir);
+  assert.ok(
+    orphans.some((p) => !before.has(p)),
+    "the dead daemon left child QEMUs behind (test premise)",
+  );
+
+  daemon = await startMitosd(dataDir);
+  for (const pid of orphans) assert.ok(!alive(pid), `QEMU ${pid} of the dead run was reaped`);
+  await assertNoLeaks(owned);
+  const list = await api("GET", "/v1/sandboxes");
+  assert.deepEqual(list.json, [], "sandboxes of the dead run are gone, not re-adopted");
+  const gone = await api("GET", `/v1/sandboxes/${source}`);
+  assert.equal(gone.status, 404);
+  assert.equal((gone.json.error as { code: string }).code, "not_found");
+
+  const fresh = await newSandbox();
+  assert.equal((await exec(fresh, "cat /root/mark 2>/dev/null; echo ok")).stdout, "ok\n");
+  assert.equal((await api("DELETE", `/v1/sandboxes/${fresh}`)).status, 200);
+  await daemon.stop();
+  assert.deepEqual(qemuPidsOf(dataDir), [], "a clean stop leaves no QEMU");
+  await assertNoLeaks(owned);
+});

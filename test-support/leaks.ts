@@ -1,0 +1,82 @@
+// "No orphan process, no leaked file" checks for fault tests: everything a
+// data dir's engine owns on the host must be accounted for by its journal.
+
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import type { JournalData } from "../packages/engine/src/journal.js";
+import { qemuPidsOf } from "../packages/engine/src/qemu/processes.js";
+
+export { qemuPidsOf };
+
+export interface Owned {
+  dataDir: string;
+  shmDir: string;
+}
+
+function readJournal(dataDir: string): JournalData {
+  try {
+    return JSON.parse(fs.readFileSync(path.join(dataDir, "journal.json"), "utf8")) as JournalData;
+  } catch {
+    return { version: 1, templates: {}, vms: {} };
+  }
+}
+
+const list = (dir: string) => (fs.existsSync(dir) ? fs.readdirSync(dir).map((f) => path.join(dir, f)) : []);
+
+/**
+ * What is on the host beyond the journal: QEMU processes of the data dir not
+ * journaled, journaled VMs whose QEMU is gone, and files in the shm dir,
+ * <dataDir>/vms and <dataDir>/bases that no template or journaled VM owns.
+ * `liveVmDirs` adds VM dirs allowed without a journal entry (a failed
+ * sandbox keeps its logs until it is terminated).
+ */
+export function leaks(o: Owned, liveVmDirs: string[] = []): string[] {
+  const j = readJournal(o.dataDir);
+  const vms = Object.values(j.vms);
+  const out: string[] = [];
+  const journaledPids = new Set(vms.map((v) => v.pid));
+  for (const pid of qemuPidsOf(o.dataDir)) if (!journaledPids.has(pid)) out.push(`orphan QEMU pid ${pid}`);
+  const running = new Set(qemuPidsOf(o.dataDir));
+  for (const v of vms) if (!running.has(v.pid)) out.push(`journaled VM ${v.vmId} (pid ${v.pid}) has no QEMU`);
+  const owned = new Set<string>([
+    ...Object.values(j.templates).flatMap((t) => [t.ramFile, t.stateFile]),
+    ...vms.flatMap((v) => [v.dir, ...v.files]),
+    ...liveVmDirs,
+  ]);
+  for (const f of [...list(o.shmDir), ...list(path.join(o.dataDir, "vms")), ...list(path.join(o.dataDir, "bases"))]) {
+    if (!owned.has(f)) out.push(`leaked file ${f}`);
+  }
+  return out;
+}
+
+/** Waits (briefly: exits and reaps are asynchronous) until nothing leaks, then asserts it. */
+export async function assertNoLeaks(o: Owned, liveVmDirs: string[] = [], waitMs = 10_000): Promise<void> {
+  const until = Date.now() + waitMs;
+  let found = leaks(o, liveVmDirs);
+  while (found.length > 0 && Date.now() < until) {
+    await new Promise((r) => setTimeout(r, 100));
+    found = leaks(o, liveVmDirs);
+  }
+  assert.deepEqual(found, [], `leaks in ${o.dataDir}`);
+}
+
+/** Kills (SIGKILL) every QEMU of a data dir: test cleanup after a failure. */
+export function killQemusOf(dataDir: string): void {
+  for (const pid of qemuPidsOf(dataDir)) {
+    try {
+      process.kill(pid, "SIGKILL");
+    } catch {
+      // gone
+    }
+  }
+}
+
+/** Resolves once `pid` no longer exists (reaped by its parent). */
+export async function waitGone(pid: number, ms = 10_000): Promise<void> {
+  const until = Date.now() + ms;
+  while (fs.existsSync(`/proc/${pid}`)) {
+    if (Date.now() > until) throw new Error(`pid ${pid} still exists after ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
