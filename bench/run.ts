@@ -88,7 +88,7 @@ const engine = await Engine.open({
   dataDir,
   imagesDir: "/var/lib/mitos/images",
   poolTargets: { python: 2 },
-  maxTimeoutSeconds: 7200,
+  limits: { maxLifetimeSeconds: 7200 },
 });
 try {
   await engine.createTemplate("python");

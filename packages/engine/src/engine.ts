@@ -10,6 +10,7 @@ import { defaultDataDir, defaultShmDir } from "./config.js";
 import { MitosError } from "./errors.js";
 import { BUILTIN_RECIPES, ensureImages } from "./image/build.js";
 import { Journal, type TemplateRecord } from "./journal.js";
+import { type Limits, resolveLimits, SpendCaps, type Usage } from "./limits.js";
 import { hostTotals, readVmMemory, type VmMemory } from "./metering.js";
 import { WarmPool } from "./pool.js";
 import { type Accel, chooseAccel } from "./qemu/accel.js";
@@ -59,8 +60,8 @@ export interface EngineOptions {
   /** Warm VMs kept per template (default: python 2). */
   poolTargets?: Record<string, number>;
   poolIdleMs?: number;
-  defaultTimeoutSeconds?: number;
-  maxTimeoutSeconds?: number;
+  /** Spend caps; unset ones take the host-sized defaults (limits.ts). */
+  limits?: Partial<Limits>;
   /** Parallel restores during a fork (default: 2 × cores). */
   restoreConcurrency?: number;
   /** Built-in templates to build in the background at open (mitosd: python), so the first create is warm. */
@@ -79,6 +80,8 @@ interface Sandbox {
   timer: NodeJS.Timeout | undefined;
   forkTimeMs: number;
   env: Record<string, string>;
+  /** Nominal guest RAM, counted against max_guest_memory_mib. */
+  memMiB: number;
 }
 
 const TOMBSTONES = 10_000;
@@ -95,8 +98,9 @@ export class Engine {
   private readonly pools = new Map<string, WarmPool>();
   private readonly imagesDir: string;
   private readonly opts: Required<
-    Omit<EngineOptions, "dataDir" | "shmDir" | "imagesDir" | "accel" | "log" | "prepareTemplates">
+    Omit<EngineOptions, "dataDir" | "shmDir" | "imagesDir" | "accel" | "log" | "prepareTemplates" | "limits">
   >;
+  readonly caps: SpendCaps;
   private readonly log: NonNullable<EngineOptions["log"]>;
   private closed = false;
 
@@ -112,11 +116,10 @@ export class Engine {
       (process.env.MITOS_IMAGES_DIR ? path.resolve(process.env.MITOS_IMAGES_DIR) : path.join(this.dataDir, "images"));
     this.accel = options.accel ?? chooseAccel().accel;
     this.log = options.log ?? (() => {});
+    this.caps = new SpendCaps(resolveLimits(options.limits));
     this.opts = {
       poolTargets: options.poolTargets ?? { python: 2 },
       poolIdleMs: options.poolIdleMs ?? 10 * 60_000,
-      defaultTimeoutSeconds: options.defaultTimeoutSeconds ?? 300,
-      maxTimeoutSeconds: options.maxTimeoutSeconds ?? 3600,
       restoreConcurrency: options.restoreConcurrency ?? Math.max(2, 2 * os.availableParallelism()),
     };
     fs.mkdirSync(this.shmDir, { recursive: true, mode: 0o700 });
@@ -298,7 +301,8 @@ export class Engine {
     const timeout = this.checkTimeout(opts.timeoutSeconds);
     const started = Date.now();
     const template = this.journal.templates[templateId] ?? (await this.builtinTemplate(templateId));
-    const placeholder = this.reserve(id, templateId, null, timeout, opts.env ?? {});
+    this.caps.admit(this.usage(), 1, template.machine.memMiB);
+    const placeholder = this.reserve(id, templateId, null, timeout, opts.env ?? {}, template.machine.memMiB);
     try {
       const pool =
         this.pools.get(templateId) ?? (this.opts.poolTargets[templateId] ? this.poolFor(templateId) : undefined);
@@ -348,9 +352,11 @@ export class Engine {
     const count = opts.count ?? opts.ids?.length ?? 1;
     if (!Number.isInteger(count) || count < 1) {
       throw new MitosError("invalid_input", `fork count must be a positive integer, got ${count}`, {
-        remediation: "Pass count between 1 and the fork limit.",
+        remediation: `Pass count between 1 and max_fork_count (${this.caps.limits.maxForkCount}).`,
       });
     }
+    // The whole fork fits, or nothing is paused, captured or reserved.
+    this.caps.admit(this.usage(), count, source.memMiB);
     const ids = Array.from({ length: count }, (_, i) => this.newSandboxId(opts.ids?.[i]));
     if (new Set(ids).size !== ids.length) {
       throw new MitosError("invalid_input", "child ids must be distinct", {
@@ -365,7 +371,9 @@ export class Engine {
     // Journal the base under the source so a crash mid-fork still reaps it.
     const srcRecord = this.journal.vms[source.vm.id];
     if (srcRecord) this.journal.putVm({ ...srcRecord, files: [...srcRecord.files, ramFile, stateFile] });
-    const placeholders = ids.map((id) => this.reserve(id, source.templateId, source.id, timeout, source.env));
+    const placeholders = ids.map((id) =>
+      this.reserve(id, source.templateId, source.id, timeout, source.env, source.memMiB),
+    );
     const wasState = source.state;
     source.state = "paused";
     try {
@@ -485,6 +493,7 @@ export class Engine {
   setTimeout(id: string, seconds: number): { deadlineUnix: number; timeoutSeconds: number } {
     const s = this.lookup(id);
     const t = this.checkTimeout(seconds);
+    this.caps.checkDeadline(s.createdAt.getTime(), t);
     this.arm(s, t);
     return { deadlineUnix: Math.floor(s.deadline / 1000), timeoutSeconds: t };
   }
@@ -537,6 +546,7 @@ export class Engine {
     parentId: string | null,
     timeoutSeconds: number,
     env: Record<string, string>,
+    memMiB: number,
   ): Sandbox {
     const s: Sandbox = {
       id,
@@ -549,6 +559,7 @@ export class Engine {
       timer: undefined,
       forkTimeMs: 0,
       env,
+      memMiB,
     };
     this.sandboxes.set(id, s);
     return s;
@@ -589,6 +600,19 @@ export class Engine {
       this.journal.deleteVm(s.vm.id);
     }
     this.sandboxes.delete(s.id);
+  }
+
+  /** Live sandboxes and their guest memory, placeholders of creates and forks in flight included. */
+  usage(): Usage {
+    let guestMemoryMib = 0;
+    for (const s of this.sandboxes.values()) guestMemoryMib += s.memMiB;
+    return { sandboxes: this.sandboxes.size, guestMemoryMib };
+  }
+
+  /** Takes a stream slot of a running sandbox (exec, file transfer); release it when the stream ends. */
+  openStream(id: string): () => void {
+    this.running(id);
+    return this.caps.openStream(id);
   }
 
   private lookup(id: string): Sandbox {
@@ -649,15 +673,17 @@ export class Engine {
   }
 
   private checkTimeout(seconds: number | undefined): number {
-    const t = seconds ?? this.opts.defaultTimeoutSeconds;
+    const { defaultTimeoutSeconds, maxLifetimeSeconds } = this.caps.limits;
+    const t = seconds ?? defaultTimeoutSeconds;
     if (!Number.isInteger(t) || t < 1) {
       throw new MitosError("invalid_input", `timeout_seconds must be a positive integer, got ${t}`, {
         remediation: "Pass a whole number of seconds.",
       });
     }
-    if (t > this.opts.maxTimeoutSeconds) {
-      throw new MitosError("timeout_too_large", `timeout ${t}s is above the limit of ${this.opts.maxTimeoutSeconds}s`, {
-        remediation: `Ask for at most ${this.opts.maxTimeoutSeconds} seconds and extend with set_timeout later.`,
+    if (t > maxLifetimeSeconds) {
+      throw new MitosError("timeout_too_large", `timeout ${t}s is above the limit of ${maxLifetimeSeconds}s`, {
+        remediation: `Ask for at most ${maxLifetimeSeconds} seconds and extend with set_timeout later.`,
+        context: { limit: "max_lifetime_seconds", value: maxLifetimeSeconds },
       });
     }
     return t;

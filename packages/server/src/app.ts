@@ -16,6 +16,8 @@ import { registerOpenApi } from "./openapi.js";
 import { registerRuntime } from "./runtime.js";
 
 export const VERSION = "0.1.0";
+/** 4 MiB: a 256 KiB WriteFile chunk is ~350 KB as base64 JSON; nothing legitimate comes close. */
+export const DEFAULT_MAX_MESSAGE_BYTES = 4 << 20;
 
 export interface ServerOptions extends EngineOptions {
   host?: string;
@@ -23,10 +25,14 @@ export interface ServerOptions extends EngineOptions {
   port?: number;
   /** Override the token (tests); default: the token file in the data dir. */
   token?: string;
-  maxForkCount?: number;
   maxExecTimeoutSeconds?: number;
   /** Request body limit for JSON routes (bytes). */
   bodyLimit?: number;
+  /**
+   * Largest single Connect message (a unary body, or one envelope of a stream;
+   * bytes). Streams as a whole are unbounded: a WriteFile sends many messages.
+   */
+  maxMessageBytes?: number;
   logLevel?: string;
 }
 
@@ -116,9 +122,11 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
 
   let url = "";
   const maxExecTimeoutSeconds = opts.maxExecTimeoutSeconds ?? 3600;
+  const readMaxBytes = opts.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
   await app.register(fastifyConnectPlugin, {
     routes: (router) => registerRuntime(router, { engine, maxExecTimeoutSeconds, metrics }),
     interceptors: [auth],
+    readMaxBytes,
     // Emit zero values too ({"exitCode":0}), so plain-JSON clients need no proto3 defaults.
     jsonOptions: { alwaysEmitImplicit: true },
   });
@@ -140,14 +148,13 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
     }
   });
 
-  await registerExecSocket(app, { engine, maxExecTimeoutSeconds });
+  await registerExecSocket(app, { engine, maxExecTimeoutSeconds, maxMessageBytes: readMaxBytes });
   await registerOpenApi(app, VERSION);
   registerLifecycle(app, {
     engine,
     version: VERSION,
     metrics,
     idempotency: new IdempotencyCache(),
-    maxForkCount: opts.maxForkCount ?? 64,
     endpoint: () => url,
   });
 
@@ -158,6 +165,7 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
     connectNodeAdapter({
       routes: (router) => registerRuntime(router, { engine, maxExecTimeoutSeconds, metrics }, true),
       interceptors: [auth],
+      readMaxBytes,
       jsonOptions: { alwaysEmitImplicit: true },
     }),
   );
