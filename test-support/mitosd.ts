@@ -12,13 +12,24 @@ export interface Daemon {
   token: string;
   /** Environment for a client process: MITOS_BASE_URL and MITOS_API_KEY set. */
   env: NodeJS.ProcessEnv;
+  /** mitosd's process id (to read its /proc/<pid>/status). */
+  pid: number;
   stop(): Promise<void>;
 }
 
-export async function startMitosd(dataDir: string): Promise<Daemon> {
+export async function startMitosd(dataDir: string, extraArgs: string[] = []): Promise<Daemon> {
   const proc: ChildProcess = spawn(
     process.execPath,
-    ["--import", "tsx", path.join(repoRoot, "packages/server/src/bin/mitosd.ts"), "--port", "0", "--data-dir", dataDir],
+    [
+      "--import",
+      "tsx",
+      path.join(repoRoot, "packages/server/src/bin/mitosd.ts"),
+      "--port",
+      "0",
+      "--data-dir",
+      dataDir,
+      ...extraArgs,
+    ],
     {
       stdio: ["ignore", "ignore", "pipe"],
       env: { ...process.env, MITOS_IMAGES_DIR: process.env.MITOS_IMAGES_DIR ?? "/var/lib/mitos/images" },
@@ -37,6 +48,7 @@ export async function startMitosd(dataDir: string): Promise<Daemon> {
   return {
     url,
     token,
+    pid: proc.pid ?? -1,
     env: { ...process.env, MITOS_BASE_URL: url, MITOS_API_KEY: token },
     stop: async () => {
       if (proc.exitCode !== null) return;
