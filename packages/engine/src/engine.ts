@@ -300,6 +300,8 @@ export class Engine {
     const id = this.newSandboxId(opts.id);
     const timeout = this.checkTimeout(opts.timeoutSeconds);
     const started = Date.now();
+    // The count first: a create that will be refused must not build a template.
+    this.caps.admit(this.usage(), 1, 0);
     const template = this.journal.templates[templateId] ?? (await this.builtinTemplate(templateId));
     this.caps.admit(this.usage(), 1, template.machine.memMiB);
     const placeholder = this.reserve(id, templateId, null, timeout, opts.env ?? {}, template.machine.memMiB);

@@ -4,7 +4,7 @@ import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { Engine, type EngineOptions, MitosError } from "@mitos/engine";
-import Fastify, { type FastifyError, type FastifyInstance } from "fastify";
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from "fastify";
 import { authorized, ensureToken } from "./auth.js";
 import { envelope, HTTP_STATUS, toMitosError } from "./errors.js";
 import { registerExecSocket } from "./exec-socket.js";
@@ -53,6 +53,13 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
     requestTimeout: 0,
     // Validate types as sent: "template": 7 is an error, not "7".
     ajv: { customOptions: { coerceTypes: false } },
+    // Router-level refusals (a malformed URL, a path segment over 100 characters) in the API envelope too.
+    frameworkErrors: (err, _req, reply) => {
+      const m = new MitosError("invalid_input", `the URL is not acceptable: ${err.message.slice(0, 200)}`, {
+        remediation: "Use a route from GET /openapi.json; ids are at most 64 characters.",
+      });
+      (reply as FastifyReply).code(400).send(envelope(m));
+    },
   });
   const engine = await Engine.open({
     prepareTemplates: ["python"],
@@ -109,6 +116,10 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
       });
       return reply.code(401).send(envelope(m));
     }
+  });
+  // An upgrade answered with an error (401, 404) would otherwise leave its socket open: one leaked per attempt.
+  app.addHook("onResponse", async (req, reply) => {
+    if (req.headers.upgrade && reply.statusCode !== 101) req.raw.socket?.destroy();
   });
   const auth: Interceptor = (next) => async (req) => {
     if (!authorized(req.header.get("authorization"), token)) {
