@@ -606,9 +606,14 @@ export class Engine {
 
   /** Live sandboxes and their guest memory, placeholders of creates and forks in flight included. */
   usage(): Usage {
+    let sandboxes = 0;
     let guestMemoryMib = 0;
-    for (const s of this.sandboxes.values()) guestMemoryMib += s.memMiB;
-    return { sandboxes: this.sandboxes.size, guestMemoryMib };
+    for (const s of this.sandboxes.values()) {
+      if (s.state === "failed" || s.state === "terminated") continue; // their VM is gone
+      sandboxes++;
+      guestMemoryMib += s.memMiB;
+    }
+    return { sandboxes, guestMemoryMib };
   }
 
   /** Takes a stream slot of a running sandbox (exec, file transfer); release it when the stream ends. */
