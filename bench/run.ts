@@ -34,7 +34,9 @@ const engine = await Engine.open({
   dataDir,
   imagesDir,
   poolTargets: { python: 2 },
-  maxTimeoutSeconds: 7200,
+  // Density runs 200 children of one parent: far past the default caps, which
+  // count every guest's full RAM (decision 0005); the bench measures what is really used.
+  limits: { maxLifetimeSeconds: 7200, maxSandboxes: 400, maxForkCount: 256, maxGuestMemoryMib: 512 * 400 },
   log: (msg, fields) => {
     if (msg === "fork" && fields) forkLog.push(fields as Record<string, number>);
   },

@@ -20,10 +20,19 @@ export interface Daemon {
   kill(): Promise<void>;
 }
 
-export async function startMitosd(dataDir: string): Promise<Daemon> {
+export async function startMitosd(dataDir: string, extraArgs: string[] = []): Promise<Daemon> {
   const proc: ChildProcess = spawn(
     process.execPath,
-    ["--import", "tsx", path.join(repoRoot, "packages/server/src/bin/mitosd.ts"), "--port", "0", "--data-dir", dataDir],
+    [
+      "--import",
+      "tsx",
+      path.join(repoRoot, "packages/server/src/bin/mitosd.ts"),
+      "--port",
+      "0",
+      "--data-dir",
+      dataDir,
+      ...extraArgs,
+    ],
     {
       stdio: ["ignore", "ignore", "pipe"],
       env: { ...process.env, MITOS_IMAGES_DIR: process.env.MITOS_IMAGES_DIR ?? "/var/lib/mitos/images" },
@@ -50,8 +59,8 @@ export async function startMitosd(dataDir: string): Promise<Daemon> {
   return {
     url,
     token,
-    env: { ...process.env, MITOS_BASE_URL: url, MITOS_API_KEY: token },
     pid: proc.pid ?? -1,
+    env: { ...process.env, MITOS_BASE_URL: url, MITOS_API_KEY: token },
     exited,
     stop: () => signal("SIGTERM"),
     kill: () => signal("SIGKILL"),

@@ -12,6 +12,7 @@ import { Confinement, type SharedGroup } from "./confine.js";
 import { MitosError, shmSpaceRemediation } from "./errors.js";
 import { BUILTIN_RECIPES, ensureImages } from "./image/build.js";
 import { Journal, type TemplateRecord } from "./journal.js";
+import { type Limits, resolveLimits, SpendCaps, type Usage } from "./limits.js";
 import { hostTotals, readVmMemory, type VmMemory } from "./metering.js";
 import { WarmPool } from "./pool.js";
 import { type Accel, chooseAccel } from "./qemu/accel.js";
@@ -63,8 +64,8 @@ export interface EngineOptions {
   /** Warm VMs kept per template (default: python 2). */
   poolTargets?: Record<string, number>;
   poolIdleMs?: number;
-  defaultTimeoutSeconds?: number;
-  maxTimeoutSeconds?: number;
+  /** Spend caps; unset ones take the host-sized defaults (limits.ts). */
+  limits?: Partial<Limits>;
   /** Parallel restores during a fork (default: 2 × cores). */
   restoreConcurrency?: number;
   /** Most spare QEMUs kept waiting for the next fork (default: 2 × cores; 0: none). */
@@ -100,6 +101,8 @@ interface Sandbox {
   timer: NodeJS.Timeout | undefined;
   forkTimeMs: number;
   env: Record<string, string>;
+  /** Nominal guest RAM, counted against max_guest_memory_mib. */
+  memMiB: number;
 }
 
 const TOMBSTONES = 10_000;
@@ -135,8 +138,10 @@ export class Engine {
       | "spareVms"
       | "faults"
       | "agentTimeoutMs"
+      | "limits"
     >
   >;
+  readonly caps: SpendCaps;
   private readonly log: NonNullable<EngineOptions["log"]>;
   private readonly fault: NonNullable<EngineOptions["faults"]>;
   private readonly agentTimeoutMs: number | undefined;
@@ -152,11 +157,10 @@ export class Engine {
     this.log = options.log ?? (() => {});
     this.fault = options.faults ?? (() => {});
     this.agentTimeoutMs = options.agentTimeoutMs;
+    this.caps = new SpendCaps(resolveLimits(options.limits));
     this.opts = {
       poolTargets: options.poolTargets ?? { python: 2 },
       poolIdleMs: options.poolIdleMs ?? 10 * 60_000,
-      defaultTimeoutSeconds: options.defaultTimeoutSeconds ?? 300,
-      maxTimeoutSeconds: options.maxTimeoutSeconds ?? 3600,
       restoreConcurrency: options.restoreConcurrency ?? Math.max(2, 2 * os.availableParallelism()),
       reclaimDelayMs: options.reclaimDelayMs ?? 30_000,
     };
@@ -412,8 +416,11 @@ export class Engine {
     const id = this.newSandboxId(opts.id);
     const timeout = this.checkTimeout(opts.timeoutSeconds);
     const started = Date.now();
+    // The count first: a create that will be refused must not build a template.
+    this.caps.admit(this.usage(), 1, 0);
     const template = this.journal.templates[templateId] ?? (await this.builtinTemplate(templateId));
-    const placeholder = this.reserve(id, templateId, null, timeout, opts.env ?? {});
+    this.caps.admit(this.usage(), 1, template.machine.memMiB);
+    const placeholder = this.reserve(id, templateId, null, timeout, opts.env ?? {}, template.machine.memMiB);
     try {
       const pool =
         this.pools.get(templateId) ?? (this.opts.poolTargets[templateId] ? this.poolFor(templateId) : undefined);
@@ -459,9 +466,11 @@ export class Engine {
     const count = opts.count ?? opts.ids?.length ?? 1;
     if (!Number.isInteger(count) || count < 1) {
       throw new MitosError("invalid_input", `fork count must be a positive integer, got ${count}`, {
-        remediation: "Pass count between 1 and the fork limit.",
+        remediation: `Pass count between 1 and max_fork_count (${this.caps.limits.maxForkCount}).`,
       });
     }
+    // The whole fork fits, or nothing is paused, captured or reserved.
+    this.caps.admit(this.usage(), count, source.memMiB);
     const ids = Array.from({ length: count }, (_, i) => this.newSandboxId(opts.ids?.[i]));
     if (new Set(ids).size !== ids.length) {
       throw new MitosError("invalid_input", "child ids must be distinct", {
@@ -480,7 +489,9 @@ export class Engine {
     // Journal the base under the source so a crash mid-fork still reaps it.
     const srcRecord = this.journal.vms[source.vm.id];
     if (srcRecord) this.journal.putVm({ ...srcRecord, files: [...srcRecord.files, ramFile, stateFile] });
-    const placeholders = ids.map((id) => this.reserve(id, source.templateId, source.id, timeout, source.env));
+    const placeholders = ids.map((id) =>
+      this.reserve(id, source.templateId, source.id, timeout, source.env, source.memMiB),
+    );
     const wasState = source.state;
     source.state = "paused";
     let captured = false;
@@ -655,6 +666,7 @@ export class Engine {
   setTimeout(id: string, seconds: number): { deadlineUnix: number; timeoutSeconds: number } {
     const s = this.lookup(id);
     const t = this.checkTimeout(seconds);
+    this.caps.checkDeadline(s.createdAt.getTime(), t);
     this.arm(s, t);
     return { deadlineUnix: Math.floor(s.deadline / 1000), timeoutSeconds: t };
   }
@@ -711,6 +723,7 @@ export class Engine {
     parentId: string | null,
     timeoutSeconds: number,
     env: Record<string, string>,
+    memMiB: number,
   ): Sandbox {
     const s: Sandbox = {
       id,
@@ -723,6 +736,7 @@ export class Engine {
       timer: undefined,
       forkTimeMs: 0,
       env,
+      memMiB,
     };
     this.sandboxes.set(id, s);
     return s;
@@ -784,6 +798,24 @@ export class Engine {
     this.sandboxes.delete(s.id);
   }
 
+  /** Live sandboxes and their guest memory, placeholders of creates and forks in flight included. */
+  usage(): Usage {
+    let sandboxes = 0;
+    let guestMemoryMib = 0;
+    for (const s of this.sandboxes.values()) {
+      if (s.state === "failed" || s.state === "terminated") continue; // their VM is gone
+      sandboxes++;
+      guestMemoryMib += s.memMiB;
+    }
+    return { sandboxes, guestMemoryMib };
+  }
+
+  /** Takes a stream slot of a running sandbox (exec, file transfer); release it when the stream ends. */
+  openStream(id: string): () => void {
+    this.running(id);
+    return this.caps.openStream(id);
+  }
+
   private lookup(id: string): Sandbox {
     const s = this.sandboxes.get(id);
     if (!s || s.state === "starting") {
@@ -842,15 +874,17 @@ export class Engine {
   }
 
   private checkTimeout(seconds: number | undefined): number {
-    const t = seconds ?? this.opts.defaultTimeoutSeconds;
+    const { defaultTimeoutSeconds, maxLifetimeSeconds } = this.caps.limits;
+    const t = seconds ?? defaultTimeoutSeconds;
     if (!Number.isInteger(t) || t < 1) {
       throw new MitosError("invalid_input", `timeout_seconds must be a positive integer, got ${t}`, {
         remediation: "Pass a whole number of seconds.",
       });
     }
-    if (t > this.opts.maxTimeoutSeconds) {
-      throw new MitosError("timeout_too_large", `timeout ${t}s is above the limit of ${this.opts.maxTimeoutSeconds}s`, {
-        remediation: `Ask for at most ${this.opts.maxTimeoutSeconds} seconds and extend with set_timeout later.`,
+    if (t > maxLifetimeSeconds) {
+      throw new MitosError("timeout_too_large", `timeout ${t}s is above the limit of ${maxLifetimeSeconds}s`, {
+        remediation: `Ask for at most ${maxLifetimeSeconds} seconds and extend with set_timeout later.`,
+        context: { limit: "max_lifetime_seconds", value: maxLifetimeSeconds },
       });
     }
     return t;

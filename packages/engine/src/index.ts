@@ -16,6 +16,8 @@ export type { ErrorCode } from "./errors.js";
 export { AgentGoneError, GuestError, MitosError } from "./errors.js";
 export type { BuildProgress, ImageRecipe, ImageSet } from "./image/build.js";
 export { BUILTIN_RECIPES, ensureImages } from "./image/build.js";
+export type { Limits, Usage } from "./limits.js";
+export { defaultLimits, LIMIT_NAMES, resolveLimits, SpendCaps } from "./limits.js";
 export type { HostMemory, VmMemory } from "./metering.js";
 export type { Accel, AccelChoice } from "./qemu/accel.js";
 export { chooseAccel } from "./qemu/accel.js";

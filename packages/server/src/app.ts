@@ -4,7 +4,7 @@ import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { Engine, type EngineOptions, MitosError } from "@mitos/engine";
-import Fastify, { type FastifyError, type FastifyInstance } from "fastify";
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from "fastify";
 import { authorized, ensureToken } from "./auth.js";
 import { envelope, HTTP_STATUS, toMitosError } from "./errors.js";
 import { registerExecSocket } from "./exec-socket.js";
@@ -16,6 +16,8 @@ import { registerOpenApi } from "./openapi.js";
 import { registerRuntime } from "./runtime.js";
 
 export const VERSION = "0.1.0";
+/** 4 MiB: a 256 KiB WriteFile chunk is ~350 KB as base64 JSON; nothing legitimate comes close. */
+export const DEFAULT_MAX_MESSAGE_BYTES = 4 << 20;
 
 export interface ServerOptions extends EngineOptions {
   host?: string;
@@ -23,10 +25,14 @@ export interface ServerOptions extends EngineOptions {
   port?: number;
   /** Override the token (tests); default: the token file in the data dir. */
   token?: string;
-  maxForkCount?: number;
   maxExecTimeoutSeconds?: number;
   /** Request body limit for JSON routes (bytes). */
   bodyLimit?: number;
+  /**
+   * Largest single Connect message (a unary body, or one envelope of a stream;
+   * bytes). Streams as a whole are unbounded: a WriteFile sends many messages.
+   */
+  maxMessageBytes?: number;
   logLevel?: string;
 }
 
@@ -47,6 +53,13 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
     requestTimeout: 0,
     // Validate types as sent: "template": 7 is an error, not "7".
     ajv: { customOptions: { coerceTypes: false } },
+    // Router-level refusals (a malformed URL, a path segment over 100 characters) in the API envelope too.
+    frameworkErrors: (err, _req, reply) => {
+      const m = new MitosError("invalid_input", `the URL is not acceptable: ${err.message.slice(0, 200)}`, {
+        remediation: "Use a route from GET /openapi.json; ids are at most 64 characters.",
+      });
+      (reply as FastifyReply).code(400).send(envelope(m));
+    },
   });
   const engine = await Engine.open({
     prepareTemplates: ["python"],
@@ -104,6 +117,10 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
       return reply.code(401).send(envelope(m));
     }
   });
+  // An upgrade answered with an error (401, 404) would otherwise leave its socket open: one leaked per attempt.
+  app.addHook("onResponse", async (req, reply) => {
+    if (req.headers.upgrade && reply.statusCode !== 101) req.raw.socket?.destroy();
+  });
   const auth: Interceptor = (next) => async (req) => {
     if (!authorized(req.header.get("authorization"), token)) {
       const e = new ConnectError("missing or wrong bearer token", Code.Unauthenticated);
@@ -116,9 +133,11 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
 
   let url = "";
   const maxExecTimeoutSeconds = opts.maxExecTimeoutSeconds ?? 3600;
+  const readMaxBytes = opts.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
   await app.register(fastifyConnectPlugin, {
     routes: (router) => registerRuntime(router, { engine, maxExecTimeoutSeconds, metrics }),
     interceptors: [auth],
+    readMaxBytes,
     // Emit zero values too ({"exitCode":0}), so plain-JSON clients need no proto3 defaults.
     jsonOptions: { alwaysEmitImplicit: true },
   });
@@ -140,14 +159,13 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
     }
   });
 
-  await registerExecSocket(app, { engine, maxExecTimeoutSeconds });
+  await registerExecSocket(app, { engine, maxExecTimeoutSeconds, maxMessageBytes: readMaxBytes });
   await registerOpenApi(app, VERSION);
   registerLifecycle(app, {
     engine,
     version: VERSION,
     metrics,
     idempotency: new IdempotencyCache(),
-    maxForkCount: opts.maxForkCount ?? 64,
     endpoint: () => url,
   });
 
@@ -158,6 +176,7 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
     connectNodeAdapter({
       routes: (router) => registerRuntime(router, { engine, maxExecTimeoutSeconds, metrics }, true),
       interceptors: [auth],
+      readMaxBytes,
       jsonOptions: { alwaysEmitImplicit: true },
     }),
   );

@@ -29,9 +29,19 @@ export async function registerExecSocket(
       handleProtocols: (protocols) => (protocols.has(EXEC_SUBPROTOCOL) ? EXEC_SUBPROTOCOL : false),
     },
   });
-  app.get<{ Querystring: { sandbox?: string } }>("/sandbox.v1.Sandbox/Exec", { websocket: true }, (socket, req) => {
-    const sandboxId = req.query.sandbox ?? (req.headers["x-sandbox-id"] as string | undefined) ?? "";
-    serve(socket, sandboxId, opts.engine, opts.maxExecTimeoutSeconds);
+  app.route<{ Querystring: { sandbox?: string } }>({
+    method: "GET",
+    url: "/sandbox.v1.Sandbox/Exec",
+    // A plain GET (no upgrade) gets the API envelope, not an empty 404.
+    handler: async () => {
+      throw new MitosError("invalid_input", "this route needs a WebSocket upgrade", {
+        remediation: `Connect with a WebSocket, subprotocol ${EXEC_SUBPROTOCOL}; or call Exec over h2c, or ExecStream.`,
+      });
+    },
+    wsHandler: (socket, req) => {
+      const sandboxId = req.query.sandbox ?? (req.headers["x-sandbox-id"] as string | undefined) ?? "";
+      serve(socket, sandboxId, opts.engine, opts.maxExecTimeoutSeconds);
+    },
   });
 }
 

@@ -6,7 +6,7 @@
 import type { Engine } from "@mitos/engine";
 import { MitosError } from "@mitos/engine";
 import type { ExecInput, ExecResponse } from "@mitos/proto";
-import { toExecRequest } from "./runtime.js";
+import { checkSandboxId, toExecRequest } from "./runtime.js";
 import { StreamQueue } from "./stream-queue.js";
 
 const QUEUE_BYTES = 1 << 20;
@@ -18,6 +18,7 @@ export async function* interactiveExec(
   maxExecTimeoutSeconds: number,
   signal: AbortSignal,
 ): AsyncGenerator<ExecResponse> {
+  checkSandboxId(sandboxId);
   const it = inputs[Symbol.asyncIterator]();
   const first = await it.next();
   const open = first.done ? undefined : first.value.input;
@@ -32,14 +33,22 @@ export async function* interactiveExec(
     m.event.case === "stdout" || m.event.case === "stderr" ? m.event.value.length : 1,
   );
   const out = (event: ExecResponse["event"]) => queue.push({ $typeName: "sandbox.v1.ExecResponse", event });
-  const handle = engine.exec(sandboxId, {
-    ...toExecRequest(o, maxExecTimeoutSeconds),
-    ...(pty ? { pty } : {}),
-    stdin: true,
-    collect: false,
-    onStdout: (c) => out({ case: "stdout", value: c }),
-    onStderr: (c) => out({ case: "stderr", value: c }),
-  });
+  const request = toExecRequest(o, maxExecTimeoutSeconds);
+  const release = engine.openStream(sandboxId);
+  let handle: ReturnType<Engine["exec"]>;
+  try {
+    handle = engine.exec(sandboxId, {
+      ...request,
+      ...(pty ? { pty } : {}),
+      stdin: true,
+      collect: false,
+      onStdout: (c) => out({ case: "stdout", value: c }),
+      onStderr: (c) => out({ case: "stderr", value: c }),
+    });
+  } catch (err) {
+    release();
+    throw err;
+  }
   let exited = false;
   // The caller went away: everything the command started goes too.
   const onAbort = () => {
@@ -80,5 +89,6 @@ export async function* interactiveExec(
   } finally {
     signal.removeEventListener("abort", onAbort);
     if (!exited) handle.signal(9);
+    release();
   }
 }

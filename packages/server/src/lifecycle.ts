@@ -1,7 +1,7 @@
 // Lifecycle routes (API.md "Lifecycle"): JSON in and out, snake_case.
 
 import type { Engine, SandboxInfo, TemplateInfo } from "@mitos/engine";
-import { MitosError } from "@mitos/engine";
+import { LIMIT_NAMES, type Limits } from "@mitos/engine";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { invalid } from "./errors.js";
 import type { IdempotencyCache } from "./idempotency.js";
@@ -13,7 +13,6 @@ export interface LifecycleOptions {
   version: string;
   metrics: Metrics;
   idempotency: IdempotencyCache;
-  maxForkCount: number;
   /** Runtime endpoint advertised in sandbox objects. */
   endpoint: () => string;
 }
@@ -116,17 +115,8 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
     idempotent(async (req) => {
       const b = body(req);
       const id = (req.params as { id: string }).id;
+      // 1 ≤ count ≤ max_fork_count is the engine's check (limits.ts).
       const count = int(b, "count");
-      if (count !== undefined && (count < 1 || count > o.maxForkCount)) {
-        throw new MitosError(
-          count < 1 ? "invalid_input" : "quota_exceeded",
-          `count ${count} is outside 1..${o.maxForkCount}`,
-          {
-            remediation: `Fork at most ${o.maxForkCount} children per request; fork again for more.`,
-            context: { limit: "max_fork_count", value: o.maxForkCount },
-          },
-        );
-      }
       const childId = str(b, "id");
       const r = await engine.fork(id, {
         count: count ?? 1,
@@ -158,6 +148,15 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
   app.post("/v1/resume", { schema: routeSchemas.resume }, async (req) => {
     await engine.resume(str(body(req), "sandbox", true));
     return { status: "running" };
+  });
+
+  app.get("/v1/limits", { schema: routeSchemas.limits }, async () => {
+    const l = engine.caps.limits;
+    const u = engine.usage();
+    return {
+      ...Object.fromEntries(Object.entries(LIMIT_NAMES).map(([k, name]) => [name, l[k as keyof Limits]])),
+      usage: { sandboxes: u.sandboxes, guest_memory_mib: u.guestMemoryMib },
+    };
   });
 
   app.get("/v1/pools", { schema: routeSchemas.pools }, async () => engine.poolStatus());
@@ -198,6 +197,7 @@ function str(b: Body, k: string, required = false): string | undefined {
     return undefined;
   }
   if (typeof v !== "string") throw invalid(`${k} must be a string`, `Pass "${k}" as a string.`, { field: k });
+  noNul(k, v);
   return v;
 }
 
@@ -235,6 +235,7 @@ function strList(b: Body, k: string): string[] | undefined {
   if (!Array.isArray(v) || v.some((x) => typeof x !== "string")) {
     throw invalid(`${k} must be a list of strings`, `Pass "${k}" as ["…", …].`, { field: k });
   }
+  for (const x of v as string[]) noNul(k, x);
   return v as string[];
 }
 
@@ -243,8 +244,16 @@ function strMap(b: Body, k: string): Record<string, string> | undefined {
   if (!v) return undefined;
   for (const [key, val] of Object.entries(v)) {
     if (typeof val !== "string") throw invalid(`${k}.${key} must be a string`, `Give every "${k}" value as a string.`);
+    noNul(k, key);
+    noNul(k, val);
   }
   return v as Record<string, string>;
+}
+
+/** Strings end up in guest argv/env, where NUL cannot travel. */
+function noNul(k: string, v: string): void {
+  if (v.includes("\0"))
+    throw invalid(`${k} cannot contain NUL bytes`, "Remove the NUL (\\0) characters.", { field: k });
 }
 
 /** `{[k]: v}` when v is defined, else `{}` (keeps exactOptionalPropertyTypes-style objects clean). */

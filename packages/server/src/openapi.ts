@@ -49,7 +49,21 @@ const template = {
 } as const;
 
 const errors = { "4xx": errorEnvelope, "5xx": errorEnvelope };
-const sandboxRef = { type: "object", required: ["sandbox"], properties: { sandbox: str } } as const;
+const sandboxRef = { type: "object", required: ["sandbox"], properties: { sandbox: id } } as const;
+/** Path ids are checked like body ids: a malformed one is invalid_input, not a lookup. */
+const idParams = { type: "object", properties: { id } } as const;
+const limits = {
+  type: "object",
+  properties: {
+    max_sandboxes: int,
+    max_guest_memory_mib: int,
+    max_fork_count: int,
+    max_lifetime_seconds: int,
+    default_timeout_seconds: int,
+    max_streams_per_sandbox: int,
+    usage: { type: "object", properties: { sandboxes: int, guest_memory_mib: int } },
+  },
+} as const;
 const createBody = {
   type: "object",
   properties: { template: str, pool: str, id, timeout_seconds: int, env },
@@ -90,9 +104,10 @@ export const routeSchemas = {
     response: { 200: sandbox, ...errors },
   },
   listSandboxes: { summary: "List sandboxes", response: { 200: { type: "array", items: sandbox } } },
-  getSandbox: { summary: "One sandbox", response: { 200: sandbox, ...errors } },
+  getSandbox: { summary: "One sandbox", params: idParams, response: { 200: sandbox, ...errors } },
   fork: {
     summary: "Live fork: one child (no count) or {sandboxes, fork_time_ms} with count",
+    params: idParams,
     body: { type: "object", properties: { id, count: int, pause_source: { type: "boolean" } } },
     response: {
       200: {
@@ -110,6 +125,7 @@ export const routeSchemas = {
   },
   terminate: {
     summary: "Terminate a sandbox",
+    params: idParams,
     response: { 200: { type: "object", properties: { status: str, id: str } }, ...errors },
   },
   setTimeout: {
@@ -117,7 +133,7 @@ export const routeSchemas = {
     body: {
       type: "object",
       required: ["sandbox", "timeout_seconds"],
-      properties: { sandbox: str, timeout_seconds: int },
+      properties: { sandbox: id, timeout_seconds: int },
     },
     response: {
       200: { type: "object", properties: { status: str, deadline_unix: int, timeout_seconds: int } },
@@ -142,6 +158,10 @@ export const routeSchemas = {
         items: { type: "object", properties: { template: str, warm: int, target: int, claimed: int } },
       },
     },
+  },
+  limits: {
+    summary: "Spend caps in force (quota_exceeded names the one hit) and current usage",
+    response: { 200: limits },
   },
   metering: { summary: "Memory per sandbox and host totals (shared pages counted once)" },
   metrics: { summary: "Prometheus metrics", hide: true },

@@ -3,7 +3,7 @@
 
 import { create } from "@bufbuild/protobuf";
 import type { ConnectRouter, HandlerContext, ServiceImpl } from "@connectrpc/connect";
-import { type Engine, type FileInfo as EngineFileInfo, type ExecRequest, MitosError } from "@mitos/engine";
+import { type Engine, type FileInfo as EngineFileInfo, type ExecRequest, ID_RE, MitosError } from "@mitos/engine";
 import {
   type ExecResponse,
   ExitStatusSchema,
@@ -41,13 +41,7 @@ export function registerRuntime(router: ConnectRouter, opts: RuntimeOptions, wit
 }
 
 function runtimeImpl({ engine, maxExecTimeoutSeconds, metrics }: RuntimeOptions): RuntimeImpl {
-  const sandboxId = (ctx: HandlerContext): string => {
-    const id = ctx.requestHeader.get("x-sandbox-id");
-    if (!id) {
-      throw invalid("missing X-Sandbox-Id header", "Name the target sandbox in the X-Sandbox-Id header.");
-    }
-    return id;
-  };
+  const sandboxId = (ctx: HandlerContext): string => checkSandboxId(ctx.requestHeader.get("x-sandbox-id"));
 
   const execRequest = (r: ExecFields): ExecRequest => toExecRequest(r, maxExecTimeoutSeconds);
 
@@ -55,37 +49,43 @@ function runtimeImpl({ engine, maxExecTimeoutSeconds, metrics }: RuntimeOptions)
     async *execStream(req, ctx) {
       const id = sandboxId(ctx);
       const request = execRequest(req);
-      metrics.execs.inc();
-      const queue = new StreamQueue<ExecResponse>(QUEUE_BYTES, sizeOfExec);
-      const handle = engine.exec(id, {
-        ...request,
-        collect: false,
-        onStdout: (c) => queue.push(execEvent({ case: "stdout", value: c })),
-        onStderr: (c) => queue.push(execEvent({ case: "stderr", value: c })),
-      });
-      // A client that goes away kills the command's process group.
-      const onAbort = () => {
-        handle.signal(9);
-        queue.end();
-      };
-      ctx.signal.addEventListener("abort", onAbort, { once: true });
-      handle.result.then(
-        (r) => {
-          void queue
-            .push(
-              execEvent({
-                case: "exit",
-                value: create(ExitStatusSchema, { exitCode: r.exitCode, execTimeMs: r.durationMs, error: "" }),
-              }),
-            )
-            .then(() => queue.end());
-        },
-        (err: Error) => queue.end(err),
-      );
+      const release = engine.openStream(id);
       try {
-        yield* queue;
+        metrics.execs.inc();
+        const queue = new StreamQueue<ExecResponse>(QUEUE_BYTES, sizeOfExec);
+        // collect: false, so nothing is kept beyond the queue's bound however much the command prints.
+        const handle = engine.exec(id, {
+          ...request,
+          collect: false,
+          onStdout: (c) => queue.push(execEvent({ case: "stdout", value: c })),
+          onStderr: (c) => queue.push(execEvent({ case: "stderr", value: c })),
+        });
+        // A client that goes away kills the command's process group.
+        const onAbort = () => {
+          handle.signal(9);
+          queue.end();
+        };
+        ctx.signal.addEventListener("abort", onAbort, { once: true });
+        handle.result.then(
+          (r) => {
+            void queue
+              .push(
+                execEvent({
+                  case: "exit",
+                  value: create(ExitStatusSchema, { exitCode: r.exitCode, execTimeMs: r.durationMs, error: "" }),
+                }),
+              )
+              .then(() => queue.end());
+          },
+          (err: Error) => queue.end(err),
+        );
+        try {
+          yield* queue;
+        } finally {
+          ctx.signal.removeEventListener("abort", onAbort);
+        }
       } finally {
-        ctx.signal.removeEventListener("abort", onAbort);
+        release();
       }
     },
 
@@ -97,16 +97,21 @@ function runtimeImpl({ engine, maxExecTimeoutSeconds, metrics }: RuntimeOptions)
     async *readFile(req, ctx) {
       const id = sandboxId(ctx);
       const path = guestPath(req.path, "path");
-      const queue = new StreamQueue<ReadFileResponse>(QUEUE_BYTES, (m) => m.data.length);
-      ctx.signal.addEventListener("abort", () => queue.end(), { once: true });
-      engine
-        .agent(id)
-        .readFile(path, { onData: (c) => queue.push(readEvent(c, false)) })
-        .then(
-          () => queue.push(readEvent(new Uint8Array(0), true)).then(() => queue.end()),
-          (err: Error) => queue.end(err),
-        );
-      yield* queue;
+      const release = engine.openStream(id);
+      try {
+        const queue = new StreamQueue<ReadFileResponse>(QUEUE_BYTES, (m) => m.data.length);
+        ctx.signal.addEventListener("abort", () => queue.end(), { once: true });
+        engine
+          .agent(id)
+          .readFile(path, { onData: (c) => queue.push(readEvent(c, false)) })
+          .then(
+            () => queue.push(readEvent(new Uint8Array(0), true)).then(() => queue.end()),
+            (err: Error) => queue.end(err),
+          );
+        yield* queue;
+      } finally {
+        release();
+      }
     },
 
     async writeFile(requests) {
@@ -127,8 +132,13 @@ function runtimeImpl({ engine, maxExecTimeoutSeconds, metrics }: RuntimeOptions)
           else throw invalid("WriteFile got a second open message", "Send one open, then only data messages.");
         }
       }
-      const bytes = await engine.agent(id).writeFile(path, data(), { mode: open.value.mode || 0o644 });
-      return { bytesWritten: BigInt(bytes) };
+      const release = engine.openStream(id);
+      try {
+        const bytes = await engine.agent(id).writeFile(path, data(), { mode: open.value.mode || 0o644 });
+        return { bytesWritten: BigInt(bytes) };
+      } finally {
+        release();
+      }
     },
 
     async list(req, ctx) {
@@ -231,6 +241,10 @@ export function toExecRequest(r: ExecFields, maxExecTimeoutSeconds: number): Exe
   if (r.command === "" && r.args.length === 0) {
     throw invalid("exec needs a command or args", "Pass command (run by /bin/sh -c) or args (argv).");
   }
+  const strings = [r.command, ...r.args, ...r.env.flatMap((e) => [e.key, e.value])];
+  if (strings.some((x) => x.includes("\0"))) {
+    throw invalid("command, args and env cannot contain NUL bytes", "Remove the NUL (\\0) characters.");
+  }
   const env: Record<string, string> = {};
   for (const e of r.env) env[e.key] = e.value;
   return {
@@ -241,7 +255,26 @@ export function toExecRequest(r: ExecFields, maxExecTimeoutSeconds: number): Exe
   };
 }
 
-/** Guest paths must be absolute; they never name anything on the host. */
+/** The X-Sandbox-Id header (or the WebSocket's ?sandbox=), checked against the API's id pattern. */
+export function checkSandboxId(id: string | null | undefined): string {
+  if (!id) throw invalid("missing X-Sandbox-Id header", "Name the target sandbox in the X-Sandbox-Id header.");
+  if (!ID_RE.test(id)) {
+    throw invalid(
+      `invalid sandbox id ${JSON.stringify(id.slice(0, 80))}`,
+      "Ids match ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$.",
+      {
+        sandbox: id.slice(0, 80),
+      },
+    );
+  }
+  return id;
+}
+
+/**
+ * Guest paths must be absolute; they never name anything on the host: every
+ * file operation is a request to the guest agent, which resolves the path
+ * inside the VM.
+ */
 export function guestPath(p: string, field: string): string {
   if (!p.startsWith("/") || p.includes("\0") || p.length > 4096) {
     throw invalid(

@@ -102,6 +102,10 @@ interface StreamHandler {
 const TYPE_NAMES: Record<number, FileType> = { 1: "file", 2: "dir", 3: "symlink", 4: "other" };
 const WRITE_CHUNK = 256 * 1024;
 const DEFAULT_CALL_TIMEOUT_MS = 30_000;
+/** Stream-0 messages kept for diagnosis; a chatty or hostile agent cannot grow the list. */
+const MAX_EVENTS = 64;
+/** Resync is allowed (agent-protocol.md), but this much garbage means the channel is not an agent. */
+const MAX_GARBAGE_BYTES = 1 << 20;
 
 export interface AgentClientOptions {
   /** Context attached to errors (sandbox id, console log path). */
@@ -246,17 +250,14 @@ export class AgentClient {
     startedP.catch(() => {});
     // Output callbacks run in order; credit goes back once each has settled.
     let chain: Promise<void> = Promise.resolve();
-    let unacked = 0;
+    const window = new OutputWindow();
     const stdin = new StdinWindow();
     const deliver = (chunk: Buffer, sink: Buffer[], cb: ExecRequest["onStdout"]) => {
+      if (!window.take(chunk.length)) return this.violation(`exec stream ${id} sent output beyond its credit`);
       if (collect) sink.push(chunk);
       chain = chain.then(async () => {
         if (cb) await cb(chunk);
-        unacked += chunk.length;
-        if (unacked >= DEFAULT_WINDOW / 4 && this.streams.has(id)) {
-          this.send(MsgType.CREDIT, id, new FieldWriter().int(Tag.BYTES, unacked).build());
-          unacked = 0;
-        }
+        this.grant(id, window, chunk.length);
       });
     };
     this.streams.set(id, {
@@ -352,19 +353,16 @@ export class AgentClient {
     const id = this.allocId();
     const chunks: Buffer[] = [];
     let chain: Promise<void> = Promise.resolve();
-    let unacked = 0;
+    const window = new OutputWindow();
     return new Promise<Buffer>((resolve, reject) => {
       this.streams.set(id, {
         onFrame: (f) => {
           if (f.type === MsgType.DATA) {
+            if (!window.take(f.payload.length)) return this.violation(`read stream ${id} sent data beyond its credit`);
             if (!opts.onData) chunks.push(f.payload);
             chain = chain.then(async () => {
               if (opts.onData) await opts.onData(f.payload);
-              unacked += f.payload.length;
-              if (unacked >= DEFAULT_WINDOW / 4 && this.streams.has(id)) {
-                this.send(MsgType.CREDIT, id, new FieldWriter().int(Tag.BYTES, unacked).build());
-                unacked = 0;
-              }
+              this.grant(id, window, f.payload.length);
             });
           } else if (f.type === MsgType.OK) {
             this.streams.delete(id);
@@ -672,13 +670,38 @@ export class AgentClient {
     for (const wake of [...this.drainWaiters]) wake();
   }
 
+  /** Gives back output credit for `n` consumed bytes once a quarter window has built up. */
+  private grant(id: number, window: OutputWindow, n: number): void {
+    const bytes = window.consumed(n);
+    if (bytes > 0 && this.streams.has(id) && !this.gone) {
+      this.send(MsgType.CREDIT, id, new FieldWriter().int(Tag.BYTES, bytes).build());
+    }
+  }
+
+  /** The guest broke the protocol: drop the connection (failing its calls) rather than trust it further. */
+  private violation(reason: string): void {
+    this.close(`protocol violation by the guest agent: ${reason}`);
+  }
+
   private onData(chunk: Buffer): void {
-    for (const f of this.decoder.push(chunk)) {
-      if (f.stream === 0) {
-        this.events.push(Fields.parse(f.payload).str(Tag.MESSAGE) ?? `frame type ${f.type} on stream 0`);
-        continue;
+    if (this.gone) return;
+    // A guest is not trusted: whatever it sends may close its own connection, never throw out of here.
+    try {
+      for (const f of this.decoder.push(chunk)) {
+        if (this.gone) return;
+        if (f.stream === 0) {
+          if (this.events.length >= MAX_EVENTS) this.events.shift();
+          this.events.push(Fields.parse(f.payload).str(Tag.MESSAGE) ?? `frame type ${f.type} on stream 0`);
+          continue;
+        }
+        // Unknown ids are dropped: late answers to calls that timed out are normal.
+        this.streams.get(f.stream)?.onFrame(f);
       }
-      this.streams.get(f.stream)?.onFrame(f);
+      if (this.decoder.dropped > MAX_GARBAGE_BYTES) {
+        this.violation(`${this.decoder.dropped} bytes that are not frames`);
+      }
+    } catch (err) {
+      this.violation(`malformed frame (${(err as Error).message})`);
     }
   }
 }
@@ -692,6 +715,31 @@ function toFileInfo(f: Fields): FileInfo {
     mode: f.int(Tag.MODE) ?? 0,
     mtime: f.int(Tag.MTIME) ?? 0,
   };
+}
+
+/**
+ * Host-side output window of one stream: the agent holds `left` bytes of
+ * credit and may never exceed it, so a stream buffers at most DEFAULT_WINDOW.
+ */
+class OutputWindow {
+  private left = DEFAULT_WINDOW;
+  private unacked = 0;
+
+  /** Counts bytes received; false when they overran the credit. */
+  take(n: number): boolean {
+    this.left -= n;
+    return this.left >= 0;
+  }
+
+  /** Counts bytes consumed; returns the credit to grant now (0: not yet). */
+  consumed(n: number): number {
+    this.unacked += n;
+    if (this.unacked < DEFAULT_WINDOW / 4) return 0;
+    const grant = this.unacked;
+    this.unacked = 0;
+    this.left += grant;
+    return grant;
+  }
 }
 
 /** Host-side stdin window: at most STDIN_WINDOW bytes unacknowledged. */

@@ -116,6 +116,8 @@ export function encodeFrame(type: number, stream: number, payload: Buffer = Buff
 export class FrameDecoder {
   private buf: Buffer = Buffer.alloc(0);
   resyncs = 0;
+  /** Bytes skipped while resyncing. */
+  dropped = 0;
 
   push(chunk: Buffer): Frame[] {
     this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
@@ -128,6 +130,7 @@ export class FrameDecoder {
       if (b[off] !== MAGIC0 || b[off + 1] !== MAGIC1 || b[off + 3] !== 0 || len > MAX_PAYLOAD) {
         if (!skipping) this.resyncs++;
         skipping = true;
+        this.dropped++;
         off++;
         continue;
       }

@@ -1,38 +1,26 @@
 #!/usr/bin/env node
-// mitosd [--host H] [--port P] [--data-dir D]; env MITOS_HOST, MITOS_PORT, MITOS_DATA_DIR.
-import { parseArgs } from "node:util";
+// mitosd [--config F] [--host H] [--port P] [--data-dir D] [spend caps…]; see --help (config.ts).
 import { createServer } from "../app.js";
+import { ConfigError, HELP, loadDaemonConfig } from "../config.js";
 
-const { values } = parseArgs({
-  options: {
-    host: { type: "string" },
-    port: { type: "string" },
-    "data-dir": { type: "string" },
-    help: { type: "boolean", short: "h" },
-  },
-});
-if (values.help) {
-  console.log(`mitosd: the Mitos daemon (HTTP lifecycle API + Connect runtime)
-
-  --host H       address to bind (default 127.0.0.1; env MITOS_HOST)
-  --port P       port (default 8080; env MITOS_PORT)
-  --data-dir D   data dir: images, templates, journal, token (default /var/lib/mitos; env MITOS_DATA_DIR)
-
-The API token is created on first start in <data-dir>/token (mode 0600).`);
-  process.exit(0);
-}
-const port = Number(values.port ?? process.env.MITOS_PORT ?? 8080);
-if (!Number.isInteger(port) || port < 0 || port > 65535) {
-  console.error(`mitosd: --port must be 0..65535, got ${values.port}`);
+let config: ReturnType<typeof loadDaemonConfig>;
+try {
+  config = loadDaemonConfig(process.argv.slice(2));
+} catch (err) {
+  if (!(err instanceof ConfigError)) throw err;
+  console.error(`mitosd: ${err.message}`);
   process.exit(2);
 }
-const dataDir = values["data-dir"] ?? process.env.MITOS_DATA_DIR;
-const server = await createServer({
-  host: values.host ?? process.env.MITOS_HOST ?? "127.0.0.1",
-  port,
-  ...(dataDir ? { dataDir } : {}),
-});
-console.error(`mitosd ${server.url} (token in ${server.tokenFile})`);
+if (config.help) {
+  console.log(HELP);
+  process.exit(0);
+}
+const server = await createServer({ host: "127.0.0.1", port: 8080, ...config.options });
+const l = server.engine.caps.limits;
+console.error(
+  `mitosd ${server.url} (token in ${server.tokenFile})${config.configFile ? ` config ${config.configFile}` : ""}; ` +
+    `caps: ${l.maxSandboxes} sandboxes, ${l.maxGuestMemoryMib} MiB guest memory, fork count ${l.maxForkCount}, lifetime ${l.maxLifetimeSeconds}s`,
+);
 let stopping = false;
 for (const sig of ["SIGINT", "SIGTERM"] as const) {
   process.on(sig, () => {

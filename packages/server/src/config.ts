@@ -1,0 +1,153 @@
+// mitosd's configuration: a JSON file (--config, or <data-dir>/mitosd.json
+// when it exists), environment variables and flags; flags override the
+// environment, which overrides the file. Unknown keys and bad values are
+// refused with a message naming them, never ignored.
+
+import fs from "node:fs";
+import path from "node:path";
+import { parseArgs } from "node:util";
+import { defaultDataDir, LIMIT_NAMES, type Limits, resolveLimits } from "@mitos/engine";
+import type { ServerOptions } from "./app.js";
+
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+/** File key → how to read it. Limit keys are the API's names (GET /v1/limits). */
+const LIMIT_KEYS = Object.fromEntries(Object.entries(LIMIT_NAMES).map(([k, name]) => [name, k])) as Record<
+  string,
+  keyof Limits
+>;
+const OTHER_KEYS = ["host", "port", "data_dir", "body_limit_bytes", "max_message_bytes"] as const;
+const ALL_KEYS = [...OTHER_KEYS, ...Object.keys(LIMIT_KEYS)];
+
+const flagOf = (key: string) => `--${key.replaceAll("_", "-")}`;
+
+export const HELP = `mitosd: the Mitos daemon (HTTP lifecycle API + Connect runtime)
+
+  --config F       JSON config file (default <data-dir>/mitosd.json when it exists);
+                   keys: ${ALL_KEYS.join(", ")}
+  --host H         address to bind (default 127.0.0.1; env MITOS_HOST)
+  --port P         port (default 8080; env MITOS_PORT)
+  --data-dir D     data dir: images, templates, journal, token (default /var/lib/mitos; env MITOS_DATA_DIR)
+  --body-limit-bytes N     largest JSON request body (default 1 MiB)
+  --max-message-bytes N    largest single Connect message (default 4 MiB; streams may send many)
+
+Spend caps (on by default; GET /v1/limits shows them; exceeding one is quota_exceeded):
+  --max-sandboxes N            live sandboxes (default: 20 % of host RAM / 64 MiB per VMM)
+  --max-guest-memory-mib N     sum of live sandboxes' guest RAM (default: 75 % of host RAM)
+  --max-fork-count N           children per fork request (default 64)
+  --max-lifetime-seconds N     a sandbox's whole life incl. set_timeout (default 3600)
+  --default-timeout-seconds N  deadline when none is asked for (default 300)
+  --max-streams-per-sandbox N  concurrent exec/file streams per sandbox (default 64; else too_many_streams)
+
+Flags override environment variables, which override the config file.
+The API token is created on first start in <data-dir>/token (mode 0600).`;
+
+export interface DaemonConfig {
+  options: ServerOptions;
+  /** The config file read, if any. */
+  configFile: string | undefined;
+  help: boolean;
+}
+
+export function loadDaemonConfig(argv: string[], env: NodeJS.ProcessEnv = process.env): DaemonConfig {
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    values = parseArgs({
+      args: argv,
+      options: {
+        config: { type: "string" },
+        help: { type: "boolean", short: "h" },
+        ...Object.fromEntries(ALL_KEYS.map((k) => [k.replaceAll("_", "-"), { type: "string" as const }])),
+      },
+    }).values;
+  } catch (err) {
+    throw new ConfigError(`${(err as Error).message} (see mitosd --help)`);
+  }
+  if (values.help) return { options: {}, configFile: undefined, help: true };
+
+  const flags: Record<string, string> = {};
+  for (const k of ALL_KEYS) {
+    const v = values[k.replaceAll("_", "-")];
+    if (typeof v === "string") flags[k] = v;
+  }
+  const fromEnv: Record<string, string> = {};
+  if (env.MITOS_HOST) fromEnv.host = env.MITOS_HOST;
+  if (env.MITOS_PORT) fromEnv.port = env.MITOS_PORT;
+  if (env.MITOS_DATA_DIR) fromEnv.data_dir = env.MITOS_DATA_DIR;
+
+  let configFile = typeof values.config === "string" ? path.resolve(values.config) : undefined;
+  let file: Record<string, unknown> = {};
+  if (configFile) file = readConfigFile(configFile, true);
+  const dataDir =
+    flags.data_dir ?? fromEnv.data_dir ?? (typeof file.data_dir === "string" ? file.data_dir : defaultDataDir());
+  if (!configFile) {
+    const implicit = path.join(dataDir, "mitosd.json");
+    if (fs.existsSync(implicit)) {
+      configFile = implicit;
+      file = readConfigFile(implicit, false);
+    }
+  }
+
+  // One pass over every key: flag, else env, else file; each value checked where it came from.
+  const limits: Partial<Limits> = {};
+  const options: ServerOptions = { dataDir: path.resolve(dataDir) };
+  for (const key of ALL_KEYS) {
+    const raw = flags[key] ?? fromEnv[key];
+    const where = key in flags ? flagOf(key) : key in fromEnv ? "the environment" : `${configFile}: ${key}`;
+    const value: unknown = raw ?? file[key];
+    if (value === undefined || key === "data_dir") continue;
+    if (key === "host") {
+      if (typeof value !== "string" || value === "") throw new ConfigError(`${where}: host must be a non-empty string`);
+      options.host = value;
+      continue;
+    }
+    const n = typeof value === "string" && /^\d+$/.test(value) ? Number(value) : value;
+    const min = key === "port" ? 0 : 1;
+    const max = key === "port" ? 65535 : Number.MAX_SAFE_INTEGER;
+    if (typeof n !== "number" || !Number.isSafeInteger(n) || n < min || n > max) {
+      throw new ConfigError(`${where}: ${key} must be a whole number in ${min}..${max}, got ${JSON.stringify(value)}`);
+    }
+    if (key === "port") options.port = n;
+    else if (key === "body_limit_bytes") options.bodyLimit = n;
+    else if (key === "max_message_bytes") options.maxMessageBytes = n;
+    else limits[LIMIT_KEYS[key] as keyof Limits] = n;
+  }
+  try {
+    resolveLimits(limits);
+  } catch (err) {
+    throw new ConfigError((err as Error).message);
+  }
+  options.limits = limits;
+  return { options, configFile, help: false };
+}
+
+function readConfigFile(file: string, explicit: boolean): Record<string, unknown> {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, "utf8");
+  } catch (err) {
+    throw new ConfigError(`cannot read config file ${file}: ${(err as Error).message}`);
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (err) {
+    throw new ConfigError(`config file ${file} is not valid JSON: ${(err as Error).message}`);
+  }
+  if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
+    throw new ConfigError(`config file ${file} must hold a JSON object`);
+  }
+  const unknown = Object.keys(parsed).filter((k) => !ALL_KEYS.includes(k));
+  if (unknown.length > 0) {
+    throw new ConfigError(
+      `config file ${file}${explicit ? "" : " (read because it is in the data dir)"} has unknown key${unknown.length > 1 ? "s" : ""} ${unknown.map((k) => JSON.stringify(k)).join(", ")}; known keys: ${ALL_KEYS.join(", ")}`,
+    );
+  }
+  const o = parsed as Record<string, unknown>;
+  if (o.data_dir !== undefined && (typeof o.data_dir !== "string" || o.data_dir === "")) {
+    throw new ConfigError(`${file}: data_dir must be a non-empty string`);
+  }
+  return o;
+}

@@ -1,0 +1,254 @@
+// Spend caps (docs/decisions/0005-spend-caps.md): the defaults and their
+// formula, mitosd's config file and flags, and each cap triggering at its
+// configured value on real VMs, refusing the whole request and creating nothing.
+
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { after, before, describe, it } from "node:test";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { defaultDataDir, defaultLimits, type Limits, resolveLimits } from "@mitos/engine";
+import { Sandbox as SandboxService } from "@mitos/proto";
+import { loadDaemonConfig } from "../src/config.js";
+import { createServer, type MitosServer } from "../src/index.js";
+
+const root = defaultDataDir();
+const dataDir = path.join(root, "test-limits");
+const GiB = 1024 ** 3;
+
+interface ErrorBody {
+  error: { code: string; message: string; remediation: string; context: { limit?: string; value?: number } };
+}
+
+describe("default spend caps", () => {
+  it("are sized from host RAM by the documented formula", () => {
+    const l = defaultLimits(24 * GiB);
+    // 20 % of 24576 MiB / 64 MiB per VMM; 75 % of host RAM for guests.
+    assert.deepEqual(l, {
+      maxSandboxes: 76,
+      maxGuestMemoryMib: 18432,
+      maxForkCount: 64,
+      maxLifetimeSeconds: 3600,
+      defaultTimeoutSeconds: 300,
+      maxStreamsPerSandbox: 64,
+    });
+    assert.equal(defaultLimits(1 * GiB).maxSandboxes, 3);
+    assert.equal(defaultLimits(64 * 1024 * 1024).maxSandboxes, 1, "a tiny host still gets one sandbox");
+    assert.deepEqual(resolveLimits({}), defaultLimits(os.totalmem()), "no configuration = the defaults, on");
+  });
+
+  it("refuses bad values with a message naming the limit", () => {
+    assert.throws(() => resolveLimits({ maxSandboxes: 0 }), /max_sandboxes must be a positive whole number/);
+    assert.throws(() => resolveLimits({ maxForkCount: 1.5 }), /max_fork_count/);
+    assert.throws(
+      () => resolveLimits({ defaultTimeoutSeconds: 100, maxLifetimeSeconds: 50 }),
+      /default_timeout_seconds 100 is above max_lifetime_seconds 50/,
+    );
+    assert.throws(() => resolveLimits({ nope: 1 } as unknown as Partial<Limits>), /unknown limit "nope"/);
+  });
+});
+
+describe("mitosd config file and flags", () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "mitos-config-"));
+  after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const write = (name: string, body: unknown) => {
+    const f = path.join(dir, name);
+    fs.writeFileSync(f, typeof body === "string" ? body : JSON.stringify(body));
+    return f;
+  };
+
+  it("reads the file, lets the environment and then flags override it", () => {
+    const f = write("a.json", { port: 9000, host: "0.0.0.0", max_sandboxes: 5, max_fork_count: 4 });
+    const c = loadDaemonConfig(["--config", f, "--max-sandboxes", "7", "--data-dir", dir], { MITOS_PORT: "9100" });
+    assert.equal(c.configFile, f);
+    assert.equal(c.options.port, 9100);
+    assert.equal(c.options.host, "0.0.0.0");
+    assert.equal(c.options.dataDir, dir);
+    assert.deepEqual(c.options.limits, { maxSandboxes: 7, maxForkCount: 4 });
+  });
+
+  it("finds <data-dir>/mitosd.json by itself", () => {
+    write("mitosd.json", { max_streams_per_sandbox: 3 });
+    const c = loadDaemonConfig(["--data-dir", dir], {});
+    assert.equal(c.configFile, path.join(dir, "mitosd.json"));
+    assert.deepEqual(c.options.limits, { maxStreamsPerSandbox: 3 });
+    fs.rmSync(path.join(dir, "mitosd.json"));
+  });
+
+  it("refuses unknown keys, bad values, bad JSON and bad flags with a clear error", () => {
+    const cases: Array<[string[], RegExp]> = [
+      [["--config", write("b.json", { max_sandbox: 3 })], /unknown key "max_sandbox"; known keys: .*max_sandboxes/],
+      [["--config", write("c.json", { max_sandboxes: -1 })], /max_sandboxes must be a whole number in 1\.\./],
+      [["--config", write("d.json", { max_sandboxes: "many" })], /max_sandboxes must be a whole number/],
+      [["--config", write("e.json", "{oops")], /is not valid JSON/],
+      [["--config", write("f.json", "[]")], /must hold a JSON object/],
+      [["--config", path.join(dir, "missing.json")], /cannot read config file/],
+      [["--max-fork-count", "x"], /--max-fork-count: max_fork_count must be a whole number/],
+      [["--port", "70000"], /port must be a whole number in 0\.\.65535/],
+      [["--max-lifetime-seconds", "10"], /default_timeout_seconds 300 is above max_lifetime_seconds 10/],
+      [["--no-such-flag"], /Unknown option '--no-such-flag'/],
+    ];
+    for (const [argv, re] of cases) {
+      assert.throws(() => loadDaemonConfig([...argv, "--data-dir", dir], {}), re, argv.join(" "));
+    }
+  });
+});
+
+describe("spend caps on real VMs", () => {
+  let server: MitosServer;
+  const start = async (limits: Partial<Limits>) => {
+    server = await createServer({
+      port: 0,
+      dataDir,
+      imagesDir: path.join(root, "images"),
+      poolTargets: { python: 0 },
+      logLevel: "warn",
+      limits,
+    });
+  };
+  const api = async (method: string, route: string, body?: unknown): Promise<{ status: number; json: unknown }> => {
+    const r = await fetch(`${server.url}${route}`, {
+      method,
+      headers: { authorization: `Bearer ${server.token}`, "content-type": "application/json" },
+      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+    });
+    return { status: r.status, json: await r.json() };
+  };
+  /** Asserts a quota_exceeded naming `limit` and its `value`. */
+  const refused = (r: { status: number; json: unknown }, limit: string, value: number) => {
+    const e = (r.json as ErrorBody).error;
+    assert.equal(r.status, 429, JSON.stringify(r.json));
+    assert.equal(e.code, "quota_exceeded");
+    assert.deepEqual(e.context, { limit, value });
+    assert.match(e.message, new RegExp(`${limit} ${value}`));
+    assert.ok(e.remediation.length > 0);
+  };
+  const ids = async () => ((await api("GET", "/v1/sandboxes")).json as Array<{ id: string }>).map((s) => s.id).sort();
+
+  after(async () => {
+    await server?.close({ killSandboxes: true });
+  });
+
+  describe("sandbox count, fork count, lifetime and streams", () => {
+    let a: { id: string; deadline_unix: number; created_at: string };
+    before(() =>
+      start({
+        maxSandboxes: 2,
+        maxForkCount: 3,
+        maxLifetimeSeconds: 60,
+        defaultTimeoutSeconds: 40,
+        maxStreamsPerSandbox: 2,
+      }),
+    );
+
+    it("GET /v1/limits reports the caps in force and current usage", async () => {
+      const r = await api("GET", "/v1/limits");
+      assert.equal(r.status, 200);
+      assert.deepEqual(r.json, {
+        max_sandboxes: 2,
+        max_guest_memory_mib: defaultLimits().maxGuestMemoryMib,
+        max_fork_count: 3,
+        max_lifetime_seconds: 60,
+        default_timeout_seconds: 40,
+        max_streams_per_sandbox: 2,
+        usage: { sandboxes: 0, guest_memory_mib: 0 },
+      });
+    });
+
+    it("gives the default deadline and refuses a timeout above the lifetime", async () => {
+      const r = await api("POST", "/v1/sandboxes", { template: "python" });
+      assert.equal(r.status, 200, JSON.stringify(r.json));
+      a = r.json as typeof a;
+      assert.ok(Math.abs(a.deadline_unix - (Date.now() / 1000 + 40)) < 5);
+      const tooLong = await api("POST", "/v1/sandboxes", { template: "python", timeout_seconds: 61 });
+      assert.equal(tooLong.status, 400);
+      assert.equal((tooLong.json as ErrorBody).error.code, "timeout_too_large");
+      assert.deepEqual(await ids(), [a.id]);
+      const usage = (await api("GET", "/v1/limits")).json as { usage: { sandboxes: number; guest_memory_mib: number } };
+      assert.deepEqual(usage.usage, { sandboxes: 1, guest_memory_mib: 512 });
+    });
+
+    it("bounds set_timeout by created_at + max lifetime, never clamping", async () => {
+      // Some seconds have passed since creation, so a full lifetime from now runs past it.
+      await new Promise((r) => setTimeout(r, 1100));
+      const r = await api("POST", "/v1/set_timeout", { sandbox: a.id, timeout_seconds: 60 });
+      assert.equal(r.status, 400);
+      const e = (r.json as ErrorBody).error;
+      assert.equal(e.code, "timeout_too_large");
+      assert.equal(e.context.limit, "max_lifetime_seconds");
+      assert.equal(e.context.value, 60);
+      const ok = await api("POST", "/v1/set_timeout", { sandbox: a.id, timeout_seconds: 30 });
+      assert.equal(ok.status, 200);
+      assert.equal((ok.json as { timeout_seconds: number }).timeout_seconds, 30);
+    });
+
+    it("refuses a fork above max_fork_count, and one that would exceed max_sandboxes, whole", async () => {
+      refused(await api("POST", `/v1/sandboxes/${a.id}/fork`, { count: 4 }), "max_fork_count", 3);
+      // 1 live + 2 children > 2: nothing is paused, captured or created.
+      refused(await api("POST", `/v1/sandboxes/${a.id}/fork`, { count: 2 }), "max_sandboxes", 2);
+      assert.deepEqual(await ids(), [a.id]);
+      const src = (await api("GET", `/v1/sandboxes/${a.id}`)).json as { state: string };
+      assert.equal(src.state, "ready");
+      const bases = fs.readdirSync(server.engine.shmDir).filter((f) => f.startsWith("mitos-base-"));
+      assert.deepEqual(bases, [], "no RAM capture was made");
+      // Exactly at the cap is fine; one more is not.
+      const child = await api("POST", `/v1/sandboxes/${a.id}/fork`, {});
+      assert.equal(child.status, 200, JSON.stringify(child.json));
+      refused(await api("POST", "/v1/sandboxes", { template: "python" }), "max_sandboxes", 2);
+      await api("DELETE", `/v1/sandboxes/${(child.json as { id: string }).id}`);
+      assert.deepEqual(await ids(), [a.id]);
+    });
+
+    it("refuses a stream above max_streams_per_sandbox with too_many_streams, and frees slots", async () => {
+      const rt = createClient(
+        SandboxService,
+        createConnectTransport({
+          baseUrl: server.url,
+          httpVersion: "1.1",
+          interceptors: [
+            (next) => async (req) => {
+              req.header.set("authorization", `Bearer ${server.token}`);
+              req.header.set("x-sandbox-id", a.id);
+              return next(req);
+            },
+          ],
+        }),
+      );
+      const running = [0, 1].map(() => rt.execStream({ command: "echo up; sleep 3" })[Symbol.asyncIterator]());
+      for (const it of running) assert.equal((await it.next()).done, false);
+      const third = await rt
+        .readFile({ path: "/etc/hostname" })
+        [Symbol.asyncIterator]()
+        .next()
+        .catch((e: unknown) => e);
+      assert.ok(third instanceof ConnectError, String(third));
+      assert.equal(third.code, Code.ResourceExhausted);
+      assert.equal(third.metadata.get("x-mitos-error-code"), "too_many_streams");
+      for (const it of running) while (!(await it.next()).done);
+      let out = "";
+      for await (const m of rt.execStream({ command: "echo again" })) {
+        if (m.event.case === "stdout") out += Buffer.from(m.event.value).toString();
+      }
+      assert.equal(out, "again\n");
+      assert.equal(server.engine.caps.openStreams(a.id), 0);
+    });
+  });
+
+  describe("total guest memory", () => {
+    before(async () => {
+      await server.close({ killSandboxes: true });
+      await start({ maxGuestMemoryMib: 1024 });
+    });
+
+    it("refuses creates and forks that would exceed max_guest_memory_mib", async () => {
+      const a = (await api("POST", "/v1/sandboxes", { template: "python" })).json as { id: string };
+      refused(await api("POST", `/v1/sandboxes/${a.id}/fork`, { count: 2 }), "max_guest_memory_mib", 1024);
+      assert.deepEqual(await ids(), [a.id]);
+      assert.equal((await api("POST", `/v1/sandboxes/${a.id}/fork`, { count: 1 })).status, 200);
+      refused(await api("POST", "/v1/sandboxes", { template: "python" }), "max_guest_memory_mib", 1024);
+      assert.equal((await ids()).length, 2);
+    });
+  });
+});
