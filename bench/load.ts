@@ -134,7 +134,7 @@ try {
     `Errors by code: ${JSON.stringify(errors)} (allowed: ${[...ALLOWED].join(", ")}).`,
     ...samples.map((s) => `Error sample: ${s}`),
     `Sandboxes left listed after the clients finished: ${left.length}. Leaks while mitosd ran: ${JSON.stringify(liveLeaks)}; after it stopped: ${JSON.stringify(afterStop)}.`,
-    `This 2-core machine is shared with other agents' VM test suites and was not quiet on purpose: at the start the 1-min load average was ${loadBefore} with ${qemusBefore} QEMU processes of other data dirs (${os.loadavg()[0]?.toFixed(1)} at the end, this run included); treat latencies as an upper bound.`,
+    `Host load: 1-min load average ${loadBefore} at the start with ${qemusBefore} QEMU processes of other data dirs, ${os.loadavg()[0]?.toFixed(1)} at the end (this run included); 20 clients on 2 cores queue for CPU, so latencies are mostly waiting.`,
     `Result: ${failed ? "FAIL" : "PASS"}.`,
   );
   record(
