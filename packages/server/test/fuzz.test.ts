@@ -12,13 +12,13 @@ import assert from "node:assert/strict";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { create } from "@bufbuild/protobuf";
-import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { codeFromString, codeToHttpStatus } from "@connectrpc/connect/protocol-connect";
-import { createConnectTransport } from "@connectrpc/connect-node";
 import { defaultDataDir } from "@mitos/engine";
-import { HTTP_STATUS_BY_CODE, isErrorCode, Sandbox as SandboxService, WriteFileRequestSchema } from "@mitos/proto";
+import { HTTP_STATUS_BY_CODE, isErrorCode, WriteFileRequestSchema } from "@mitos/proto";
 import fc from "fast-check";
 import WebSocket from "ws";
+import { runtimeClient } from "../../../test-support/runtime-client.js";
 import { createServer, type MitosServer } from "../src/index.js";
 
 const SEED = Number(process.env.MITOS_FUZZ_SEED ?? 20261201);
@@ -50,20 +50,7 @@ after(async () => {
 });
 
 function runtime(sandboxId: string) {
-  return createClient(
-    SandboxService,
-    createConnectTransport({
-      baseUrl: server.url,
-      httpVersion: "1.1",
-      interceptors: [
-        (next) => async (req) => {
-          req.header.set("authorization", `Bearer ${server.token}`);
-          req.header.set("x-sandbox-id", sandboxId);
-          return next(req);
-        },
-      ],
-    }),
-  );
+  return runtimeClient(server, sandboxId);
 }
 
 async function keeperEcho(): Promise<string> {

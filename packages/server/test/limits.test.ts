@@ -7,10 +7,9 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
-import { Code, ConnectError, createClient } from "@connectrpc/connect";
-import { createConnectTransport } from "@connectrpc/connect-node";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { defaultDataDir, defaultLimits, type Limits, resolveLimits } from "@mitos/engine";
-import { Sandbox as SandboxService } from "@mitos/proto";
+import { runtimeClient } from "../../../test-support/runtime-client.js";
 import { loadDaemonConfig } from "../src/config.js";
 import { createServer, type MitosServer } from "../src/index.js";
 
@@ -202,20 +201,7 @@ describe("spend caps on real VMs", () => {
     });
 
     it("refuses a stream above max_streams_per_sandbox with too_many_streams, and frees slots", async () => {
-      const rt = createClient(
-        SandboxService,
-        createConnectTransport({
-          baseUrl: server.url,
-          httpVersion: "1.1",
-          interceptors: [
-            (next) => async (req) => {
-              req.header.set("authorization", `Bearer ${server.token}`);
-              req.header.set("x-sandbox-id", a.id);
-              return next(req);
-            },
-          ],
-        }),
-      );
+      const rt = runtimeClient(server, a.id);
       const running = [0, 1].map(() => rt.execStream({ command: "echo up; sleep 3" })[Symbol.asyncIterator]());
       for (const it of running) assert.equal((await it.next()).done, false);
       const third = await rt

@@ -15,6 +15,7 @@ import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { defaultDataDir } from "@mitos/engine";
 import { ExecInputSchema, Sandbox as SandboxService, WriteFileRequestSchema } from "@mitos/proto";
+import { runtimeClient } from "../../../test-support/runtime-client.js";
 import { createServer, type MitosServer } from "../src/index.js";
 
 const root = defaultDataDir();
@@ -43,19 +44,7 @@ after(async () => {
 });
 
 function runtime(sandboxId: string) {
-  const transport = createConnectTransport({
-    baseUrl: server.url,
-    httpVersion: "1.1",
-    useBinaryFormat: false,
-    interceptors: [
-      (next) => async (req) => {
-        req.header.set("authorization", `Bearer ${server.token}`);
-        req.header.set("x-sandbox-id", sandboxId);
-        return next(req);
-      },
-    ],
-  });
-  return createClient(SandboxService, transport);
+  return runtimeClient(server, sandboxId);
 }
 
 describe("lifecycle API", () => {
@@ -272,21 +261,7 @@ describe("lifecycle API", () => {
     });
 
     it("serves the bidi Exec over h2c on the same port (PTY, stdin, resize)", async () => {
-      const h2 = createClient(
-        SandboxService,
-        createConnectTransport({
-          baseUrl: server.url,
-          httpVersion: "2",
-          useBinaryFormat: false,
-          interceptors: [
-            (next) => async (req) => {
-              req.header.set("authorization", `Bearer ${server.token}`);
-              req.header.set("x-sandbox-id", sb.id);
-              return next(req);
-            },
-          ],
-        }),
-      );
+      const h2 = runtimeClient(server, sb.id, { httpVersion: "2" });
       let screen = "";
       let exitCode = -1;
       let sawHi: () => void = () => {};
