@@ -194,6 +194,56 @@ static void __attribute__((noreturn)) child(const struct spawn *sp)
 	child_fail(sp->report_w, what);
 }
 
+/* The login shell of uid from /etc/passwd (field 7), if it is executable. */
+static int passwd_shell(uid_t uid, char *out, size_t cap)
+{
+	FILE *fp = fopen("/etc/passwd", "re");
+	if (!fp)
+		return 0;
+	char line[1024];
+	int found = 0;
+	while (!found && fgets(line, sizeof line, fp)) {
+		line[strcspn(line, "\n")] = 0;
+		char *fields[7];
+		int n = 0;
+		for (char *p = line; n < 7; n++) {
+			fields[n] = p;
+			char *c = strchr(p, ':');
+			if (!c) {
+				n++;
+				break;
+			}
+			*c = 0;
+			p = c + 1;
+		}
+		if (n < 7 || strtoul(fields[2], NULL, 10) != uid || fields[6][0] != '/')
+			continue;
+		if (strlen(fields[6]) < cap && access(fields[6], X_OK) == 0) {
+			snprintf(out, cap, "%s", fields[6]);
+			found = 1;
+		}
+	}
+	fclose(fp);
+	return found;
+}
+
+/* A PTY opened without a command gets a login shell: the user's, else bash, else sh. */
+static void login_shell(uid_t uid, char *out, size_t cap)
+{
+	if (passwd_shell(uid, out, cap) && !strstr(out, "nologin") && strcmp(out, "/bin/false") != 0)
+		return;
+	snprintf(out, cap, "%s", access("/bin/bash", X_OK) == 0 ? "/bin/bash" : "/bin/sh");
+}
+
+/* Empty CWD: /workspace where the image has it (every template does), else /. */
+static const char *default_cwd(const fields_t *f)
+{
+	if (f->sval[F_CWD] && *f->sval[F_CWD])
+		return f->sval[F_CWD];
+	struct stat st;
+	return stat("/workspace", &st) == 0 && S_ISDIR(st.st_mode) ? "/workspace" : "/";
+}
+
 static int valid_id(const fields_t *f, int tag)
 {
 	return f->ival[tag] >= 0 && f->ival[tag] < 0xFFFFFFFFLL;
@@ -203,8 +253,9 @@ void exec_start(uint32_t id, const fields_t *f)
 {
 	char err[400] = "";
 	int pty = f->have[F_PTY_COLS] || f->have[F_PTY_ROWS];
-	if (f->have[F_CMD] == (f->nargs > 0)) {
-		send_error(id, EINVAL, "exec: give exactly one of CMD or ARG");
+	int shell = pty && !f->have[F_CMD] && f->nargs == 0;
+	if (!shell && f->have[F_CMD] == (f->nargs > 0)) {
+		send_error(id, EINVAL, "exec: give exactly one of CMD or ARG (or neither, with a PTY: a login shell)");
 		return;
 	}
 	if ((f->have[F_TIMEOUT_MS] && f->ival[F_TIMEOUT_MS] < 0) ||
@@ -236,10 +287,14 @@ void exec_start(uint32_t id, const fields_t *f)
 		return;
 	}
 	char *sh_argv[] = { "/bin/sh", "-c", f->sval[F_CMD], NULL };
+	char shell_path[256];
+	char *login_argv[] = { shell_path, "-l", NULL };
+	if (shell)
+		login_shell(f->have[F_UID] ? (uid_t)f->ival[F_UID] : getuid(), shell_path, sizeof shell_path);
 	struct spawn sp = {
-		.argv = f->have[F_CMD] ? sh_argv : f->args,
+		.argv = shell ? login_argv : f->have[F_CMD] ? sh_argv : f->args,
 		.envp = envp,
-		.cwd = f->sval[F_CWD],
+		.cwd = default_cwd(f),
 		.in_r = -1, .out_w = -1, .err_w = -1, .report_w = -1,
 		.set_uid = f->have[F_UID], .uid = (uid_t)f->ival[F_UID],
 		.set_gid = f->have[F_GID], .gid = (gid_t)f->ival[F_GID],

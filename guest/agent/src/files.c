@@ -126,6 +126,24 @@ int file_read_pump(stream_t *s)
 
 /* ---- WRITE ---- */
 
+/* Creates the missing directories above path (0755), as a write expects. */
+static int make_parents(const char *path)
+{
+	char dir[4096];
+	size_t n = strlen(path);
+	if (n >= sizeof dir)
+		return -1;
+	memcpy(dir, path, n + 1);
+	char *slash = strrchr(dir, '/');
+	if (!slash || slash == dir)
+		return -1; /* a file directly under / : nothing to create */
+	*slash = 0;
+	int saved = errno;
+	int r = mkdir_p(dir, 0755);
+	errno = r < 0 ? errno : saved;
+	return r;
+}
+
 void file_write_open(uint32_t id, const fields_t *f)
 {
 	const char *path = need_path(id, f, F_PATH, "write");
@@ -139,6 +157,8 @@ void file_write_open(uint32_t id, const fields_t *f)
 	int flags = O_WRONLY | O_CREAT | O_CLOEXEC;
 	flags |= f->ival[F_APPEND] == 1 ? O_APPEND : O_TRUNC;
 	int fd = open(path, flags, (mode_t)mode);
+	if (fd < 0 && errno == ENOENT && make_parents(path) == 0)
+		fd = open(path, flags, (mode_t)mode);
 	if (fd < 0) {
 		/* Final now: the host stops sending; later frames are ignored. */
 		send_error(id, errno, "write %s: %s", path, strerror(errno));

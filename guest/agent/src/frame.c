@@ -165,7 +165,7 @@ static int tag_kind(uint8_t tag)
 	case F_APPEND: case F_TYPE: case F_SIZE: case F_MTIME: case F_TIME_NS:
 	case F_RESEEDED: case F_NOTIFIED: case F_CLOCK_STEP_NS: case F_UPTIME_MS:
 	case F_MEM_TOTAL: case F_MEM_AVAILABLE: case F_ERRNO: case F_PPID:
-	case F_RSS:
+	case F_RSS: case F_CPU_PERMILLE:
 		return K_INT;
 	default:
 		return K_UNKNOWN;

@@ -55,7 +55,7 @@ void info_hello(uint32_t id)
 }
 
 /* One PROC record from /proc/PID/stat and cmdline; 0 if it vanished. */
-static int proc_record(fbuf_t *b, const char *pid)
+static int proc_record(fbuf_t *b, const char *pid, double uptime_s, long hz)
 {
 	char path[64], stat[1024], cmd[4096];
 	snprintf(path, sizeof path, "/proc/%s/stat", pid);
@@ -66,8 +66,8 @@ static int proc_record(fbuf_t *b, const char *pid)
 	if (!open || !close || close < open)
 		return 0;
 	char state = 0;
-	long long ppid = 0, rss = 0;
-	/* After comm: state(3) ppid(4) ... rss is field 24. */
+	long long ppid = 0, rss = 0, cpu_ticks = 0, start_ticks = 0;
+	/* After comm: state(3) ppid(4) utime(14) stime(15) starttime(22) rss(24). */
 	char *p = close + 1;
 	int field = 2;
 	for (char *tok = strtok(p, " "); tok; tok = strtok(NULL, " ")) {
@@ -76,6 +76,10 @@ static int proc_record(fbuf_t *b, const char *pid)
 			state = tok[0];
 		else if (field == 4)
 			ppid = atoll(tok);
+		else if (field == 14 || field == 15)
+			cpu_ticks += atoll(tok);
+		else if (field == 22)
+			start_ticks = atoll(tok);
 		else if (field == 24) {
 			rss = atoll(tok);
 			break;
@@ -98,6 +102,14 @@ static int proc_record(fbuf_t *b, const char *pid)
 	fb_str(b, F_COMMAND, cmd);
 	fb_str(b, F_STATE, st);
 	fb_int(b, F_RSS, rss * sysconf(_SC_PAGESIZE));
+	/* CPU use over the process's lifetime, as ps's %CPU: cpu time / elapsed. */
+	double elapsed = uptime_s - (double)start_ticks / (double)hz;
+	long long permille = 0;
+	if (elapsed > 0 && cpu_ticks > 0) {
+		double v = 1000.0 * ((double)cpu_ticks / (double)hz) / elapsed;
+		permille = v > 1e9 ? 1000000000LL : (long long)(v + 0.5);
+	}
+	fb_int(b, F_CPU_PERMILLE, permille);
 	return 1;
 }
 
@@ -108,6 +120,13 @@ void info_processes(uint32_t id)
 		send_error(id, errno, "processes: open /proc: %s", strerror(errno));
 		return;
 	}
+	char up[64];
+	double uptime_s = 0;
+	if (read_small("/proc/uptime", up, sizeof up) > 0)
+		uptime_s = strtod(up, NULL);
+	long hz = sysconf(_SC_CLK_TCK);
+	if (hz <= 0)
+		hz = 100;
 	fbuf_t b;
 	fb_init(&b);
 	struct dirent *e;
@@ -115,7 +134,7 @@ void info_processes(uint32_t id)
 		if (!isdigit((unsigned char)e->d_name[0]))
 			continue;
 		fb_reset(&b);
-		if (proc_record(&b, e->d_name))
+		if (proc_record(&b, e->d_name, uptime_s, hz))
 			send_fields(T_PROC, id, &b);
 	}
 	closedir(d);

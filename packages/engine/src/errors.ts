@@ -65,7 +65,17 @@ export class GuestError extends MitosError {
   constructor(op: "exec" | "file" | "agent", errno: number, message: string, context: Record<string, unknown> = {}) {
     const name = ERRNO_NAMES[errno] ?? `errno ${errno}`;
     const code: ErrorCode =
-      errno === 2 ? "not_found" : op === "exec" ? "exec_failed" : op === "file" ? "file_failed" : "internal";
+      errno === 2
+        ? "not_found"
+        : op === "file" && (errno === 17 || errno === 39)
+          ? "conflict" // EEXIST, ENOTEMPTY: the path's state, not a failure
+          : op === "file" && (errno === 20 || errno === 21)
+            ? "invalid_input" // ENOTDIR, EISDIR: the path names the wrong kind of thing
+            : op === "exec"
+              ? "exec_failed"
+              : op === "file"
+                ? "file_failed"
+                : "internal";
     super(code, message, {
       remediation: remediationFor(errno, op),
       cause: `${name} in the guest`,

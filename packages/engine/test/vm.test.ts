@@ -133,7 +133,7 @@ describe("a booted python VM", () => {
     assert.deepEqual(names, ["c:dir"]);
     await vm.agent.rename("/tmp/a/b/c/f.txt", "/tmp/a/g.txt");
     assert.equal((await vm.agent.readFile("/tmp/a/g.txt")).toString(), "hello");
-    await assert.rejects(vm.agent.remove("/tmp/a"), (e: MitosError) => e.code === "file_failed");
+    await assert.rejects(vm.agent.remove("/tmp/a"), (e: MitosError) => e.code === "conflict");
     await vm.agent.remove("/tmp/a", true);
     await assert.rejects(vm.agent.stat("/tmp/a"), (e: MitosError) => e.code === "not_found");
   });
@@ -165,6 +165,40 @@ describe("a booted python VM", () => {
     await h.write("exit 3\n");
     const r = await h.result;
     assert.equal(r.exitCode, 3);
+  });
+
+  it("defaults: cwd /workspace (writable), WriteFile makes parents, a PTY without a command is a bash login shell", async () => {
+    const pwd = await vm.agent.exec({ command: "pwd; touch w.txt && echo ok" }).result;
+    assert.equal(pwd.stdout.toString(), "/workspace\nok\n");
+    await vm.agent.writeFile("/workspace/deep/er/plan.txt", "plan");
+    assert.equal((await vm.agent.readFile("/workspace/deep/er/plan.txt")).toString(), "plan");
+    assert.equal((await vm.agent.stat("/workspace/deep/er")).mode & 0o777, 0o755);
+    let screen = "";
+    const h = vm.agent.exec({
+      pty: { cols: 80, rows: 24 },
+      stdin: true,
+      onStdout: (c) => {
+        screen += c.toString();
+      },
+    });
+    await h.started;
+    await h.write('echo "sh=$0 login=$(shopt -q login_shell && echo y) cwd=$PWD"\n');
+    await waitFor(() => /sh=\S+ login=y cwd=\/workspace/.test(screen), 10_000);
+    assert.match(screen, /sh=-?\/?(usr\/)?(bin\/)?bash login=y/);
+    await h.write("exit 0\n");
+    assert.equal((await h.result).exitCode, 0);
+  });
+
+  it("reports each process's CPU use as ps does", async () => {
+    const h = vm.agent.exec({ command: "while :; do :; done", timeoutMs: 20_000 });
+    await h.started;
+    await new Promise((r) => setTimeout(r, 1500));
+    const busy = (await vm.agent.processes()).find((p) => p.command.includes("while :"));
+    h.signal(9);
+    await h.result;
+    assert.ok(busy, "the busy loop is listed");
+    // Clock-tick granularity (10 ms) over a 1.5 s life lets one busy CPU read a little above 100.
+    assert.ok(busy.cpuPercent > 20 && busy.cpuPercent < 120, `cpu ${busy.cpuPercent}%`);
   });
 
   it("fork-notify confirms the reseed, steps the clock, renames the guest and signals registered processes", async () => {

@@ -29,7 +29,7 @@ export interface AgentInfo {
 }
 
 export interface ExecRequest {
-  /** Run as `/bin/sh -c command`. */
+  /** Run as `/bin/sh -c command`. With a PTY and neither command nor args: the login shell. */
   command?: string;
   /** Run argv directly (takes precedence over `command` when non-empty). */
   args?: string[];
@@ -84,6 +84,8 @@ export interface ProcessInfo {
   command: string;
   state: string;
   rssBytes: number;
+  /** CPU time over the process's lifetime, as `ps` %CPU (100 = one CPU busy). */
+  cpuPercent: number;
 }
 
 export interface ForkNotifyResult {
@@ -217,8 +219,10 @@ export class AgentClient {
     const w = new FieldWriter();
     if (req.args && req.args.length > 0) for (const a of req.args) w.str(Tag.ARG, a);
     else if (req.command !== undefined) w.str(Tag.CMD, req.command);
-    else
-      throw new MitosError("invalid_input", "exec needs a command or args", { remediation: "Pass command or args." });
+    else if (!req.pty)
+      throw new MitosError("invalid_input", "exec needs a command or args", {
+        remediation: "Pass command or args (only a PTY may omit both: it gets the login shell).",
+      });
     for (const [k, v] of Object.entries(req.env ?? {})) {
       if (k === "" || k.includes("=")) {
         throw new MitosError("invalid_input", `bad environment variable name ${JSON.stringify(k)}`, {
@@ -466,6 +470,7 @@ export class AgentClient {
         command: p.str(Tag.COMMAND) ?? "",
         state: p.str(Tag.STATE) ?? "",
         rssBytes: p.int(Tag.RSS) ?? 0,
+        cpuPercent: (p.int(Tag.CPU_PERMILLE) ?? 0) / 10,
       });
     });
     return procs;

@@ -89,6 +89,7 @@ export const Tag = {
   COMMAND: 71,
   STATE: 72,
   RSS: 73,
+  CPU_PERMILLE: 74,
 } as const;
 
 export interface Frame {
