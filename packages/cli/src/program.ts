@@ -368,7 +368,6 @@ ${examples("mitos sandbox shell sb-1a2b3c4d", "mitos sandbox shell sb-1a2b3c4d -
       .description("fork a running sandbox into N copy-on-write children (one pause, one capture) and print their ids")
       .argument("<id>", "the sandbox to fork")
       .option("-n, --count <n>", "number of children", parsePositiveInt, 1)
-      .option("--pause-source", "leave the source paused afterwards")
       .option("--json", "print the children as JSON"),
   )
     .addHelpText(
@@ -378,15 +377,19 @@ ${examples("mitos sandbox shell sb-1a2b3c4d", "mitos sandbox shell sb-1a2b3c4d -
         "for id in $(mitos fork sb-1a2b3c4d -n 4); do mitos sandbox exec $id hostname; done",
       ),
     )
-    .action(async (id: string, opts: { count: number; pauseSource?: boolean; json?: boolean }, cmd: Command) => {
+    .action(async (id: string, opts: { count: number; json?: boolean }, cmd: Command) => {
       const source = await serverFor(cmd).get(id);
-      const children = await source.fork(opts.count, opts.pauseSource ? { pauseSource: true } : {});
+      // The source is paused only for the capture and keeps running.
+      const children = await source.fork(opts.count);
       io.out(opts.json ? json(children) : children.map((c) => `${c.id}\n`).join(""));
     });
 
   // ---- mitos template …
 
-  const template = program.command("template").description("build and list templates").enablePositionalOptions();
+  const template = program
+    .command("template")
+    .description("build, list and delete templates")
+    .enablePositionalOptions();
 
   addGlobals(
     template
@@ -399,7 +402,12 @@ ${examples("mitos sandbox shell sb-1a2b3c4d", "mitos sandbox shell sb-1a2b3c4d -
       .option("-e, --env <KEY=VALUE>", "environment baked into the template (repeatable)", collectEnv)
       .option("--vcpus <n>", "vCPUs per sandbox", parsePositiveInt)
       .option("--memory <mib>", "memory per sandbox, MiB", parsePositiveInt)
-      .option("--init-wait <seconds>", "how long the init commands may take", parseSeconds)
+      .option(
+        "--init-wait <seconds>",
+        "how long the booted guest settles before the init commands (default 0)",
+        parseSeconds,
+      )
+      .option("--init-timeout <seconds>", "limit on each init command (default 600)", parseSeconds)
       .option("--json", "print the template object as JSON"),
   )
     .addHelpText(
@@ -420,6 +428,7 @@ ${examples("mitos sandbox shell sb-1a2b3c4d", "mitos sandbox shell sb-1a2b3c4d -
           vcpus?: number;
           memory?: number;
           initWait?: number;
+          initTimeout?: number;
           json?: boolean;
         },
         cmd: Command,
@@ -430,6 +439,7 @@ ${examples("mitos sandbox shell sb-1a2b3c4d", "mitos sandbox shell sb-1a2b3c4d -
           ...(opts.init ? { init: opts.init } : {}),
           ...(opts.env ? { env: opts.env } : {}),
           ...(opts.initWait !== undefined ? { initWaitSeconds: opts.initWait } : {}),
+          ...(opts.initTimeout !== undefined ? { initTimeoutSeconds: opts.initTimeout } : {}),
           ...(opts.vcpus !== undefined || opts.memory !== undefined
             ? {
                 resources: {
@@ -469,6 +479,23 @@ ${examples("mitos sandbox shell sb-1a2b3c4d", "mitos sandbox shell sb-1a2b3c4d -
       ),
     );
   });
+
+  addGlobals(
+    template
+      .command("rm")
+      .alias("delete")
+      .description("delete templates and free their RAM bases (refused while sandboxes or a warm pool use them)")
+      .argument("<id...>", "template ids")
+      .option("--force", "terminate the template's sandboxes and warm pool first"),
+  )
+    .addHelpText("after", examples("mitos template rm py-data", "mitos template rm python --force"))
+    .action(async (ids: string[], opts: { force?: boolean }, cmd: Command) => {
+      const server = serverFor(cmd);
+      for (const id of ids) {
+        await server.deleteTemplate(id, { force: opts.force === true });
+        io.out(`deleted ${id}\n`);
+      }
+    });
 
   // ---- mitos pool …
 

@@ -31,8 +31,14 @@ export interface TemplateSpec {
   init?: string[];
   env?: Record<string, string>;
   resources?: { vcpuCount?: number; memSizeMib?: number };
+  /** Seconds the booted guest is left to settle before init runs (default 0; the public API's init_wait_seconds). */
   initWaitSeconds?: number;
+  /** Limit on each init command (default 600 s). */
+  initTimeoutSeconds?: number;
 }
+
+/** Bounds of TemplateSpec's waits (seconds). */
+export const TEMPLATE_WAITS = { maxInitWaitSeconds: 600, defaultInitTimeoutSeconds: 600, maxInitTimeoutSeconds: 3600 };
 
 export interface TemplateInfo {
   id: string;
@@ -224,6 +230,63 @@ export class Engine {
     return this.journal.templates[id];
   }
 
+  /**
+   * Deletes a template: its RAM base in the shm dir, its device state and its
+   * journal entry. Refused (conflict) while sandboxes or a warm pool use it,
+   * unless `force`, which terminates them first.
+   */
+  async deleteTemplate(id: string, opts: { force?: boolean } = {}): Promise<void> {
+    this.assertOpen();
+    checkId(id, "template");
+    const t = this.journal.templates[id];
+    if (!t) {
+      if (this.templateBuilds.has(id)) {
+        throw new MitosError("conflict", `template ${id} is still being built`, {
+          remediation: "Wait for the build to finish (POST /v1/templates returns then), then delete it.",
+          context: { template: id },
+        });
+      }
+      throw new MitosError("not_found", `no template ${JSON.stringify(id)}`, {
+        remediation: "List templates (GET /v1/templates) for valid ids.",
+        context: { template: id },
+      });
+    }
+    const users = [...this.sandboxes.values()].filter((s) => s.templateId === id && s.state !== "terminated");
+    if (users.some((s) => s.state === "starting")) {
+      throw new MitosError("conflict", `a sandbox of template ${id} is being created or forked right now`, {
+        remediation: "Retry the delete in a moment.",
+        context: { template: id },
+      });
+    }
+    const pool = this.pools.get(id);
+    const pooled = pool !== undefined && pool.status.target > 0;
+    if ((users.length > 0 || pooled) && !opts.force) {
+      const what = [
+        ...(users.length > 0 ? [`${users.length} sandbox${users.length > 1 ? "es" : ""}`] : []),
+        ...(pooled ? [`a warm pool of ${pool.status.target}`] : []),
+      ].join(" and ");
+      throw new MitosError("conflict", `template ${id} is in use by ${what}`, {
+        remediation: "Terminate its sandboxes first, or delete with ?force=true to terminate them and its pool too.",
+        context: {
+          template: id,
+          sandboxes: users.map((s) => s.id).slice(0, 20),
+          pool_target: pool?.status.target ?? 0,
+        },
+      });
+    }
+    this.journal.deleteTemplate(id);
+    if (pool) {
+      this.pools.delete(id);
+      await pool.close();
+    }
+    await Promise.all(users.map((s) => this.kill(s, "terminated")));
+    fs.rmSync(t.ramFile, { force: true });
+    fs.rmSync(t.stateFile, { force: true });
+    this.templateGroups.get(id)?.release();
+    this.templateGroups.delete(id);
+    this.log("template deleted", { template: id, ram_file: t.ramFile, force: opts.force === true });
+  }
+
   private ensureTemplate(id: string, spec: TemplateSpec): Promise<TemplateRecord> {
     checkId(id, "template");
     const existing = this.journal.templates[id];
@@ -250,6 +313,18 @@ export class Engine {
     const env = spec.env ?? {};
     const memMiB = spec.resources?.memSizeMib ?? 512;
     const vcpus = spec.resources?.vcpuCount ?? 1;
+    const initWait = spec.initWaitSeconds ?? 0;
+    const initTimeout = spec.initTimeoutSeconds ?? TEMPLATE_WAITS.defaultInitTimeoutSeconds;
+    if (!Number.isInteger(initWait) || initWait < 0 || initWait > TEMPLATE_WAITS.maxInitWaitSeconds) {
+      throw new MitosError("invalid_input", `init_wait_seconds ${initWait} is out of range`, {
+        remediation: `Use 0 to ${TEMPLATE_WAITS.maxInitWaitSeconds} seconds: how long the booted guest settles before init runs.`,
+      });
+    }
+    if (!Number.isInteger(initTimeout) || initTimeout < 1 || initTimeout > TEMPLATE_WAITS.maxInitTimeoutSeconds) {
+      throw new MitosError("invalid_input", `init_timeout_seconds ${initTimeout} is out of range`, {
+        remediation: `Use 1 to ${TEMPLATE_WAITS.maxInitTimeoutSeconds} seconds per init command.`,
+      });
+    }
     if (!Number.isInteger(memMiB) || memMiB < 128 || memMiB > 16384) {
       throw new MitosError("invalid_input", `mem_size_mib ${memMiB} is out of range`, {
         remediation: "Use 128 to 16384 MiB.",
@@ -293,14 +368,23 @@ export class Engine {
     });
     this.journal.putVm({ vmId, pid: vm.pid, dir: vm.dir, files: [path.join(this.shmDir, `mitos-${vmId}.ram`)] });
     try {
-      for (const cmd of init) {
-        const r = await vm.agent.exec({ command: cmd, env, timeoutMs: (spec.initWaitSeconds ?? 300) * 1000 }).result;
+      // The agent answering means the guest is up; the wait is for what else it starts.
+      if (initWait > 0) await new Promise((r) => setTimeout(r, initWait * 1000));
+      for (const [step, cmd] of init.entries()) {
+        const r = await vm.agent.exec({ command: cmd, env, timeoutMs: initTimeout * 1000 }).result;
         if (r.exitCode !== 0) {
-          throw new MitosError("invalid_input", `template init step failed with exit ${r.exitCode}: ${cmd}`, {
-            remediation: "Fix the init command; its output is in cause.",
-            cause: `${r.stdout.toString().slice(-2000)}${r.stderr.toString().slice(-2000)}`,
-            context: { template: id },
-          });
+          const timedOut = r.timedOut ? ` (killed after init_timeout_seconds=${initTimeout})` : "";
+          throw new MitosError(
+            "invalid_input",
+            `template init step ${step} failed with exit ${r.exitCode}${timedOut}: ${cmd}`,
+            {
+              remediation: r.timedOut
+                ? "Raise init_timeout_seconds, or make the step faster."
+                : "Fix the init command; its output is in cause.",
+              cause: `${r.stdout.toString().slice(-2000)}${r.stderr.toString().slice(-2000)}`,
+              context: { template: id },
+            },
+          );
         }
       }
       const info = await vm.agent.hello();
@@ -459,7 +543,7 @@ export class Engine {
    */
   async fork(
     sourceId: string,
-    opts: { count?: number; ids?: string[]; pauseSource?: boolean; timeoutSeconds?: number } = {},
+    opts: { count?: number; ids?: string[]; timeoutSeconds?: number } = {},
   ): Promise<{ children: SandboxInfo[]; forkTimeMs: number }> {
     this.assertOpen();
     const source = this.running(sourceId);
@@ -512,11 +596,11 @@ export class Engine {
         if (!source.vm.running) throw sourceDied(source.id, err as Error);
         throw err;
       } finally {
-        if (!opts.pauseSource) {
-          await source.vm.resume().catch(() => {});
-          // Unless the VM died meanwhile (its exit handler marked it failed).
-          if (source.state === "paused") source.state = wasState;
-        }
+        // Paused only for a consistent capture, with or without pause_source
+        // (the public API's meaning): the source keeps running.
+        await source.vm.resume().catch(() => {});
+        // Unless the VM died meanwhile (its exit handler marked it failed).
+        if (source.state === "paused") source.state = wasState;
       }
       const tCaptured = Date.now();
       captured = true;

@@ -11,7 +11,7 @@ export type {
 export { AgentClient } from "./agent/client.js";
 export { defaultDataDir, defaultShmDir, shmDirFor } from "./config.js";
 export type { EngineOptions, SandboxInfo, SandboxState, TemplateInfo, TemplateSpec } from "./engine.js";
-export { Engine } from "./engine.js";
+export { Engine, TEMPLATE_WAITS } from "./engine.js";
 export type { ErrorCode } from "./errors.js";
 export { AgentGoneError, GuestError, MitosError } from "./errors.js";
 export type { BuildProgress, ImageRecipe, ImageSet } from "./image/build.js";

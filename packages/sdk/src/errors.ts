@@ -4,7 +4,7 @@
 
 import { Code, ConnectError } from "@connectrpc/connect";
 
-import { type ErrorCode, HTTP_STATUS_BY_CODE, isErrorCode } from "@mitos/proto";
+import { type ErrorCode, ErrorDetailSchema, HTTP_STATUS_BY_CODE, isErrorCode } from "@mitos/proto";
 
 export { type ErrorCode, isErrorCode };
 
@@ -252,13 +252,15 @@ function codeForConnect(code: Code): ErrorCode {
 
 /**
  * Maps an error from the runtime (Connect) to the same classes as REST errors.
- * The API code travels in the `x-mitos-error-code` header or trailer; without
- * it the Connect code is mapped.
+ * The API envelope travels as a sandbox.v1.ErrorDetail in the error's
+ * details, the code also in the `x-mitos-error-code` header or trailer;
+ * without either the Connect code is mapped.
  */
 export function errorFromConnect(err: unknown, baseUrl: string): MitosError {
   if (err instanceof MitosError) return err;
   const ce = ConnectError.from(err);
-  const headerCode = ce.metadata.get(ERROR_CODE_HEADER)?.trim();
+  const detail = ce.findDetails(ErrorDetailSchema)[0];
+  const headerCode = detail?.code || ce.metadata.get(ERROR_CODE_HEADER)?.trim();
   const code = isErrorCode(headerCode) ? headerCode : codeForConnect(ce.code);
   if (code === "unavailable" && !headerCode && isNetworkFailure(ce)) {
     return networkError(baseUrl, ce.cause ?? ce);
@@ -266,7 +268,8 @@ export function errorFromConnect(err: unknown, baseUrl: string): MitosError {
   return makeError({
     code,
     message: ce.rawMessage,
-    cause: ce.cause instanceof Error ? ce.cause.message : undefined,
+    cause: detail?.cause ?? (ce.cause instanceof Error ? ce.cause.message : undefined),
+    ...(detail?.remediation ? { remediation: detail.remediation } : {}),
     context: { connectCode: Code[ce.code] },
   });
 }

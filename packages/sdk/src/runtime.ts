@@ -133,9 +133,12 @@ export class RuntimeClient {
     }
   }
 
-  async remove(sandboxId: string, path: string, recursive: boolean): Promise<void> {
+  async remove(sandboxId: string, path: string, opts: { recursive?: boolean; strict?: boolean }): Promise<void> {
     try {
-      await this.client.remove({ path, recursive }, this.opts(sandboxId));
+      await this.client.remove(
+        { path, ...(opts.recursive !== undefined ? { recursive: opts.recursive } : {}), strict: opts.strict ?? false },
+        this.opts(sandboxId),
+      );
     } catch (e) {
       this.fail(e);
     }

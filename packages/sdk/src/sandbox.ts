@@ -28,7 +28,10 @@ export interface Clients {
 }
 
 export interface ForkOptions {
-  /** Keep the source paused after the fork (default: it resumes). */
+  /**
+   * Sent as `pause_source`, the public API's flag: the source is paused for a
+   * consistent capture and resumed afterwards, with or without it.
+   */
   pauseSource?: boolean;
 }
 
@@ -235,7 +238,12 @@ export class SandboxFiles {
     return this.runtime.mkdir(this.sandboxId, path);
   }
 
-  remove(path: string, opts: { recursive?: boolean } = {}): Promise<void> {
-    return this.runtime.remove(this.sandboxId, path, opts.recursive ?? false);
+  /**
+   * Removes a file or a directory with its contents. A missing path is a
+   * no-op unless `strict` (then NotFoundError); `recursive: false` refuses a
+   * non-empty directory (ConflictError).
+   */
+  remove(path: string, opts: { recursive?: boolean; strict?: boolean } = {}): Promise<void> {
+    return this.runtime.remove(this.sandboxId, path, opts);
   }
 }

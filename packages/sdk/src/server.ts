@@ -85,6 +85,15 @@ export class SandboxServer {
     return t;
   }
 
+  /**
+   * Deletes a template and frees its RAM base. Refused (ConflictError) while
+   * sandboxes or a warm pool use it, unless `force`, which terminates them.
+   */
+  async deleteTemplate(id: string, opts: { force?: boolean } = {}): Promise<void> {
+    const q = opts.force ? "?force=true" : "";
+    await this.#clients.http.delete(`/v1/templates/${encodeURIComponent(id)}${q}`);
+  }
+
   async listTemplates(): Promise<TemplateInfo[]> {
     return array("template list", await this.#clients.http.get("/v1/templates")).map(toTemplateInfo);
   }

@@ -35,7 +35,10 @@ export interface TemplateSpec {
   init?: string[];
   env?: Record<string, string>;
   resources?: { vcpuCount?: number; memSizeMib?: number };
+  /** Seconds the booted guest settles before init runs (0-600, default 0). */
   initWaitSeconds?: number;
+  /** Limit on each init command (default 600, max 3600). */
+  initTimeoutSeconds?: number;
 }
 
 export interface TemplateInfo {
@@ -48,6 +51,8 @@ export interface TemplateInfo {
 export interface Health {
   status: string;
   version: string;
+  /** "none" when mitosd runs with --auth none (loopback only). */
+  auth: "token" | "none";
   accel: Accel;
   templates: number;
   sandboxes: number;

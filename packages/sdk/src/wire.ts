@@ -142,5 +142,6 @@ export function templateBody(id: string, spec: TemplateSpec): Record<string, Jso
     body.resources = r;
   }
   if (spec.initWaitSeconds !== undefined) body.init_wait_seconds = spec.initWaitSeconds;
+  if (spec.initTimeoutSeconds !== undefined) body.init_timeout_seconds = spec.initTimeoutSeconds;
   return body;
 }

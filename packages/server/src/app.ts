@@ -1,12 +1,14 @@
 // mitosd: one fastify server for the lifecycle API and the Connect runtime.
 
-import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import type { Interceptor } from "@connectrpc/connect";
 import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { Engine, type EngineOptions, MitosError } from "@mitos/engine";
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from "fastify";
 import { authorized, ensureToken } from "./auth.js";
-import { envelope, HTTP_STATUS, toMitosError } from "./errors.js";
+import { isLoopback } from "./config.js";
+import { unknownConnectMethod } from "./connect-fallback.js";
+import { envelope, HTTP_STATUS, toConnectError, toMitosError } from "./errors.js";
 import { registerExecSocket } from "./exec-socket.js";
 import { serveH2c } from "./h2c.js";
 import { IdempotencyCache } from "./idempotency.js";
@@ -25,6 +27,8 @@ export interface ServerOptions extends EngineOptions {
   port?: number;
   /** Override the token (tests); default: the token file in the data dir. */
   token?: string;
+  /** "token" (default) or "none": no token needed, for local development; refused unless host is loopback. */
+  auth?: "token" | "none";
   maxExecTimeoutSeconds?: number;
   /** Request body limit for JSON routes (bytes). */
   bodyLimit?: number;
@@ -46,6 +50,12 @@ export interface MitosServer {
 }
 
 export async function createServer(opts: ServerOptions = {}): Promise<MitosServer> {
+  const authMode = opts.auth ?? "token";
+  if (authMode === "none" && !isLoopback(opts.host ?? "127.0.0.1")) {
+    throw new MitosError("invalid_input", `auth "none" is refused on ${opts.host}: it is for loopback addresses only`, {
+      remediation: "Listen on 127.0.0.1 or ::1, or keep the bearer token.",
+    });
+  }
   const app = Fastify({
     logger: { level: opts.logLevel ?? "info" },
     bodyLimit: opts.bodyLimit ?? 1 << 20,
@@ -68,6 +78,7 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
   });
   const tokenInfo = opts.token ? { token: opts.token, path: "(given)", created: false } : ensureToken(engine.dataDir);
   const token = tokenInfo.token;
+  const allowed = (header: string | undefined | null) => authMode === "none" || authorized(header, token);
   const metrics = createMetrics(engine);
   const host = opts.host ?? "127.0.0.1";
 
@@ -99,6 +110,8 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
     reply.code(HTTP_STATUS[m.code] ?? 500).send(envelope(m));
   });
   app.setNotFoundHandler((req, reply) => {
+    // A Connect call to a method mitosd does not serve: Connect's own unimplemented error.
+    if (unknownConnectMethod(req, reply)) return;
     const m = new MitosError("not_found", `no route ${req.method} ${req.url.split("?")[0]}`, {
       remediation: "See the API reference: lifecycle routes live under /v1/, runtime calls under /sandbox.v1.Sandbox/.",
     });
@@ -110,7 +123,7 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
   app.addHook("onRequest", async (req, reply) => {
     const connectCall = req.method === "POST" && req.url.startsWith("/sandbox.v1.Sandbox/");
     if (req.url === "/v1/health" || connectCall) return;
-    if (!authorized(req.headers.authorization, token)) {
+    if (!allowed(req.headers.authorization)) {
       const m = new MitosError("unauthorized", "missing or wrong bearer token", {
         remediation: `Send Authorization: Bearer <token>; the token is in ${tokenInfo.path} (or set MITOS_API_KEY).`,
       });
@@ -122,11 +135,12 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
     if (req.headers.upgrade && reply.statusCode !== 101) req.raw.socket?.destroy();
   });
   const auth: Interceptor = (next) => async (req) => {
-    if (!authorized(req.header.get("authorization"), token)) {
-      const e = new ConnectError("missing or wrong bearer token", Code.Unauthenticated);
-      e.metadata.set("x-mitos-error-code", "unauthorized");
-      e.metadata.set("x-mitos-remediation", `Send Authorization: Bearer <token>; the token is in ${tokenInfo.path}.`);
-      throw e;
+    if (!allowed(req.header.get("authorization"))) {
+      throw toConnectError(
+        new MitosError("unauthorized", "missing or wrong bearer token", {
+          remediation: `Send Authorization: Bearer <token>; the token is in ${tokenInfo.path}.`,
+        }),
+      );
     }
     return next(req);
   };
@@ -167,6 +181,7 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
     metrics,
     idempotency: new IdempotencyCache(),
     endpoint: () => url,
+    auth: authMode,
   });
 
   // HTTP/2 cleartext (prior knowledge) on the same port: the runtime service
@@ -185,7 +200,16 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
   const addr = app.server.address();
   const port = typeof addr === "object" && addr ? addr.port : (opts.port ?? 8080);
   url = `http://${host.includes(":") ? `[${host}]` : host}:${port}`;
-  app.log.info({ url, token_file: tokenInfo.path, data_dir: engine.dataDir, accel: engine.accel }, "mitosd listening");
+  app.log.info(
+    { url, auth: authMode, token_file: tokenInfo.path, data_dir: engine.dataDir, accel: engine.accel },
+    "mitosd listening",
+  );
+  if (authMode === "none") {
+    app.log.warn(
+      { url },
+      "AUTH IS OFF (--auth none): any local process can create, exec in and terminate every sandbox; for local development only",
+    );
+  }
 
   return {
     url,

@@ -18,7 +18,7 @@ const LIMIT_KEYS = Object.fromEntries(Object.entries(LIMIT_NAMES).map(([k, name]
   string,
   keyof Limits
 >;
-const OTHER_KEYS = ["host", "port", "data_dir", "body_limit_bytes", "max_message_bytes"] as const;
+const OTHER_KEYS = ["host", "port", "data_dir", "auth", "body_limit_bytes", "max_message_bytes"] as const;
 const ALL_KEYS = [...OTHER_KEYS, ...Object.keys(LIMIT_KEYS)];
 
 const flagOf = (key: string) => `--${key.replaceAll("_", "-")}`;
@@ -30,6 +30,8 @@ export const HELP = `mitosd: the Mitos daemon (HTTP lifecycle API + Connect runt
   --host H         address to bind (default 127.0.0.1; env MITOS_HOST)
   --port P         port (default 8080; env MITOS_PORT)
   --data-dir D     data dir: images, templates, journal, token (default /var/lib/mitos; env MITOS_DATA_DIR)
+  --auth MODE      token (default): every call needs the bearer token; none: no token, for local
+                   development only, refused unless the listen address is loopback (env MITOS_AUTH)
   --body-limit-bytes N     largest JSON request body (default 1 MiB)
   --max-message-bytes N    largest single Connect message (default 4 MiB; streams may send many)
 
@@ -76,6 +78,7 @@ export function loadDaemonConfig(argv: string[], env: NodeJS.ProcessEnv = proces
   if (env.MITOS_HOST) fromEnv.host = env.MITOS_HOST;
   if (env.MITOS_PORT) fromEnv.port = env.MITOS_PORT;
   if (env.MITOS_DATA_DIR) fromEnv.data_dir = env.MITOS_DATA_DIR;
+  if (env.MITOS_AUTH) fromEnv.auth = env.MITOS_AUTH;
 
   let configFile = typeof values.config === "string" ? path.resolve(values.config) : undefined;
   let file: Record<string, unknown> = {};
@@ -103,6 +106,13 @@ export function loadDaemonConfig(argv: string[], env: NodeJS.ProcessEnv = proces
       options.host = value;
       continue;
     }
+    if (key === "auth") {
+      if (value !== "token" && value !== "none") {
+        throw new ConfigError(`${where}: auth must be "token" or "none", got ${JSON.stringify(value)}`);
+      }
+      options.auth = value;
+      continue;
+    }
     const n = typeof value === "string" && /^\d+$/.test(value) ? Number(value) : value;
     const min = key === "port" ? 0 : 1;
     const max = key === "port" ? 65535 : Number.MAX_SAFE_INTEGER;
@@ -113,6 +123,12 @@ export function loadDaemonConfig(argv: string[], env: NodeJS.ProcessEnv = proces
     else if (key === "body_limit_bytes") options.bodyLimit = n;
     else if (key === "max_message_bytes") options.maxMessageBytes = n;
     else limits[LIMIT_KEYS[key] as keyof Limits] = n;
+  }
+  if (options.auth === "none" && !isLoopback(options.host ?? "127.0.0.1")) {
+    throw new ConfigError(
+      `auth "none" is refused on ${options.host}: without a token anyone who reaches the port controls every sandbox. ` +
+        "Listen on a loopback address (--host 127.0.0.1 or ::1), or keep the token (--auth token).",
+    );
   }
   try {
     resolveLimits(limits);
@@ -150,4 +166,10 @@ function readConfigFile(file: string, explicit: boolean): Record<string, unknown
     throw new ConfigError(`${file}: data_dir must be a non-empty string`);
   }
   return o;
+}
+
+/** Loopback only: 127.0.0.0/8, ::1, localhost. Anything else reaches beyond this host. */
+export function isLoopback(host: string): boolean {
+  const h = host.replace(/^\[|\]$/g, "").toLowerCase();
+  return h === "localhost" || h === "::1" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
 }

@@ -1,9 +1,10 @@
 // The API's error envelope (API.md "Errors") and its mapping to HTTP status
 // codes and Connect codes. Every failure path goes through here.
 
+import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { type ErrorCode, MitosError } from "@mitos/engine";
-import { HTTP_STATUS_BY_CODE } from "@mitos/proto";
+import { ErrorDetailSchema, HTTP_STATUS_BY_CODE } from "@mitos/proto";
 
 export const HTTP_STATUS: Readonly<Record<ErrorCode, number>> = HTTP_STATUS_BY_CODE;
 
@@ -34,7 +35,8 @@ export interface Envelope {
   error: {
     code: ErrorCode;
     message: string;
-    cause: string | null;
+    /** Absent when there is none: never null (clients call string methods on it). */
+    cause?: string;
     remediation: string;
     context: Record<string, unknown>;
   };
@@ -44,8 +46,12 @@ export interface Envelope {
 export function toMitosError(err: unknown): MitosError {
   if (err instanceof MitosError) return err;
   if (err instanceof ConnectError) {
-    const code = (err.metadata.get("x-mitos-error-code") as ErrorCode | null) ?? "internal";
-    return new MitosError(code, err.rawMessage, { remediation: err.metadata.get("x-mitos-remediation") ?? "" });
+    const detail = err.findDetails(ErrorDetailSchema)[0];
+    const code = (detail?.code || err.metadata.get("x-mitos-error-code") || "internal") as ErrorCode;
+    return new MitosError(code, err.rawMessage, {
+      remediation: detail?.remediation || err.metadata.get("x-mitos-remediation") || "",
+      ...(detail?.cause ? { cause: detail.cause } : {}),
+    });
   }
   return new MitosError("internal", "internal error", {
     remediation: "This is a bug in mitosd; the server log has the details. Retry the request.",
@@ -58,18 +64,29 @@ export function envelope(err: MitosError): Envelope {
     error: {
       code: err.code,
       message: err.message,
-      cause: err.detail ?? null,
+      ...(err.detail ? { cause: err.detail } : {}),
       remediation: err.remediation,
       context: err.context,
     },
   };
 }
 
-/** A MitosError as a Connect error: the API code and remediation travel as metadata. */
+/**
+ * A MitosError as a Connect error: the API envelope travels as an ErrorDetail
+ * in the error's details, and code and remediation also as metadata (headers
+ * or trailers) for clients that read those.
+ */
 export function toConnectError(err: unknown): ConnectError {
   if (err instanceof ConnectError) return err;
   const m = toMitosError(err);
-  const ce = new ConnectError(m.message, CONNECT_CODE[m.code] ?? Code.Internal);
+  const detail = create(ErrorDetailSchema, {
+    code: m.code,
+    remediation: m.remediation,
+    ...(m.detail ? { cause: m.detail } : {}),
+  });
+  const ce = new ConnectError(m.message, CONNECT_CODE[m.code] ?? Code.Internal, undefined, [
+    { desc: ErrorDetailSchema, value: detail },
+  ]);
   ce.metadata.set("x-mitos-error-code", m.code);
   ce.metadata.set("x-mitos-remediation", m.remediation);
   return ce;

@@ -1,7 +1,7 @@
 // Interactive exec for HTTP/1.1 clients (API.md "Runtime"): GET
 // /sandbox.v1.Sandbox/Exec?sandbox=<id> upgraded to a WebSocket with
 // subprotocol connect.sandbox.v1. Each binary message is one Connect envelope
-// (flag byte, 4-byte big-endian length, JSON): ExecInput from the client,
+// (flag byte, 4-byte big-endian length, JSON): ExecRequest from the client,
 // ExecResponse from the server, then an end-of-stream envelope (flag 0x02)
 // with {} or {"error":{code,message}}. Closing the socket kills the command.
 
@@ -9,7 +9,7 @@ import { fromJson, type JsonValue, toJson } from "@bufbuild/protobuf";
 import websocket from "@fastify/websocket";
 import type { Engine } from "@mitos/engine";
 import { MitosError } from "@mitos/engine";
-import { type ExecInput, ExecInputSchema, ExecResponseSchema } from "@mitos/proto";
+import { type ExecRequest, ExecRequestSchema, ExecResponseSchema } from "@mitos/proto";
 import type { FastifyInstance } from "fastify";
 import type { WebSocket } from "ws";
 import { toMitosError } from "./errors.js";
@@ -56,7 +56,7 @@ function serve(socket: WebSocket, sandboxId: string, engine: Engine, maxExecTime
       // Resolving on the write callback gives backpressure to the guest stream.
       socket.send(Buffer.concat([head, body]), () => resolve());
     });
-  const inputs = new StreamQueue<ExecInput>(64);
+  const inputs = new StreamQueue<ExecRequest>(64);
   const closed = new AbortController();
   socket.on("message", (data: Buffer, isBinary: boolean) => {
     try {
@@ -83,7 +83,7 @@ function serve(socket: WebSocket, sandboxId: string, engine: Engine, maxExecTime
   })();
 }
 
-function decode(data: Buffer, isBinary: boolean): ExecInput {
+function decode(data: Buffer, isBinary: boolean): ExecRequest {
   if (!isBinary || data.length < 5) {
     throw new MitosError("invalid_input", "each message must be one binary Connect envelope", {
       remediation: "Send binary messages: 1 flag byte, 4-byte big-endian length, then the JSON message.",
@@ -100,9 +100,9 @@ function decode(data: Buffer, isBinary: boolean): ExecInput {
     );
   }
   try {
-    return fromJson(ExecInputSchema, JSON.parse(data.subarray(5).toString("utf8")) as JsonValue);
+    return fromJson(ExecRequestSchema, JSON.parse(data.subarray(5).toString("utf8")) as JsonValue);
   } catch (e) {
-    throw new MitosError("invalid_json", `bad ExecInput message: ${(e as Error).message}`, {
+    throw new MitosError("invalid_json", `bad ExecRequest message: ${(e as Error).message}`, {
       remediation:
         'Send JSON like {"open":{"command":"sh","pty":{"size":{"cols":80,"rows":24}}}} or {"stdin":"<base64>"}.',
     });

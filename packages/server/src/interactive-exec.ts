@@ -1,11 +1,11 @@
 // Interactive exec: the first input opens the command (optionally on a PTY),
-// later inputs are stdin, resize and stdinClose; outputs are stdout/stderr
+// later inputs are stdin, resize and stdinClose (true); outputs are stdout/stderr
 // chunks and the exit status. Shared by the Connect bidi `Exec` (h2c) and
 // the WebSocket route for HTTP/1.1 clients.
 
 import type { Engine } from "@mitos/engine";
 import { MitosError } from "@mitos/engine";
-import type { ExecInput, ExecResponse } from "@mitos/proto";
+import type { ExecRequest, ExecResponse } from "@mitos/proto";
 import { checkSandboxId, toExecRequest } from "./runtime.js";
 import { StreamQueue } from "./stream-queue.js";
 
@@ -14,7 +14,7 @@ const QUEUE_BYTES = 1 << 20;
 export async function* interactiveExec(
   engine: Engine,
   sandboxId: string,
-  inputs: AsyncIterable<ExecInput>,
+  inputs: AsyncIterable<ExecRequest>,
   maxExecTimeoutSeconds: number,
   signal: AbortSignal,
 ): AsyncGenerator<ExecResponse> {
@@ -33,7 +33,7 @@ export async function* interactiveExec(
     m.event.case === "stdout" || m.event.case === "stderr" ? m.event.value.length : 1,
   );
   const out = (event: ExecResponse["event"]) => queue.push({ $typeName: "sandbox.v1.ExecResponse", event });
-  const request = toExecRequest(o, maxExecTimeoutSeconds);
+  const request = toExecRequest(o, maxExecTimeoutSeconds, pty !== undefined);
   const release = engine.openStream(sandboxId);
   let handle: ReturnType<Engine["exec"]>;
   try {
@@ -63,7 +63,7 @@ export async function* interactiveExec(
       const m = n.value.input;
       if (m.case === "stdin") await handle.write(Buffer.from(m.value));
       else if (m.case === "resize") handle.resize(m.value.cols, m.value.rows);
-      else if (m.case === "stdinClose") handle.closeStdin();
+      else if (m.case === "stdinClose" && m.value) handle.closeStdin();
       else if (m.case === "open") {
         throw new MitosError("invalid_input", "open was sent twice", { remediation: "Send open once per call." });
       }
@@ -78,7 +78,7 @@ export async function* interactiveExec(
       exited = true;
       await out({
         case: "exit",
-        value: { $typeName: "sandbox.v1.ExitStatus", exitCode: r.exitCode, execTimeMs: r.durationMs, error: "" },
+        value: { $typeName: "sandbox.v1.ExecExit", exitCode: r.exitCode, execTimeMs: r.durationMs, error: "" },
       });
       queue.end();
     },

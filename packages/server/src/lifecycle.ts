@@ -1,7 +1,7 @@
 // Lifecycle routes (API.md "Lifecycle"): JSON in and out, snake_case.
 
 import type { Engine, SandboxInfo, TemplateInfo } from "@mitos/engine";
-import { LIMIT_NAMES, type Limits } from "@mitos/engine";
+import { LIMIT_NAMES, type Limits, MitosError } from "@mitos/engine";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { invalid } from "./errors.js";
 import type { IdempotencyCache } from "./idempotency.js";
@@ -15,6 +15,8 @@ export interface LifecycleOptions {
   idempotency: IdempotencyCache;
   /** Runtime endpoint advertised in sandbox objects. */
   endpoint: () => string;
+  /** "token" (bearer token required) or "none" (the loopback-only no-auth mode). */
+  auth: "token" | "none";
 }
 
 type Body = Record<string, unknown>;
@@ -57,6 +59,7 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
   app.get("/v1/health", { schema: routeSchemas.health }, async () => ({
     status: "ok",
     version: o.version,
+    auth: o.auth,
     accel: engine.accel,
     templates: engine.listTemplates().length,
     sandboxes: engine.list().length,
@@ -66,15 +69,17 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
     "/v1/templates",
     { schema: routeSchemas.createTemplate },
     idempotent(async (req) => {
-      const b = body(req);
+      const b = body(req, TEMPLATE_KEYS);
       const id = str(b, "id", true);
       const resources = obj(b, "resources");
+      if (resources) refuseUnknown(resources, ["vcpu_count", "mem_size_mib"], "resources.");
       const t = await engine.createTemplate(id, {
         ...optional("image", str(b, "image")),
         ...optional("packages", strList(b, "packages")),
         ...optional("init", strList(b, "init")),
         ...optional("env", strMap(b, "env")),
         ...optional("initWaitSeconds", int(b, "init_wait_seconds")),
+        ...optional("initTimeoutSeconds", int(b, "init_timeout_seconds")),
         resources: {
           ...optional("vcpuCount", resources ? int(resources, "vcpu_count") : undefined),
           ...optional("memSizeMib", resources ? int(resources, "mem_size_mib") : undefined),
@@ -89,7 +94,11 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
   );
 
   const createSandbox = idempotent(async (req) => {
-    const b = body(req);
+    const b = body(req, ["template", "pool", "id", "timeout_seconds", "env"]);
+    const given = [str(b, "template"), str(b, "pool")].filter((x) => x !== undefined);
+    if (given.length === 2 && given[0] !== given[1]) {
+      throw invalid("template and pool name different templates", 'Pass one of "template" or "pool" (synonyms).');
+    }
     const template = str(b, "template") ?? str(b, "pool");
     if (!template) throw invalid("template is required", 'Pass {"template": "python"} (or "pool").');
     const started = Date.now();
@@ -113,16 +122,26 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
     "/v1/sandboxes/:id/fork",
     { schema: routeSchemas.fork },
     idempotent(async (req) => {
-      const b = body(req);
+      const b = body(req, ["id", "count", "pause_source", "template"]);
       const id = (req.params as { id: string }).id;
+      // Upstream clients name the source's template; a different one cannot be honoured.
+      const template = str(b, "template");
+      if (template !== undefined && template !== engine.get(id).templateId) {
+        throw invalid(
+          `template ${JSON.stringify(template)} is not the template of sandbox ${id}`,
+          "A fork always has its source's template: omit template, or pass the source's.",
+          { field: "template" },
+        );
+      }
       // 1 ≤ count ≤ max_fork_count is the engine's check (limits.ts).
       const count = int(b, "count");
       const childId = str(b, "id");
       const r = await engine.fork(id, {
         count: count ?? 1,
         ...(childId && count === undefined ? { ids: [childId] } : {}),
-        ...optional("pauseSource", bool(b, "pause_source")),
       });
+      // pause_source is accepted, and means what it always does here: paused for the capture, then resumed.
+      bool(b, "pause_source");
       o.metrics.forkSeconds.observe(r.forkTimeMs / 1000);
       if (count === undefined) return sandboxJson(r.children[0] as SandboxInfo);
       return { sandboxes: r.children.map(sandboxJson), fork_time_ms: r.forkTimeMs };
@@ -134,19 +153,32 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
     return { status: "terminated", id: req.params.id };
   });
 
+  app.delete<{ Params: { id: string }; Querystring: { force?: string } }>(
+    "/v1/templates/:id",
+    { schema: routeSchemas.deleteTemplate },
+    async (req) => {
+      const force = req.query.force;
+      if (force !== undefined && force !== "true" && force !== "false" && force !== "1" && force !== "0") {
+        throw invalid(`force must be true or false, got ${JSON.stringify(force)}`, "Pass ?force=true or leave it out.");
+      }
+      await engine.deleteTemplate(req.params.id, { force: force === "true" || force === "1" });
+      return { status: "deleted", id: req.params.id };
+    },
+  );
+
   app.post("/v1/set_timeout", { schema: routeSchemas.setTimeout }, async (req) => {
-    const b = body(req);
+    const b = body(req, ["sandbox", "timeout_seconds"]);
     const r = engine.setTimeout(str(b, "sandbox", true), int(b, "timeout_seconds", true));
     return { status: "ok", deadline_unix: r.deadlineUnix, timeout_seconds: r.timeoutSeconds };
   });
 
   app.post("/v1/pause", { schema: routeSchemas.pause }, async (req) => {
-    await engine.pause(str(body(req), "sandbox", true));
+    await engine.pause(str(body(req, ["sandbox"]), "sandbox", true));
     return { status: "paused" };
   });
 
   app.post("/v1/resume", { schema: routeSchemas.resume }, async (req) => {
-    await engine.resume(str(body(req), "sandbox", true));
+    await engine.resume(str(body(req, ["sandbox"]), "sandbox", true));
     return { status: "running" };
   });
 
@@ -182,10 +214,47 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
 
 // --- body field readers: each names the field it rejects ---
 
-function body(req: FastifyRequest): Body {
+const TEMPLATE_KEYS = [
+  "id",
+  "image",
+  "packages",
+  "init",
+  "env",
+  "resources",
+  "init_wait_seconds",
+  "init_timeout_seconds",
+];
+
+/** Keys other servers accept that mitosd cannot honour yet: refused with the reason, never dropped. */
+const NOT_YET: Record<string, string> = {
+  network: "sandboxes have no network device yet (issue 15 adds opt-in egress)",
+  checkpoint: "checkpoints are not stored yet (issue 13)",
+  workload: "mitosd has no workload classes; size a template with resources.{vcpu_count, mem_size_mib}",
+};
+
+function body(req: FastifyRequest, known: string[]): Body {
   const b = req.body ?? {};
   if (typeof b !== "object" || Array.isArray(b)) throw invalid("the body must be a JSON object", "Send a JSON object.");
+  refuseUnknown(b as Body, known, "");
   return b as Body;
+}
+
+/** A key that is neither known nor null is invalid_input naming it: a request is never half honoured. */
+function refuseUnknown(b: Body, known: string[], prefix: string): void {
+  for (const [k, v] of Object.entries(b)) {
+    if (known.includes(k) || v === null) continue;
+    const why = prefix === "" ? NOT_YET[k] : undefined;
+    throw new MitosError(
+      "invalid_input",
+      why ? `${prefix}${k} is not supported: ${why}` : `unknown key ${JSON.stringify(prefix + k)}`,
+      {
+        remediation: why
+          ? `Remove "${prefix}${k}" from the request.`
+          : `Remove it or fix its spelling; this route takes ${known.map((x) => prefix + x).join(", ")}.`,
+        context: { field: prefix + k },
+      },
+    );
+  }
 }
 
 function str(b: Body, k: string, required: true): string;

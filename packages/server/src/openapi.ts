@@ -19,7 +19,7 @@ const errorEnvelope = {
       properties: {
         code: str,
         message: str,
-        cause: { type: ["string", "null"] },
+        cause: { type: "string", description: "absent when there is none; never null" },
         remediation: str,
         context: { type: "object", additionalProperties: true },
       },
@@ -76,7 +76,14 @@ export const routeSchemas = {
     response: {
       200: {
         type: "object",
-        properties: { status: str, version: str, accel: str, templates: int, sandboxes: int },
+        properties: {
+          status: str,
+          version: str,
+          auth: { type: "string", enum: ["token", "none"] },
+          accel: str,
+          templates: int,
+          sandboxes: int,
+        },
       },
     },
   },
@@ -92,10 +99,17 @@ export const routeSchemas = {
         init: { type: "array", items: str },
         env,
         resources: { type: "object", properties: { vcpu_count: int, mem_size_mib: int } },
-        init_wait_seconds: int,
+        init_wait_seconds: { type: "integer", description: "seconds the booted guest settles before init (0-600)" },
+        init_timeout_seconds: { type: "integer", description: "limit on each init command (default 600, max 3600)" },
       },
     },
     response: { 200: template, ...errors },
+  },
+  deleteTemplate: {
+    summary: "Delete a template and free its RAM base (conflict while used, unless force=true)",
+    params: idParams,
+    querystring: { type: "object", properties: { force: str } },
+    response: { 200: { type: "object", properties: { status: str, id: str } }, ...errors },
   },
   listTemplates: { summary: "List templates", response: { 200: { type: "array", items: template } } },
   createSandbox: {
@@ -108,7 +122,15 @@ export const routeSchemas = {
   fork: {
     summary: "Live fork: one child (no count) or {sandboxes, fork_time_ms} with count",
     params: idParams,
-    body: { type: "object", properties: { id, count: int, pause_source: { type: "boolean" } } },
+    body: {
+      type: "object",
+      properties: {
+        id,
+        count: int,
+        template: str,
+        pause_source: { type: "boolean", description: "accepted; the source is always resumed after the capture" },
+      },
+    },
     response: {
       200: {
         anyOf: [

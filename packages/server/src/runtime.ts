@@ -2,19 +2,20 @@
 // the engine. The target sandbox is named by the X-Sandbox-Id header.
 
 import { create } from "@bufbuild/protobuf";
-import type { ConnectRouter, HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import { Code, ConnectError, type ConnectRouter, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import { type Engine, type FileInfo as EngineFileInfo, type ExecRequest, ID_RE, MitosError } from "@mitos/engine";
 import {
+  type Chunk,
+  ExecExitSchema,
   type ExecResponse,
-  ExitStatusSchema,
   type FileInfo,
   FileInfoSchema,
-  type ReadFileResponse,
   Sandbox,
   type WriteFileRequest,
 } from "@mitos/proto";
 import { invalid, toConnectError } from "./errors.js";
 import { interactiveExec } from "./interactive-exec.js";
+import { listPage } from "./list-page.js";
 import type { Metrics } from "./metrics.js";
 import { StreamQueue } from "./stream-queue.js";
 
@@ -28,6 +29,30 @@ const QUEUE_BYTES = 1 << 20;
 
 type RuntimeImpl = ServiceImpl<typeof Sandbox>;
 
+/** Methods declared in the proto (upstream's service) and not served yet, with the issue that brings each. */
+const NOT_YET = {
+  runCodeStream: "the code interpreter (issue 16)",
+  runCode: "the code interpreter (issue 16)",
+  archive: "archive transfer",
+  watch: "filesystem watches",
+  portForward: "port forwarding (issue 15, network)",
+  vitals: "guest vitals",
+  upload: "tar upload",
+  fork: "self-service fork with per-sandbox tokens (issue 20); fork with POST /v1/sandboxes/{id}/fork",
+  checkpoint: "checkpoints (issue 13)",
+  extendLifetime: "self-service lifetime (issue 20); extend with POST /v1/set_timeout",
+  budget: "self-service budgets (issue 20)",
+} as const satisfies Partial<Record<keyof RuntimeImpl, string>>;
+
+function unimplemented(localName: string, methodName: string): () => never {
+  return () => {
+    throw new ConnectError(
+      `sandbox.v1.Sandbox/${methodName} is not implemented by mitosd yet: ${NOT_YET[localName as keyof typeof NOT_YET]}`,
+      Code.Unimplemented,
+    );
+  };
+}
+
 /**
  * Registers the runtime methods. Over HTTP/1.1 the bidi `Exec` cannot run, and
  * its path serves the WebSocket route instead (exec-socket.ts), so it is
@@ -36,11 +61,14 @@ type RuntimeImpl = ServiceImpl<typeof Sandbox>;
 export function registerRuntime(router: ConnectRouter, opts: RuntimeOptions, withBidiExec = false): void {
   const impl = wrap(runtimeImpl(opts)) as unknown as Record<string, unknown>;
   for (const m of Sandbox.methods) {
-    if (m.localName !== "exec" || withBidiExec) router.rpc(m, impl[m.localName] as never);
+    if (m.localName === "exec" && !withBidiExec) continue;
+    router.rpc(m, (impl[m.localName] ?? unimplemented(m.localName, m.name)) as never);
   }
 }
 
-function runtimeImpl({ engine, maxExecTimeoutSeconds, metrics }: RuntimeOptions): RuntimeImpl {
+type ServedImpl = Omit<RuntimeImpl, keyof typeof NOT_YET>;
+
+function runtimeImpl({ engine, maxExecTimeoutSeconds, metrics }: RuntimeOptions): ServedImpl {
   const sandboxId = (ctx: HandlerContext): string => checkSandboxId(ctx.requestHeader.get("x-sandbox-id"));
 
   const execRequest = (r: ExecFields): ExecRequest => toExecRequest(r, maxExecTimeoutSeconds);
@@ -72,7 +100,7 @@ function runtimeImpl({ engine, maxExecTimeoutSeconds, metrics }: RuntimeOptions)
               .push(
                 execEvent({
                   case: "exit",
-                  value: create(ExitStatusSchema, { exitCode: r.exitCode, execTimeMs: r.durationMs, error: "" }),
+                  value: create(ExecExitSchema, { exitCode: r.exitCode, execTimeMs: r.durationMs, error: "" }),
                 }),
               )
               .then(() => queue.end());
@@ -99,7 +127,7 @@ function runtimeImpl({ engine, maxExecTimeoutSeconds, metrics }: RuntimeOptions)
       const path = guestPath(req.path, "path");
       const release = engine.openStream(id);
       try {
-        const queue = new StreamQueue<ReadFileResponse>(QUEUE_BYTES, (m) => m.data.length);
+        const queue = new StreamQueue<Chunk>(QUEUE_BYTES, (m) => m.data.length);
         ctx.signal.addEventListener("abort", () => queue.end(), { once: true });
         engine
           .agent(id)
@@ -142,8 +170,12 @@ function runtimeImpl({ engine, maxExecTimeoutSeconds, metrics }: RuntimeOptions)
     },
 
     async list(req, ctx) {
-      const entries = await engine.agent(sandboxId(ctx)).list(guestPath(req.parent, "parent"));
-      return { entries: entries.map(fileInfo) };
+      const parent = guestPath(req.parent, "parent");
+      // Checked before the guest is asked, so a bad filter costs nothing.
+      const page = listPage(req);
+      const entries = await engine.agent(sandboxId(ctx)).list(parent);
+      const r = page(entries.map(fileInfo));
+      return { entries: r.entries, nextPageToken: r.nextPageToken };
     },
 
     async stat(req, ctx) {
@@ -156,7 +188,16 @@ function runtimeImpl({ engine, maxExecTimeoutSeconds, metrics }: RuntimeOptions)
     },
 
     async remove(req, ctx) {
-      await engine.agent(sandboxId(ctx)).remove(guestPath(req.path, "path"), req.recursive);
+      const path = guestPath(req.path, "path");
+      if (path.replace(/\/+$/, "") === "") {
+        throw invalid("refusing to remove /", "Name the file or directory to remove, e.g. /workspace/out.");
+      }
+      // Upstream clients send only {path}: recursive unless asked otherwise, a missing path is done already.
+      try {
+        await engine.agent(sandboxId(ctx)).remove(path, req.recursive ?? true);
+      } catch (err) {
+        if (!(err instanceof MitosError && err.code === "not_found") || req.strict) throw err;
+      }
       return {};
     },
 
@@ -168,6 +209,7 @@ function runtimeImpl({ engine, maxExecTimeoutSeconds, metrics }: RuntimeOptions)
           ppid: p.ppid,
           command: p.command,
           state: p.state,
+          cpuPercent: p.cpuPercent,
           rssBytes: BigInt(p.rssBytes),
         })),
       };
@@ -190,7 +232,7 @@ function writeCtx(requests: object): HandlerContext {
 }
 
 /** Maps every thrown error to a Connect error carrying the API code. */
-function wrap(impl: RuntimeImpl): RuntimeImpl {
+function wrap(impl: ServedImpl): ServedImpl {
   const out: Record<string, unknown> = {};
   for (const [name, fn] of Object.entries(impl) as Array<[string, (...a: unknown[]) => unknown]>) {
     if (name === "writeFile") {
@@ -220,7 +262,7 @@ function wrap(impl: RuntimeImpl): RuntimeImpl {
       };
     }
   }
-  return out as RuntimeImpl;
+  return out as ServedImpl;
 }
 
 export interface ExecFields {
@@ -232,14 +274,20 @@ export interface ExecFields {
 }
 
 /** Validates an exec request from the wire (ExecStream, or the Exec socket's open message). */
-export function toExecRequest(r: ExecFields, maxExecTimeoutSeconds: number): ExecRequest {
+export function toExecRequest(r: ExecFields, maxExecTimeoutSeconds: number, pty = false): ExecRequest {
+  if (r.timeoutSeconds < 0) {
+    throw invalid(`timeoutSeconds ${r.timeoutSeconds} is negative`, "Pass 0 for the default, or a positive number.");
+  }
   if (r.timeoutSeconds > maxExecTimeoutSeconds) {
     throw new MitosError("timeout_too_large", `timeoutSeconds ${r.timeoutSeconds} is above ${maxExecTimeoutSeconds}`, {
       remediation: `Ask for at most ${maxExecTimeoutSeconds} seconds; long jobs can run in the background.`,
     });
   }
-  if (r.command === "" && r.args.length === 0) {
-    throw invalid("exec needs a command or args", "Pass command (run by /bin/sh -c) or args (argv).");
+  if (r.command === "" && r.args.length === 0 && !pty) {
+    throw invalid(
+      "exec needs a command or args",
+      "Pass command (run by /bin/sh -c) or args (argv); a PTY may omit both.",
+    );
   }
   const strings = [r.command, ...r.args, ...r.env.flatMap((e) => [e.key, e.value])];
   if (strings.some((x) => x.includes("\0"))) {
@@ -248,7 +296,7 @@ export function toExecRequest(r: ExecFields, maxExecTimeoutSeconds: number): Exe
   const env: Record<string, string> = {};
   for (const e of r.env) env[e.key] = e.value;
   return {
-    ...(r.args.length > 0 ? { args: r.args } : { command: r.command }),
+    ...(r.args.length > 0 ? { args: r.args } : r.command !== "" ? { command: r.command } : {}),
     env,
     ...(r.cwd ? { cwd: guestPath(r.cwd, "cwd") } : {}),
     ...(r.timeoutSeconds > 0 ? { timeoutMs: r.timeoutSeconds * 1000 } : {}),
@@ -303,8 +351,8 @@ function execEvent(event: ExecResponse["event"]): ExecResponse {
   return { $typeName: "sandbox.v1.ExecResponse", event };
 }
 
-function readEvent(data: Uint8Array, eof: boolean): ReadFileResponse {
-  return { $typeName: "sandbox.v1.ReadFileResponse", data, eof };
+function readEvent(data: Uint8Array, eof: boolean): Chunk {
+  return { $typeName: "sandbox.v1.Chunk", data, eof };
 }
 
 function sizeOfExec(m: ExecResponse): number {

@@ -14,7 +14,7 @@ import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { defaultDataDir } from "@mitos/engine";
-import { ExecInputSchema, Sandbox as SandboxService, WriteFileRequestSchema } from "@mitos/proto";
+import { ExecRequestSchema, Sandbox as SandboxService, WriteFileRequestSchema } from "@mitos/proto";
 import { runtimeClient } from "../../../test-support/runtime-client.js";
 import { createServer, type MitosServer } from "../src/index.js";
 
@@ -269,13 +269,13 @@ describe("lifecycle API", () => {
         sawHi = r;
       });
       async function* inputs() {
-        yield create(ExecInputSchema, {
+        yield create(ExecRequestSchema, {
           input: { case: "open", value: { command: "sh", pty: { term: "xterm", size: { cols: 80, rows: 24 } } } },
         });
-        yield create(ExecInputSchema, { input: { case: "stdin", value: Buffer.from("echo hi-$((40+2))\r") } });
+        yield create(ExecRequestSchema, { input: { case: "stdin", value: Buffer.from("echo hi-$((40+2))\r") } });
         await hi;
-        yield create(ExecInputSchema, { input: { case: "resize", value: { cols: 132, rows: 50 } } });
-        yield create(ExecInputSchema, { input: { case: "stdin", value: Buffer.from("stty size; exit 3\r") } });
+        yield create(ExecRequestSchema, { input: { case: "resize", value: { cols: 132, rows: 50 } } });
+        yield create(ExecRequestSchema, { input: { case: "stdin", value: Buffer.from("stty size; exit 3\r") } });
       }
       for await (const m of h2.exec(inputs())) {
         if (m.event.case === "stdout") {

@@ -323,8 +323,11 @@ class ConnectClient:
     def mkdir(self, sandbox_id: str, path: str) -> None:
         self.unary("Mkdir", sandbox_id, {"path": path})
 
-    def remove(self, sandbox_id: str, path: str, recursive: bool = False) -> None:
-        self.unary("Remove", sandbox_id, {"path": path, "recursive": bool(recursive)})
+    def remove(self, sandbox_id: str, path: str, recursive: Optional[bool] = None, strict: bool = False) -> None:
+        body: Dict[str, Any] = {"path": path, "strict": bool(strict)}
+        if recursive is not None:
+            body["recursive"] = bool(recursive)
+        self.unary("Remove", sandbox_id, body)
 
     def processes(self, sandbox_id: str) -> List[Dict[str, Any]]:
         res = self.unary("Processes", sandbox_id, {})

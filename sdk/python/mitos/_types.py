@@ -53,6 +53,8 @@ class Health:
     accel: Optional[str]
     templates: int
     sandboxes: int
+    #: "none" when mitosd runs with --auth none (loopback only), else "token".
+    auth: str = "token"
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,7 @@ def to_health(v: Any) -> Health:
         accel=_opt_str(o, "accel"),
         templates=int(_num(o, "templates")),
         sandboxes=int(_num(o, "sandboxes")),
+        auth=_opt_str(o, "auth") or "token",
     )
 
 

@@ -142,7 +142,9 @@ class Sandbox:
 
     def fork(self, count: int = 1, pause_source: Optional[bool] = None) -> List["Sandbox"]:
         """Forks this sandbox into ``count`` children with one request: one
-        pause of the source, one capture, ``count`` copy-on-write children."""
+        pause of the source, one capture, ``count`` copy-on-write children.
+        The source is resumed after the capture; ``pause_source`` is the public
+        API's flag, sent when given, with the same meaning."""
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise make_error(
                 "invalid_input",
@@ -219,8 +221,11 @@ class SandboxFiles:
         """Creates the directory and its missing parents."""
         self._runtime.mkdir(self._id, path)
 
-    def remove(self, path: str, recursive: bool = False) -> None:
-        self._runtime.remove(self._id, path, recursive)
+    def remove(self, path: str, recursive: Optional[bool] = None, strict: bool = False) -> None:
+        """Removes a file, or a directory with its contents. A missing path is
+        a no-op unless ``strict`` (then NotFoundError); ``recursive=False``
+        refuses a non-empty directory (ConflictError)."""
+        self._runtime.remove(self._id, path, recursive, strict)
 
     def exists(self, path: str) -> bool:
         try:

@@ -79,13 +79,16 @@ class SandboxServer:
         init: Optional[Sequence[str]] = None,
         env: Optional[Mapping[str, str]] = None,
         resources: Optional[Mapping[str, int]] = None,
-        init_wait_seconds: Optional[float] = None,
+        init_wait_seconds: Optional[int] = None,
+        init_timeout_seconds: Optional[int] = None,
         wait: bool = True,
         poll_interval: float = 1.0,
     ) -> TemplateInfo:
         """Creates a template (an existing id returns the existing one).
-        ``resources``: ``{"vcpu_count": n, "mem_size_mib": m}``. Waits until the
-        template is ready unless ``wait=False``."""
+        ``resources``: ``{"vcpu_count": n, "mem_size_mib": m}``.
+        ``init_wait_seconds``: how long the booted guest settles before ``init``
+        runs; ``init_timeout_seconds``: the limit on each init command (default
+        600). Waits until the template is ready unless ``wait=False``."""
         body: Dict[str, Any] = {"id": id}
         if image is not None:
             body["image"] = image
@@ -99,6 +102,8 @@ class SandboxServer:
             body["resources"] = dict(resources)
         if init_wait_seconds is not None:
             body["init_wait_seconds"] = init_wait_seconds
+        if init_timeout_seconds is not None:
+            body["init_timeout_seconds"] = init_timeout_seconds
         t = to_template_info(self._http.post("/v1/templates", body, create=True))
         while not t.ready and wait:
             time.sleep(poll_interval)
@@ -106,6 +111,12 @@ class SandboxServer:
                 if found.id == id:
                     t = found
         return t
+
+    def delete_template(self, id: str, force: bool = False) -> None:
+        """Deletes a template and frees its RAM base. Refused (ConflictError)
+        while sandboxes or a warm pool use it, unless ``force``, which
+        terminates them."""
+        self._http.delete("/v1/templates/" + urllib.parse.quote(id, safe="") + ("?force=true" if force else ""))
 
     def list_templates(self) -> List[TemplateInfo]:
         return [to_template_info(t) for t in array("template list", self._http.get("/v1/templates"))]

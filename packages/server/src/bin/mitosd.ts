@@ -17,6 +17,11 @@ if (config.help) {
 }
 const server = await createServer({ host: "127.0.0.1", port: 8080, ...config.options });
 const l = server.engine.caps.limits;
+if (config.options.auth === "none") {
+  console.error(
+    `mitosd: WARNING: auth is off (--auth none): any local process can control every sandbox on ${server.url}`,
+  );
+}
 console.error(
   `mitosd ${server.url} (token in ${server.tokenFile})${config.configFile ? ` config ${config.configFile}` : ""}; ` +
     `caps: ${l.maxSandboxes} sandboxes, ${l.maxGuestMemoryMib} MiB guest memory, fork count ${l.maxForkCount}, lifetime ${l.maxLifetimeSeconds}s`,
