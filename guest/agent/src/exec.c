@@ -67,19 +67,26 @@ static char **build_env(const fields_t *f, int pty, char *err, size_t errlen)
 	return env;
 }
 
-static void cgroup_path(uint32_t id, const char *file, char *out, size_t cap)
+/* Each exec's cgroup is numbered by the agent, not by the host's stream id:
+ * a new host connection (every fork child, every claim) numbers its streams
+ * from 1 again, and must not land in the cgroup of a process an earlier
+ * connection left running (then killing one would kill the other). The
+ * counter is in guest memory, so a fork child continues past its parent's. */
+static uint64_t cgroup_seq;
+
+static void cgroup_path(uint64_t n, const char *file, char *out, size_t cap)
 {
 	if (file)
-		snprintf(out, cap, CGROUP_ROOT "/exec-%u/%s", id, file);
+		snprintf(out, cap, CGROUP_ROOT "/exec-%llu/%s", (unsigned long long)n, file);
 	else
-		snprintf(out, cap, CGROUP_ROOT "/exec-%u", id);
+		snprintf(out, cap, CGROUP_ROOT "/exec-%llu", (unsigned long long)n);
 }
 
 static void kill_group(stream_t *s)
 {
 	if (s->cgroup) {
 		char p[128];
-		cgroup_path(s->id, "cgroup.kill", p, sizeof p);
+		cgroup_path(s->cgroup_n, "cgroup.kill", p, sizeof p);
 		int fd = open(p, O_WRONLY | O_CLOEXEC);
 		if (fd >= 0) {
 			if (write(fd, "1", 1) < 0)
@@ -107,7 +114,7 @@ static void release(stream_t *s)
 	close_fd(&s->pty_fd);
 	if (s->cgroup) {
 		char p[128];
-		cgroup_path(s->id, NULL, p, sizeof p);
+		cgroup_path(s->cgroup_n, NULL, p, sizeof p);
 		rmdir(p); /* EBUSY while background processes live: fine */
 	}
 	s->dead = 1;
@@ -132,8 +139,8 @@ struct spawn {
 	int set_uid, set_gid;
 	uid_t uid;
 	gid_t gid;
-	uint32_t id;
 	int cgroup;
+	uint64_t cgroup_n;
 };
 
 static void __attribute__((noreturn)) child(const struct spawn *sp)
@@ -146,7 +153,7 @@ static void __attribute__((noreturn)) child(const struct spawn *sp)
 	setsid();
 	if (sp->cgroup) {
 		char p[128];
-		cgroup_path(sp->id, "cgroup.procs", p, sizeof p);
+		cgroup_path(sp->cgroup_n, "cgroup.procs", p, sizeof p);
 		int fd = open(p, O_WRONLY | O_CLOEXEC);
 		if (fd >= 0) {
 			if (write(fd, "0", 1) < 0) { /* best effort: pgid kill still works */ }
@@ -298,7 +305,6 @@ void exec_start(uint32_t id, const fields_t *f)
 		.in_r = -1, .out_w = -1, .err_w = -1, .report_w = -1,
 		.set_uid = f->have[F_UID], .uid = (uid_t)f->ival[F_UID],
 		.set_gid = f->have[F_GID], .gid = (gid_t)f->ival[F_GID],
-		.id = id,
 	};
 	int out[2] = { -1, -1 }, errp[2] = { -1, -1 }, in[2] = { -1, -1 }, rep[2] = { -1, -1 };
 	char slave[128];
@@ -332,9 +338,11 @@ void exec_start(uint32_t id, const fields_t *f)
 	}
 	if (use_cgroups) {
 		char p[128];
-		cgroup_path(id, NULL, p, sizeof p);
-		s->cgroup = mkdir(p, 0755) == 0 || errno == EEXIST;
+		s->cgroup_n = ++cgroup_seq;
+		cgroup_path(s->cgroup_n, NULL, p, sizeof p);
+		s->cgroup = mkdir(p, 0755) == 0;
 		sp.cgroup = s->cgroup;
+		sp.cgroup_n = s->cgroup_n;
 	}
 	stage = "fork";
 	pid_t pid = fork();
@@ -464,7 +472,8 @@ void exec_writable(stream_t *s)
 	uint8_t buf[16];
 	fbuf_t b = { .p = buf, .cap = sizeof buf };
 	fb_int(&b, F_BYTES, (int64_t)acked);
-	send_fields(T_STDIN_ACK, s->id, &b);
+	if (!s->detached)
+		send_fields(T_STDIN_ACK, s->id, &b);
 	if (w < 0) {
 		close_fd(&s->in_fd); /* the process closed its stdin */
 		s->in_close = 1;
@@ -507,6 +516,8 @@ void exec_readable(stream_t *s, int which)
 	if (*fd < 0 || s->credit <= 0)
 		return;
 	size_t want = s->credit < MAX_CHUNK ? (size_t)s->credit : MAX_CHUNK;
+	if (s->detached)
+		want = MAX_CHUNK;
 	ssize_t n = read(*fd, buf, want);
 	if (n < 0 && (errno == EAGAIN || errno == EINTR))
 		return;
@@ -514,9 +525,11 @@ void exec_readable(stream_t *s, int which)
 		close_fd(fd);
 		return;
 	}
-	s->credit -= n;
 	if (s->exited)
 		s->drain_ms = now_ms() + DRAIN_MS;
+	if (s->detached)
+		return; /* its caller is the parent's: read on so the process never blocks */
+	s->credit -= n;
 	port_send(which == 1 ? T_STDOUT : T_STDERR, s->id, buf, (size_t)n);
 }
 
@@ -537,6 +550,8 @@ int exec_reaped(pid_t pid, int status)
 
 static void send_exit(stream_t *s)
 {
+	if (s->detached)
+		return;
 	uint8_t buf[64];
 	fbuf_t b = { .p = buf, .cap = sizeof buf };
 	if (s->timed_out) {
@@ -573,6 +588,12 @@ int64_t exec_tick(stream_t *s, int64_t now)
 	send_exit(s);
 	release(s);
 	return INT64_MAX;
+}
+
+void exec_detach(stream_t *s)
+{
+	s->detached = 1;
+	s->credit = 1; /* > 0 keeps its pipes polled; detached reads ignore credit */
 }
 
 void exec_abort(stream_t *s)

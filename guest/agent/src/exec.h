@@ -26,6 +26,9 @@ int exec_reaped(pid_t pid, int status);
 /* Timeouts, drain deadline, EXIT. Returns the next deadline or INT64_MAX. */
 int64_t exec_tick(stream_t *s, int64_t now);
 /* Host went away (test mode): kill the group and free, no EXIT. */
+/* A fork child's copy of an exec in flight: the process runs on, its output
+ * is read and dropped, and it sends no frame (its caller is the parent's). */
+void exec_detach(stream_t *s);
 void exec_abort(stream_t *s);
 
 #endif

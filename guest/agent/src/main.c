@@ -62,6 +62,23 @@ static int is_request(uint8_t t)
 	return 0;
 }
 
+/* After fork-notify this guest is a restored copy (a fork child or a claimed
+ * VM) talking to a new host connection, which numbers its streams from 1
+ * again. Streams still open belong to the original's caller: their commands
+ * run on with their output dropped; file transfers end. */
+static void detach_inherited(void)
+{
+	for (int i = 0; i < stream_count(); i++) {
+		stream_t *s = stream_at(i);
+		if (s->dead || s->detached)
+			continue;
+		if (s->kind == S_EXEC)
+			exec_detach(s);
+		else
+			file_abort(s);
+	}
+}
+
 static void handle_request(const frame_t *fr)
 {
 	uint32_t id = fr->stream;
@@ -92,7 +109,10 @@ static void handle_request(const frame_t *fr)
 	case T_MKDIR: file_mkdir(id, &f); break;
 	case T_REMOVE: file_remove(id, &f); break;
 	case T_RENAME: file_rename(id, &f); break;
-	case T_FORK_NOTIFY: fork_notify(id, &f, vm_mode); break;
+	case T_FORK_NOTIFY:
+		if (fork_notify(id, &f, vm_mode) == 0)
+			detach_inherited();
+		break;
 	case T_PROCESSES: info_processes(id); break;
 	case T_KILL: info_kill(id, &f); break;
 	case T_SET_CLOCK: set_clock(id, &f, vm_mode); break;

@@ -133,38 +133,38 @@ void set_clock(uint32_t id, const fields_t *f, int vm_mode)
 	send_ok(id, &b);
 }
 
-void fork_notify(uint32_t id, const fields_t *f, int vm_mode)
+int fork_notify(uint32_t id, const fields_t *f, int vm_mode)
 {
 	if (!vm_mode) {
 		/* Test mode runs on a developer's host: never touch its clock,
 		 * hostname or entropy pool. */
 		send_error(id, EPERM, "fork-notify only runs inside a VM");
-		return;
+		return -1;
 	}
 	if (!f->have[F_ENTROPY] || f->blen < 16 || f->blen > 512) {
 		send_error(id, EINVAL, "fork-notify: ENTROPY must be 16..512 bytes");
-		return;
+		return -1;
 	}
 	const char *what;
 	int rc = reseed(f->bval, f->blen, &what);
 	if (rc) {
 		send_error(id, rc, "fork-notify: %s: %s", what, strerror(rc));
-		return;
+		return -1;
 	}
 	int64_t step = 0;
 	if (f->have[F_TIME_NS] && (rc = step_clock(f->ival[F_TIME_NS], &step)) != 0) {
 		send_error(id, rc, "fork-notify: clock_settime: %s", strerror(rc));
-		return;
+		return -1;
 	}
 	const char *host = f->sval[F_HOSTNAME];
 	if (host && sethostname(host, strlen(host)) < 0) {
 		send_error(id, errno, "fork-notify: sethostname %s: %s", host, strerror(errno));
-		return;
+		return -1;
 	}
 	const char *sid = f->sval[F_SANDBOX_ID];
 	if (sid && write_id(sid) < 0) {
 		send_error(id, errno, "fork-notify: write /run/mitos/sandbox-id: %s", strerror(errno));
-		return;
+		return -1;
 	}
 	uint8_t buf[64];
 	fbuf_t b = { .p = buf, .cap = sizeof buf };
@@ -172,4 +172,5 @@ void fork_notify(uint32_t id, const fields_t *f, int vm_mode)
 	fb_int(&b, F_NOTIFIED, notify_registered());
 	fb_int(&b, F_CLOCK_STEP_NS, step);
 	send_ok(id, &b);
+	return 0;
 }

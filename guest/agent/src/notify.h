@@ -7,7 +7,8 @@
 
 #include "frame.h"
 
-void fork_notify(uint32_t id, const fields_t *f, int vm_mode);
+/* 0 when the guest took the notice (it is then a restored copy: see main.c). */
+int fork_notify(uint32_t id, const fields_t *f, int vm_mode);
 
 /* SET_CLOCK: step the wall clock to the host's (after a pause). */
 void set_clock(uint32_t id, const fields_t *f, int vm_mode);

@@ -10,7 +10,7 @@ static int count;
 stream_t *stream_find(uint32_t id)
 {
 	for (int i = 0; i < count; i++)
-		if (table[i]->id == id && !table[i]->dead)
+		if (table[i]->id == id && !table[i]->dead && !table[i]->detached)
 			return table[i];
 	return NULL;
 }

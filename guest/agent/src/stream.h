@@ -14,6 +14,7 @@ typedef struct stream {
 	uint32_t id;
 	int kind;
 	int dead;        /* freed at the end of the loop iteration */
+	int detached;    /* inherited across a fork: runs on, output dropped, no frames, id free */
 	int64_t credit;  /* output bytes we may still send (EXEC, READ) */
 
 	/* EXEC */
@@ -26,6 +27,7 @@ typedef struct stream {
 	int in_close;         /* STDIN_CLOSE seen: close once drained */
 	int64_t start_ms, deadline_ms, exit_ms, drain_ms;
 	int exited, status, timed_out, cgroup;
+	uint64_t cgroup_n;    /* its cgroup: CGROUP_ROOT/exec-<cgroup_n> */
 
 	/* READ / WRITE */
 	int fd;

@@ -19,6 +19,15 @@ const dataDir = path.join(root, "test-engine");
 const shmDir = "/dev/shm/mitos-test-engine";
 let engine: Engine;
 
+/** How many processes in the sandbox run exactly `cmdline` (the images have no pgrep). */
+const running = async (id: string, cmdline: string) =>
+  Number(
+    await sh(
+      id,
+      `for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done | grep -c '^${cmdline} $' || true`,
+    ),
+  );
+
 const sh = async (id: string, command: string) => {
   const r = await engine.exec(id, { command }).result;
   assert.equal(r.exitCode, 0, `${command}: ${r.stderr.toString()}`);
@@ -175,6 +184,50 @@ describe("live fork", () => {
       assert.ok(guest > before - 1 && guest < afterT + 1, `clock of ${id} is ${guest}, host ${before}..${afterT}`);
     }
     await Promise.all(children.map((c) => engine.terminate(c.id)));
+  });
+
+  it("an exec in flight at fork time finishes in the parent, runs on silently in the child, and never collides with the child's own calls", async () => {
+    // A daemon left by a finished exec (its cgroup outlives the call), and a command still streaming.
+    await sh(parent, "setsid nohup sleep 1000 >/dev/null 2>&1 & echo started");
+    let parentOut = "";
+    const inflight = engine.exec(parent, {
+      command: "for i in 1 2 3 4 5 6 7 8; do echo tick-$i; sleep 0.5; done",
+      onStdout: (c) => {
+        parentOut += c.toString();
+      },
+    });
+    await inflight.started;
+    const { children } = await engine.fork(parent, { count: 1 });
+    const child = children[0]!;
+    try {
+      // The child's connection numbers its calls from 1 again, through the parent's stream ids (the
+      // in-flight one, the daemon's): each call gets its own answer, and killing one (its whole
+      // cgroup) takes only its own processes.
+      for (let i = 0; i < 60; i++) {
+        assert.equal(await sh(child.id, `echo c-${i}`), `c-${i}\n`);
+        const h = engine.exec(child.id, { command: "sleep 30" });
+        await h.started;
+        h.signal(9);
+        assert.equal((await h.result).exitCode, 137);
+      }
+      const killed = await engine.exec(child.id, { command: "sleep 30", timeoutMs: 500 }).result;
+      assert.equal(killed.exitCode, 124);
+      assert.equal(await running(child.id, "sleep 1000"), 1, "the daemon survives in the child");
+      // The inherited loop runs on in the child (its output goes nowhere) and ends by itself.
+
+      const r = await inflight.result;
+      assert.equal(r.exitCode, 0);
+      assert.equal(parentOut.match(/tick-\d/g)?.length, 8, `the parent's caller got all its output: ${parentOut}`);
+      await new Promise((res) => setTimeout(res, 1000));
+      assert.equal(await running(child.id, "sleep 0.5"), 0, "the inherited loop ended in the child too");
+      assert.equal(await running(parent, "sleep 1000"), 1, "and the daemon lives in the parent");
+    } finally {
+      await engine.terminate(child.id);
+      await sh(
+        parent,
+        "kill $(for p in /proc/[0-9]*; do [ \"$(tr '\\0' ' ' < $p/cmdline 2>/dev/null)\" = 'sleep 1000 ' ] && basename $p; done) 2>/dev/null; true",
+      );
+    }
   });
 
   it("forks of forks keep each generation's state (three generations)", async () => {
