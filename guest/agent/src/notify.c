@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -95,6 +97,43 @@ static int write_id(const char *id)
 	return rename("/run/mitos/.sandbox-id.tmp", "/run/mitos/sandbox-id");
 }
 
+#define BOOT_ID_PROC "/proc/sys/kernel/random/boot_id"
+#define BOOT_ID_FILE "/run/mitos/boot_id"
+
+/* Gives this copy of the kernel a boot id of its own: a fresh random UUID in
+ * /run/mitos/boot_id, bind-mounted over the kernel's (which every restore of
+ * one template shares). Written in place, so a later notice updates what the
+ * existing mount shows. Needs the reseed done first. 0 or -1 with errno. */
+static int new_boot_id(void)
+{
+	uint8_t r[16];
+	if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r)
+		return -1;
+	r[6] = (uint8_t)((r[6] & 0x0f) | 0x40); /* version 4 */
+	r[8] = (uint8_t)((r[8] & 0x3f) | 0x80); /* RFC 4122 variant */
+	char id[40];
+	int n = snprintf(id, sizeof id,
+			 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x\n", r[0], r[1],
+			 r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13], r[14], r[15]);
+	if (mkdir_p("/run/mitos", 0755) < 0)
+		return -1;
+	int fd = open(BOOT_ID_FILE, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0444);
+	if (fd < 0)
+		return -1;
+	int rc = write_all(fd, id, (size_t)n);
+	int e = errno;
+	close(fd);
+	if (rc < 0) {
+		errno = e;
+		return -1;
+	}
+	/* Already bound (a second notice, or a fork of a fork): the new content shows through. */
+	struct stat a, b;
+	if (stat(BOOT_ID_PROC, &a) == 0 && stat(BOOT_ID_FILE, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino)
+		return 0;
+	return mount(BOOT_ID_FILE, BOOT_ID_PROC, NULL, MS_BIND, NULL);
+}
+
 /* Steps CLOCK_REALTIME to t (ns since the epoch); *step gets new - old.
  * Returns 0 or an errno. */
 static int step_clock(int64_t t, int64_t *step)
@@ -164,6 +203,10 @@ int fork_notify(uint32_t id, const fields_t *f, int vm_mode)
 	const char *sid = f->sval[F_SANDBOX_ID];
 	if (sid && write_id(sid) < 0) {
 		send_error(id, errno, "fork-notify: write /run/mitos/sandbox-id: %s", strerror(errno));
+		return -1;
+	}
+	if (new_boot_id() < 0) {
+		send_error(id, errno, "fork-notify: new boot id on %s: %s", BOOT_ID_PROC, strerror(errno));
 		return -1;
 	}
 	uint8_t buf[64];

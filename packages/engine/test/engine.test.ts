@@ -59,9 +59,10 @@ describe("templates and warm pools", () => {
     const tpl = engine.templateRecord("python")!;
     const sb = await engine.create("python");
     const info = await engine.agent(sb.id).hello();
-    // Same kernel instance as the template (same boot id), uptime continues from it.
-    assert.equal(info.bootId, tpl.bootId);
+    // The template's kernel instance (uptime continues from it), with a boot id of its own.
     assert.ok(info.uptimeMs >= tpl.uptimeMs, `uptime ${info.uptimeMs} < template ${tpl.uptimeMs}`);
+    assert.match(info.bootId, /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+    assert.notEqual(info.bootId, tpl.bootId);
     assert.equal(info.hostname, sb.id);
     assert.equal(engine.poolStatus().find((p) => p.template === "python")?.claimed, 1);
     assert.equal((await sh(sb.id, "python3 -c 'print(6*7)'")).trim(), "42");
@@ -163,13 +164,13 @@ describe("live fork", () => {
     );
     assert.equal(await sh(parent, "cat /root/state.txt"), "parent-state\n");
 
-    // Identity: entropy, UUIDs and hostname per child; clock within 1 s of the host.
+    // Identity: entropy, UUIDs, boot id and hostname per child; clock within 1 s of the host.
     const ids = [parent, ...children.map((c) => c.id)];
     const probe = await Promise.all(
       ids.map((id) =>
         sh(
           id,
-          "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; cat /proc/sys/kernel/random/uuid; hostname",
+          "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; cat /proc/sys/kernel/random/uuid; hostname; cat /proc/sys/kernel/random/boot_id",
         ),
       ),
     );
@@ -177,6 +178,7 @@ describe("live fork", () => {
     assert.equal(new Set(rows.map((r) => r[0])).size, ids.length, "urandom differs everywhere");
     assert.equal(new Set(rows.map((r) => r[1])).size, ids.length, "uuids differ everywhere");
     for (const [i, r] of rows.entries()) assert.equal(r[2], ids[i]);
+    assert.equal(new Set(rows.map((r) => r[3])).size, ids.length, "boot ids differ everywhere");
     for (const id of ids) {
       const before = Date.now() / 1000;
       const guest = Number(await sh(id, "date +%s.%N"));
@@ -230,8 +232,9 @@ describe("live fork", () => {
     }
   });
 
-  it("forks of forks keep each generation's state (three generations)", async () => {
+  it("forks of forks keep each generation's state (three generations), each with its own boot id", async () => {
     let current = parent;
+    const bootIds = new Set([await sh(parent, "cat /proc/sys/kernel/random/boot_id")]);
     for (let gen = 1; gen <= 3; gen++) {
       await sh(current, `echo gen-${gen - 1} >> /root/lineage`);
       const { children } = await engine.fork(current, { count: 1 });
@@ -241,9 +244,11 @@ describe("live fork", () => {
         await sh(child.id, "cat /root/lineage"),
         Array.from({ length: gen }, (_, i) => `gen-${i}\n`).join(""),
       );
+      bootIds.add(await sh(child.id, "cat /proc/sys/kernel/random/boot_id"));
       current = child.id;
     }
     assert.equal(await sh(parent, "cat /root/lineage"), "gen-0\n");
+    assert.equal(bootIds.size, 4, `parent and three generations share a boot id: ${[...bootIds].join(" ")}`);
   });
 
   it("fork(8): each child's private guest memory stays small and the base is counted once", async () => {
