@@ -188,6 +188,22 @@ describe("live fork", () => {
     await Promise.all(children.map((c) => engine.terminate(c.id)));
   });
 
+  it("env: children inherit the create-time env; an exec's env stays in that exec", async () => {
+    const src = await engine.create("python", { env: { MITOS_TEST_SECRET: "s1" } });
+    try {
+      const { children } = await engine.fork(src.id, { count: 2 });
+      const [a, b] = children as [(typeof children)[0], (typeof children)[0]];
+      assert.equal(await sh(a.id, "echo $MITOS_TEST_SECRET"), "s1\n");
+      const own = await engine.exec(a.id, { command: "echo $ONLY", env: { ONLY: "for-a" } }).result;
+      assert.equal(own.stdout.toString(), "for-a\n");
+      assert.equal(await sh(b.id, "echo ${ONLY:-none} $MITOS_TEST_SECRET"), "none s1\n");
+      assert.equal(await sh(a.id, "echo ${ONLY:-none}"), "none\n", "nor in the next exec of the same child");
+      await Promise.all(children.map((c) => engine.terminate(c.id)));
+    } finally {
+      await engine.terminate(src.id);
+    }
+  });
+
   it("an exec in flight at fork time finishes in the parent, runs on silently in the child, and never collides with the child's own calls", async () => {
     // A daemon left by a finished exec (its cgroup outlives the call), and a command still streaming.
     await sh(parent, "setsid nohup sleep 1000 >/dev/null 2>&1 & echo started");
