@@ -79,22 +79,36 @@ static int notify_registered(void)
 	return count;
 }
 
+/* Writes text + end to path through a temp file and rename, so readers
+ * never see half of it. 0 or -1 with errno. */
+static int write_file_atomic(const char *path, const char *text, const char *end)
+{
+	char tmp[256];
+	if (snprintf(tmp, sizeof tmp, "%s.mitos-tmp", path) >= (int)sizeof tmp) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -1;
+	int rc = write_all(fd, text, strlen(text));
+	if (rc == 0)
+		rc = write_all(fd, end, strlen(end));
+	int e = errno;
+	close(fd);
+	if (rc < 0) {
+		unlink(tmp);
+		errno = e;
+		return -1;
+	}
+	return rename(tmp, path);
+}
+
 static int write_id(const char *id)
 {
 	if (mkdir_p("/run/mitos", 0755) < 0)
 		return -1;
-	/* Write then rename so readers never see a half-written id. */
-	int fd = open("/run/mitos/.sandbox-id.tmp", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (fd < 0)
-		return -1;
-	int rc = write_all(fd, id, strlen(id));
-	int e = errno;
-	close(fd);
-	if (rc < 0) {
-		errno = e;
-		return -1;
-	}
-	return rename("/run/mitos/.sandbox-id.tmp", "/run/mitos/sandbox-id");
+	return write_file_atomic("/run/mitos/sandbox-id", id, "");
 }
 
 #define BOOT_ID_PROC "/proc/sys/kernel/random/boot_id"
@@ -200,6 +214,10 @@ int fork_notify(uint32_t id, const fields_t *f, int vm_mode)
 		send_error(id, errno, "fork-notify: sethostname %s: %s", host, strerror(errno));
 		return -1;
 	}
+	/* Programs that read the file rather than uname(2) see the same name.
+	 * Best effort: an image may keep /etc read-only. */
+	if (host && write_file_atomic("/etc/hostname", host, "\n") < 0)
+		logmsg("fork-notify: /etc/hostname: %s", strerror(errno));
 	const char *sid = f->sval[F_SANDBOX_ID];
 	if (sid && write_id(sid) < 0) {
 		send_error(id, errno, "fork-notify: write /run/mitos/sandbox-id: %s", strerror(errno));

@@ -170,7 +170,7 @@ describe("live fork", () => {
       ids.map((id) =>
         sh(
           id,
-          "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; cat /proc/sys/kernel/random/uuid; hostname; cat /proc/sys/kernel/random/boot_id",
+          "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; cat /proc/sys/kernel/random/uuid; hostname; cat /proc/sys/kernel/random/boot_id /etc/hostname /run/mitos/sandbox-id",
         ),
       ),
     );
@@ -179,6 +179,7 @@ describe("live fork", () => {
     assert.equal(new Set(rows.map((r) => r[1])).size, ids.length, "uuids differ everywhere");
     for (const [i, r] of rows.entries()) assert.equal(r[2], ids[i]);
     assert.equal(new Set(rows.map((r) => r[3])).size, ids.length, "boot ids differ everywhere");
+    for (const [i, r] of rows.entries()) assert.deepEqual([r[4], r[5]], [ids[i], ids[i]], "/etc/hostname, sandbox-id");
     for (const id of ids) {
       const before = Date.now() / 1000;
       const guest = Number(await sh(id, "date +%s.%N"));
