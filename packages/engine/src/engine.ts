@@ -11,7 +11,10 @@ import { defaultDataDir, shmDirFor } from "./config.js";
 import { Confinement, type SharedGroup } from "./confine.js";
 import { MitosError, shmSpaceRemediation } from "./errors.js";
 import { BUILTIN_RECIPES, ensureImages } from "./image/build.js";
-import { Journal, type TemplateRecord } from "./journal.js";
+import { Journal, type TemplateRecord, type TemplateSpec } from "./journal.js";
+
+export type { TemplateSpec };
+
 import { type Limits, resolveLimits, SpendCaps, type Usage } from "./limits.js";
 import { hostTotals, readVmMemory, type VmMemory } from "./metering.js";
 import { WarmPool } from "./pool.js";
@@ -22,20 +25,6 @@ import { SpareVms } from "./spares.js";
 import { ID_RE, type MachineSpec, type Snapshot, Vm } from "./vm.js";
 
 export type SandboxState = "starting" | "ready" | "paused" | "terminated" | "failed";
-
-export interface TemplateSpec {
-  /** Built-in image to start from: "base" (minimal Debian) or "python" (default). */
-  image?: string;
-  packages?: string[];
-  /** Shell commands run once in the booted template before it is frozen. */
-  init?: string[];
-  env?: Record<string, string>;
-  resources?: { vcpuCount?: number; memSizeMib?: number };
-  /** Seconds the booted guest is left to settle before init runs (default 0; the public API's init_wait_seconds). */
-  initWaitSeconds?: number;
-  /** Limit on each init command (default 600 s). */
-  initTimeoutSeconds?: number;
-}
 
 /** Bounds of TemplateSpec's waits (seconds). */
 export const TEMPLATE_WAITS = { maxInitWaitSeconds: 600, defaultInitTimeoutSeconds: 600, maxInitTimeoutSeconds: 3600 };
@@ -239,6 +228,10 @@ export class Engine {
     this.assertOpen();
     checkId(id, "template");
     const t = this.journal.templates[id];
+    if (!t && this.journal.recipes[id] && !this.templateBuilds.has(id)) {
+      this.journal.deleteRecipe(id); // dropped at start, never rebuilt: only its spec was left
+      return;
+    }
     if (!t) {
       if (this.templateBuilds.has(id)) {
         throw new MitosError("conflict", `template ${id} is still being built`, {
@@ -395,6 +388,7 @@ export class Engine {
       await vm.destroy();
       const record: TemplateRecord = {
         id,
+        spec,
         recipe: { packages, init, env },
         machine: vm.machine,
         ramFile,
@@ -527,6 +521,11 @@ export class Engine {
   }
 
   private async builtinTemplate(id: string): Promise<TemplateRecord> {
+    const recipe = this.journal.recipes[id];
+    if (recipe) {
+      this.log("rebuilding template dropped at start", { template: id });
+      return this.ensureTemplate(id, recipe);
+    }
     if (!(id in BUILTIN_RECIPES)) {
       throw new MitosError("not_found", `no template ${JSON.stringify(id)}`, {
         remediation: `Create it first (POST /v1/templates), or use a built-in one: ${Object.keys(BUILTIN_RECIPES).join(", ")}.`,
@@ -1021,8 +1020,12 @@ export class Engine {
       if (reason) {
         fs.rmSync(t.ramFile, { force: true });
         fs.rmSync(t.stateFile, { force: true });
+        if (t.spec) this.journal.putRecipe(t.id, t.spec);
         this.journal.deleteTemplate(t.id);
-        this.log(`dropped template: ${reason}`, { template: t.id });
+        this.log(`dropped template: ${reason}`, {
+          template: t.id,
+          ...(t.spec ? { rebuild: "at its next use, from its recorded spec" } : {}),
+        });
       }
     }
     // Template bases get a group of this run (ids are not kept across runs).

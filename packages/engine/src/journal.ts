@@ -8,8 +8,24 @@ import fs from "node:fs";
 import path from "node:path";
 import type { MachineSpec } from "./vm.js";
 
+export interface TemplateSpec {
+  /** Built-in image to start from: "base" (minimal Debian) or "python" (default). */
+  image?: string;
+  packages?: string[];
+  /** Shell commands run once in the booted template before it is frozen. */
+  init?: string[];
+  env?: Record<string, string>;
+  resources?: { vcpuCount?: number; memSizeMib?: number };
+  /** Seconds the booted guest is left to settle before init runs (default 0; the public API's init_wait_seconds). */
+  initWaitSeconds?: number;
+  /** Limit on each init command (default 600 s). */
+  initTimeoutSeconds?: number;
+}
+
 export interface TemplateRecord {
   id: string;
+  /** What it was built from: a template dropped at start (files gone after a reboot) is rebuilt from it on demand. */
+  spec?: TemplateSpec;
   recipe: { packages: string[]; init: string[]; env: Record<string, string> };
   machine: MachineSpec;
   ramFile: string;
@@ -34,6 +50,8 @@ export interface JournalData {
   version: 1;
   templates: Record<string, TemplateRecord>;
   vms: Record<string, VmRecord>;
+  /** Specs of templates dropped at start (their RAM was gone): rebuilt at their next use. */
+  recipes?: Record<string, TemplateSpec>;
 }
 
 export class Journal {
@@ -68,6 +86,22 @@ export class Journal {
 
   putTemplate(t: TemplateRecord): void {
     this.data.templates[t.id] = t;
+    if (this.data.recipes) delete this.data.recipes[t.id];
+    this.flush();
+  }
+
+  get recipes(): Readonly<Record<string, TemplateSpec>> {
+    return this.data.recipes ?? {};
+  }
+
+  putRecipe(id: string, spec: TemplateSpec): void {
+    this.data.recipes = { ...this.data.recipes, [id]: spec };
+    this.flush();
+  }
+
+  deleteRecipe(id: string): void {
+    if (!this.data.recipes || !(id in this.data.recipes)) return;
+    delete this.data.recipes[id];
     this.flush();
   }
 

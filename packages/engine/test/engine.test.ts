@@ -394,6 +394,39 @@ describe("crash recovery", () => {
       fs.rmSync(crashShm, { recursive: true, force: true });
     }
   });
+
+  it("templates survive a restart; after a reboot (RAM gone) a custom one is rebuilt from its spec at its next use", async () => {
+    const data = path.join(root, `test-rebuild-${process.pid}`);
+    const shm = `/dev/shm/mitos-test-rebuild-${process.pid}`;
+    const spec = { image: "base", resources: { memSizeMib: 256 }, init: ["echo built-once > /workspace/mark"] };
+    try {
+      let e = await Engine.open({ dataDir: data, shmDir: shm, imagesDir, poolTargets: {} });
+      const first = await e.createTemplate("rb", spec);
+      await e.close();
+      // A plain restart: the same template, not rebuilt.
+      e = await Engine.open({ dataDir: data, shmDir: shm, imagesDir, poolTargets: {} });
+      assert.equal(e.listTemplates().find((t) => t.id === "rb")?.createdAt, first.createdAt);
+      const ram = e.templateRecord("rb")?.ramFile as string;
+      await e.close();
+      // A reboot empties /dev/shm.
+      fs.rmSync(ram);
+      e = await Engine.open({ dataDir: data, shmDir: shm, imagesDir, poolTargets: {} });
+      try {
+        assert.equal(e.templateRecord("rb"), undefined, "dropped at start: its RAM is gone");
+        const sb = await e.create("rb");
+        const r = await e.exec(sb.id, { command: "cat /workspace/mark" }).result;
+        assert.equal(r.stdout.toString(), "built-once\n", "rebuilt with its init");
+        assert.notEqual(e.listTemplates().find((t) => t.id === "rb")?.createdAt, first.createdAt);
+        await e.terminate(sb.id);
+      } finally {
+        await e.close({ killSandboxes: true });
+      }
+    } finally {
+      for (const pid of qemuPidsOf(data)) process.kill(pid, "SIGKILL");
+      fs.rmSync(data, { recursive: true, force: true });
+      fs.rmSync(shm, { recursive: true, force: true });
+    }
+  });
 });
 
 function pidAlive(pid: number): boolean {
