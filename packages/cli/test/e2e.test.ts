@@ -105,6 +105,19 @@ describe("mitos CLI against mitosd", () => {
     assert.equal((await mitos(["sandbox", "terminate", "sb-00000000"])).code, 3);
   });
 
+  it("template rm: not_found exits 3, a template in use is refused, --force frees it", async () => {
+    const none = await mitos(["template", "rm", "no-such-template"]);
+    assert.equal(none.code, 3, none.stderr);
+    assert.match(none.stderr, /^error: not_found: /);
+    // The python template has live sandboxes (this suite's forks) and a warm pool.
+    const busy = await mitos(["template", "rm", "python"]);
+    assert.equal(busy.code, 1, busy.stderr);
+    assert.match(busy.stderr, /^error: conflict: template python is in use by /);
+    assert.match(busy.stderr, /--force|force=true/);
+    const help = await mitos(["template", "rm", "--help"]);
+    assert.match(help.stdout, /--force/);
+  });
+
   it("prints listings as JSON that parses", async () => {
     const ls = await mitos(["sandbox", "ls", "--json"]);
     assert.equal(ls.code, 0, ls.stderr);
