@@ -319,6 +319,12 @@ call("DELETE", "/v1/sandboxes/" + sb["id"])
     assert.ok(rec, "up-tiny was built by the row 3 test");
     const bytes = fs.statSync(rec.ramFile).blocks * 512;
     assert.ok(bytes > 16 * 2 ** 20, `the template's base holds RAM (${bytes} bytes)`);
+    // RAM held by the files of this engine's shm dir (tmpfs: allocated blocks are RAM).
+    const shmBytes = () =>
+      fs
+        .readdirSync(server.engine.shmDir)
+        .reduce((n, f) => n + fs.statSync(path.join(server.engine.shmDir, f)).blocks * 512, 0);
+    const shmBefore = shmBytes();
     const sb = await api("POST", "/v1/sandboxes", { template: "up-tiny" });
     assert.equal(sb.status, 200, sb.text);
     const id = sb.json.id as string;
@@ -334,12 +340,14 @@ call("DELETE", "/v1/sandboxes/" + sb["id"])
     // The base's bytes are gone: no file, and no process maps it any more.
     assert.equal(fs.existsSync(rec.ramFile), false);
     assert.equal(fs.existsSync(rec.stateFile), false);
+    const freed = shmBefore - shmBytes();
+    assert.ok(freed >= bytes, `the shm dir gave back ${freed} of ${bytes} bytes`);
     const mappers = (await run("sh", ["-c", `grep -l ${JSON.stringify(rec.ramFile)} /proc/[0-9]*/maps || true`]))
       .stdout;
     assert.equal(mappers.trim(), "", "no process maps the deleted base");
-    const after = await api("POST", "/v1/sandboxes", { template: "up-tiny" });
-    assert.equal(after.status, 404);
-    assert.equal(after.json.error.code, "not_found");
+    const created = await api("POST", "/v1/sandboxes", { template: "up-tiny" });
+    assert.equal(created.status, 404);
+    assert.equal(created.json.error.code, "not_found");
     assert.equal((await api("DELETE", "/v1/templates/up-tiny")).status, 404);
   });
 });
