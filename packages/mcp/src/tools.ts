@@ -1,36 +1,46 @@
 // The MCP tools: what an agent can do with Mitos sandboxes, described so an
-// LLM can pick the right one. Built only on @mitos/sdk.
+// LLM can pick the right one. Built only on @mitos/sdk. Each tool also takes
+// the public Mitos project's argument names (pool, sandbox, replicas; see
+// args.ts) and answers in its result shapes where it defines one.
 
 import { MitosError, type Sandbox, type SandboxServer } from "@mitos/sdk";
 import type { McpServer } from "@modelcontextprotocol/sdk/server/mcp.js";
 import type { CallToolResult } from "@modelcontextprotocol/sdk/types.js";
 import { z } from "zod";
+import { either, rejectUnknown } from "./args.js";
 
-const sandboxId = z.string().describe("Sandbox id, as returned by sandbox_create or sandbox_fork (e.g. sb-1a2b3c4d).");
+/** The JSON of an isError result: upstream's {code, cause?, remediation}, plus message and context. */
+export interface ToolError {
+  code: string;
+  message: string;
+  /** The underlying reason; absent, never null. */
+  cause?: string;
+  remediation: string;
+  context?: Record<string, unknown>;
+}
 
-/** Tool results are JSON text; errors come back as results with isError and the API's error envelope. */
+export function toolError(err: unknown): ToolError {
+  if (!(err instanceof MitosError)) {
+    return {
+      code: "internal",
+      message: err instanceof Error ? err.message : String(err),
+      remediation: "Retry; if it persists, check mitosd's log.",
+    };
+  }
+  const e: ToolError = { code: err.code, message: err.message, remediation: err.remediation };
+  // typeof, not !== undefined: an envelope from an older mitosd can carry "cause": null.
+  if (typeof err.cause === "string") e.cause = err.cause;
+  if (Object.keys(err.context).length > 0) e.context = err.context;
+  return e;
+}
+
+/** Tool results are JSON text; errors come back as results with isError and a ToolError. */
 async function run(fn: () => Promise<unknown>): Promise<CallToolResult> {
   try {
     const value = await fn();
     return { content: [{ type: "text", text: JSON.stringify(value, null, 2) }] };
   } catch (err) {
-    const e =
-      err instanceof MitosError
-        ? {
-            code: err.code,
-            message: err.message,
-            cause: err.cause ?? null,
-            remediation: err.remediation,
-            context: err.context,
-          }
-        : {
-            code: "internal",
-            message: String(err),
-            cause: null,
-            remediation: "Retry; if it persists, check mitosd's log.",
-            context: {},
-          };
-    return { isError: true, content: [{ type: "text", text: JSON.stringify({ error: e }, null, 2) }] };
+    return { isError: true, content: [{ type: "text", text: JSON.stringify(toolError(err), null, 2) }] };
   }
 }
 
@@ -38,9 +48,46 @@ function summary(s: Sandbox) {
   return { id: s.id, template: s.templateId, parent: s.parentId, state: s.state, deadline_unix: s.deadlineUnix };
 }
 
-export function registerTools(mcp: McpServer, server: SandboxServer): void {
-  const get = (id: string) => server.get(id);
+const idText = "Sandbox id, as returned by sandbox_create or sandbox_fork (e.g. sb-1a2b3c4d).";
+const sandboxIds = {
+  sandbox_id: z.string().optional().describe(`${idText} Required unless \`sandbox\` is given.`),
+  sandbox: z
+    .string()
+    .optional()
+    .describe("The upstream Mitos name for `sandbox_id`; give either one (both only if equal)."),
+};
+const timeoutSeconds = z.number().int().positive().optional();
 
+/**
+ * The input schema of a tool: the listed arguments and no others. A loose
+ * object, so unknown keys reach rejectUnknown (a plain z.object would strip
+ * them silently); advertised with additionalProperties false.
+ */
+function input<S extends z.ZodRawShape>(shape: S) {
+  return z.looseObject(shape).meta({ additionalProperties: false });
+}
+
+export function registerTools(mcp: McpServer, server: SandboxServer): void {
+  const sandboxOf = (tool: string, a: { sandbox_id?: string | undefined; sandbox?: string | undefined }) =>
+    server.get(either(tool, ["sandbox_id", a.sandbox_id], ["sandbox", a.sandbox], true));
+  /** run(), after refusing arguments the tool does not declare. */
+  const checked = (tool: string, args: object, schema: z.ZodObject, fn: () => Promise<unknown>) =>
+    run(async () => {
+      rejectUnknown(tool, args, Object.keys(schema.shape));
+      return fn();
+    });
+
+  const createInput = input({
+    template: z
+      .string()
+      .optional()
+      .describe('Template to start from: "python" or "base". Required unless `pool` is given.'),
+    pool: z
+      .string()
+      .optional()
+      .describe("The upstream Mitos name for `template`; give either one (both only if equal)."),
+    timeout_seconds: timeoutSeconds.describe("Lifetime in seconds (default 300)."),
+  });
   mcp.registerTool(
     "sandbox_create",
     {
@@ -48,40 +95,53 @@ export function registerTools(mcp: McpServer, server: SandboxServer): void {
       description:
         "Create a new isolated Linux sandbox (its own microVM) from a template and return its id. " +
         'Template "python" has Python 3; "base" is minimal Debian. The sandbox lives until terminated or its timeout.',
-      inputSchema: {
-        template: z.string().default("python").describe('Template to start from, e.g. "python".'),
-        timeout_seconds: z.number().int().positive().optional().describe("Lifetime in seconds (default 300)."),
-      },
+      inputSchema: createInput,
     },
-    ({ template, timeout_seconds }) =>
-      run(async () =>
-        summary(
-          await server.fork(template, timeout_seconds === undefined ? undefined : { timeoutSeconds: timeout_seconds }),
-        ),
-      ),
+    (a) =>
+      checked("sandbox_create", a, createInput, async () => {
+        const template = either("sandbox_create", ["template", a.template], ["pool", a.pool], true);
+        const opts = a.timeout_seconds === undefined ? undefined : { timeoutSeconds: a.timeout_seconds };
+        return summary(await server.fork(template, opts));
+      }),
   );
 
+  const execInput = input({
+    ...sandboxIds,
+    command: z.string().describe("Shell command, e.g. \"python3 -c 'print(6*7)'\"."),
+    timeout_seconds: timeoutSeconds.describe("Kill the command after this many seconds."),
+  });
   mcp.registerTool(
     "sandbox_exec",
     {
       title: "Run a command",
       description:
-        "Run a shell command (via /bin/sh -c) in a sandbox and return stdout, stderr and the exit code. " +
+        "Run a shell command (via /bin/sh -c) in a sandbox. Returns JSON {exit_code, stdout, stderr}. " +
         "A command still running at timeout_seconds is killed and exits 124.",
-      inputSchema: {
-        sandbox_id: sandboxId,
-        command: z.string().describe("Shell command, e.g. \"python3 -c 'print(6*7)'\"."),
-        timeout_seconds: z.number().int().positive().optional().describe("Kill the command after this many seconds."),
-      },
+      inputSchema: execInput,
     },
-    ({ sandbox_id, command, timeout_seconds }) =>
-      run(async () => {
-        const sb = await get(sandbox_id);
-        const r = await sb.exec(command, timeout_seconds === undefined ? {} : { timeoutSeconds: timeout_seconds });
-        return { exit_code: r.exitCode, stdout: r.stdout, stderr: r.stderr, exec_time_ms: r.execTimeMs };
+    (a) =>
+      checked("sandbox_exec", a, execInput, async () => {
+        const sb = await sandboxOf("sandbox_exec", a);
+        const r = await sb.exec(
+          a.command,
+          a.timeout_seconds === undefined ? {} : { timeoutSeconds: a.timeout_seconds },
+        );
+        // Exactly upstream's keys.
+        return { exit_code: r.exitCode, stdout: r.stdout, stderr: r.stderr };
       }),
   );
 
+  const forkInput = input({
+    ...sandboxIds,
+    count: z.number().int().min(1).max(64).optional().describe("How many children (1-64, default 1)."),
+    replicas: z
+      .number()
+      .int()
+      .min(1)
+      .max(64)
+      .optional()
+      .describe("The upstream Mitos name for `count`; give either one (both only if equal)."),
+  });
   mcp.registerTool(
     "sandbox_fork",
     {
@@ -89,68 +149,78 @@ export function registerTools(mcp: McpServer, server: SandboxServer): void {
       description:
         "Live-fork a running sandbox into `count` children. Each child is its own VM that resumes from the parent's " +
         "exact state (files, memory, running processes); changes in one never affect the others. Use it to try " +
-        "several approaches from the same point (best-of-N). Returns the child ids.",
-      inputSchema: {
-        sandbox_id: sandboxId,
-        count: z.number().int().min(1).max(64).default(1).describe("How many children (1-64)."),
-      },
+        "several approaches from the same point (best-of-N). Returns the child ids: JSON {parent, children} when " +
+        "called with `sandbox_id`, a JSON array of ids (upstream's shape) when called with `sandbox`.",
+      inputSchema: forkInput,
     },
-    ({ sandbox_id, count }) =>
-      run(async () => {
-        const children = await (await get(sandbox_id)).fork(count);
-        return { parent: sandbox_id, children: children.map((c) => c.id) };
+    (a) =>
+      checked("sandbox_fork", a, forkInput, async () => {
+        const count = either("sandbox_fork", ["count", a.count], ["replicas", a.replicas]) ?? 1;
+        const parent = await sandboxOf("sandbox_fork", a);
+        const children = (await parent.fork(count)).map((c) => c.id);
+        return a.sandbox === undefined ? { parent: parent.id, children } : children;
       }),
   );
 
+  const readInput = input({ ...sandboxIds, path: z.string().describe("Absolute path, e.g. /root/out.txt.") });
   mcp.registerTool(
     "sandbox_read_file",
     {
       title: "Read a file",
-      description: "Read a text file from a sandbox (absolute path) and return its contents.",
-      inputSchema: { sandbox_id: sandboxId, path: z.string().describe("Absolute path, e.g. /root/out.txt.") },
+      description: "Read a text file from a sandbox (absolute path). Returns JSON {path, content}.",
+      inputSchema: readInput,
     },
-    ({ sandbox_id, path }) => run(async () => ({ path, content: await (await get(sandbox_id)).files.readText(path) })),
+    (a) =>
+      checked("sandbox_read_file", a, readInput, async () => {
+        const sb = await sandboxOf("sandbox_read_file", a);
+        return { path: a.path, content: await sb.files.readText(a.path) };
+      }),
   );
 
+  const writeInput = input({
+    ...sandboxIds,
+    path: z.string().describe("Absolute path, e.g. /root/main.py."),
+    content: z.string().describe("The file's new contents."),
+  });
   mcp.registerTool(
     "sandbox_write_file",
     {
       title: "Write a file",
-      description: "Create or replace a text file in a sandbox (absolute path). Parent directories must exist.",
-      inputSchema: {
-        sandbox_id: sandboxId,
-        path: z.string().describe("Absolute path, e.g. /root/main.py."),
-        content: z.string().describe("The file's new contents."),
-      },
+      description: "Create or replace a text file in a sandbox (absolute path). Returns JSON {path, bytes_written}.",
+      inputSchema: writeInput,
     },
-    ({ sandbox_id, path, content }) =>
-      run(async () => {
-        await (await get(sandbox_id)).files.write(path, content);
-        return { path, bytes_written: Buffer.byteLength(content) };
+    (a) =>
+      checked("sandbox_write_file", a, writeInput, async () => {
+        const sb = await sandboxOf("sandbox_write_file", a);
+        await sb.files.write(a.path, a.content);
+        return { path: a.path, bytes_written: Buffer.byteLength(a.content) };
       }),
   );
 
+  const listInput = input({});
   mcp.registerTool(
     "sandbox_list",
     {
       title: "List sandboxes",
       description: "List the live sandboxes with their template, parent and state.",
-      inputSchema: {},
+      inputSchema: listInput,
     },
-    () => run(async () => (await server.listSandboxes()).map(summary)),
+    (a) => checked("sandbox_list", a, listInput, async () => (await server.listSandboxes()).map(summary)),
   );
 
+  const terminateInput = input(sandboxIds);
   mcp.registerTool(
     "sandbox_terminate",
     {
       title: "Terminate a sandbox",
       description: "Stop a sandbox and free its resources. Its children are not affected.",
-      inputSchema: { sandbox_id: sandboxId },
+      inputSchema: terminateInput,
     },
-    ({ sandbox_id }) =>
-      run(async () => {
-        await (await get(sandbox_id)).terminate();
-        return { id: sandbox_id, status: "terminated" };
+    (a) =>
+      checked("sandbox_terminate", a, terminateInput, async () => {
+        const sb = await sandboxOf("sandbox_terminate", a);
+        await sb.terminate();
+        return { id: sb.id, status: "terminated" };
       }),
   );
 }

@@ -74,6 +74,7 @@ describe("mitos-mcp", () => {
       ),
     );
     outs.forEach((o, i) => {
+      assert.deepEqual(Object.keys(o).sort(), ["exit_code", "stderr", "stdout"]);
       assert.equal(o.exit_code, 0);
       assert.equal(o.stdout, `${i * 10}\nfrom the parent\n${children[i]}\n`);
     });
@@ -87,14 +88,46 @@ describe("mitos-mcp", () => {
     for (const id of [...children, sb.id]) await call("sandbox_terminate", { sandbox_id: id });
   });
 
-  it("returns errors as tool results with the error envelope", async () => {
-    const r = (await client.callTool({
+  it("takes the upstream Mitos argument names and answers in its shapes", async () => {
+    const sb = await call<{ id: string; template: string }>("sandbox_create", { pool: "python" });
+    assert.equal(sb.template, "python");
+    await call("sandbox_write_file", { sandbox: sb.id, path: "/root/seed.txt", content: "upstream\n" });
+    // Upstream's fork answer: a bare JSON array of the children's ids.
+    const children = await call<string[]>("sandbox_fork", { sandbox: sb.id, replicas: 2 });
+    assert.ok(Array.isArray(children), JSON.stringify(children));
+    assert.equal(children.length, 2);
+    for (const id of children) assert.match(id, /^sb-/);
+    const raw = (await client.callTool({
       name: "sandbox_exec",
-      arguments: { sandbox_id: "no-such-box", command: "true" },
+      arguments: { sandbox: children[1], command: "cat /root/seed.txt; echo oops >&2; exit 3", timeout_seconds: 60 },
     })) as TextResult;
-    assert.equal(r.isError, true);
-    const env = JSON.parse(r.content[0]?.text ?? "{}") as { error: { code: string; remediation: string } };
-    assert.equal(env.error.code, "not_found");
-    assert.ok(env.error.remediation.length > 0);
+    assert.ok(!raw.isError, raw.content[0]?.text);
+    // Exactly {exit_code, stdout, stderr}, in that order.
+    assert.deepEqual(JSON.parse(raw.content[0]?.text ?? "null"), {
+      exit_code: 3,
+      stdout: "upstream\n",
+      stderr: "oops\n",
+    });
+    assert.deepEqual(Object.keys(JSON.parse(raw.content[0]?.text ?? "{}")), ["exit_code", "stdout", "stderr"]);
+    const file = await call<{ content: string }>("sandbox_read_file", { sandbox: children[0], path: "/root/seed.txt" });
+    assert.equal(file.content, "upstream\n");
+    for (const id of [...children, sb.id]) await call("sandbox_terminate", { sandbox: id });
+  });
+
+  it("returns errors as tool results carrying {code, cause?, remediation}", async () => {
+    for (const args of [
+      { sandbox_id: "no-such-box", command: "true" },
+      { sandbox: "no-such-box", command: "true" },
+    ]) {
+      const r = (await client.callTool({ name: "sandbox_exec", arguments: args })) as TextResult;
+      assert.equal(r.isError, true);
+      const e = JSON.parse(r.content[0]?.text ?? "{}") as { code: string; cause?: unknown; remediation: string };
+      assert.equal(e.code, "not_found");
+      assert.ok(e.remediation.length > 0);
+      assert.ok(
+        !("cause" in e) || typeof e.cause === "string",
+        `cause must be a string or absent: ${r.content[0]?.text}`,
+      );
+    }
   });
 });
