@@ -6,6 +6,7 @@
 // with {} or {"error":{code,message}}. Closing the socket kills the command.
 
 import { fromJson, type JsonValue, toJson } from "@bufbuild/protobuf";
+import { encodeEnvelope } from "@connectrpc/connect/protocol";
 import websocket from "@fastify/websocket";
 import type { Engine } from "@mitos/engine";
 import { MitosError } from "@mitos/engine";
@@ -49,12 +50,8 @@ function serve(socket: WebSocket, sandboxId: string, engine: Engine, maxExecTime
   const send = (flag: number, json: JsonValue) =>
     new Promise<void>((resolve) => {
       if (socket.readyState !== socket.OPEN) return resolve();
-      const body = Buffer.from(JSON.stringify(json));
-      const head = Buffer.alloc(5);
-      head[0] = flag;
-      head.writeUInt32BE(body.length, 1);
       // Resolving on the write callback gives backpressure to the guest stream.
-      socket.send(Buffer.concat([head, body]), () => resolve());
+      socket.send(encodeEnvelope(flag, Buffer.from(JSON.stringify(json))), () => resolve());
     });
   const inputs = new StreamQueue<ExecRequest>(64);
   const closed = new AbortController();
