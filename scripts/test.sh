@@ -10,4 +10,6 @@ make -s -C guest/agent test
 # Build (or find cached) guest images once, with progress, before the suites.
 npx tsx packages/engine/src/bin/build-images.ts base python
 mapfile -t files < <(ls packages/*/test/*.test.ts | sort)
+# Last: no suite may leave RAM in /dev/shm behind (test-support/suite-leaks.test.ts).
+files+=(test-support/suite-leaks.test.ts)
 exec node --import tsx --test --test-concurrency=1 "${files[@]}"

@@ -6,11 +6,12 @@ import { execFileSync, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
+import { removeDataDir, tempDataDir } from "../../../test-support/data-dir.js";
 import { type Daemon, repoRoot, startMitosd } from "../../../test-support/mitosd.js";
 
 const repo = repoRoot;
 const bin = path.join(repo, "packages/cli/dist/bin/mitos.js");
-const dataDir = "/var/lib/mitos/test-cli";
+const dataDir = tempDataDir("test-cli");
 let daemon: Daemon | undefined;
 let env: NodeJS.ProcessEnv = {};
 
@@ -57,6 +58,7 @@ before(async () => {
 
 after(async () => {
   await daemon?.stop();
+  removeDataDir(dataDir);
 });
 
 describe("mitos CLI against mitosd", () => {

@@ -8,6 +8,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
+import { removeDataDir } from "../../../test-support/data-dir.js";
 import { defaultDataDir } from "../src/config.js";
 import { Confinement, claimBlock, ID_RANGE, preferredBlock } from "../src/confine.js";
 import { Engine, type MitosError, type SandboxInfo } from "../src/index.js";
@@ -82,8 +83,7 @@ before(
   async () => {
     if (!isRoot) return;
     // From scratch, so the template build runs confined too.
-    fs.rmSync(dataDir, { recursive: true, force: true });
-    fs.rmSync(shmDir, { recursive: true, force: true });
+    removeDataDir(dataDir, shmDir);
     fs.mkdirSync(shmDir, { recursive: true });
     engine = await Engine.open({ dataDir, shmDir, imagesDir, poolTargets: { python: 0 } });
     await engine.createTemplate("python");
@@ -97,7 +97,7 @@ before(
 after(async () => {
   await engine?.close({ killSandboxes: true });
   // Built from scratch each run: free the template's RAM now.
-  if (engine) for (const d of [dataDir, shmDir]) fs.rmSync(d, { recursive: true, force: true });
+  if (isRoot) removeDataDir(dataDir, shmDir);
 });
 
 describe("QEMU confinement", { skip: isRoot ? false : "needs root" }, () => {

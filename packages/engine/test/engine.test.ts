@@ -6,6 +6,7 @@ import { spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
+import { removeDataDir, tempDataDir } from "../../../test-support/data-dir.js";
 import { qemuPidsOf } from "../../../test-support/leaks.js";
 import { AgentClient } from "../src/agent/client.js";
 import { defaultDataDir } from "../src/config.js";
@@ -15,8 +16,8 @@ import { Vm } from "../src/vm.js";
 
 const root = defaultDataDir();
 const imagesDir = path.join(root, "images");
-const dataDir = path.join(root, "test-engine");
 const shmDir = "/dev/shm/mitos-test-engine";
+const dataDir = tempDataDir("test-engine", shmDir);
 let engine: Engine;
 
 /** How many processes in the sandbox run exactly `cmdline` (the images have no pgrep). */
@@ -42,6 +43,7 @@ before(async () => {
 
 after(async () => {
   await engine?.close({ killSandboxes: true });
+  removeDataDir(dataDir, shmDir);
 });
 
 describe("templates and warm pools", () => {
@@ -350,8 +352,8 @@ describe("live fork", () => {
 
 describe("crash recovery", () => {
   it("an engine killed mid-fork leaves no orphan QEMU and no stray file after restart", async () => {
-    const crashData = path.join(root, `test-crash-${process.pid}`);
     const crashShm = `/dev/shm/mitos-test-crash-${process.pid}`;
+    const crashData = tempDataDir(`test-crash-${process.pid}`, crashShm);
     fs.mkdirSync(crashShm, { recursive: true });
     const script = path.join(import.meta.dirname, "fixtures", "fork-victim.ts");
     const child = spawn(process.execPath, ["--import", "tsx", script, crashData, crashShm, imagesDir], {
@@ -389,15 +391,13 @@ describe("crash recovery", () => {
       }
     } finally {
       child.kill("SIGKILL");
-      for (const pid of qemuPidsOf(crashData)) process.kill(pid, "SIGKILL");
-      fs.rmSync(crashData, { recursive: true, force: true });
-      fs.rmSync(crashShm, { recursive: true, force: true });
+      removeDataDir(crashData, crashShm);
     }
   });
 
   it("templates survive a restart; after a reboot (RAM gone) a custom one is rebuilt from its spec at its next use", async () => {
-    const data = path.join(root, `test-rebuild-${process.pid}`);
     const shm = `/dev/shm/mitos-test-rebuild-${process.pid}`;
+    const data = tempDataDir(`test-rebuild-${process.pid}`, shm);
     const spec = { image: "base", resources: { memSizeMib: 256 }, init: ["echo built-once > /workspace/mark"] };
     try {
       let e = await Engine.open({ dataDir: data, shmDir: shm, imagesDir, poolTargets: {} });
@@ -422,9 +422,7 @@ describe("crash recovery", () => {
         await e.close({ killSandboxes: true });
       }
     } finally {
-      for (const pid of qemuPidsOf(data)) process.kill(pid, "SIGKILL");
-      fs.rmSync(data, { recursive: true, force: true });
-      fs.rmSync(shm, { recursive: true, force: true });
+      removeDataDir(data, shm);
     }
   });
 });

@@ -8,6 +8,7 @@ import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
+import { removeDataDir } from "../../../test-support/data-dir.js";
 import { assertNoLeaks, killQemusOf, qemuPidsOf, waitGone } from "../../../test-support/leaks.js";
 import { defaultDataDir } from "../src/config.js";
 import type { FaultStep } from "../src/engine.js";
@@ -99,8 +100,7 @@ after(async () => {
   await engine?.close({ killSandboxes: true });
   killQemusOf(dataDir);
   if (mounted) execFileSync("umount", ["-l", shmDir]);
-  fs.rmSync(dataDir, { recursive: true, force: true });
-  fs.rmSync(shmDir, { recursive: true, force: true });
+  removeDataDir(dataDir, shmDir);
 });
 
 describe("QEMU killed during create", () => {

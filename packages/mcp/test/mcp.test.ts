@@ -8,8 +8,10 @@ import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
+import { removeDataDir, tempDataDir } from "../../../test-support/data-dir.js";
 import { type Daemon, repoRoot, startMitosd } from "../../../test-support/mitosd.js";
 
+const dataDir = tempDataDir("test-mcp");
 let daemon: Daemon;
 let client: Client;
 
@@ -25,7 +27,7 @@ async function call<T>(name: string, args: Record<string, unknown> = {}): Promis
 }
 
 before(async () => {
-  daemon = await startMitosd("/var/lib/mitos/test-mcp");
+  daemon = await startMitosd(dataDir);
   client = new Client({ name: "mitos-test", version: "0.0.1" });
   // As in the API.md client config {"mcpServers": {"mitos": {"command": "mitos-mcp"}}}:
   // the built command on PATH, as setup.sh links it into /usr/local/bin.
@@ -40,6 +42,7 @@ before(async () => {
 after(async () => {
   await client?.close();
   await daemon?.stop();
+  removeDataDir(dataDir);
 });
 
 describe("mitos-mcp", () => {

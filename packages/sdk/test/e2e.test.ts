@@ -5,21 +5,24 @@ import { execFile } from "node:child_process";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { promisify } from "node:util";
+import { removeDataDir, tempDataDir } from "../../../test-support/data-dir.js";
 import { type Daemon, repoRoot as repo, startMitosd } from "../../../test-support/mitosd.js";
 import { NotFoundError, type Sandbox, SandboxServer, TimeoutTooLargeError, UnauthorizedError } from "../src/index.js";
 
+const dataDir = tempDataDir("test-sdk");
 let daemon: Daemon;
 let baseUrl = "";
 let apiKey = "";
 
 before(async () => {
-  daemon = await startMitosd("/var/lib/mitos/test-sdk");
+  daemon = await startMitosd(dataDir);
   baseUrl = daemon.url;
   apiKey = daemon.token;
 });
 
 after(async () => {
   await daemon?.stop();
+  removeDataDir(dataDir);
 });
 
 describe("@mitos/sdk against mitosd", () => {

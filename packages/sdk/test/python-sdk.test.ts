@@ -7,13 +7,14 @@ import { spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { after, before, it } from "node:test";
+import { removeDataDir, tempDataDir } from "../../../test-support/data-dir.js";
 import { type Daemon, repoRoot, startMitosd } from "../../../test-support/mitosd.js";
 
-const dataDir = "/var/lib/mitos/test-python";
 // A RAM directory of this suite's own: a mitosd starting up sweeps stray
 // mitos-*.ram files from its shm dir, so daemons of other suites sharing
 // /dev/shm would delete this one's template RAM.
 const shmDir = "/dev/shm/mitos-test-python";
+const dataDir = tempDataDir("test-python", shmDir);
 
 let daemon: Daemon | undefined;
 
@@ -25,6 +26,8 @@ before(async () => {
 
 after(async () => {
   await daemon?.stop();
+  // The daemon's RAM dir is inside shmDir (MITOS_SHM_DIR): this removes both.
+  removeDataDir(dataDir, shmDir);
 });
 
 it("passes the Python SDK's unittest suite, end-to-end tests included", { timeout: 180_000 }, async () => {

@@ -5,18 +5,18 @@
 
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
-import { defaultDataDir, defaultLimits, LIMIT_NAMES } from "@mitos/engine";
+import { defaultLimits, LIMIT_NAMES } from "@mitos/engine";
 import { Sandbox as SandboxService } from "@mitos/proto";
+import { removeDataDir, tempDataDir } from "../../../test-support/data-dir.js";
 import { type Daemon, startMitosd } from "../../../test-support/mitosd.js";
 
 const MiB = 1024 * 1024;
 /** The documented bound (docs/decisions/0005-spend-caps.md): mitosd's RSS grows < 300 MiB while streaming 1 GiB. */
 const RSS_BOUND = 300 * MiB;
-const dataDir = path.join(defaultDataDir(), "test-big-output");
+const dataDir = tempDataDir("test-big-output");
 let d: Daemon;
 
 const rssOf = (pid: number, field: "VmRSS" | "VmHWM") => {
@@ -29,6 +29,7 @@ before(async () => {
 });
 after(async () => {
   await d?.stop();
+  removeDataDir(dataDir);
 });
 
 describe("mitosd under a 1 GiB exec output", () => {

@@ -5,16 +5,16 @@
 
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import path from "node:path";
 import { after, before, it } from "node:test";
 import { ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
-import { defaultDataDir, shmDirFor } from "@mitos/engine";
+import { shmDirFor } from "@mitos/engine";
 import { Sandbox as SandboxService } from "@mitos/proto";
-import { assertNoLeaks, killQemusOf, qemuPidsOf } from "../../../test-support/leaks.js";
+import { removeDataDir, tempDataDir } from "../../../test-support/data-dir.js";
+import { assertNoLeaks, qemuPidsOf } from "../../../test-support/leaks.js";
 import { type Daemon, startMitosd } from "../../../test-support/mitosd.js";
 
-const dataDir = path.join(defaultDataDir(), "test-server-faults");
+const dataDir = tempDataDir("test-server-faults");
 const owned = { dataDir, shmDir: shmDirFor(dataDir) };
 let daemon: Daemon;
 
@@ -58,9 +58,6 @@ async function newSandbox(): Promise<string> {
 const alive = (pid: number) => fs.existsSync(`/proc/${pid}`);
 
 before(async () => {
-  killQemusOf(dataDir);
-  fs.rmSync(dataDir, { recursive: true, force: true });
-  fs.rmSync(owned.shmDir, { recursive: true, force: true });
   daemon = await startMitosd(dataDir);
   const t = await api("POST", "/v1/templates", { id: "python" });
   assert.equal(t.status, 200, JSON.stringify(t.json));
@@ -68,9 +65,7 @@ before(async () => {
 
 after(async () => {
   await daemon?.stop();
-  killQemusOf(dataDir);
-  fs.rmSync(dataDir, { recursive: true, force: true });
-  fs.rmSync(owned.shmDir, { recursive: true, force: true });
+  removeDataDir(dataDir);
 });
 
 it("a guest kernel panic: the exec ends with unavailable, the sandbox is failed, the daemon serves on", async () => {

@@ -18,12 +18,14 @@ import { defaultDataDir } from "@mitos/engine";
 import { HTTP_STATUS_BY_CODE, isErrorCode, WriteFileRequestSchema } from "@mitos/proto";
 import fc from "fast-check";
 import WebSocket from "ws";
+import { removeDataDir, tempDataDir } from "../../../test-support/data-dir.js";
 import { runtimeClient } from "../../../test-support/runtime-client.js";
 import { createServer, type MitosServer } from "../src/index.js";
 
 const SEED = Number(process.env.MITOS_FUZZ_SEED ?? 20261201);
 const RUNS = Number(process.env.MITOS_FUZZ_RUNS ?? 500);
 const KEEPER = "fuzz-keeper";
+const dataDir = tempDataDir("test-fuzz");
 let server: MitosServer;
 const uncaught: unknown[] = [];
 
@@ -31,7 +33,7 @@ before(async () => {
   process.on("uncaughtException", (e) => uncaught.push(e));
   server = await createServer({
     port: 0,
-    dataDir: path.join(defaultDataDir(), "test-fuzz"),
+    dataDir,
     imagesDir: path.join(defaultDataDir(), "images"),
     poolTargets: { python: 0 },
     logLevel: "silent",
@@ -47,6 +49,7 @@ before(async () => {
 
 after(async () => {
   await server?.close({ killSandboxes: true });
+  removeDataDir(dataDir);
 });
 
 function runtime(sandboxId: string) {

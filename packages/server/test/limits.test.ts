@@ -9,12 +9,13 @@ import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { defaultDataDir, defaultLimits, type Limits, resolveLimits } from "@mitos/engine";
+import { removeDataDir, tempDataDir } from "../../../test-support/data-dir.js";
 import { runtimeClient } from "../../../test-support/runtime-client.js";
 import { loadDaemonConfig } from "../src/config.js";
 import { createServer, type MitosServer } from "../src/index.js";
 
 const root = defaultDataDir();
-const dataDir = path.join(root, "test-limits");
+const dataDir = tempDataDir("test-limits");
 const GiB = 1024 ** 3;
 
 interface ErrorBody {
@@ -128,6 +129,7 @@ describe("spend caps on real VMs", () => {
 
   after(async () => {
     await server?.close({ killSandboxes: true });
+    removeDataDir(dataDir);
   });
 
   describe("sandbox count, fork count, lifetime and streams", () => {

@@ -15,10 +15,12 @@ import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { defaultDataDir } from "@mitos/engine";
 import { ExecRequestSchema, Sandbox as SandboxService, WriteFileRequestSchema } from "@mitos/proto";
+import { removeDataDir, tempDataDir } from "../../../test-support/data-dir.js";
 import { runtimeClient } from "../../../test-support/runtime-client.js";
 import { createServer, type MitosServer } from "../src/index.js";
 
 const root = defaultDataDir();
+const dataDir = tempDataDir("test-server");
 const run = promisify(execFile);
 let server: MitosServer;
 let api: (method: string, route: string, body?: unknown, headers?: Record<string, string>) => Promise<Response>;
@@ -26,7 +28,7 @@ let api: (method: string, route: string, body?: unknown, headers?: Record<string
 before(async () => {
   server = await createServer({
     port: 0,
-    dataDir: path.join(root, "test-server"),
+    dataDir,
     imagesDir: path.join(root, "images"),
     poolTargets: { python: 1 },
     logLevel: "warn",
@@ -41,6 +43,7 @@ before(async () => {
 
 after(async () => {
   await server?.close({ killSandboxes: true });
+  removeDataDir(dataDir);
 });
 
 function runtime(sandboxId: string) {

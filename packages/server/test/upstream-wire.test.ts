@@ -17,12 +17,13 @@ import { codeToHttpStatus } from "@connectrpc/connect/protocol-connect";
 import { defaultDataDir } from "@mitos/engine";
 import { ErrorDetailSchema } from "@mitos/proto";
 import WebSocket from "ws";
+import { removeDataDir, tempDataDir } from "../../../test-support/data-dir.js";
 import { repoRoot, startMitosd } from "../../../test-support/mitosd.js";
 import { runtimeClient } from "../../../test-support/runtime-client.js";
 import { createServer, type MitosServer } from "../src/index.js";
 
 const root = defaultDataDir();
-const dataDir = path.join(root, "test-upstream");
+const dataDir = tempDataDir("test-upstream");
 const run = promisify(execFile);
 let server: MitosServer;
 let serverClosed = false;
@@ -130,6 +131,7 @@ before(async () => {
 
 after(async () => {
   if (!serverClosed) await server?.close({ killSandboxes: true });
+  removeDataDir(dataDir);
 });
 
 describe("UPSTREAM-WIRE lifecycle rows", () => {
@@ -590,7 +592,7 @@ describe("UPSTREAM-WIRE row 7: --auth none", () => {
     assert.equal(code, 2);
     assert.match(err, /auth "none" is refused on 0\.0\.0\.0/);
     assert.match(err, /loopback/);
-    fs.rmSync(path.join(root, "test-upstream-noauth-refused"), { recursive: true, force: true });
+    removeDataDir(path.join(root, "test-upstream-noauth-refused"));
   });
 
   it("on loopback, calls without a token work and /v1/health says auth: none", async () => {
