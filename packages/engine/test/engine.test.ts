@@ -191,6 +191,43 @@ describe("live fork", () => {
     await Promise.all(children.map((c) => engine.terminate(c.id)));
   });
 
+  it("a Python process alive at fork time that registers for the notice gets SIGUSR2 in each child and reseeds", async () => {
+    const src = await engine.create("python");
+    try {
+      // Seeded alike before the fork: without the notice every child would draw the same numbers.
+      const prog = [
+        "import os, random, signal, time",
+        "random.seed(7)",
+        'def on_fork(*_): random.seed(); open("/tmp/reg", "w").write(str(random.random()))',
+        "signal.signal(signal.SIGUSR2, on_fork)",
+        'open("/run/mitos/notify/%d" % os.getpid(), "w").close()',
+        'open("/tmp/reg.ready", "w").close()',
+        "while True: time.sleep(0.05)",
+      ].join("\n");
+      await engine.agent(src.id).writeFile("/workspace/reg.py", prog);
+      await sh(src.id, "(python3 reg.py &) >/dev/null 2>&1; while [ ! -e /tmp/reg.ready ]; do sleep 0.1; done");
+      const { children } = await engine.fork(src.id, { count: 2 });
+      const read = async (id: string) => {
+        for (let i = 0; i < 100; i++) {
+          const r = await engine.exec(id, { command: "cat /tmp/reg 2>/dev/null" }).result;
+          if (r.stdout.length > 0) return r.stdout.toString();
+          await new Promise((res) => setTimeout(res, 100));
+        }
+        throw new Error(`the notice never reached the interpreter in ${id}`);
+      };
+      const draws = await Promise.all(children.map((c) => read(c.id)));
+      assert.notEqual(draws[0], draws[1], "each child reseeded from its own entropy");
+      assert.equal(
+        await sh(src.id, "test -e /tmp/reg && echo notified || echo not"),
+        "not\n",
+        "the source got no notice",
+      );
+      await Promise.all(children.map((c) => engine.terminate(c.id)));
+    } finally {
+      await engine.terminate(src.id);
+    }
+  });
+
   it("env: children inherit the create-time env; an exec's env stays in that exec", async () => {
     const src = await engine.create("python", { env: { MITOS_TEST_SECRET: "s1" } });
     try {
