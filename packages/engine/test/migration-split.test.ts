@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { describe, it } from "node:test";
+import { after, describe, it } from "node:test";
 import fc from "fast-check";
 import { MigrationSplitter } from "../src/migration-split.js";
 
@@ -76,6 +76,7 @@ function stream() {
 
 describe("migration stream splitter", () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "mitos-split-"));
+  after(() => fs.rmSync(dir, { recursive: true, force: true }));
   const { whole, state, base } = stream();
 
   it("splits a stream fed in any chunking", () => {

@@ -26,12 +26,14 @@ async function call<T>(name: string, args: Record<string, unknown> = {}): Promis
   return JSON.parse(r.content[0]?.text ?? "null") as T;
 }
 
+let binDir = "";
+
 before(async () => {
   daemon = await startMitosd(dataDir);
   client = new Client({ name: "mitos-test", version: "0.0.1" });
   // As in the API.md client config {"mcpServers": {"mitos": {"command": "mitos-mcp"}}}:
   // the built command on PATH, as setup.sh links it into /usr/local/bin.
-  const binDir = fs.mkdtempSync(path.join(os.tmpdir(), "mitos-bin-"));
+  binDir = fs.mkdtempSync(path.join(os.tmpdir(), "mitos-bin-"));
   fs.symlinkSync(path.join(repoRoot, "packages/mcp/dist/bin/mitos-mcp.js"), path.join(binDir, "mitos-mcp"));
   const env = { ...daemon.env, PATH: `${binDir}:${process.env.PATH}` };
   await client.connect(
@@ -43,6 +45,7 @@ after(async () => {
   await client?.close();
   await daemon?.stop();
   removeDataDir(dataDir);
+  if (binDir) fs.rmSync(binDir, { recursive: true, force: true });
 });
 
 describe("mitos-mcp", () => {
