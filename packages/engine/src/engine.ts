@@ -7,6 +7,7 @@ import os from "node:os";
 import path from "node:path";
 import type { AgentClient, ExecRequest } from "./agent/client.js";
 import { baseFileOf, digHoles, RAM_FILE_RE } from "./base-file.js";
+import { type CheckpointManifest, CheckpointStore } from "./checkpoint-store.js";
 import { defaultDataDir, shmDirFor } from "./config.js";
 import { Confinement, type SharedGroup } from "./confine.js";
 import { MitosError, shmSpaceRemediation } from "./errors.js";
@@ -67,6 +68,8 @@ export interface EngineOptions {
   spareVms?: number;
   /** How long after its last fork a sandbox's base gets back the pages the capture faulted in (default 30 s). */
   reclaimDelayMs?: number;
+  /** Disk cap of the checkpoint store (compressed chunks; default: a quarter of the data dir's filesystem). */
+  maxCheckpointBytes?: number;
   /** Built-in templates to build in the background at open (mitosd: python), so the first create is warm. */
   prepareTemplates?: string[];
   /** How long the guest agent may take to answer a call or a liveness ping (ms, default 30 s). */
@@ -134,8 +137,12 @@ export class Engine {
       | "faults"
       | "agentTimeoutMs"
       | "limits"
+      | "maxCheckpointBytes"
     >
   >;
+  /** On-disk checkpoints (checkpoint-store.ts), and their bases materialized in the shm dir, most recent last. */
+  readonly checkpoints: CheckpointStore;
+  private readonly checkpointBases = new Map<string, Promise<CheckpointBase>>();
   readonly caps: SpendCaps;
   private readonly log: NonNullable<EngineOptions["log"]>;
   private readonly fault: NonNullable<EngineOptions["faults"]>;
@@ -169,6 +176,11 @@ export class Engine {
       log: this.log,
     });
     this.journal = new Journal(this.dataDir);
+    const disk = fs.statfsSync(this.dataDir);
+    this.checkpoints = new CheckpointStore(
+      path.join(this.dataDir, "checkpoints"),
+      options.maxCheckpointBytes ?? Math.floor((disk.blocks * disk.bsize) / 4),
+    );
     this.spares = new SpareVms({
       size: options.spareVms ?? Math.max(2, 2 * os.availableParallelism()),
       shmDir: this.shmDir,
@@ -570,87 +582,25 @@ export class Engine {
     // The base's own group: only this fork's children can open it (the spares' one when there are spares).
     const baseGroup = spare ? spare.group : this.confinement.group();
     // Journal the base under the source so a crash mid-fork still reaps it.
-    const srcRecord = this.journal.vms[source.vm.id];
-    if (srcRecord) this.journal.putVm({ ...srcRecord, files: [...srcRecord.files, ramFile, stateFile] });
+    this.journalFiles(source.vm, [ramFile, stateFile], true);
     const placeholders = ids.map((id) =>
       this.reserve(id, source.templateId, source.id, timeout, source.env, source.memMiB),
     );
-    const wasState = source.state;
-    source.state = "paused";
     let captured = false;
     try {
-      await source.vm.pause();
-      const tPaused = Date.now();
-      try {
-        await this.fault("fork:paused", source.vm);
-        await captureLive(
-          source.vm.qmp,
-          source.vm.paths.migrationSocket,
-          { ramFile, stateFile, memBytes: source.vm.machine.memMiB * 1024 * 1024 },
-          120_000,
-          source.vm.runAs,
-        );
-        await this.fault("fork:captured", source.vm);
-      } catch (err) {
-        if (!source.vm.running) throw sourceDied(source.id, err as Error);
-        throw err;
-      } finally {
-        // Paused only for a consistent capture, with or without pause_source
-        // (the public API's meaning): the source keeps running.
-        await source.vm.resume().catch(() => {});
-        // Unless the VM died meanwhile (its exit handler marked it failed).
-        if (source.state === "paused") source.state = wasState;
-      }
+      const tPaused = await this.captureRunning(source, ramFile, stateFile, true);
       const tCaptured = Date.now();
       captured = true;
       const snapshot: Snapshot = { machine: source.vm.machine, ramFile, stateFile, ignoreShared: false };
       this.confinement.share(ramFile, baseGroup);
       const spares = spare?.vms.splice(0) ?? [];
-      const results = await limitAll(
-        this.opts.restoreConcurrency,
-        placeholders.map((_, i) => spares[i]),
-        async (vm) => {
-          if (vm) {
-            await vm.load(snapshot, { paused: true });
-            return vm;
-          }
-          return Vm.restore({
-            id: `vm-${hex(4)}`,
-            dataDir: this.dataDir,
-            snapshot,
-            paused: true,
-            runAs: this.confinement.runAs(baseGroup, this.accel),
-            ...this.agentOpts(),
-          });
-        },
-      );
+      const results = await this.restoreAll(snapshot, placeholders.length, baseGroup, spares);
       // Every child has mapped the base (or failed): the name can go; the
       // pages live on while any child maps them.
       fs.rmSync(ramFile, { force: true });
       fs.rmSync(stateFile, { force: true });
       const tRestored = Date.now();
-      const children: SandboxInfo[] = [];
-      const errors: Error[] = [];
-      await Promise.all(
-        results.map(async (r, i) => {
-          const p = placeholders[i] as Sandbox;
-          if (r.status === "rejected") {
-            this.sandboxes.delete(p.id);
-            errors.push(r.reason as Error);
-            return;
-          }
-          try {
-            await this.fault("fork:child-restored", r.value);
-            await r.value.activate(p.id);
-            children[i] = this.adopt(p, r.value, Date.now() - started);
-          } catch (err) {
-            this.sandboxes.delete(p.id);
-            await r.value.destroy();
-            this.journal.deleteVm(r.value.id);
-            errors.push(err as Error);
-          }
-        }),
-      );
+      const { children, errors } = await this.activateAll(results, placeholders, started);
       if (errors.length === count) {
         throw new MitosError("fork_failed", `all ${count} children failed to start: ${errors[0]?.message}`, {
           remediation: "The source sandbox is unchanged. Retry; if it repeats, check host memory and /dev/shm space.",
@@ -660,7 +610,7 @@ export class Engine {
       this.log("fork", {
         source: source.id,
         count,
-        ok: children.filter(Boolean).length,
+        ok: children.length,
         ...(errors.length > 0 ? { failed: errors.length, error: errors[0]?.message } : {}),
         ms: forkTimeMs,
         pauseMs: tPaused - started,
@@ -668,7 +618,7 @@ export class Engine {
         restoreMs: tRestored - tCaptured,
         activateMs: Date.now() - tRestored,
       });
-      return { children: children.filter(Boolean), forkTimeMs };
+      return { children, forkTimeMs };
     } catch (err) {
       for (const p of placeholders) if (this.sandboxes.get(p.id) === p) this.sandboxes.delete(p.id);
       throw err instanceof MitosError
@@ -685,9 +635,257 @@ export class Engine {
       fs.rmSync(ramFile, { force: true });
       fs.rmSync(stateFile, { force: true });
       baseGroup?.release();
-      const rec = this.journal.vms[source.vm.id];
-      if (rec) this.journal.putVm({ ...rec, files: rec.files.filter((f) => f !== ramFile && f !== stateFile) });
+      this.journalFiles(source.vm, [ramFile, stateFile], false);
     }
+  }
+
+  /** Adds files to (or takes them from) a VM's journal record: they go when it does, also after a crash. */
+  private journalFiles(vm: Vm, files: string[], add: boolean): void {
+    const rec = this.journal.vms[vm.id];
+    if (!rec) return;
+    const rest = rec.files.filter((f) => !files.includes(f));
+    this.journal.putVm({ ...rec, files: add ? [...rest, ...files] : rest });
+  }
+
+  // --- checkpoints ---
+
+  /**
+   * Saves a running sandbox to the on-disk store: one short pause for the
+   * capture (as a fork's), then the RAM and device state are chunked,
+   * compressed and written while the sandbox runs on.
+   */
+  async checkpoint(id: string, opts: { name?: string } = {}): Promise<CheckpointManifest> {
+    this.assertOpen();
+    const source = this.running(id);
+    if (opts.name !== undefined && (opts.name.length > 128 || /[\0\n]/.test(opts.name))) {
+      throw new MitosError("invalid_input", "a checkpoint name is at most 128 characters, on one line", {
+        remediation: 'Pass a short label, e.g. "after-setup".',
+      });
+    }
+    const key = hex(6);
+    const ramFile = path.join(this.shmDir, `mitos-cp-${key}.ram`);
+    const stateFile = path.join(this.dataDir, "bases", `cp-${key}.state`);
+    this.journalFiles(source.vm, [ramFile, stateFile], true);
+    const started = Date.now();
+    try {
+      const tPaused = await this.captureRunning(source, ramFile, stateFile, false);
+      const tCaptured = Date.now();
+      const m = await this.checkpoints.write(ramFile, stateFile, {
+        name: opts.name ?? null,
+        sandboxId: source.id,
+        templateId: source.templateId,
+        machine: source.vm.machine,
+        env: source.env,
+      });
+      this.log("checkpoint", {
+        sandbox: id,
+        checkpoint: m.id,
+        chunks: m.ram.length,
+        bytes: m.bytes,
+        addedBytes: m.addedBytes,
+        pausedMs: tCaptured - tPaused,
+        writeMs: Date.now() - tCaptured,
+        ms: Date.now() - started,
+        store: this.checkpoints.dir,
+      });
+      return m;
+    } finally {
+      fs.rmSync(ramFile, { force: true });
+      fs.rmSync(stateFile, { force: true });
+      this.journalFiles(source.vm, [ramFile, stateFile], false);
+    }
+  }
+
+  /** New sandboxes restored from a checkpoint (any time later, after restarts): `count` of them share one base. */
+  async fromCheckpoint(
+    checkpointId: string,
+    opts: { count?: number; ids?: string[]; timeoutSeconds?: number; env?: Record<string, string> } = {},
+  ): Promise<{ children: SandboxInfo[]; forkTimeMs: number }> {
+    this.assertOpen();
+    const m = this.checkpoints.get(checkpointId);
+    const count = opts.count ?? opts.ids?.length ?? 1;
+    if (!Number.isInteger(count) || count < 1) {
+      throw new MitosError("invalid_input", `count must be a positive integer, got ${count}`, {
+        remediation: `Pass count between 1 and max_fork_count (${this.caps.limits.maxForkCount}).`,
+      });
+    }
+    this.caps.admit(this.usage(), count, m.machine.memMiB);
+    const missing = Object.values(m.machine.images).filter((f) => typeof f === "string" && !fs.existsSync(f));
+    if (missing.length > 0) {
+      throw new MitosError("unavailable", `the guest images checkpoint ${m.id} was taken with are gone`, {
+        remediation: "Rebuild the images it was taken with (same recipe), or take a new checkpoint.",
+        context: { checkpoint: m.id, missing },
+      });
+    }
+    const ids = Array.from({ length: count }, (_, i) => this.newSandboxId(opts.ids?.[i]));
+    const timeout = this.checkTimeout(opts.timeoutSeconds);
+    const started = Date.now();
+    const env = { ...m.env, ...(opts.env ?? {}) };
+    const placeholders = ids.map((id) => this.reserve(id, m.templateId, null, timeout, env, m.machine.memMiB));
+    try {
+      const base = await this.checkpointBase(m);
+      const snapshot: Snapshot = {
+        machine: m.machine,
+        ramFile: base.ramFile,
+        stateFile: base.stateFile,
+        ignoreShared: false,
+      };
+      const results = await this.restoreAll(snapshot, count, base.group);
+      const { children, errors } = await this.activateAll(results, placeholders, started);
+      if (children.length === 0) {
+        throw new MitosError("fork_failed", `no sandbox could start from checkpoint ${m.id}: ${errors[0]?.message}`, {
+          remediation: "Retry; if it repeats, check host memory and /dev/shm space.",
+        });
+      }
+      const forkTimeMs = Date.now() - started;
+      this.log("restored from checkpoint", { checkpoint: m.id, count, ok: children.length, ms: forkTimeMs });
+      return { children, forkTimeMs };
+    } catch (err) {
+      for (const p of placeholders) if (this.sandboxes.get(p.id) === p) this.sandboxes.delete(p.id);
+      throw err;
+    }
+  }
+
+  deleteCheckpoint(id: string): void {
+    this.checkpoints.delete(id);
+    void this.dropCheckpointBase(id);
+  }
+
+  /** A checkpoint's base in the shm dir, materialized once and shared by every restore; the least recently used go first. */
+  private checkpointBase(m: CheckpointManifest): Promise<CheckpointBase> {
+    let base = this.checkpointBases.get(m.id);
+    if (base) {
+      // Most recently used last.
+      this.checkpointBases.delete(m.id);
+      this.checkpointBases.set(m.id, base);
+      return base;
+    }
+    base = (async () => {
+      const need = m.ram.length * m.chunkBytes;
+      const shm = fs.statfsSync(this.shmDir);
+      if (shm.bavail * shm.bsize < need) {
+        throw new MitosError(
+          "unavailable",
+          `not enough space in ${this.shmDir} for checkpoint ${m.id}'s RAM (${need >> 20} MiB)`,
+          {
+            remediation: shmSpaceRemediation(this.shmDir),
+            context: { shm_dir: this.shmDir, checkpoint: m.id },
+          },
+        );
+      }
+      const ramFile = path.join(this.shmDir, `mitos-cpbase-${m.id}.ram`);
+      const stateFile = path.join(this.dataDir, "bases", `${m.id}.state`);
+      await this.checkpoints.materialize(m, ramFile, stateFile);
+      const group = this.confinement.group();
+      this.confinement.share(ramFile, group);
+      return { ramFile, stateFile, group };
+    })();
+    base.catch(() => this.checkpointBases.delete(m.id));
+    this.checkpointBases.set(m.id, base);
+    for (const id of [...this.checkpointBases.keys()].slice(0, -CHECKPOINT_BASES)) void this.dropCheckpointBase(id);
+    return base;
+  }
+
+  /** Unlinks a cached base: VMs restored from it keep its pages until they exit. */
+  private async dropCheckpointBase(id: string): Promise<void> {
+    const base = this.checkpointBases.get(id);
+    if (!base) return;
+    this.checkpointBases.delete(id);
+    const b = await base.catch(() => undefined);
+    if (!b) return;
+    fs.rmSync(b.ramFile, { force: true });
+    fs.rmSync(b.stateFile, { force: true });
+    b.group?.release();
+  }
+
+  /**
+   * Pauses a running sandbox only for a consistent capture of its RAM and
+   * device state, then resumes it (with or without the public API's
+   * pause_source: the source keeps running). Returns when it was paused.
+   */
+  private async captureRunning(source: Sandbox, ramFile: string, stateFile: string, fork: boolean): Promise<number> {
+    const wasState = source.state;
+    source.state = "paused";
+    try {
+      await source.vm.pause();
+      const tPaused = Date.now();
+      if (fork) await this.fault("fork:paused", source.vm);
+      const memBytes = source.vm.machine.memMiB * 1024 * 1024;
+      await captureLive(
+        source.vm.qmp,
+        source.vm.paths.migrationSocket,
+        { ramFile, stateFile, memBytes },
+        120_000,
+        source.vm.runAs,
+      );
+      if (fork) await this.fault("fork:captured", source.vm);
+      return tPaused;
+    } catch (err) {
+      if (!source.vm.running) throw sourceDied(source.id, err as Error, fork ? "fork" : "checkpoint");
+      throw err;
+    } finally {
+      await source.vm.resume().catch(() => {});
+      // Unless the VM died meanwhile (its exit handler marked it failed).
+      if (source.state === "paused") source.state = wasState;
+    }
+  }
+
+  /** `count` paused VMs restored from one base (spares loaded first), at most restoreConcurrency at a time. */
+  private restoreAll(
+    snapshot: Snapshot,
+    count: number,
+    group: SharedGroup | undefined,
+    spares: Vm[] = [],
+  ): Promise<PromiseSettledResult<Vm>[]> {
+    return limitAll(
+      this.opts.restoreConcurrency,
+      Array.from({ length: count }, (_, i) => spares[i]),
+      async (vm) => {
+        if (vm) {
+          await vm.load(snapshot, { paused: true });
+          return vm;
+        }
+        return Vm.restore({
+          id: `vm-${hex(4)}`,
+          dataDir: this.dataDir,
+          snapshot,
+          paused: true,
+          runAs: this.confinement.runAs(group, this.accel),
+          ...this.agentOpts(),
+        });
+      },
+    );
+  }
+
+  /** Activates restored VMs as the placeholders' sandboxes; failed ones are dropped and reported. */
+  private async activateAll(
+    results: PromiseSettledResult<Vm>[],
+    placeholders: Sandbox[],
+    started: number,
+  ): Promise<{ children: SandboxInfo[]; errors: Error[] }> {
+    const children: SandboxInfo[] = [];
+    const errors: Error[] = [];
+    await Promise.all(
+      results.map(async (r, i) => {
+        const p = placeholders[i] as Sandbox;
+        if (r.status === "rejected") {
+          this.sandboxes.delete(p.id);
+          errors.push(r.reason as Error);
+          return;
+        }
+        try {
+          await this.fault("fork:child-restored", r.value);
+          await r.value.activate(p.id);
+          children[i] = this.adopt(p, r.value, Date.now() - started);
+        } catch (err) {
+          this.sandboxes.delete(p.id);
+          await r.value.destroy();
+          this.journal.deleteVm(r.value.id);
+          errors.push(err as Error);
+        }
+      }),
+    );
+    return { children: children.filter(Boolean), errors };
   }
 
   /**
@@ -793,6 +991,7 @@ export class Engine {
     await Promise.all([...this.pools.values()].map((p) => p.close()));
     await this.spares.close();
     for (const t of this.reclaimTimers.values()) clearTimeout(t);
+    await Promise.all([...this.checkpointBases.keys()].map((id) => this.dropCheckpointBase(id)));
     await Promise.allSettled([...this.background]);
     for (const s of this.sandboxes.values()) if (s.timer) clearTimeout(s.timer);
     if (opts.killSandboxes) await Promise.all([...this.sandboxes.values()].map((s) => this.kill(s, "terminated")));
@@ -1043,6 +1242,15 @@ export class Engine {
   }
 }
 
+/** Checkpoint bases kept materialized in the shm dir at once. */
+const CHECKPOINT_BASES = 4;
+
+interface CheckpointBase {
+  ramFile: string;
+  stateFile: string;
+  group: SharedGroup | undefined;
+}
+
 const PYTHON_WARMUP = "python3 -c 'import json, os, sys, subprocess, re, math, random' && true";
 
 function templateInfo(t: TemplateRecord): TemplateInfo {
@@ -1058,11 +1266,15 @@ function checkId(id: string, what: string): void {
 }
 
 /** A fork whose source VM exited mid-way: the source is failed, not "unchanged". */
-function sourceDied(sourceId: string, err: Error): MitosError {
-  return new MitosError("fork_failed", `the VM of source sandbox ${sourceId} exited during the fork: ${err.message}`, {
-    remediation: "The source sandbox has failed and no child was made. Create a new sandbox and fork that.",
-    context: { sandbox: sourceId },
-  });
+function sourceDied(sourceId: string, err: Error, what: "fork" | "checkpoint"): MitosError {
+  return new MitosError(
+    "fork_failed",
+    `the VM of source sandbox ${sourceId} exited during the ${what}: ${err.message}`,
+    {
+      remediation: "The source sandbox has failed and no child was made. Create a new sandbox and fork that.",
+      context: { sandbox: sourceId },
+    },
+  );
 }
 
 function hex(bytes: number): string {

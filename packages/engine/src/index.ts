@@ -9,6 +9,7 @@ export type {
   ProcessInfo,
 } from "./agent/client.js";
 export { AgentClient } from "./agent/client.js";
+export type { CheckpointManifest } from "./checkpoint-store.js";
 export { defaultDataDir, defaultShmDir, shmDirFor } from "./config.js";
 export type { EngineOptions, SandboxInfo, SandboxState, TemplateInfo, TemplateSpec } from "./engine.js";
 export { Engine, TEMPLATE_WAITS } from "./engine.js";

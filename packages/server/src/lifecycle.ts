@@ -1,6 +1,6 @@
 // Lifecycle routes (API.md "Lifecycle"): JSON in and out, snake_case.
 
-import type { Engine, SandboxInfo, TemplateInfo } from "@mitos/engine";
+import type { CheckpointManifest, Engine, SandboxInfo, TemplateInfo } from "@mitos/engine";
 import { LIMIT_NAMES, type Limits, MitosError } from "@mitos/engine";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { invalid } from "./errors.js";
@@ -52,6 +52,15 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
     created_at: t.createdAt,
     creation_time_ms: t.creationTimeMs,
   });
+  const checkpointJson = (c: CheckpointManifest) => ({
+    id: c.id,
+    name: c.name,
+    sandbox_id: c.sandboxId,
+    template_id: c.templateId,
+    created_at: c.createdAt,
+    bytes: c.bytes,
+    added_bytes: c.addedBytes,
+  });
   const idempotent =
     (handler: (req: FastifyRequest) => Promise<unknown>) => (req: FastifyRequest, reply: FastifyReply) =>
       o.idempotency.run(req, reply, () => handler(req));
@@ -94,10 +103,28 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
   );
 
   const createSandbox = idempotent(async (req) => {
-    const b = body(req, ["template", "pool", "id", "timeout_seconds", "env"]);
+    const b = body(req, ["template", "pool", "id", "timeout_seconds", "env", "checkpoint"]);
     const given = [str(b, "template"), str(b, "pool")].filter((x) => x !== undefined);
     if (given.length === 2 && given[0] !== given[1]) {
       throw invalid("template and pool name different templates", 'Pass one of "template" or "pool" (synonyms).');
+    }
+    const checkpoint = str(b, "checkpoint");
+    if (checkpoint !== undefined) {
+      if (given.length > 0) {
+        throw invalid(
+          "checkpoint and template both given",
+          "A sandbox starts from a checkpoint or a template: pass one.",
+          {
+            field: "checkpoint",
+          },
+        );
+      }
+      const r = await engine.fromCheckpoint(checkpoint, {
+        ...(str(b, "id") ? { ids: [str(b, "id") as string] } : {}),
+        ...optional("timeoutSeconds", int(b, "timeout_seconds")),
+        ...optional("env", strMap(b, "env")),
+      });
+      return sandboxJson(r.children[0] as SandboxInfo);
     }
     const template = str(b, "template") ?? str(b, "pool");
     if (!template) throw invalid("template is required", 'Pass {"template": "python"} (or "pool").');
@@ -152,6 +179,44 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
     await engine.terminate(req.params.id);
     return { status: "terminated", id: req.params.id };
   });
+
+  app.post<{ Params: { id: string } }>(
+    "/v1/sandboxes/:id/checkpoints",
+    { schema: routeSchemas.createCheckpoint },
+    idempotent(async (req) => {
+      const b = body(req, ["name"]);
+      return checkpointJson(
+        await engine.checkpoint((req.params as { id: string }).id, { ...optional("name", str(b, "name")) }),
+      );
+    }),
+  );
+  app.get("/v1/checkpoints", { schema: routeSchemas.listCheckpoints }, async () =>
+    engine.checkpoints.list().map(checkpointJson),
+  );
+  app.get<{ Params: { id: string } }>("/v1/checkpoints/:id", { schema: routeSchemas.getCheckpoint }, async (req) =>
+    checkpointJson(engine.checkpoints.get(req.params.id)),
+  );
+  app.delete<{ Params: { id: string } }>(
+    "/v1/checkpoints/:id",
+    { schema: routeSchemas.deleteCheckpoint },
+    async (req) => {
+      engine.deleteCheckpoint(req.params.id);
+      return { status: "deleted", id: req.params.id };
+    },
+  );
+  app.post<{ Params: { id: string } }>(
+    "/v1/checkpoints/:id/fork",
+    { schema: routeSchemas.forkCheckpoint },
+    idempotent(async (req) => {
+      const b = body(req, ["count", "timeout_seconds", "env"]);
+      const r = await engine.fromCheckpoint((req.params as { id: string }).id, {
+        count: int(b, "count") ?? 1,
+        ...optional("timeoutSeconds", int(b, "timeout_seconds")),
+        ...optional("env", strMap(b, "env")),
+      });
+      return { sandboxes: r.children.map(sandboxJson), fork_time_ms: r.forkTimeMs };
+    }),
+  );
 
   app.delete<{ Params: { id: string }; Querystring: { force?: string } }>(
     "/v1/templates/:id",
@@ -228,7 +293,6 @@ const TEMPLATE_KEYS = [
 /** Keys other servers accept that mitosd cannot honour yet: refused with the reason, never dropped. */
 const NOT_YET: Record<string, string> = {
   network: "sandboxes have no network device yet (issue 15 adds opt-in egress)",
-  checkpoint: "checkpoints are not stored yet (issue 13)",
   workload: "mitosd has no workload classes; size a template with resources.{vcpu_count, mem_size_mib}",
 };
 

@@ -49,6 +49,18 @@ const template = {
 } as const;
 
 const errors = { "4xx": errorEnvelope, "5xx": errorEnvelope };
+const checkpoint = {
+  type: "object",
+  properties: {
+    id: str,
+    name: { type: ["string", "null"] },
+    sandbox_id: str,
+    template_id: str,
+    created_at: str,
+    bytes: { type: "integer", description: "compressed bytes of every chunk it names" },
+    added_bytes: { type: "integer", description: "of those, the bytes it added (the rest are shared)" },
+  },
+} as const;
 const sandboxRef = { type: "object", required: ["sandbox"], properties: { sandbox: id } } as const;
 /** Path ids are checked like body ids: a malformed one is invalid_input, not a lookup. */
 const idParams = { type: "object", properties: { id } } as const;
@@ -66,7 +78,7 @@ const limits = {
 } as const;
 const createBody = {
   type: "object",
-  properties: { template: str, pool: str, id, timeout_seconds: int, env },
+  properties: { template: str, pool: str, checkpoint: str, id, timeout_seconds: int, env },
 } as const;
 
 export const routeSchemas = {
@@ -141,6 +153,31 @@ export const routeSchemas = {
           },
           { ...sandbox, required: ["id"] },
         ],
+      },
+      ...errors,
+    },
+  },
+  createCheckpoint: {
+    summary: "Save a running sandbox to disk (one short pause); create or fork from it any time later",
+    params: idParams,
+    body: { type: "object", properties: { name: str } },
+    response: { 200: checkpoint, ...errors },
+  },
+  listCheckpoints: { summary: "List checkpoints", response: { 200: { type: "array", items: checkpoint } } },
+  getCheckpoint: { summary: "One checkpoint", params: idParams, response: { 200: checkpoint, ...errors } },
+  deleteCheckpoint: {
+    summary: "Delete a checkpoint (chunks other checkpoints share stay)",
+    params: idParams,
+    response: { 200: { type: "object", properties: { status: str, id: str } }, ...errors },
+  },
+  forkCheckpoint: {
+    summary: "count new sandboxes from a checkpoint, sharing one base",
+    params: idParams,
+    body: { type: "object", properties: { count: int, timeout_seconds: int, env } },
+    response: {
+      200: {
+        type: "object",
+        properties: { sandboxes: { type: "array", items: sandbox }, fork_time_ms: int },
       },
       ...errors,
     },
