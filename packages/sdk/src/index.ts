@@ -24,6 +24,7 @@ export { ExecHandle, type ForkOptions, Sandbox, SandboxFiles } from "./sandbox.j
 export { type CreateSandboxOptions, type CreateTemplateOptions, SandboxServer } from "./server.js";
 export type {
   Accel,
+  CheckpointInfo,
   ExecOptions,
   ExecResult,
   FileInfo,

@@ -9,6 +9,7 @@ import { Pty, type PtyOptions } from "./pty.js";
 import type { RuntimeClient } from "./runtime.js";
 import type {
   Accel,
+  CheckpointInfo,
   ExecOptions,
   ExecResult,
   FileInfo,
@@ -18,7 +19,7 @@ import type {
   SandboxState,
   TimeoutInfo,
 } from "./types.js";
-import { type Json, toForkMany, toSandboxInfo, toTimeoutInfo } from "./wire.js";
+import { type Json, toCheckpointInfo, toForkMany, toSandboxInfo, toTimeoutInfo } from "./wire.js";
 
 /** What a Sandbox needs from its SandboxServer. */
 export interface Clients {
@@ -114,6 +115,16 @@ export class Sandbox {
     // A server that ignores `count` answers with one sandbox object.
     const infos = isSingle(res) ? [toSandboxInfo(res)] : toForkMany(res).sandboxes;
     return infos.map((info) => new Sandbox(this.#clients, info));
+  }
+
+  /**
+   * Saves this sandbox (memory, processes, files) to mitosd's disk store with
+   * one short pause; it runs on. Create or fork from it any time later, also
+   * after a restart: `SandboxServer.fromCheckpoint` / `forkCheckpoint`.
+   */
+  async checkpoint(opts: { name?: string } = {}): Promise<CheckpointInfo> {
+    const body: Record<string, Json> = opts.name === undefined ? {} : { name: opts.name };
+    return toCheckpointInfo(await this.#clients.http.post(`${this.path}/checkpoints`, body, { create: true }));
   }
 
   /** Sets the deadline to `seconds` from now; refused (TimeoutTooLargeError) above the server's ceiling. */

@@ -5,11 +5,13 @@ import { type ClientOptions, type ResolvedConfig, resolveConfig } from "./config
 import { LifecycleClient } from "./http.js";
 import { RuntimeClient } from "./runtime.js";
 import { type Clients, Sandbox } from "./sandbox.js";
-import type { Health, Metering, PoolInfo, TemplateInfo, TemplateSpec } from "./types.js";
+import type { CheckpointInfo, Health, Metering, PoolInfo, TemplateInfo, TemplateSpec } from "./types.js";
 import {
   array,
   type Json,
   templateBody,
+  toCheckpointInfo,
+  toForkMany,
   toHealth,
   toMetering,
   toPools,
@@ -53,6 +55,40 @@ export class SandboxServer {
     if (opts.env !== undefined) body.env = opts.env;
     const res = await this.#clients.http.post("/v1/fork", body, { create: true });
     return new Sandbox(this.#clients, toSandboxInfo(res));
+  }
+
+  /** A new sandbox restored from a checkpoint: its memory, processes and files as they were. */
+  async fromCheckpoint(checkpoint: string, opts: CreateSandboxOptions = {}): Promise<Sandbox> {
+    const body: Record<string, Json> = { checkpoint };
+    if (opts.id !== undefined) body.id = opts.id;
+    if (opts.timeoutSeconds !== undefined) body.timeout_seconds = opts.timeoutSeconds;
+    if (opts.env !== undefined) body.env = opts.env;
+    const res = await this.#clients.http.post("/v1/sandboxes", body, { create: true });
+    return new Sandbox(this.#clients, toSandboxInfo(res));
+  }
+
+  /** `count` new sandboxes from one checkpoint, sharing its pages copy-on-write. */
+  async forkCheckpoint(
+    checkpoint: string,
+    count: number,
+    opts: { timeoutSeconds?: number; env?: Record<string, string> } = {},
+  ): Promise<Sandbox[]> {
+    const body: Record<string, Json> = { count };
+    if (opts.timeoutSeconds !== undefined) body.timeout_seconds = opts.timeoutSeconds;
+    if (opts.env !== undefined) body.env = opts.env;
+    const res = await this.#clients.http.post(`/v1/checkpoints/${encodeURIComponent(checkpoint)}/fork`, body, {
+      create: true,
+    });
+    return toForkMany(res).sandboxes.map((info) => new Sandbox(this.#clients, info));
+  }
+
+  async listCheckpoints(): Promise<CheckpointInfo[]> {
+    return array("checkpoint list", await this.#clients.http.get("/v1/checkpoints")).map(toCheckpointInfo);
+  }
+
+  /** Deletes a checkpoint; chunks other checkpoints share stay. */
+  async deleteCheckpoint(id: string): Promise<void> {
+    await this.#clients.http.delete(`/v1/checkpoints/${encodeURIComponent(id)}`);
   }
 
   /** A handle on an existing sandbox (GET /v1/sandboxes/{id}). */

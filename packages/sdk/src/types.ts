@@ -48,6 +48,19 @@ export interface TemplateInfo {
   creationTimeMs: number;
 }
 
+/** A sandbox saved to mitosd's disk store (POST /v1/sandboxes/{id}/checkpoints). */
+export interface CheckpointInfo {
+  id: string;
+  name: string | null;
+  sandboxId: string;
+  templateId: string;
+  createdAt: string;
+  /** Compressed bytes of every chunk it names. */
+  bytes: number;
+  /** Of those, the bytes it added to the store (the rest are shared with earlier checkpoints). */
+  addedBytes: number;
+}
+
 export interface Health {
   status: string;
   version: string;

@@ -4,6 +4,7 @@
 
 import { makeError } from "./errors.js";
 import type {
+  CheckpointInfo,
   Health,
   Metering,
   PoolInfo,
@@ -99,6 +100,19 @@ export function toTemplateInfo(v: unknown): TemplateInfo {
     ready: o.ready === true,
     createdAt: optStr(o, "createdAt") ?? "",
     creationTimeMs: num(o, "creationTimeMs"),
+  };
+}
+
+export function toCheckpointInfo(v: unknown): CheckpointInfo {
+  const o = record("checkpoint", v);
+  return {
+    id: str("checkpoint", o, "id"),
+    name: optStr(o, "name") ?? null,
+    sandboxId: optStr(o, "sandboxId") ?? "",
+    templateId: optStr(o, "templateId") ?? "",
+    createdAt: optStr(o, "createdAt") ?? "",
+    bytes: num(o, "bytes"),
+    addedBytes: num(o, "addedBytes"),
   };
 }
 

@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
+import { SandboxServer } from "@mitos/sdk";
 import { removeDataDir, tempDataDir } from "../../../test-support/data-dir.js";
 import { createServer, type MitosServer } from "../src/index.js";
 
@@ -137,6 +138,26 @@ describe("checkpoints", () => {
     const boot = await Promise.all(kids.map((k) => sh(k, "cat /proc/sys/kernel/random/boot_id; hostname")));
     assert.equal(new Set(boot).size, 3, "each its own identity");
     for (const k of kids) assert.equal((await api("DELETE", `/v1/sandboxes/${k}`)).status, 200);
+  });
+
+  it("through the TypeScript SDK: checkpoint(), listCheckpoints(), fromCheckpoint(), forkCheckpoint(), deleteCheckpoint()", async () => {
+    const sdk = new SandboxServer({ baseUrl: server.url, apiKey: server.token });
+    const sb = await sdk.fork("python");
+    await sb.exec("echo sdk > /workspace/s.txt");
+    const cp = await sb.checkpoint({ name: "sdk" });
+    assert.equal(cp.name, "sdk");
+    assert.equal(cp.sandboxId, sb.id);
+    assert.ok(cp.bytes > 0 && cp.addedBytes <= cp.bytes);
+    assert.ok((await sdk.listCheckpoints()).some((c) => c.id === cp.id));
+    await sb.terminate();
+    const one = await sdk.fromCheckpoint(cp.id);
+    assert.equal((await one.exec("cat /workspace/s.txt")).stdout, "sdk\n");
+    const two = await sdk.forkCheckpoint(cp.id, 2);
+    assert.equal(two.length, 2);
+    for (const k of two) assert.equal((await k.exec("cat s.txt")).stdout, "sdk\n");
+    await Promise.all([one, ...two].map((k) => k.terminate()));
+    await sdk.deleteCheckpoint(cp.id);
+    assert.ok(!(await sdk.listCheckpoints()).some((c) => c.id === cp.id));
   });
 
   it("refuses what makes no sense, and deleting frees the chunks", async () => {
