@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from ._config import DEFAULT_BASE_URL, Config, resolve_config, token_file_path
-from ._types import ExecResult, FileInfo, Health, MemoryUsage, SandboxInfo, TemplateInfo, TimeoutInfo
+from ._types import CheckpointInfo, ExecResult, FileInfo, Health, MemoryUsage, SandboxInfo, TemplateInfo, TimeoutInfo
 from .errors import (
     STATUS_BY_CODE,
     BodyTooLargeError,
@@ -35,6 +35,7 @@ from .server import SandboxServer, create
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckpointInfo",
     "create",
     "SandboxServer",
     "Sandbox",

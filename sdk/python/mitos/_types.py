@@ -47,6 +47,21 @@ class TemplateInfo:
 
 
 @dataclass(frozen=True)
+class CheckpointInfo:
+    """A sandbox saved to mitosd's disk store. ``bytes``: compressed bytes of
+    every chunk it names; ``added_bytes``: of those, what it added (the rest is
+    shared with earlier checkpoints)."""
+
+    id: str
+    name: Optional[str]
+    sandbox_id: str
+    template_id: str
+    created_at: str
+    bytes: int
+    added_bytes: int
+
+
+@dataclass(frozen=True)
 class Health:
     status: str
     version: str
@@ -140,6 +155,22 @@ def to_sandbox_info(v: Any) -> SandboxInfo:
         fork_time_ms=_num(o, "fork_time_ms"),
         accel=accel if accel in ("kvm", "tcg") else None,
         memory=MemoryUsage(int(_num(mem, "private_bytes")), int(_num(mem, "shared_bytes"))) if isinstance(mem, dict) else None,
+    )
+
+
+def to_checkpoint_info(v: Any) -> CheckpointInfo:
+    o = record("checkpoint", v)
+    cid = o.get("id")
+    if not isinstance(cid, str):
+        raise bad("checkpoint.id", v)
+    return CheckpointInfo(
+        id=cid,
+        name=_opt_str(o, "name"),
+        sandbox_id=_opt_str(o, "sandbox_id") or "",
+        template_id=_opt_str(o, "template_id") or "",
+        created_at=_opt_str(o, "created_at") or "",
+        bytes=int(_num(o, "bytes")),
+        added_bytes=int(_num(o, "added_bytes")),
     )
 
 

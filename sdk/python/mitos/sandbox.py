@@ -9,6 +9,7 @@ import urllib.parse
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from ._types import (
+    CheckpointInfo,
     ExecResult,
     FileInfo,
     MemoryUsage,
@@ -16,6 +17,7 @@ from ._types import (
     TimeoutInfo,
     array,
     record,
+    to_checkpoint_info,
     to_file_info,
     to_sandbox_info,
     to_timeout_info,
@@ -161,6 +163,14 @@ class Sandbox:
         else:
             infos = [to_sandbox_info(s) for s in array("fork answer sandboxes", record("fork answer", res).get("sandboxes"))]
         return [Sandbox(self._http, self._runtime, info) for info in infos]
+
+    def checkpoint(self, name: Optional[str] = None) -> CheckpointInfo:
+        """Saves this sandbox (memory, processes, files) to mitosd's disk store
+        with one short pause; it runs on. Create or fork from it any time
+        later, also after a restart (``SandboxServer.from_checkpoint`` /
+        ``fork_checkpoint``)."""
+        body: Dict[str, Any] = {} if name is None else {"name": name}
+        return to_checkpoint_info(self._http.post(self._path + "/checkpoints", body, create=True))
 
     def set_timeout(self, seconds: int) -> TimeoutInfo:
         """Sets the deadline to ``seconds`` from now; refused

@@ -11,7 +11,17 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 from ._config import resolve_config
 from ._connect import ConnectClient
 from ._http import HttpClient
-from ._types import Health, TemplateInfo, array, to_health, to_sandbox_info, to_template_info
+from ._types import (
+    CheckpointInfo,
+    Health,
+    TemplateInfo,
+    array,
+    record,
+    to_checkpoint_info,
+    to_health,
+    to_sandbox_info,
+    to_template_info,
+)
 from .sandbox import Sandbox
 
 
@@ -63,6 +73,39 @@ class SandboxServer:
 
     #: The API's name for create(): ``POST /v1/fork`` restores a sandbox from a template.
     fork = create
+
+    def from_checkpoint(
+        self,
+        checkpoint: str,
+        id: Optional[str] = None,
+        timeout: Optional[int] = None,
+        env: Optional[Mapping[str, str]] = None,
+    ) -> Sandbox:
+        """A new sandbox restored from a checkpoint: its memory, processes and
+        files as they were."""
+        body: Dict[str, Any] = {"checkpoint": checkpoint}
+        if id is not None:
+            body["id"] = id
+        if timeout is not None:
+            body["timeout_seconds"] = timeout
+        if env is not None:
+            body["env"] = dict(env)
+        return self._sandbox(self._http.post("/v1/sandboxes", body, create=True))
+
+    def fork_checkpoint(self, checkpoint: str, count: int = 1, timeout: Optional[int] = None) -> List[Sandbox]:
+        """``count`` new sandboxes from one checkpoint, sharing its pages."""
+        body: Dict[str, Any] = {"count": count}
+        if timeout is not None:
+            body["timeout_seconds"] = timeout
+        res = self._http.post("/v1/checkpoints/%s/fork" % urllib.parse.quote(checkpoint, safe=""), body, create=True)
+        return [self._sandbox(s) for s in array("fork answer sandboxes", record("fork answer", res).get("sandboxes"))]
+
+    def list_checkpoints(self) -> List[CheckpointInfo]:
+        return [to_checkpoint_info(c) for c in array("checkpoint list", self._http.get("/v1/checkpoints"))]
+
+    def delete_checkpoint(self, id: str) -> None:
+        """Deletes a checkpoint; chunks other checkpoints share stay."""
+        self._http.delete("/v1/checkpoints/" + urllib.parse.quote(id, safe=""))
 
     def get(self, id: str) -> Sandbox:
         """A handle on an existing sandbox (NotFoundError if there is none)."""

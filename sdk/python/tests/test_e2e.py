@@ -113,6 +113,28 @@ class E2ETest(unittest.TestCase):
             files.stat("/root/py")
         self.assertFalse(files.exists("/root/py"))
 
+    def test_checkpoint_create_and_fork_from_it(self):
+        self.sb.files.write("/workspace/cp.txt", "saved")
+        cp = self.sb.checkpoint(name="py")
+        self.assertIsInstance(cp, mitos.CheckpointInfo)
+        self.assertEqual((cp.name, cp.sandbox_id), ("py", self.sb.id))
+        self.assertGreater(cp.bytes, 0)
+        self.assertIn(cp.id, [c.id for c in self.server.list_checkpoints()])
+        made = []
+        try:
+            made.append(self.server.from_checkpoint(cp.id))
+            made.extend(self.server.fork_checkpoint(cp.id, 2))
+            self.assertEqual(len(made), 3)
+            for s in made:
+                self.assertEqual(s.files.read_text("/workspace/cp.txt"), "saved")
+        finally:
+            for s in made:
+                s.terminate()
+            self.server.delete_checkpoint(cp.id)
+        self.assertNotIn(cp.id, [c.id for c in self.server.list_checkpoints()])
+        with self.assertRaises(mitos.NotFoundError):
+            self.server.from_checkpoint(cp.id)
+
     def test_fork_children_are_distinct_vms(self):
         self.sb.files.write("/root/marker", "from parent")
         kids = self.sb.fork(3)
