@@ -8,7 +8,7 @@ import { Command, InvalidArgumentError, Option } from "commander";
 import { runServer, up } from "./daemon.js";
 import { formatChecks, runChecks } from "./doctor.js";
 import { EXIT, exitCodeFor, formatError, UsageError } from "./errors.js";
-import { formatDuration, formatElapsed, type SandboxRow, sandboxTable, table } from "./format.js";
+import { formatBytes, formatDuration, formatElapsed, type SandboxRow, sandboxTable, table } from "./format.js";
 import { type Io, processIo } from "./io.js";
 import { runShell } from "./shell.js";
 import { startSpinner } from "./spinner.js";
@@ -383,6 +383,82 @@ ${examples("mitos sandbox shell sb-1a2b3c4d", "mitos sandbox shell sb-1a2b3c4d -
       const children = await source.fork(opts.count);
       io.out(opts.json ? json(children) : children.map((c) => `${c.id}\n`).join(""));
     });
+
+  // ---- mitos checkpoint …
+
+  const checkpoint = program
+    .command("checkpoint")
+    .description("save sandboxes to disk and start new ones from them, any time later")
+    .enablePositionalOptions();
+
+  addGlobals(
+    checkpoint
+      .command("create")
+      .description("save a running sandbox (memory, processes, files) with one short pause and print the checkpoint id")
+      .argument("<sandbox-id>", "the sandbox to save")
+      .option("--name <name>", "a label for the checkpoint")
+      .option("--json", "print the checkpoint object as JSON"),
+  )
+    .addHelpText("after", examples("mitos checkpoint create sb-1a2b3c4d --name after-setup"))
+    .action(async (id: string, opts: { name?: string; json?: boolean }, cmd: Command) => {
+      const sb = await serverFor(cmd).get(id);
+      const spin = startSpinner(`checkpointing ${id}`);
+      try {
+        const cp = await sb.checkpoint(opts.name === undefined ? {} : { name: opts.name });
+        spin.stop(`checkpoint ${cp.id}: ${formatBytes(cp.bytes)} (${formatBytes(cp.addedBytes)} new)`);
+        io.out(opts.json ? json(cp) : `${cp.id}\n`);
+      } catch (e) {
+        spin.stop(`checkpoint of ${id} failed`);
+        throw e;
+      }
+    });
+
+  addGlobals(
+    checkpoint
+      .command("ls")
+      .alias("list")
+      .description("list checkpoints: id, name, sandbox, template, size, created")
+      .option("--json", "print the checkpoint objects as JSON"),
+  ).action(async (opts: { json?: boolean }, cmd: Command) => {
+    const list = await serverFor(cmd).listCheckpoints();
+    if (opts.json) return io.out(json(list));
+    if (list.length === 0) return io.out("no checkpoints\n");
+    io.out(
+      table(
+        ["ID", "NAME", "SANDBOX", "TEMPLATE", "SIZE", "CREATED"],
+        list.map((c) => [c.id, c.name ?? "-", c.sandboxId, c.templateId, formatBytes(c.bytes), c.createdAt]),
+      ),
+    );
+  });
+
+  addGlobals(
+    checkpoint
+      .command("fork")
+      .alias("restore")
+      .description("start N new sandboxes from a checkpoint (they share its pages) and print their ids")
+      .argument("<checkpoint-id>", "the checkpoint")
+      .option("-n, --count <n>", "number of sandboxes", parsePositiveInt, 1)
+      .option("--json", "print the sandboxes as JSON"),
+  )
+    .addHelpText("after", examples("mitos checkpoint fork cp-0123456789ab --count 3"))
+    .action(async (id: string, opts: { count: number; json?: boolean }, cmd: Command) => {
+      const sandboxes = await serverFor(cmd).forkCheckpoint(id, opts.count);
+      io.out(opts.json ? json(sandboxes) : sandboxes.map((s) => `${s.id}\n`).join(""));
+    });
+
+  addGlobals(
+    checkpoint
+      .command("rm")
+      .alias("delete")
+      .description("delete checkpoints (chunks other checkpoints share stay)")
+      .argument("<id...>", "checkpoint ids"),
+  ).action(async (ids: string[], _opts: unknown, cmd: Command) => {
+    const server = serverFor(cmd);
+    for (const id of ids) {
+      await server.deleteCheckpoint(id);
+      io.out(`deleted ${id}\n`);
+    }
+  });
 
   // ---- mitos template …
 

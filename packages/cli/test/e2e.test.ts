@@ -107,6 +107,28 @@ describe("mitos CLI against mitosd", () => {
     assert.equal((await mitos(["sandbox", "terminate", "sb-00000000"])).code, 3);
   });
 
+  it("checkpoint create / ls --json / fork / rm", async () => {
+    assert.equal((await mitos(["sandbox", "exec", source, "echo cli-cp > /workspace/c.txt"])).code, 0);
+    const made = await mitos(["checkpoint", "create", source, "--name", "cli"]);
+    assert.equal(made.code, 0, made.stderr);
+    const id = made.stdout.trim();
+    assert.match(id, /^cp-[0-9a-f]{12}$/);
+    const ls = await mitos(["checkpoint", "ls", "--json"]);
+    const list = JSON.parse(ls.stdout) as Array<{ id: string; name: string; sandboxId: string }>;
+    assert.ok(list.some((c) => c.id === id && c.name === "cli" && c.sandboxId === source));
+    const fork = await mitos(["checkpoint", "fork", id, "--count", "2"]);
+    assert.equal(fork.code, 0, fork.stderr);
+    const kids = fork.stdout.trim().split("\n");
+    assert.equal(kids.length, 2);
+    for (const k of kids) {
+      const r = await mitos(["sandbox", "exec", k, "cat /workspace/c.txt"]);
+      assert.equal(r.stdout, "cli-cp\n");
+    }
+    assert.equal((await mitos(["sandbox", "terminate", ...kids])).code, 0);
+    assert.equal((await mitos(["checkpoint", "rm", id])).code, 0);
+    assert.equal((await mitos(["checkpoint", "rm", id])).code, 3, "gone: not_found");
+  });
+
   it("template rm: not_found exits 3, a template in use is refused, --force frees it", async () => {
     const none = await mitos(["template", "rm", "no-such-template"]);
     assert.equal(none.code, 3, none.stderr);
