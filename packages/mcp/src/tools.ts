@@ -208,6 +208,46 @@ export function registerTools(mcp: McpServer, server: SandboxServer): void {
     (a) => checked("sandbox_list", a, listInput, async () => (await server.listSandboxes()).map(summary)),
   );
 
+  const checkpointInput = input({
+    ...sandboxIds,
+    name: z.string().max(128).optional().describe("A label for the checkpoint, e.g. after-setup."),
+  });
+  mcp.registerTool(
+    "sandbox_checkpoint",
+    {
+      title: "Save a sandbox to disk",
+      description:
+        "Save a running sandbox (files, memory, running processes) to disk with one short pause; it keeps running. " +
+        "Returns JSON {id, name, bytes}. Start new sandboxes from it any time later with sandbox_restore.",
+      inputSchema: checkpointInput,
+    },
+    (a) =>
+      checked("sandbox_checkpoint", a, checkpointInput, async () => {
+        const sb = await sandboxOf("sandbox_checkpoint", a);
+        const cp = await sb.checkpoint(a.name === undefined ? {} : { name: a.name });
+        return { id: cp.id, name: cp.name, sandbox: cp.sandboxId, bytes: cp.bytes };
+      }),
+  );
+
+  const restoreInput = input({
+    checkpoint: z.string().describe("Checkpoint id, as returned by sandbox_checkpoint (e.g. cp-0123456789ab)."),
+    count: z.number().int().min(1).max(64).optional().describe("How many sandboxes to start from it (default 1)."),
+  });
+  mcp.registerTool(
+    "sandbox_restore",
+    {
+      title: "Start sandboxes from a checkpoint",
+      description:
+        "Start `count` new sandboxes from a checkpoint, each resuming its saved files, memory and processes. " +
+        "Returns a JSON array of the new sandbox ids.",
+      inputSchema: restoreInput,
+    },
+    (a) =>
+      checked("sandbox_restore", a, restoreInput, async () =>
+        (await server.forkCheckpoint(a.checkpoint, a.count ?? 1)).map((s) => s.id),
+      ),
+  );
+
   const terminateInput = input(sandboxIds);
   mcp.registerTool(
     "sandbox_terminate",

@@ -52,11 +52,13 @@ describe("mitos-mcp", () => {
   it("lists its tools with descriptions and input schemas", async () => {
     const { tools } = await client.listTools();
     assert.deepEqual(tools.map((t) => t.name).sort(), [
+      "sandbox_checkpoint",
       "sandbox_create",
       "sandbox_exec",
       "sandbox_fork",
       "sandbox_list",
       "sandbox_read_file",
+      "sandbox_restore",
       "sandbox_terminate",
       "sandbox_write_file",
     ]);
@@ -118,6 +120,25 @@ describe("mitos-mcp", () => {
     const file = await call<{ content: string }>("sandbox_read_file", { sandbox: children[0], path: "/root/seed.txt" });
     assert.equal(file.content, "upstream\n");
     for (const id of [...children, sb.id]) await call("sandbox_terminate", { sandbox: id });
+  });
+
+  it("checkpoints a sandbox and restores two from it", async () => {
+    const sb = await call<{ id: string }>("sandbox_create", { template: "python" });
+    await call("sandbox_write_file", { sandbox_id: sb.id, path: "/workspace/cp.txt", content: "saved\n" });
+    const cp = await call<{ id: string; name: string; bytes: number }>("sandbox_checkpoint", {
+      sandbox_id: sb.id,
+      name: "mcp",
+    });
+    assert.match(cp.id, /^cp-/);
+    assert.equal(cp.name, "mcp");
+    assert.ok(cp.bytes > 0);
+    const ids = await call<string[]>("sandbox_restore", { checkpoint: cp.id, count: 2 });
+    assert.equal(ids.length, 2);
+    for (const id of ids) {
+      const f = await call<{ content: string }>("sandbox_read_file", { sandbox_id: id, path: "/workspace/cp.txt" });
+      assert.equal(f.content, "saved\n");
+    }
+    for (const id of [...ids, sb.id]) await call("sandbox_terminate", { sandbox_id: id });
   });
 
   it("returns errors as tool results carrying {code, cause?, remediation}", async () => {
