@@ -49,21 +49,13 @@ export class SandboxServer {
   /** A new sandbox restored from `template` (from its warm pool when one is warm). */
   async fork(template: string, idOrOpts?: string | CreateSandboxOptions): Promise<Sandbox> {
     const opts: CreateSandboxOptions = typeof idOrOpts === "string" ? { id: idOrOpts } : (idOrOpts ?? {});
-    const body: Record<string, Json> = { template };
-    if (opts.id !== undefined) body.id = opts.id;
-    if (opts.timeoutSeconds !== undefined) body.timeout_seconds = opts.timeoutSeconds;
-    if (opts.env !== undefined) body.env = opts.env;
-    const res = await this.#clients.http.post("/v1/fork", body, { create: true });
+    const res = await this.#clients.http.post("/v1/fork", createBody({ template }, opts), { create: true });
     return new Sandbox(this.#clients, toSandboxInfo(res));
   }
 
   /** A new sandbox restored from a checkpoint: its memory, processes and files as they were. */
   async fromCheckpoint(checkpoint: string, opts: CreateSandboxOptions = {}): Promise<Sandbox> {
-    const body: Record<string, Json> = { checkpoint };
-    if (opts.id !== undefined) body.id = opts.id;
-    if (opts.timeoutSeconds !== undefined) body.timeout_seconds = opts.timeoutSeconds;
-    if (opts.env !== undefined) body.env = opts.env;
-    const res = await this.#clients.http.post("/v1/sandboxes", body, { create: true });
+    const res = await this.#clients.http.post("/v1/sandboxes", createBody({ checkpoint }, opts), { create: true });
     return new Sandbox(this.#clients, toSandboxInfo(res));
   }
 
@@ -73,12 +65,11 @@ export class SandboxServer {
     count: number,
     opts: { timeoutSeconds?: number; env?: Record<string, string> } = {},
   ): Promise<Sandbox[]> {
-    const body: Record<string, Json> = { count };
-    if (opts.timeoutSeconds !== undefined) body.timeout_seconds = opts.timeoutSeconds;
-    if (opts.env !== undefined) body.env = opts.env;
-    const res = await this.#clients.http.post(`/v1/checkpoints/${encodeURIComponent(checkpoint)}/fork`, body, {
-      create: true,
-    });
+    const res = await this.#clients.http.post(
+      `/v1/checkpoints/${encodeURIComponent(checkpoint)}/fork`,
+      createBody({ count }, opts),
+      { create: true },
+    );
     return toForkMany(res).sandboxes.map((info) => new Sandbox(this.#clients, info));
   }
 
@@ -160,4 +151,13 @@ function delay(ms: number, signal?: AbortSignal): Promise<void> {
       { once: true },
     );
   });
+}
+
+/** The body of a creating call: `base` plus the options that were given. */
+function createBody(base: Record<string, Json>, opts: CreateSandboxOptions): Record<string, Json> {
+  const body = { ...base };
+  if (opts.id !== undefined) body.id = opts.id;
+  if (opts.timeoutSeconds !== undefined) body.timeout_seconds = opts.timeoutSeconds;
+  if (opts.env !== undefined) body.env = opts.env;
+  return body;
 }

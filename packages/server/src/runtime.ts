@@ -39,7 +39,8 @@ const NOT_YET = {
   vitals: "guest vitals",
   upload: "tar upload",
   fork: "self-service fork with per-sandbox tokens (issue 20); fork with POST /v1/sandboxes/{id}/fork",
-  checkpoint: "self-service checkpoints with per-sandbox tokens (issue 20); checkpoint with POST /v1/sandboxes/{id}/checkpoints",
+  checkpoint:
+    "self-service checkpoints with per-sandbox tokens (issue 20); checkpoint with POST /v1/sandboxes/{id}/checkpoints",
   extendLifetime: "self-service lifetime (issue 20); extend with POST /v1/set_timeout",
   budget: "self-service budgets (issue 20)",
 } as const satisfies Partial<Record<keyof RuntimeImpl, string>>;

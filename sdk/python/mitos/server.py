@@ -62,13 +62,7 @@ class SandboxServer:
         is warm). ``timeout``: its deadline in seconds from now (refused with
         TimeoutTooLargeError above the server's ceiling); ``env``: extra
         environment for its commands."""
-        body: Dict[str, Any] = {"template": template}
-        if id is not None:
-            body["id"] = id
-        if timeout is not None:
-            body["timeout_seconds"] = timeout
-        if env is not None:
-            body["env"] = dict(env)
+        body = _create_body({"template": template}, id, timeout, env)
         return self._sandbox(self._http.post("/v1/fork", body, create=True))
 
     #: The API's name for create(): ``POST /v1/fork`` restores a sandbox from a template.
@@ -83,20 +77,12 @@ class SandboxServer:
     ) -> Sandbox:
         """A new sandbox restored from a checkpoint: its memory, processes and
         files as they were."""
-        body: Dict[str, Any] = {"checkpoint": checkpoint}
-        if id is not None:
-            body["id"] = id
-        if timeout is not None:
-            body["timeout_seconds"] = timeout
-        if env is not None:
-            body["env"] = dict(env)
+        body = _create_body({"checkpoint": checkpoint}, id, timeout, env)
         return self._sandbox(self._http.post("/v1/sandboxes", body, create=True))
 
     def fork_checkpoint(self, checkpoint: str, count: int = 1, timeout: Optional[int] = None) -> List[Sandbox]:
         """``count`` new sandboxes from one checkpoint, sharing its pages."""
-        body: Dict[str, Any] = {"count": count}
-        if timeout is not None:
-            body["timeout_seconds"] = timeout
+        body = _create_body({"count": count}, None, timeout, None)
         res = self._http.post("/v1/checkpoints/%s/fork" % urllib.parse.quote(checkpoint, safe=""), body, create=True)
         return [self._sandbox(s) for s in array("fork answer sandboxes", record("fork answer", res).get("sandboxes"))]
 
@@ -175,6 +161,20 @@ class SandboxServer:
         """Memory per sandbox and host totals, shared pages counted once."""
         res = self._http.get("/v1/metering")
         return res if isinstance(res, dict) else {"value": res}
+
+
+def _create_body(
+    base: Dict[str, Any], id: Optional[str], timeout: Optional[int], env: Optional[Mapping[str, str]]
+) -> Dict[str, Any]:
+    """The body of a creating call: ``base`` plus the options that were given."""
+    body = dict(base)
+    if id is not None:
+        body["id"] = id
+    if timeout is not None:
+        body["timeout_seconds"] = timeout
+    if env is not None:
+        body["env"] = dict(env)
+    return body
 
 
 def create(
