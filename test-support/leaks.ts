@@ -39,7 +39,13 @@ export function leaks(o: Owned, liveVmDirs: string[] = []): string[] {
   for (const pid of qemuPidsOf(o.dataDir)) if (!journaledPids.has(pid)) out.push(`orphan QEMU pid ${pid}`);
   const running = new Set(qemuPidsOf(o.dataDir));
   for (const v of vms) if (!running.has(v.pid)) out.push(`journaled VM ${v.vmId} (pid ${v.pid}) has no QEMU`);
+  // Checkpoint bases the engine keeps materialized, while their checkpoint exists.
+  const checkpoints = list(path.join(o.dataDir, "checkpoints", "manifests")).map((f) => path.basename(f, ".json"));
   const owned = new Set<string>([
+    ...checkpoints.flatMap((id) => [
+      path.join(o.shmDir, `mitos-cpbase-${id}.ram`),
+      path.join(o.dataDir, "bases", `${id}.state`),
+    ]),
     ...Object.values(j.templates).flatMap((t) => [t.ramFile, t.stateFile]),
     ...vms.flatMap((v) => [v.dir, ...v.files]),
     ...liveVmDirs,

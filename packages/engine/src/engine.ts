@@ -79,13 +79,15 @@ export interface EngineOptions {
   faults?: (step: FaultStep, vm: Vm) => void | Promise<void>;
 }
 
-/** Where `EngineOptions.faults` is called: in create, fork and terminate. */
+/** Where `EngineOptions.faults` is called: in create, fork, checkpoint and terminate. */
 export type FaultStep =
   | "create:restored"
   | "create:activated"
   | "fork:paused"
   | "fork:captured"
   | "fork:child-restored"
+  | "checkpoint:paused"
+  | "checkpoint:captured"
   | "terminate:before-kill";
 
 interface Sandbox {
@@ -809,7 +811,7 @@ export class Engine {
     try {
       await source.vm.pause();
       const tPaused = Date.now();
-      if (fork) await this.fault("fork:paused", source.vm);
+      await this.fault(fork ? "fork:paused" : "checkpoint:paused", source.vm);
       const memBytes = source.vm.machine.memMiB * 1024 * 1024;
       await captureLive(
         source.vm.qmp,
@@ -818,7 +820,7 @@ export class Engine {
         120_000,
         source.vm.runAs,
       );
-      if (fork) await this.fault("fork:captured", source.vm);
+      await this.fault(fork ? "fork:captured" : "checkpoint:captured", source.vm);
       return tPaused;
     } catch (err) {
       if (!source.vm.running) throw sourceDied(source.id, err as Error, fork ? "fork" : "checkpoint");

@@ -187,6 +187,52 @@ describe("QEMU killed during fork", () => {
   });
 });
 
+describe("faults around checkpoints", () => {
+  it("the source killed while paused for a checkpoint: fork_failed naming it, nothing listed, nothing left", async () => {
+    const sb = await engine.create("python");
+    at("checkpoint:paused", killVm);
+    await assert.rejects(engine.checkpoint(sb.id), (e) => {
+      isCode("fork_failed")(e);
+      assert.match((e as Error).message, /source sandbox .* exited during the checkpoint/);
+      return true;
+    });
+    assert.deepEqual(engine.checkpoints.list(), []);
+    assert.equal(engine.checkpoints.usedBytes(), 0);
+    await settle();
+  });
+
+  it("the source killed right after the capture: the checkpoint is whole and restores", async () => {
+    const sb = await engine.create("python");
+    await sh(sb.id, "echo before-the-kill > /workspace/k.txt");
+    at("checkpoint:captured", killVm);
+    const cp = await engine.checkpoint(sb.id);
+    assert.equal(state(sb.id), "failed");
+    const { children } = await engine.fromCheckpoint(cp.id);
+    assert.equal(await sh(children[0]?.id as string, "cat /workspace/k.txt"), "before-the-kill\n");
+    engine.deleteCheckpoint(cp.id);
+    await settle();
+  });
+
+  it("a corrupt chunk is caught by its hash: no sandbox is made and nothing is left", async () => {
+    const sb = await engine.create("python");
+    const cp = await engine.checkpoint(sb.id);
+    await engine.terminate(sb.id);
+    // Overwrite one RAM chunk with another valid zstd frame (the device state's): only the hash tells.
+    const chunk = (h: string) => path.join(engine.checkpoints.dir, "chunks", h.slice(0, 2), `${h}.zst`);
+    const [, victim] = cp.ram[Math.floor(cp.ram.length / 2)] as [number, string];
+    fs.copyFileSync(chunk(cp.state), chunk(victim));
+    await assert.rejects(engine.fromCheckpoint(cp.id, { count: 2 }), (e) => {
+      isCode("internal")(e);
+      assert.match((e as Error).message, /corrupt chunk/);
+      return true;
+    });
+    assert.deepEqual(engine.list(), []);
+    await settle();
+    engine.deleteCheckpoint(cp.id);
+    assert.equal(engine.checkpoints.usedBytes(), 0);
+  });
+});
+
 describe("QEMU killed around terminate and while idle", () => {
   it("terminate of a VM that just died succeeds and leaves nothing", async () => {
     const sb = await engine.create("python");

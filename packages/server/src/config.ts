@@ -18,7 +18,15 @@ const LIMIT_KEYS = Object.fromEntries(Object.entries(LIMIT_NAMES).map(([k, name]
   string,
   keyof Limits
 >;
-const OTHER_KEYS = ["host", "port", "data_dir", "auth", "body_limit_bytes", "max_message_bytes"] as const;
+const OTHER_KEYS = [
+  "host",
+  "port",
+  "data_dir",
+  "auth",
+  "body_limit_bytes",
+  "max_message_bytes",
+  "max_checkpoint_bytes",
+] as const;
 const ALL_KEYS = [...OTHER_KEYS, ...Object.keys(LIMIT_KEYS)];
 
 const flagOf = (key: string) => `--${key.replaceAll("_", "-")}`;
@@ -34,6 +42,7 @@ export const HELP = `mitosd: the Mitos daemon (HTTP lifecycle API + Connect runt
                    development only, refused unless the listen address is loopback (env MITOS_AUTH)
   --body-limit-bytes N     largest JSON request body (default 1 MiB)
   --max-message-bytes N    largest single Connect message (default 4 MiB; streams may send many)
+  --max-checkpoint-bytes N disk cap of the checkpoint store (default: a quarter of the data dir's filesystem)
 
 Spend caps (on by default; GET /v1/limits shows them; exceeding one is quota_exceeded):
   --max-sandboxes N            live sandboxes (default: 20 % of host RAM / 64 MiB per VMM)
@@ -122,6 +131,7 @@ export function loadDaemonConfig(argv: string[], env: NodeJS.ProcessEnv = proces
     if (key === "port") options.port = n;
     else if (key === "body_limit_bytes") options.bodyLimit = n;
     else if (key === "max_message_bytes") options.maxMessageBytes = n;
+    else if (key === "max_checkpoint_bytes") options.maxCheckpointBytes = n;
     else limits[LIMIT_KEYS[key] as keyof Limits] = n;
   }
   if (options.auth === "none" && !isLoopback(options.host ?? "127.0.0.1")) {

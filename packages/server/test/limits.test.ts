@@ -67,6 +67,8 @@ describe("mitosd config file and flags", () => {
     assert.equal(c.options.host, "0.0.0.0");
     assert.equal(c.options.dataDir, dir);
     assert.deepEqual(c.options.limits, { maxSandboxes: 7, maxForkCount: 4 });
+    const cp = loadDaemonConfig(["--max-checkpoint-bytes", "1048576", "--data-dir", dir], {});
+    assert.equal(cp.options.maxCheckpointBytes, 1 << 20);
   });
 
   it("finds <data-dir>/mitosd.json by itself", () => {
