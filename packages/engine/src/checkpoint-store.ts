@@ -33,6 +33,8 @@ export interface CheckpointManifest {
   chunkBytes: number;
   /** [chunk index, sha256] for every non-zero chunk of the RAM file. */
   ram: Array<[number, string]>;
+  /** Internal (a hibernated sandbox's RAM): not listed by the API. */
+  hidden?: boolean;
   /** sha256 of the device state (stored as one chunk). */
   state: string;
   /** Compressed bytes of every distinct chunk this checkpoint names. */
@@ -41,7 +43,10 @@ export interface CheckpointManifest {
   addedBytes: number;
 }
 
-export type CheckpointMeta = Pick<CheckpointManifest, "name" | "sandboxId" | "templateId" | "machine" | "env">;
+export type CheckpointMeta = Pick<
+  CheckpointManifest,
+  "name" | "sandboxId" | "templateId" | "machine" | "env" | "hidden"
+>;
 
 export class CheckpointStore {
   readonly dir: string;

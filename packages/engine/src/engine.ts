@@ -48,6 +48,8 @@ export interface SandboxInfo {
   forkTimeMs: number;
   accel: Accel;
   pid: number;
+  /** Paused with its RAM freed (saved to a checkpoint); resume restores it. */
+  hibernated: boolean;
 }
 
 export interface EngineOptions {
@@ -103,6 +105,8 @@ interface Sandbox {
   env: Record<string, string>;
   /** Nominal guest RAM, counted against max_guest_memory_mib. */
   memMiB: number;
+  /** Hibernated: the checkpoint it was saved to; its VM is gone until resume. */
+  hibernation?: string;
 }
 
 const TOMBSTONES = 10_000;
@@ -656,7 +660,7 @@ export class Engine {
    * capture (as a fork's), then the RAM and device state are chunked,
    * compressed and written while the sandbox runs on.
    */
-  async checkpoint(id: string, opts: { name?: string } = {}): Promise<CheckpointManifest> {
+  async checkpoint(id: string, opts: { name?: string; hidden?: boolean } = {}): Promise<CheckpointManifest> {
     this.assertOpen();
     const source = this.running(id);
     if (opts.name !== undefined && (opts.name.length > 128 || /[\0\n]/.test(opts.name))) {
@@ -678,6 +682,7 @@ export class Engine {
         templateId: source.templateId,
         machine: source.vm.machine,
         env: source.env,
+        ...(opts.hidden ? { hidden: true } : {}),
       });
       this.log("checkpoint", {
         sandbox: id,
@@ -704,7 +709,7 @@ export class Engine {
     opts: { count?: number; ids?: string[]; timeoutSeconds?: number; env?: Record<string, string> } = {},
   ): Promise<{ children: SandboxInfo[]; forkTimeMs: number }> {
     this.assertOpen();
-    const m = this.checkpoints.get(checkpointId);
+    const m = this.visibleCheckpoint(checkpointId);
     const count = opts.count ?? opts.ids?.length ?? 1;
     if (!Number.isInteger(count) || count < 1) {
       throw new MitosError("invalid_input", `count must be a positive integer, got ${count}`, {
@@ -746,6 +751,23 @@ export class Engine {
       for (const p of placeholders) if (this.sandboxes.get(p.id) === p) this.sandboxes.delete(p.id);
       throw err;
     }
+  }
+
+  /** The checkpoints users see: a hibernated sandbox's own is not one of them. */
+  listCheckpoints(): CheckpointManifest[] {
+    return this.checkpoints.list().filter((c) => !c.hidden);
+  }
+
+  /** A checkpoint users may name (not_found for a hibernated sandbox's). */
+  visibleCheckpoint(id: string): CheckpointManifest {
+    const m = this.checkpoints.get(id);
+    if (m.hidden) {
+      throw new MitosError("not_found", `no checkpoint ${JSON.stringify(id)}`, {
+        remediation: "List checkpoints (GET /v1/checkpoints) for valid ids.",
+        context: { checkpoint: id },
+      });
+    }
+    return m;
   }
 
   deleteCheckpoint(id: string): void {
@@ -929,10 +951,25 @@ export class Engine {
     return s.vm.agent.exec({ ...req, env: { ...s.env, ...(req.env ?? {}) } });
   }
 
-  async pause(id: string): Promise<void> {
+  /**
+   * Pauses a sandbox. With `hibernate` its RAM is freed too: it is saved to
+   * a checkpoint (hidden from the list) and its VM stopped; resume restores
+   * it under the same id, processes and files as they were, clock stepped.
+   */
+  async pause(id: string, opts: { hibernate?: boolean } = {}): Promise<void> {
     const s = this.running(id);
-    await s.vm.pause();
+    if (!opts.hibernate) {
+      await s.vm.pause();
+      s.state = "paused";
+      return;
+    }
+    const m = await this.checkpoint(id, { name: `hibernation of ${id}`, hidden: true });
+    s.hibernation = m.id;
     s.state = "paused";
+    const vm = s.vm;
+    await vm.destroy();
+    this.journal.deleteVm(vm.id);
+    this.log("hibernated", { sandbox: id, checkpoint: m.id, bytes: m.bytes });
   }
 
   async resume(id: string): Promise<void> {
@@ -942,8 +979,35 @@ export class Engine {
         remediation: "Only a paused sandbox can be resumed.",
       });
     }
-    await s.vm.resume();
-    s.state = "ready";
+    if (!s.hibernation) {
+      await s.vm.resume();
+      s.state = "ready";
+      return;
+    }
+    // Its RAM comes back: it must fit again.
+    this.caps.admit({ ...this.usage(), sandboxes: this.usage().sandboxes - 1 }, 1, s.memMiB);
+    const cp = s.hibernation;
+    const started = Date.now();
+    const m = this.checkpoints.get(cp);
+    const base = await this.checkpointBase(m);
+    const snapshot: Snapshot = {
+      machine: m.machine,
+      ramFile: base.ramFile,
+      stateFile: base.stateFile,
+      ignoreShared: false,
+    };
+    const [r] = await this.restoreAll(snapshot, 1, base.group);
+    if (!r || r.status === "rejected") throw r?.reason ?? new Error("restore failed");
+    try {
+      await r.value.activate(s.id);
+    } catch (err) {
+      await r.value.destroy();
+      throw err;
+    }
+    s.hibernation = undefined;
+    this.adopt(s, r.value, s.forkTimeMs);
+    this.deleteCheckpoint(cp);
+    this.log("resumed from hibernation", { sandbox: id, checkpoint: cp, ms: Date.now() - started });
   }
 
   setTimeout(id: string, seconds: number): { deadlineUnix: number; timeoutSeconds: number } {
@@ -962,6 +1026,17 @@ export class Engine {
 
   memory(id: string): VmMemory {
     const s = this.lookup(id);
+    // Hibernated: no VM (its old pid may belong to another process by now).
+    if (s.hibernation) {
+      return {
+        privateBytes: 0,
+        guestPrivateBytes: 0,
+        sharedBytes: 0,
+        baseKey: undefined,
+        baseResidentBytes: 0,
+        baseAllocatedBytes: 0,
+      };
+    }
     return this.vmMemory(s.vm);
   }
 
@@ -1039,7 +1114,8 @@ export class Engine {
     this.arm(s, Math.max(1, Math.round((s.deadline - Date.now()) / 1000)));
     this.journal.putVm({ vmId: vm.id, pid: vm.pid, dir: vm.dir, sandboxId: s.id, files: [] });
     vm.exited.then((x) => {
-      if (s.state === "terminated") return;
+      // Terminated, hibernated (its VM stopped on purpose) or resumed in a new VM since.
+      if (s.state === "terminated" || s.hibernation !== undefined || s.vm !== vm) return;
       s.state = "failed";
       // The deadline timer stays armed: a failed sandbox (and its logs) is
       // reaped at its deadline if nobody terminates it first.
@@ -1075,6 +1151,19 @@ export class Engine {
   private async kill(s: Sandbox, state: SandboxState): Promise<void> {
     if (s.timer) clearTimeout(s.timer);
     s.state = state;
+    if (s.hibernation) {
+      const cp = s.hibernation;
+      s.hibernation = undefined;
+      try {
+        this.deleteCheckpoint(cp);
+      } catch (err) {
+        this.log("could not delete a hibernation checkpoint", {
+          sandbox: s.id,
+          checkpoint: cp,
+          error: (err as Error).message,
+        });
+      }
+    }
     if (s.vm) {
       await s.vm.destroy();
       this.journal.deleteVm(s.vm.id);
@@ -1089,7 +1178,7 @@ export class Engine {
     for (const s of this.sandboxes.values()) {
       if (s.state === "failed" || s.state === "terminated") continue; // their VM is gone
       sandboxes++;
-      guestMemoryMib += s.memMiB;
+      if (!s.hibernation) guestMemoryMib += s.memMiB; // hibernated: its RAM is on disk
     }
     return { sandboxes, guestMemoryMib };
   }
@@ -1137,7 +1226,8 @@ export class Engine {
       deadlineUnix: Math.floor(s.deadline / 1000),
       forkTimeMs: s.forkTimeMs,
       accel: this.accel,
-      pid: s.vm?.pid ?? -1,
+      pid: s.hibernation ? -1 : (s.vm?.pid ?? -1),
+      hibernated: s.hibernation !== undefined,
     };
   }
 
@@ -1227,6 +1317,13 @@ export class Engine {
           template: t.id,
           ...(t.spec ? { rebuild: "at its next use, from its recorded spec" } : {}),
         });
+      }
+    }
+    // Hibernated sandboxes do not outlive their mitosd (decision 0003): their checkpoints go.
+    for (const c of this.checkpoints.list()) {
+      if (c.hidden) {
+        this.checkpoints.delete(c.id);
+        this.log("dropped the checkpoint of a sandbox hibernated by a previous run", { checkpoint: c.id });
       }
     }
     // Template bases get a group of this run (ids are not kept across runs).

@@ -44,6 +44,7 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
       fork_time_ms: s.forkTimeMs,
       accel: s.accel,
       memory,
+      hibernated: s.hibernated,
     };
   };
   const templateJson = (t: TemplateInfo) => ({
@@ -191,16 +192,16 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
     }),
   );
   app.get("/v1/checkpoints", { schema: routeSchemas.listCheckpoints }, async () =>
-    engine.checkpoints.list().map(checkpointJson),
+    engine.listCheckpoints().map(checkpointJson),
   );
   app.get<{ Params: { id: string } }>("/v1/checkpoints/:id", { schema: routeSchemas.getCheckpoint }, async (req) =>
-    checkpointJson(engine.checkpoints.get(req.params.id)),
+    checkpointJson(engine.visibleCheckpoint(req.params.id)),
   );
   app.delete<{ Params: { id: string } }>(
     "/v1/checkpoints/:id",
     { schema: routeSchemas.deleteCheckpoint },
     async (req) => {
-      engine.deleteCheckpoint(req.params.id);
+      engine.deleteCheckpoint(engine.visibleCheckpoint(req.params.id).id);
       return { status: "deleted", id: req.params.id };
     },
   );
@@ -238,8 +239,10 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
   });
 
   app.post("/v1/pause", { schema: routeSchemas.pause }, async (req) => {
-    await engine.pause(str(body(req, ["sandbox"]), "sandbox", true));
-    return { status: "paused" };
+    const b = body(req, ["sandbox", "hibernate"]);
+    const hibernate = bool(b, "hibernate") === true;
+    await engine.pause(str(b, "sandbox", true), { hibernate });
+    return { status: "paused", hibernated: hibernate };
   });
 
   app.post("/v1/resume", { schema: routeSchemas.resume }, async (req) => {

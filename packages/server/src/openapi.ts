@@ -40,6 +40,7 @@ const sandbox = {
     fork_time_ms: int,
     accel: { type: "string", enum: ["kvm", "tcg"] },
     memory: { type: "object", properties: { private_bytes: int, shared_bytes: int } },
+    hibernated: { type: "boolean", description: "paused with its RAM freed (POST /v1/pause {hibernate: true})" },
   },
 } as const;
 
@@ -200,9 +201,13 @@ export const routeSchemas = {
     },
   },
   pause: {
-    summary: "Pause a sandbox",
-    body: sandboxRef,
-    response: { 200: { type: "object", properties: { status: str } }, ...errors },
+    summary: "Pause a sandbox; with hibernate its RAM is freed (saved to disk) until resume",
+    body: {
+      type: "object",
+      required: ["sandbox"],
+      properties: { sandbox: id, hibernate: { type: "boolean" } },
+    },
+    response: { 200: { type: "object", properties: { status: str, hibernated: { type: "boolean" } } }, ...errors },
   },
   resume: {
     summary: "Resume a sandbox",

@@ -160,6 +160,53 @@ describe("checkpoints", () => {
     assert.ok(!(await sdk.listCheckpoints()).some((c) => c.id === cp.id));
   });
 
+  it("hibernate: pause frees the sandbox's host memory; resume brings it back with its processes, same id", async () => {
+    const sb = await api("POST", "/v1/sandboxes", { template: "python" });
+    const id = sb.json.id as string;
+    await server.engine
+      .agent(id)
+      .writeFile(
+        "/workspace/h.py",
+        "import time\ny = 'still-here'\nwhile True:\n    open('/tmp/y', 'w').write(y)\n    time.sleep(0.2)\n",
+      );
+    await sh(
+      id,
+      "(python3 h.py &) >/dev/null 2>&1; while [ ! -s /tmp/y ]; do sleep 0.1; done; echo f > /workspace/h.txt",
+    );
+    const pid = server.engine.get(id).pid;
+    const before = (await api("GET", `/v1/sandboxes/${id}`)).json.memory as { private_bytes: number };
+    assert.ok(before.private_bytes > 16 << 20, `a running VM holds memory: ${before.private_bytes}`);
+    const hib = await api("POST", "/v1/pause", { sandbox: id, hibernate: true });
+    assert.equal(hib.status, 200, hib.text);
+    assert.deepEqual(hib.json, { status: "paused", hibernated: true });
+    assert.equal(fs.existsSync(`/proc/${pid}`), false, "its QEMU is gone");
+    const paused = (await api("GET", `/v1/sandboxes/${id}`)).json;
+    assert.equal(paused.state, "paused");
+    assert.equal(paused.hibernated, true);
+    assert.deepEqual(paused.memory, { private_bytes: 0, shared_bytes: 0 });
+    const hostNow = server.engine.metering().sandboxes.find((r) => r.id === id);
+    assert.equal(hostNow, undefined, "metering counts nothing for it");
+    assert.equal((await api("GET", "/v1/checkpoints")).text.includes(id), false, "its checkpoint is not listed");
+    assert.throws(() => server.engine.exec(id, { command: "true" }), /paused/);
+    const res = await api("POST", "/v1/resume", { sandbox: id });
+    assert.equal(res.status, 200, res.text);
+    const back = (await api("GET", `/v1/sandboxes/${id}`)).json;
+    assert.equal(back.state, "ready");
+    assert.equal(back.hibernated, false);
+    assert.equal(await sh(id, "cat /workspace/h.txt"), "f\n");
+    await sh(id, "rm /tmp/y; while [ ! -s /tmp/y ]; do sleep 0.1; done");
+    assert.equal(await sh(id, "cat /tmp/y"), "still-here", "the interpreter runs on with its variable");
+    const guest = Number(await sh(id, "date +%s"));
+    assert.ok(Math.abs(guest - Date.now() / 1000) < 3, `clock stepped: guest ${guest}`);
+    assert.equal(await sh(id, "hostname"), `${id}\n`);
+    assert.equal((await api("DELETE", `/v1/sandboxes/${id}`)).status, 200);
+    assert.equal(
+      server.engine.checkpoints.list().some((c) => c.hidden),
+      false,
+      "the hibernation checkpoint went at resume",
+    );
+  });
+
   it("refuses what makes no sense, and deleting frees the chunks", async () => {
     assert.equal((await api("POST", "/v1/sandboxes", { checkpoint: "cp-000000000000" })).status, 404);
     const both = await api("POST", "/v1/sandboxes", { checkpoint: cp1, template: "python" });
