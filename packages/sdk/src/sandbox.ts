@@ -136,8 +136,12 @@ export class Sandbox {
     return t;
   }
 
-  async pause(): Promise<void> {
-    await this.#clients.http.post("/v1/pause", { sandbox: this.id });
+  /**
+   * Pauses the sandbox. With `hibernate` its RAM is freed as well (saved to
+   * disk); `resume()` restores it with its processes and files.
+   */
+  async pause(opts: { hibernate?: boolean } = {}): Promise<void> {
+    await this.#clients.http.post("/v1/pause", { sandbox: this.id, ...(opts.hibernate ? { hibernate: true } : {}) });
     this.#info = { ...this.#info, state: "paused" };
   }
 

@@ -158,6 +158,14 @@ describe("checkpoints", () => {
     await Promise.all([one, ...two].map((k) => k.terminate()));
     await sdk.deleteCheckpoint(cp.id);
     assert.ok(!(await sdk.listCheckpoints()).some((c) => c.id === cp.id));
+    // Hibernate through the SDK.
+    const h = await sdk.fork("python");
+    await h.exec("echo h > /workspace/h2.txt");
+    await h.pause({ hibernate: true });
+    assert.equal((await sdk.get(h.id)).memory?.privateBytes, 0);
+    await h.resume();
+    assert.equal((await h.exec("cat /workspace/h2.txt")).stdout, "h\n");
+    await h.terminate();
   });
 
   it("hibernate: pause frees the sandbox's host memory; resume brings it back with its processes, same id", async () => {

@@ -179,8 +179,13 @@ class Sandbox:
         self._info = dataclasses.replace(self._info, deadline_unix=t.deadline_unix)
         return t
 
-    def pause(self) -> None:
-        self._http.post("/v1/pause", {"sandbox": self.id})
+    def pause(self, hibernate: bool = False) -> None:
+        """Pauses the sandbox. With ``hibernate`` its RAM is freed as well
+        (saved to disk); ``resume()`` restores it with its processes and files."""
+        body: Dict[str, Any] = {"sandbox": self.id}
+        if hibernate:
+            body["hibernate"] = True
+        self._http.post("/v1/pause", body)
         self._info = dataclasses.replace(self._info, state="paused")
 
     def resume(self) -> None:

@@ -135,6 +135,17 @@ class E2ETest(unittest.TestCase):
         with self.assertRaises(mitos.NotFoundError):
             self.server.from_checkpoint(cp.id)
 
+    def test_hibernate_and_resume(self):
+        sb = self.server.create("python")
+        try:
+            sb.files.write("/workspace/h.txt", "asleep")
+            sb.pause(hibernate=True)
+            self.assertEqual(self.server.get(sb.id).memory.private_bytes, 0)
+            sb.resume()
+            self.assertEqual(sb.files.read_text("/workspace/h.txt"), "asleep")
+        finally:
+            sb.terminate()
+
     def test_fork_children_are_distinct_vms(self):
         self.sb.files.write("/root/marker", "from parent")
         kids = self.sb.fork(3)
