@@ -1,4 +1,4 @@
-// Mitos benchmarks: npm run bench [-- --quick] [-- --only=claim,exec,fork,depth,density,baseline]
+// Mitos benchmarks: npm run bench [-- --quick] [-- --only=claim,exec,fork,depth,density,checkpoint,baseline]
 // Each scenario runs N iterations after a warm-up and writes a JSON and a
 // Markdown record to bench/results/<date>-<scenario>.{json,md} with the
 // machine it ran on and the exact command; the baselines run in the same
@@ -283,6 +283,68 @@ try {
       "bases are counted once each at the memory their file holds in /dev/shm (allocated pages, whoever touched them).",
       ...notes,
     ]);
+  }
+
+  if (wanted("checkpoint")) {
+    const n = quick ? 2 : 5;
+    const first: number[] = [];
+    const firstMiB: number[] = [];
+    const next: number[] = [];
+    const addedMiB: number[] = [];
+    const cold: number[] = [];
+    const cached: number[] = [];
+    const hibernate: number[] = [];
+    const wake: number[] = [];
+    for (let i = 0; i < n; i++) {
+      const p = await pythonParent(true);
+      const [ms1, cp1] = await time(() => engine.checkpoint(p.id));
+      first.push(ms1);
+      firstMiB.push(cp1.bytes / MiB);
+      await sh(p.id, "echo more > /root/more.txt");
+      const [ms2, cp2] = await time(() => engine.checkpoint(p.id));
+      next.push(ms2);
+      addedMiB.push(cp2.addedBytes / MiB);
+      for (const into of [cold, cached]) {
+        const [ms, r] = await time(async () => {
+          const made = await engine.fromCheckpoint(cp1.id);
+          await engine.exec(made.children[0]?.id as string, { command: "true" }).result;
+          return made;
+        });
+        into.push(ms);
+        await terminateAll(r.children);
+      }
+      const [hms] = await time(() => engine.pause(p.id, { hibernate: true }));
+      hibernate.push(hms);
+      const [wms] = await time(async () => {
+        await engine.resume(p.id);
+        await engine.exec(p.id, { command: "true" }).result;
+      });
+      wake.push(wms);
+      for (const c of [cp1, cp2]) engine.deleteCheckpoint(c.id);
+      await engine.terminate(p.id);
+    }
+    record(
+      "checkpoint",
+      rec,
+      [
+        {
+          name: "first checkpoint of a python sandbox (pause, capture, chunk, zstd, fsync)",
+          unit: "ms",
+          values: first,
+        },
+        { name: "its size on disk", unit: "MiB", values: firstMiB },
+        { name: "second checkpoint of the same sandbox", unit: "ms", values: next },
+        { name: "bytes the second one adds (the rest is shared)", unit: "MiB", values: addedMiB },
+        { name: "restore from disk → first exec (materialize the base)", unit: "ms", values: cold },
+        { name: "restore → first exec, base cached in /dev/shm", unit: "ms", values: cached },
+        { name: "hibernate (checkpoint + stop)", unit: "ms", values: hibernate },
+        { name: "resume from hibernation → first exec", unit: "ms", values: wake },
+      ],
+      [
+        "Each iteration: a fresh python sandbox with a 50 KB file and a running interpreter; two checkpoints; two restores of the first; hibernate and resume.",
+        "Chunks are 256 KiB, zstd -1, content-addressed (docs/checkpoints.md, decision 0011).",
+      ],
+    );
   }
 
   if (wanted("baseline")) {
