@@ -242,7 +242,8 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
     const b = body(req, ["sandbox", "hibernate"]);
     const hibernate = bool(b, "hibernate") === true;
     await engine.pause(str(b, "sandbox", true), { hibernate });
-    return { status: "paused", hibernated: hibernate };
+    // The public API's answer, unchanged unless hibernation was asked for.
+    return hibernate ? { status: "paused", hibernated: true } : { status: "paused" };
   });
 
   app.post("/v1/resume", { schema: routeSchemas.resume }, async (req) => {
