@@ -62,8 +62,10 @@ export class CheckpointStore {
     this.chunks = path.join(dir, "chunks");
     this.manifests = path.join(dir, "manifests");
     for (const d of [this.chunks, this.manifests]) fs.mkdirSync(d, { recursive: true, mode: 0o700 });
-    // Staging dirs of writes a crash interrupted.
-    for (const f of fs.readdirSync(dir)) if (f.startsWith("tmp-")) fs.rmSync(path.join(dir, f), { recursive: true });
+    // Staging dirs of writes a crash interrupted, and the chunks they had moved in already.
+    const interrupted = fs.readdirSync(dir).filter((f) => f.startsWith("tmp-"));
+    for (const f of interrupted) fs.rmSync(path.join(dir, f), { recursive: true });
+    if (interrupted.length > 0) this.gc();
   }
 
   list(): CheckpointManifest[] {

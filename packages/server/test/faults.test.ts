@@ -5,6 +5,7 @@
 
 import assert from "node:assert/strict";
 import fs from "node:fs";
+import path from "node:path";
 import { after, before, it } from "node:test";
 import { ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
@@ -118,4 +119,34 @@ it("mitosd killed mid-fork and restarted: no QEMU of the dead run survives, no f
   await daemon.stop();
   assert.deepEqual(qemuPidsOf(dataDir), [], "a clean stop leaves no QEMU");
   await assertNoLeaks(owned);
+});
+
+it("mitosd killed mid-checkpoint and restarted: no half-written checkpoint is listed, its chunks and files are gone", async () => {
+  daemon = await startMitosd(dataDir); // the test before stops its daemon
+  const source = await newSandbox();
+  const store = path.join(dataDir, "checkpoints");
+  const staging = () => (fs.existsSync(store) ? fs.readdirSync(store).filter((f) => f.startsWith("tmp-")) : []);
+  const cp = api("POST", `/v1/sandboxes/${source}/checkpoints`, {}).catch((e: Error) => e);
+  // Kill it while the chunks are being written (its staging dir exists).
+  const until = Date.now() + 60_000;
+  while (staging().length === 0) {
+    assert.ok(Date.now() < until, "the checkpoint's staging dir appeared");
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  await daemon.kill();
+  assert.ok((await cp) instanceof Error, "the checkpoint request died with the daemon");
+
+  daemon = await startMitosd(dataDir);
+  assert.deepEqual((await api("GET", "/v1/checkpoints")).json, [], "nothing half-written is listed");
+  assert.deepEqual(staging(), [], "the staging dir is gone");
+  const chunks = path.join(store, "chunks");
+  const left = fs.readdirSync(chunks).flatMap((d) => fs.readdirSync(path.join(chunks, d)));
+  assert.deepEqual(left, [], "chunks no manifest names were collected");
+  await assertNoLeaks(owned);
+  // And checkpoints work again.
+  const fresh = await newSandbox();
+  const ok = await api("POST", `/v1/sandboxes/${fresh}/checkpoints`, {});
+  assert.equal(ok.status, 200, JSON.stringify(ok.json));
+  assert.equal((await api("DELETE", `/v1/checkpoints/${ok.json.id as string}`)).status, 200);
+  assert.equal((await api("DELETE", `/v1/sandboxes/${fresh}`)).status, 200);
 });
