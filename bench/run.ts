@@ -473,4 +473,7 @@ try {
   console.log(lines.join("\n"));
 } finally {
   await engine.close({ killSandboxes: true });
+  // Its template's RAM base would otherwise stay in /dev/shm, mapped by nobody (~512 MiB).
+  fs.rmSync(engine.shmDir, { recursive: true, force: true });
+  fs.rmSync(dataDir, { recursive: true, force: true });
 }

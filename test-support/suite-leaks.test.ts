@@ -13,9 +13,7 @@ import { defaultDataDir, defaultShmDir, shmDirFor } from "../packages/engine/src
 
 /** Data dirs whose shm dir is kept on purpose (documented in README.md). */
 function cacheDataDirs(env: NodeJS.ProcessEnv = process.env): string[] {
-  const dirs = ["/var/lib/mitos", defaultDataDir(env), "/var/lib/mitos/bench"];
-  if (env.MITOS_BENCH_DIR) dirs.push(env.MITOS_BENCH_DIR);
-  return dirs;
+  return ["/var/lib/mitos", defaultDataDir(env)];
 }
 
 /** Every path some process maps (/proc/<pid>/maps) or has open (/proc/<pid>/fd). */

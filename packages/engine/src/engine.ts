@@ -13,9 +13,6 @@ import { Confinement, type SharedGroup } from "./confine.js";
 import { MitosError, shmSpaceRemediation } from "./errors.js";
 import { BUILTIN_RECIPES, ensureImages } from "./image/build.js";
 import { Journal, type TemplateRecord, type TemplateSpec } from "./journal.js";
-
-export type { TemplateSpec };
-
 import { type Limits, resolveLimits, SpendCaps, type Usage } from "./limits.js";
 import { hostTotals, readVmMemory, type VmMemory } from "./metering.js";
 import { WarmPool } from "./pool.js";
@@ -24,6 +21,8 @@ import { qemuPidsOf } from "./qemu/processes.js";
 import { captureLive, saveState } from "./snapshot.js";
 import { SpareVms } from "./spares.js";
 import { ID_RE, type MachineSpec, type Snapshot, Vm } from "./vm.js";
+
+export type { TemplateSpec };
 
 export type SandboxState = "starting" | "ready" | "paused" | "terminated" | "failed";
 
@@ -730,14 +729,7 @@ export class Engine {
     const env = { ...m.env, ...(opts.env ?? {}) };
     const placeholders = ids.map((id) => this.reserve(id, m.templateId, null, timeout, env, m.machine.memMiB));
     try {
-      const base = await this.checkpointBase(m);
-      const snapshot: Snapshot = {
-        machine: m.machine,
-        ramFile: base.ramFile,
-        stateFile: base.stateFile,
-        ignoreShared: false,
-      };
-      const results = await this.restoreAll(snapshot, count, base.group);
+      const results = await this.restoreFromCheckpoint(m, count);
       const { children, errors } = await this.activateAll(results, placeholders, started);
       if (children.length === 0) {
         throw new MitosError("fork_failed", `no sandbox could start from checkpoint ${m.id}: ${errors[0]?.message}`, {
@@ -773,6 +765,18 @@ export class Engine {
   deleteCheckpoint(id: string): void {
     this.checkpoints.delete(id);
     void this.dropCheckpointBase(id);
+  }
+
+  /** `count` paused VMs restored from a checkpoint's shared base. */
+  private async restoreFromCheckpoint(m: CheckpointManifest, count: number): Promise<PromiseSettledResult<Vm>[]> {
+    const base = await this.checkpointBase(m);
+    const snapshot: Snapshot = {
+      machine: m.machine,
+      ramFile: base.ramFile,
+      stateFile: base.stateFile,
+      ignoreShared: false,
+    };
+    return this.restoreAll(snapshot, count, base.group);
   }
 
   /** A checkpoint's base in the shm dir, materialized once and shared by every restore; the least recently used go first. */
@@ -984,19 +988,12 @@ export class Engine {
       s.state = "ready";
       return;
     }
-    // Its RAM comes back: it must fit again.
-    this.caps.admit({ ...this.usage(), sandboxes: this.usage().sandboxes - 1 }, 1, s.memMiB);
+    // Its RAM comes back: it must fit again (it is counted as a sandbox already).
+    const usage = this.usage();
+    this.caps.admit({ ...usage, sandboxes: usage.sandboxes - 1 }, 1, s.memMiB);
     const cp = s.hibernation;
     const started = Date.now();
-    const m = this.checkpoints.get(cp);
-    const base = await this.checkpointBase(m);
-    const snapshot: Snapshot = {
-      machine: m.machine,
-      ramFile: base.ramFile,
-      stateFile: base.stateFile,
-      ignoreShared: false,
-    };
-    const [r] = await this.restoreAll(snapshot, 1, base.group);
+    const [r] = await this.restoreFromCheckpoint(this.checkpoints.get(cp), 1);
     if (!r || r.status === "rejected") throw r?.reason ?? new Error("restore failed");
     try {
       await r.value.activate(s.id);
