@@ -1,6 +1,7 @@
 /* libFuzzer target: the frame decoder (with resync), field iteration and
- * the typed field parser, plus an encode/parse round trip. Input byte 0
- * picks the decoder buffer size and how the stream is chunked. */
+ * the typed field parser (SESSION included), plus an encode/parse round
+ * trip. Input byte 0 picks the decoder buffer size and how the stream is
+ * chunked. */
 #define _DEFAULT_SOURCE
 #include <errno.h>
 #include <stdint.h>
@@ -38,6 +39,8 @@ static void check_fields(const uint8_t *p, size_t n)
 				fb_str(&b, (uint8_t)t, fs.sval[t]);
 			else if (fs.have[t] && t == F_ENTROPY)
 				fb_bytes(&b, (uint8_t)t, fs.bval, fs.blen);
+			else if (fs.have[t] && t == F_SESSION)
+				fb_bytes(&b, (uint8_t)t, fs.session, SESSION_LEN);
 			else if (fs.have[t] && t != F_ARG && t != F_ENV)
 				fb_int(&b, (uint8_t)t, fs.ival[t]);
 		}
@@ -50,6 +53,8 @@ static void check_fields(const uint8_t *p, size_t n)
 			for (int t = 0; t < 256; t++)
 				if (fs.have[t] != again.have[t] && t != F_ENV)
 					abort();
+			if (fs.have[F_SESSION] && memcmp(fs.session, again.session, SESSION_LEN) != 0)
+				abort();
 			if (again.nargs != fs.nargs)
 				abort();
 			fields_free(&again);

@@ -145,7 +145,7 @@ int field_next(field_iter_t *it, field_t *f)
 	return 1;
 }
 
-enum { K_UNKNOWN, K_INT, K_STR, K_LIST, K_BYTES };
+enum { K_UNKNOWN, K_INT, K_STR, K_LIST, K_BYTES, K_SESSION };
 
 static int tag_kind(uint8_t tag)
 {
@@ -158,6 +158,8 @@ static int tag_kind(uint8_t tag)
 		return K_LIST;
 	case F_ENTROPY:
 		return K_BYTES;
+	case F_SESSION:
+		return K_SESSION;
 	case F_TIMEOUT_MS: case F_PTY_COLS: case F_PTY_ROWS: case F_STDIN_OPEN:
 	case F_WINDOW: case F_UID: case F_GID: case F_PID: case F_EXIT_CODE:
 	case F_SIGNAL: case F_TIMED_OUT: case F_DURATION_MS: case F_BYTES:
@@ -232,6 +234,12 @@ int fields_parse(const uint8_t *p, size_t len, fields_t *r, char *err, size_t er
 		} else if (kind == K_BYTES) {
 			r->bval = f.val;
 			r->blen = f.len;
+		} else if (kind == K_SESSION) {
+			if (f.len != SESSION_LEN) {
+				snprintf(err, errlen, "field %u: session of %u bytes, want %d", f.tag, f.len, SESSION_LEN);
+				return EINVAL;
+			}
+			memcpy(r->session, f.val, SESSION_LEN);
 		} else {
 			char *s = dup_str(&f, err, errlen, &rc);
 			if (!s)

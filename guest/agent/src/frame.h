@@ -65,12 +65,14 @@ typedef struct {
 	char *sval[256];           /* NUL-terminated copies */
 	const uint8_t *bval;       /* ENTROPY, points into the payload */
 	uint32_t blen;
+	uint8_t session[SESSION_LEN]; /* SESSION, when have[F_SESSION] */
 	char **args; size_t nargs; /* ARG..., NULL-terminated */
 	char **envs; size_t nenvs; /* ENV..., NULL-terminated */
 } fields_t;
 
 /* Returns 0, or an errno (EPROTO: field runs past payload; EINVAL: bad
- * integer size, NUL in a string, repeated single tag; ENOMEM) with a
+ * integer size, SESSION not SESSION_LEN bytes, NUL in a string, repeated
+ * single tag; ENOMEM) with a
  * message in err. Always call fields_free(), even after an error. */
 int fields_parse(const uint8_t *p, size_t len, fields_t *r, char *err, size_t errlen);
 void fields_free(fields_t *r);

@@ -23,11 +23,13 @@ static int64_t meminfo(const char *text, const char *key)
 	return strtoll(p + strlen(key), NULL, 10) * 1024;
 }
 
-void info_hello(uint32_t id)
+void info_hello(uint32_t id, const uint8_t *session)
 {
 	fbuf_t b;
 	fb_init(&b);
 	fb_str(&b, F_VERSION, MITOS_AGENT_VERSION);
+	if (session)
+		fb_bytes(&b, F_SESSION, session, SESSION_LEN);
 
 	struct timespec ts;
 	clock_gettime(CLOCK_BOOTTIME, &ts);

@@ -62,12 +62,14 @@ static int is_request(uint8_t t)
 	return 0;
 }
 
-/* After fork-notify this guest is a restored copy (a fork child or a claimed
- * VM) talking to a new host connection, which numbers its streams from 1
- * again. Streams still open belong to the original's caller: their commands
- * run on with their output dropped; file transfers end. */
-static void detach_inherited(void)
+/* Detaches every open stream: their commands run on with their output read
+ * and dropped (no frame is sent for them, their ids are free); file transfers
+ * end. Returns how many streams were detached or ended. For streams whose
+ * caller is not on the other end any more: after FORK_NOTIFY, and after a
+ * HELLO with a new SESSION. */
+static int detach_streams(void)
 {
+	int n = 0;
 	for (int i = 0; i < stream_count(); i++) {
 		stream_t *s = stream_at(i);
 		if (s->dead || s->detached)
@@ -76,7 +78,33 @@ static void detach_inherited(void)
 			exec_detach(s);
 		else
 			file_abort(s);
+		n++;
 	}
+	return n;
+}
+
+/* The host session (HELLO's SESSION): a host process that re-opens the
+ * channel names itself with a fresh random one. */
+static uint8_t session[SESSION_LEN];
+static int have_session;
+
+/* HELLO with a SESSION other than the stored one: a new host process took
+ * over the channel (the previous one died mid-conversation), so the open
+ * streams belong to nobody. The same SESSION again (a retry) detaches
+ * nothing. HELLO without SESSION is a plain liveness check. */
+static void hello(uint32_t id, const fields_t *f)
+{
+	if (!f->have[F_SESSION]) {
+		info_hello(id, NULL);
+		return;
+	}
+	if (!have_session || memcmp(session, f->session, SESSION_LEN) != 0) {
+		int n = detach_streams();
+		memcpy(session, f->session, SESSION_LEN);
+		have_session = 1;
+		logmsg("new host session; %d stream%s of the previous one detached", n, n == 1 ? "" : "s");
+	}
+	info_hello(id, session);
 }
 
 static void handle_request(const frame_t *fr)
@@ -100,7 +128,7 @@ static void handle_request(const frame_t *fr)
 		return;
 	}
 	switch (fr->type) {
-	case T_HELLO: info_hello(id); break;
+	case T_HELLO: hello(id, &f); break;
 	case T_EXEC: exec_start(id, &f); break;
 	case T_READ: file_read_start(id, &f); break;
 	case T_WRITE_OPEN: file_write_open(id, &f); break;
@@ -110,8 +138,13 @@ static void handle_request(const frame_t *fr)
 	case T_REMOVE: file_remove(id, &f); break;
 	case T_RENAME: file_rename(id, &f); break;
 	case T_FORK_NOTIFY:
-		if (fork_notify(id, &f, vm_mode) == 0)
-			detach_inherited();
+		/* A restored copy (a fork child or a claimed VM) talking to a new
+		 * host connection, which numbers its streams from 1 again: the
+		 * streams still open belong to the original's caller. */
+		if (fork_notify(id, &f, vm_mode) == 0) {
+			detach_streams();
+			have_session = 0;
+		}
 		break;
 	case T_PROCESSES: info_processes(id); break;
 	case T_KILL: info_kill(id, &f); break;

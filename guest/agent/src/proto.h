@@ -11,6 +11,7 @@
 #define MAX_CHUNK 65536          /* STDOUT/STDERR/DATA payload limit */
 #define DEFAULT_WINDOW 262144
 #define STDIN_WINDOW 262144
+#define SESSION_LEN 16           /* HELLO's SESSION field: exactly this many bytes */
 
 enum msg_type {
 	T_HELLO = 0x01, T_EXEC = 0x02, T_STDIN = 0x03, T_STDIN_CLOSE = 0x04,
@@ -33,7 +34,7 @@ enum field_tag {
 	F_RECURSIVE = 25, F_APPEND = 26,
 	F_NAME = 30, F_TYPE = 31, F_SIZE = 32, F_MTIME = 33,
 	F_ENTROPY = 40, F_TIME_NS = 41, F_SANDBOX_ID = 42, F_HOSTNAME = 43,
-	F_RESEEDED = 44, F_NOTIFIED = 45, F_CLOCK_STEP_NS = 46,
+	F_RESEEDED = 44, F_NOTIFIED = 45, F_CLOCK_STEP_NS = 46, F_SESSION = 47,
 	F_VERSION = 50, F_UPTIME_MS = 51, F_MEM_TOTAL = 52,
 	F_MEM_AVAILABLE = 53, F_BOOT_ID = 54,
 	F_ERRNO = 60, F_MESSAGE = 61,

@@ -306,6 +306,106 @@ static void test_fields_errors(void)
 	fields_free(&f);
 }
 
+static void test_session_field(void)
+{
+	uint8_t buf[64], sess[SESSION_LEN];
+	fields_t f;
+	char err[128];
+	for (int i = 0; i < SESSION_LEN; i++)
+		sess[i] = (uint8_t)(0xA0 + i);
+	size_t n = fld(buf, F_SESSION, sess, SESSION_LEN);
+	CHECK(fields_parse(buf, n, &f, err, sizeof err) == 0);
+	CHECK(f.have[F_SESSION] && !memcmp(f.session, sess, SESSION_LEN));
+	CHECK(!f.have[F_ENTROPY] && f.bval == NULL); /* its own slot, not ENTROPY's */
+	fields_free(&f);
+
+	/* with ENTROPY in the same payload both keep their values */
+	n = fld(buf, F_ENTROPY, "\1\2\3", 3);
+	n += fld(buf + n, F_SESSION, sess, SESSION_LEN);
+	CHECK(fields_parse(buf, n, &f, err, sizeof err) == 0);
+	CHECK(f.blen == 3 && f.bval[0] == 1 && !memcmp(f.session, sess, SESSION_LEN));
+	fields_free(&f);
+
+	/* exactly 16 bytes: 15, 17 and 0 are refused */
+	size_t bad[] = { SESSION_LEN - 1, SESSION_LEN + 1, 0 };
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		uint8_t v[SESSION_LEN + 1] = { 0 };
+		n = fld(buf, F_SESSION, v, (uint32_t)bad[i]);
+		CHECK(fields_parse(buf, n, &f, err, sizeof err) == EINVAL);
+		CHECK(!f.have[F_SESSION]);
+		fields_free(&f);
+	}
+
+	/* given twice */
+	n = fld(buf, F_SESSION, sess, SESSION_LEN);
+	n += fld(buf + n, F_SESSION, sess, SESSION_LEN);
+	CHECK(fields_parse(buf, n, &f, err, sizeof err) == EINVAL);
+	fields_free(&f);
+
+	/* value cut short by the payload end: a protocol error, no read past it */
+	n = fld(buf, F_SESSION, sess, SESSION_LEN);
+	CHECK(fields_parse(buf, n - 1, &f, err, sizeof err) == EPROTO);
+	fields_free(&f);
+}
+
+/* What a reconnecting host sends: whatever partial frame a dead host left,
+ * then FRAME_HEADER + MAX_PAYLOAD zero bytes, then HELLO. The partial frame is
+ * completed (or abandoned), the zeros are one resync run (one ERROR), and
+ * HELLO comes out whole; in any chunking. */
+static void test_reconnect_flush(void)
+{
+	size_t flush = FRAME_HEADER + MAX_PAYLOAD;
+	uint8_t hello[64];
+	uint8_t sess[SESSION_LEN] = { 1, 2, 3 };
+	uint8_t payload[32];
+	uint32_t plen = (uint32_t)fld(payload, F_SESSION, sess, SESSION_LEN);
+	size_t hlen = mkframe(hello, T_HELLO, 0x80000001u, payload, plen);
+	uint8_t big[FRAME_HEADER + 64];
+	/* leftovers: nothing, part of a header, a header and part of a 1 MiB payload */
+	size_t left_len[4] = { 0, 2, 7, FRAME_HEADER + 40 };
+	mkframe(big, T_WRITE_DATA, 3, NULL, 0);
+	put_u32(big + 8, MAX_PAYLOAD);
+	memset(big + FRAME_HEADER, 'w', 64);
+	size_t chunks[3] = { 1 << 20, 4096, 333 };
+	for (int l = 0; l < 4; l++) {
+		for (int c = 0; c < 3; c++) {
+			size_t total = left_len[l] + flush + hlen;
+			uint8_t *wire = calloc(1, total);
+			memcpy(wire, big, left_len[l]);
+			memcpy(wire + left_len[l] + flush, hello, hlen);
+			decoder_t d;
+			dec_init(&d, storage, CAP);
+			int resyncs = 0, hellos = 0, others = 0;
+			size_t off = 0;
+			while (off < total) {
+				size_t avail;
+				uint8_t *sp = dec_space(&d, &avail);
+				size_t n = total - off < chunks[c] ? total - off : chunks[c];
+				if (n > avail)
+					n = avail;
+				memcpy(sp, wire + off, n);
+				dec_commit(&d, n);
+				off += n;
+				frame_t f;
+				int r;
+				while ((r = dec_next(&d, &f)) != DEC_NEED) {
+					if (r == DEC_RESYNC)
+						resyncs++;
+					else if (f.type == T_HELLO && f.stream == 0x80000001u && f.len == plen &&
+						 !memcmp(f.payload, payload, plen))
+						hellos++;
+					else
+						others++;
+				}
+			}
+			CHECK(hellos == 1);
+			CHECK(resyncs == 1);
+			CHECK(others == (l == 0 ? 0 : 1)); /* the completed leftover, once */
+			free(wire);
+		}
+	}
+}
+
 static void test_iter(void)
 {
 	uint8_t buf[32];
@@ -348,6 +448,8 @@ int main(void)
 	test_fields_basic();
 	test_fields_errors();
 	test_iter();
+	test_session_field();
+	test_reconnect_flush();
 	test_encoder_limits();
 	free(storage);
 	printf("frame tests: %d passed, %d failed\n", passed, failed);

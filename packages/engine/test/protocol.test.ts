@@ -8,6 +8,9 @@ import {
   FrameDecoder,
   HEADER_SIZE,
   MAX_PAYLOAD,
+  MsgType,
+  ResyncScanner,
+  SESSION_LEN,
   Tag,
 } from "../src/agent/protocol.js";
 
@@ -105,5 +108,55 @@ describe("agent protocol codec", () => {
     const shortInt = Fields.parse(Buffer.from([5, 0, 0, 0, 2, 0, 1]));
     assert.throws(() => shortInt.int(5), /8-byte/);
     assert.throws(() => new FieldWriter().str(Tag.PATH, "a\0b"), /NUL/);
+  });
+
+  it("finds a reconnect's answer in any junk, split anywhere, and hands back what follows", () => {
+    const session = Buffer.alloc(SESSION_LEN, 0xab);
+    const stream = 0x8000_1234;
+    const answer = encodeFrame(
+      MsgType.OK,
+      stream,
+      new FieldWriter().str(Tag.VERSION, "v").bytes(Tag.SESSION, session).build(),
+    );
+    const after = encodeFrame(MsgType.STDOUT, 1, Buffer.from("next"));
+    const decoys = [
+      encodeFrame(MsgType.OK, stream, new FieldWriter().bytes(Tag.SESSION, Buffer.alloc(SESSION_LEN, 1)).build()),
+      encodeFrame(MsgType.OK, stream + 1, new FieldWriter().bytes(Tag.SESSION, session).build()),
+      encodeFrame(MsgType.OK, stream, Buffer.from([Tag.SESSION, 0xff, 0xff, 0xff, 0xff])), // fields run past
+      encodeFrame(MsgType.STDOUT, 3, Buffer.alloc(100, 0x4d)),
+      answer.subarray(0, 15), // our header, cut off
+    ];
+    fc.assert(
+      fc.property(
+        fc.array(fc.oneof(fc.uint8Array({ maxLength: 100 }), fc.constantFrom(...decoys)), { maxLength: 8 }),
+        fc.array(fc.integer({ min: 1, max: 97 }), { minLength: 1, maxLength: 8 }),
+        (junk, cuts) => {
+          const before = Buffer.concat(junk.map((j) => Buffer.from(j)));
+          const wire = Buffer.concat([before, answer, after]);
+          const scanner = new ResyncScanner(stream, session);
+          let rest: Buffer | undefined;
+          let off = 0;
+          let i = 0;
+          while (off < wire.length && !rest) {
+            const n = cuts[i++ % cuts.length] ?? 1;
+            rest = scanner.push(wire.subarray(off, off + n));
+            off += n;
+          }
+          assert.ok(rest, "answer found");
+          const tail = Buffer.concat([rest, wire.subarray(off)]);
+          assert.deepEqual(tail, after);
+          assert.equal(scanner.discarded, before.length);
+          assert.equal(scanner.fields?.str(Tag.VERSION), "v");
+        },
+      ),
+    );
+  });
+
+  it("keeps at most a frame while scanning junk without the answer", () => {
+    const scanner = new ResyncScanner(0x8000_0001, Buffer.alloc(SESSION_LEN));
+    for (let i = 0; i < 64; i++) assert.equal(scanner.push(Buffer.alloc(64 * 1024, 0x4d)), undefined);
+    assert.ok(scanner.buffered < 8);
+    assert.equal(scanner.discarded, 64 * 64 * 1024 - scanner.buffered);
+    assert.throws(() => new ResyncScanner(1, Buffer.alloc(15)), RangeError);
   });
 });

@@ -14,6 +14,9 @@ import {
   FrameDecoder,
   MAX_PAYLOAD,
   MsgType,
+  RESYNC_FLUSH_BYTES,
+  ResyncScanner,
+  SESSION_LEN,
   STDIN_WINDOW,
   Tag,
 } from "./protocol.js";
@@ -108,6 +111,15 @@ const DEFAULT_CALL_TIMEOUT_MS = 30_000;
 const MAX_EVENTS = 64;
 /** Resync is allowed (agent-protocol.md), but this much garbage means the channel is not an agent. */
 const MAX_GARBAGE_BYTES = 1 << 20;
+/**
+ * What a reconnect may throw away before the agent's answer: a dead host's
+ * unread output (each of its streams up to its credit window) and whatever
+ * QEMU and the kernel buffered. Beyond this the channel is not converging.
+ */
+const MAX_RESYNC_DISCARD = 64 << 20;
+/** A reconnect repeats its flush + HELLO this often until answered. */
+const RESYNC_RETRY_MS = 1000;
+let flushBytes: Buffer | undefined;
 
 export interface AgentClientOptions {
   /** Context attached to errors (sandbox id, console log path). */
@@ -153,6 +165,41 @@ export class AgentClient {
     } catch (err) {
       throw new AgentGoneError(`cannot connect to ${path}: ${(err as Error).message}`, options.context);
     }
+  }
+
+  /**
+   * Re-opens a channel another host process (a mitosd that died) left
+   * mid-conversation, within `deadlineMs` (a duration, as for `connect`).
+   * Sends RESYNC_FLUSH_BYTES zero bytes, so a frame the dead host was cut off
+   * writing is completed or abandoned in the agent's decoder, then HELLO with a
+   * fresh random SESSION on a random stream id >= 0x80000000; the agent
+   * detaches the streams of the previous session (their commands keep
+   * running, their output is dropped). Everything received before the OK that
+   * echoes that SESSION on that stream (stale output of the dead host's
+   * streams, a frame cut in half) is discarded, not counted as a protocol
+   * violation, up to 64 MiB. The flush + HELLO are repeated every second (with
+   * the same SESSION, which the agent takes as a retry) while unanswered and
+   * the previous ones have been written. Afterwards the client is an ordinary
+   * one.
+   */
+  static async reconnect(path: string, deadlineMs: number, options: AgentClientOptions = {}): Promise<AgentClient> {
+    const until = Date.now() + deadlineMs;
+    const socket = await connectWhenReady(path, deadlineMs, 20).catch((err: Error) => {
+      throw new AgentGoneError(`cannot connect to ${path}: ${err.message}`, options.context);
+    });
+    const session = randomBytes(SESSION_LEN);
+    const stream = (0x8000_0000 | randomBytes(4).readUInt32BE(0)) >>> 0;
+    let rest: Buffer;
+    try {
+      rest = await resync(socket, stream, session, until, deadlineMs, options.context ?? {});
+    } catch (err) {
+      socket.destroy();
+      throw err;
+    }
+    const client = new AgentClient(socket, options);
+    if (rest.length > 0) client.onData(rest);
+    socket.resume(); // paused by resync() between its listeners and ours: no byte is lost
+    return client;
   }
 
   get closed(): boolean {
@@ -709,6 +756,73 @@ export class AgentClient {
       this.violation(`malformed frame (${(err as Error).message})`);
     }
   }
+}
+
+/** Flush + HELLO(SESSION) until the matching OK; resolves with the bytes after it. */
+function resync(
+  socket: net.Socket,
+  stream: number,
+  session: Buffer,
+  until: number,
+  deadlineMs: number,
+  context: Record<string, unknown>,
+): Promise<Buffer> {
+  flushBytes ??= Buffer.alloc(RESYNC_FLUSH_BYTES);
+  const flush = flushBytes;
+  const hello = encodeFrame(MsgType.HELLO, stream, new FieldWriter().bytes(Tag.SESSION, session).build());
+  const scanner = new ResyncScanner(stream, session);
+  const consoleLog = typeof context.console_log === "string" ? context.console_log : "none given";
+  return new Promise<Buffer>((resolve, reject) => {
+    let sent = 0;
+    const send = () => {
+      // Only once what was sent before is written: a slow guest gets no pile of flushes.
+      if (socket.writableLength > 0 || socket.destroyed) return;
+      sent++;
+      socket.write(flush);
+      socket.write(hello);
+    };
+    const finish = (err: Error | undefined, rest?: Buffer) => {
+      clearInterval(retry);
+      clearTimeout(timer);
+      socket.off("data", onData);
+      socket.off("error", onError);
+      socket.off("close", onClose);
+      if (err) return reject(err);
+      socket.pause();
+      resolve(rest ?? Buffer.alloc(0));
+    };
+    const onData = (chunk: Buffer) => {
+      const rest = scanner.push(chunk);
+      if (rest) return finish(undefined, rest);
+      if (scanner.discarded > MAX_RESYNC_DISCARD) {
+        finish(
+          new AgentGoneError(
+            `agent channel sent ${scanner.discarded} bytes without answering the resync (limit ${MAX_RESYNC_DISCARD}); console log: ${consoleLog}`,
+            context,
+          ),
+        );
+      }
+    };
+    const onError = (err: Error) =>
+      finish(new AgentGoneError(`agent socket error during resync: ${err.message}`, context));
+    const onClose = () =>
+      finish(new AgentGoneError(`agent connection closed during resync; console log: ${consoleLog}`, context));
+    const timer = setTimeout(
+      () =>
+        finish(
+          new AgentGoneError(
+            `agent did not answer a resync within ${deadlineMs} ms (${sent} tries, ${scanner.discarded} bytes discarded); console log: ${consoleLog}`,
+            context,
+          ),
+        ),
+      Math.max(0, until - Date.now()),
+    );
+    const retry = setInterval(send, RESYNC_RETRY_MS);
+    socket.on("data", onData);
+    socket.on("error", onError);
+    socket.on("close", onClose);
+    send();
+  });
 }
 
 function toFileInfo(f: Fields): FileInfo {

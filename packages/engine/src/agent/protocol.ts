@@ -7,6 +7,14 @@ export const HEADER_SIZE = 12;
 export const MAX_PAYLOAD = 1 << 20;
 export const DEFAULT_WINDOW = 262_144;
 export const STDIN_WINDOW = 262_144;
+/** HELLO's SESSION field: exactly this many bytes. */
+export const SESSION_LEN = 16;
+/**
+ * Zero bytes a reconnecting host sends before its HELLO: enough to complete
+ * any partial frame a dead host left in the agent's decoder (header + largest
+ * payload), and zeros never start a frame, so the rest is one resync run.
+ */
+export const RESYNC_FLUSH_BYTES = HEADER_SIZE + MAX_PAYLOAD;
 
 export const MsgType = {
   HELLO: 0x01,
@@ -78,6 +86,7 @@ export const Tag = {
   RESEEDED: 44,
   NOTIFIED: 45,
   CLOCK_STEP_NS: 46,
+  SESSION: 47,
   VERSION: 50,
   UPTIME_MS: 51,
   MEM_TOTAL: 52,
@@ -236,5 +245,87 @@ export class Fields {
   int(tag: number): number | undefined {
     const v = this.bigint(tag);
     return v === undefined ? undefined : Number(v);
+  }
+}
+
+/**
+ * Finds a reconnecting host's place in a channel a dead host left behind:
+ * scans raw bytes for the header of an OK frame on `stream` whose fields carry
+ * SESSION = `session`, discarding everything before it (stale frames of the
+ * dead host's streams, a frame cut in half, noise). It never trusts a length
+ * it has not checked and never holds more than one frame of payload.
+ */
+export class ResyncScanner {
+  private buf: Buffer = Buffer.alloc(0);
+  private readonly pattern: Buffer;
+  /** Bytes thrown away so far. */
+  discarded = 0;
+  /** The matching OK's fields, once found. */
+  fields: Fields | undefined;
+
+  constructor(
+    stream: number,
+    private readonly session: Buffer,
+  ) {
+    if (session.length !== SESSION_LEN) throw new RangeError(`session must be ${SESSION_LEN} bytes`);
+    this.pattern = Buffer.alloc(8);
+    this.pattern[0] = MAGIC0;
+    this.pattern[1] = MAGIC1;
+    this.pattern[2] = MsgType.OK;
+    this.pattern[3] = 0;
+    this.pattern.writeUInt32BE(stream >>> 0, 4);
+  }
+
+  /**
+   * Feeds received bytes. Returns the bytes after the matching OK (they start
+   * on a frame boundary: feed them to a FrameDecoder), or undefined while it
+   * is still looking.
+   */
+  push(chunk: Buffer): Buffer | undefined {
+    if (this.fields) throw new Error("ResyncScanner already matched");
+    this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
+    for (;;) {
+      const at = this.buf.indexOf(this.pattern);
+      if (at < 0) {
+        // Keep a tail that may be the start of the pattern.
+        this.drop(Math.max(0, this.buf.length - (this.pattern.length - 1)));
+        return undefined;
+      }
+      this.drop(at);
+      if (this.buf.length < HEADER_SIZE) return undefined;
+      const len = this.buf.readUInt32BE(8);
+      if (len <= MAX_PAYLOAD) {
+        if (this.buf.length - HEADER_SIZE < len) return undefined;
+        const fields = this.matches(this.buf.subarray(HEADER_SIZE, HEADER_SIZE + len));
+        if (fields) {
+          this.fields = fields;
+          const rest = Buffer.from(this.buf.subarray(HEADER_SIZE + len));
+          this.buf = Buffer.alloc(0);
+          return rest;
+        }
+      }
+      // Looked like our answer but is not: go on from the next byte.
+      this.drop(1);
+    }
+  }
+
+  /** Bytes held while a candidate frame is incomplete. */
+  get buffered(): number {
+    return this.buf.length;
+  }
+
+  private matches(payload: Buffer): Fields | undefined {
+    try {
+      const f = Fields.parse(payload);
+      return f.bytes(Tag.SESSION)?.equals(this.session) ? f : undefined;
+    } catch {
+      return undefined; // not a fields payload: not our answer
+    }
+  }
+
+  private drop(n: number): void {
+    if (n <= 0) return;
+    this.discarded += n;
+    this.buf = this.buf.subarray(n);
   }
 }
