@@ -16,7 +16,7 @@ export interface Daemon {
   /** Resolves when the process has exited (a SIGTERM stop, or a crash). */
   exited: Promise<void>;
   stop(): Promise<void>;
-  /** Sends SIGKILL (no shutdown: its VMs stay behind for the next start to reap). */
+  /** Sends SIGKILL (no shutdown: its sandboxes keep running for the next start to re-adopt). */
   kill(): Promise<void>;
 }
 
@@ -31,6 +31,8 @@ export async function startMitosd(dataDir: string, extraArgs: string[] = []): Pr
       "0",
       "--data-dir",
       dataDir,
+      // A test's SIGTERM stop leaves nothing running unless the test asks to keep sandboxes.
+      ...(extraArgs.includes("--shutdown") ? [] : ["--shutdown", "terminate"]),
       ...extraArgs,
     ],
     {

@@ -68,6 +68,8 @@ export interface ConfinementOptions {
 export class Confinement {
   private readonly used = new Set<number>();
   private next = 0;
+  /** Gids of VMs re-adopted from a previous run, held until endAdoption() and then until their last VM exits. */
+  private readonly adopted = new Map<number, SharedGroup>();
 
   private constructor(
     /** Whether each QEMU gets a uid of its own (mitosd is root). */
@@ -122,6 +124,53 @@ export class Confinement {
         group.release();
       },
     };
+  }
+
+  /**
+   * The identity a re-adopted QEMU (started by a previous run) already runs
+   * as: its uid and gid are marked used so no new VM gets them while it
+   * lives. Undefined when uids are not switched; refused for ids outside
+   * this data dir's block.
+   */
+  adoptRunAs(uid: number, gid: number, accel: Accel): RunAs | undefined {
+    if (!this.uids) return undefined;
+    const mine = (id: number) => id >= this.firstId && id < this.firstId + ID_RANGE.blockSize;
+    if (!mine(uid) || !mine(gid) || this.used.has(uid)) {
+      throw new MitosError(
+        "internal",
+        `cannot re-adopt a VM running as ${uid}:${gid}: not a free id of this data dir`,
+        {
+          remediation: "The VM is stopped instead; its sandbox is lost.",
+        },
+      );
+    }
+    this.used.add(uid);
+    let group = this.adopted.get(gid);
+    if (!group) {
+      this.used.add(gid);
+      group = new SharedGroup(gid, (id) => this.used.delete(id));
+      this.adopted.set(gid, group);
+    }
+    group.retain();
+    let released = false;
+    const g = group;
+    return {
+      uid,
+      gid,
+      groups: accel === "kvm" ? kvmGroup() : [],
+      release: () => {
+        if (released) return;
+        released = true;
+        this.used.delete(uid);
+        g.release();
+      },
+    };
+  }
+
+  /** Re-adoption is over: an adopted gid is free again once the last VM holding it exits. */
+  endAdoption(): void {
+    for (const g of this.adopted.values()) g.release();
+    this.adopted.clear();
   }
 
   /** Gives a RAM base to its group: root:<gid> 0660 (QEMU 7.2 opens even private RAM files read-write). */

@@ -1,8 +1,9 @@
 // The engine's on-disk record of what it owns: templates (with their base
-// files) and every VM it started (pid, runtime dir, RAM files). Written
-// atomically (temp file + rename) after every change, so a crash leaves either
-// the old or the new record, never half of one. On start the engine reads it
-// to reap what a previous run left behind.
+// files), every VM it started (pid, runtime dir, RAM files, who it runs as)
+// and every sandbox (its VM, deadline, env). Written atomically (temp file +
+// rename) after every change, so a crash leaves either the old or the new
+// record, never half of one. On start the engine reads it to re-adopt the
+// VMs a previous run left running and to reap the rest (recovery.ts).
 
 import fs from "node:fs";
 import path from "node:path";
@@ -44,6 +45,28 @@ export interface VmRecord {
   sandboxId?: string;
   /** Files that must go when this VM does (e.g. a fork base not yet unlinked). */
   files: string[];
+  /** What re-adoption needs: the process's start time, its machine, its ids, and what it is for. */
+  startTime?: number;
+  machine?: MachineSpec;
+  uid?: number;
+  gid?: number;
+}
+
+/** A sandbox as a restarted engine needs it back: its VM (unless hibernated), deadline and defaults. */
+export interface SandboxRecord {
+  id: string;
+  templateId: string;
+  parentId: string | null;
+  state: "ready" | "paused";
+  createdAt: string;
+  /** Unix ms. */
+  deadline: number;
+  forkTimeMs: number;
+  env: Record<string, string>;
+  memMiB: number;
+  vmId?: string;
+  /** Hibernated: the checkpoint it was saved to. */
+  hibernation?: string;
 }
 
 export interface JournalData {
@@ -52,11 +75,14 @@ export interface JournalData {
   vms: Record<string, VmRecord>;
   /** Specs of templates dropped at start (their RAM was gone): rebuilt at their next use. */
   recipes?: Record<string, TemplateSpec>;
+  sandboxes?: Record<string, SandboxRecord>;
 }
 
 export class Journal {
   private data: JournalData;
   private readonly file: string;
+  /** Inside batch(): changes are flushed once at its end. */
+  private batching = 0;
 
   constructor(dataDir: string) {
     this.file = path.join(dataDir, "journal.json");
@@ -110,6 +136,40 @@ export class Journal {
     this.flush();
   }
 
+  get sandboxes(): Readonly<Record<string, SandboxRecord>> {
+    return this.data.sandboxes ?? {};
+  }
+
+  putSandbox(s: SandboxRecord): void {
+    this.data.sandboxes = { ...this.data.sandboxes, [s.id]: s };
+    this.flush();
+  }
+
+  deleteSandbox(id: string): void {
+    if (!this.data.sandboxes || !(id in this.data.sandboxes)) return;
+    delete this.data.sandboxes[id];
+    this.flush();
+  }
+
+  /** Runs several changes with one write (a sandbox and its VM record together). */
+  batch(fn: () => void): void {
+    this.batching++;
+    try {
+      fn();
+    } finally {
+      this.batching--;
+    }
+    this.flush();
+  }
+
+  /** Adds files to (or takes them from) a VM's record: they go when it does, also after a crash. */
+  vmFiles(vmId: string, files: string[], add: boolean): void {
+    const rec = this.data.vms[vmId];
+    if (!rec) return;
+    const rest = rec.files.filter((f) => !files.includes(f));
+    this.putVm({ ...rec, files: add ? [...rest, ...files] : rest });
+  }
+
   putVm(v: VmRecord): void {
     this.data.vms[v.vmId] = v;
     this.flush();
@@ -122,6 +182,7 @@ export class Journal {
   }
 
   private flush(): void {
+    if (this.batching > 0) return;
     const tmp = `${this.file}.tmp-${process.pid}`;
     const fd = fs.openSync(tmp, "w", 0o600);
     try {

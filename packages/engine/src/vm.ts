@@ -70,6 +70,28 @@ export interface VmExit {
 
 type Paths = VmPaths & { qemuLog: string; migrationSocket: string };
 
+/** A QEMU process: one this mitosd spawned, or one a previous run left that it re-adopted. */
+interface QemuProcess {
+  readonly pid: number;
+  readonly exited: Promise<VmExit>;
+  kill(signal: NodeJS.Signals): void;
+  /** Stops watching the process (it outlives this mitosd). */
+  forget(): void;
+}
+
+/** What re-adopting a running QEMU needs (the journal keeps it). */
+export interface AttachOptions {
+  id: string;
+  dataDir: string;
+  machine: MachineSpec;
+  pid: number;
+  /** The process's start time (/proc/<pid>/stat field 22): a reused pid is not our QEMU. */
+  startTime: number;
+  runAs?: RunAs;
+  agentTimeoutMs?: number;
+  timeoutMs?: number;
+}
+
 export class Vm {
   readonly exited: Promise<VmExit>;
   private exitInfo: VmExit | undefined;
@@ -84,28 +106,27 @@ export class Vm {
     readonly dir: string,
     readonly paths: Paths,
     private ownedRamFile: string | undefined,
-    private readonly proc: ChildProcess,
+    private readonly proc: QemuProcess,
     /** Who QEMU runs as (undefined: mitosd's uid). */
     readonly runAs: RunAs | undefined,
   ) {
-    this.exited = new Promise((resolve) => {
-      proc.once("exit", (code, signal) => {
-        this.exitInfo = { code, signal };
-        // The uid may go to another VM now: first take its old dir back.
-        if (runAs) {
-          reclaimVmDir(dir);
-          runAs.release();
-        }
-        const how = signal ? `killed by ${signal}` : `exit code ${code}`;
-        this.agent?.close(`VM ${id} stopped (QEMU ${how}); console log: ${paths.consoleLog}`);
-        this.qmp?.close();
-        resolve(this.exitInfo);
-      });
+    this.exited = proc.exited.then((info) => {
+      this.exitInfo = info;
+      if (this.detached) return info; // a later run owns it now
+      // The uid may go to another VM now: first take its old dir back.
+      if (runAs) {
+        reclaimVmDir(dir);
+        runAs.release();
+      }
+      const how = info.signal ? `killed by ${info.signal}` : info.code === null ? "exited" : `exit code ${info.code}`;
+      this.agent?.close(`VM ${id} stopped (QEMU ${how}); console log: ${paths.consoleLog}`);
+      this.qmp?.close();
+      return info;
     });
   }
 
   get pid(): number {
-    return this.proc.pid ?? -1;
+    return this.proc.pid;
   }
 
   get accel(): Accel {
@@ -168,6 +189,40 @@ export class Vm {
     return vm;
   }
 
+  /**
+   * Re-adopts a QEMU a previous mitosd run started (restarts keep sandboxes):
+   * a new QMP client, and for a running guest a new agent session that
+   * resyncs the channel (frames meant for the dead client are dropped, and
+   * the agent detaches that client's streams). A paused guest gets its agent
+   * session when it next runs (`activate`/`resume`).
+   */
+  static async attach(opts: AttachOptions): Promise<Vm> {
+    checkVmId(opts);
+    const dir = path.join(opts.dataDir, "vms", opts.id);
+    const proc = adoptedProcess(opts.pid, opts.startTime);
+    const vm = new Vm(opts.id, opts.machine, dir, vmPaths(dir), undefined, proc, opts.runAs);
+    vm.agentTimeoutMs = opts.agentTimeoutMs;
+    vm.spawnError = new Promise<Error>(() => {});
+    vm.resyncAgent = true;
+    await vm.startup(opts.timeoutMs ?? 30_000, async (deadline) => {
+      vm.qmp = await QmpClient.connect(vm.paths.qmpSocket, deadline);
+      // QMP closes when QEMU exits: the quickest sign of it for a process that is not our child.
+      vm.qmp.once("close", () => proc.check());
+      const status = (await vm.qmp.execute("query-status")) as { status?: string; running?: boolean };
+      vm.statusAtAttach = status.status ?? "unknown";
+      if (status.running) await vm.connectAgent(deadline);
+    });
+    return vm;
+  }
+
+  /** QEMU's run state when it was re-adopted (e.g. "running", "paused", "postmigrate"). */
+  statusAtAttach: string | undefined;
+
+  /** Its process start time, journaled so a restart can tell it from a reused pid. */
+  get startTime(): number {
+    return processStartTime(this.pid) ?? 0;
+  }
+
   /** The second half: loads the device state (and, unless `paused`, activates the guest). */
   async load(s: Snapshot, opts: { paused?: boolean; sandboxId?: string; timeoutMs?: number } = {}): Promise<void> {
     await this.startup(opts.timeoutMs ?? 60_000, async (deadline) => {
@@ -189,7 +244,7 @@ export class Vm {
    */
   async activate(sandboxId: string, timeoutMs = 30_000): Promise<void> {
     await this.qmp.execute("cont");
-    if (!this.agent) await this.connectAgent(timeoutMs);
+    if (!this.agent || this.agent.closed) await this.connectAgent(timeoutMs);
     await this.agent.notifyRestored({ sandboxId, hostname: sandboxId }, timeoutMs);
   }
 
@@ -220,6 +275,8 @@ export class Vm {
   /** Runs a paused VM again and steps its clock past the pause (guest time stops while paused). */
   async resume(): Promise<void> {
     await this.qmp.execute("cont");
+    // Re-adopted while paused: its agent session starts now that the guest runs.
+    if (this.resyncAgent && !this.agent) await this.connectAgent(this.agentTimeoutMs ?? 30_000);
     if (this.agent && !this.agent.closed) await this.agent.setClock();
   }
 
@@ -232,13 +289,7 @@ export class Vm {
   ): Vm {
     checkVmId(opts);
     const dir = path.join(opts.dataDir, "vms", opts.id);
-    const paths: Paths = {
-      agentSocket: path.join(dir, "agent.sock"),
-      qmpSocket: path.join(dir, "qmp.sock"),
-      migrationSocket: path.join(dir, "migrate.sock"),
-      consoleLog: path.join(dir, "console.log"),
-      qemuLog: path.join(dir, "qemu.log"),
-    };
+    const paths = vmPaths(dir);
     if (Buffer.byteLength(paths.migrationSocket) > 107) {
       opts.runAs?.release();
       throw new MitosError("invalid_input", `data dir path too long for Unix sockets: ${paths.migrationSocket}`, {
@@ -272,12 +323,14 @@ export class Vm {
     const umask = process.umask(0o077);
     let proc: ChildProcess;
     try {
-      proc = spawn(cmd.command, cmd.args, { stdio: ["ignore", log, log] });
+      // Its own session: a terminal's ^C or a service manager's signal to
+      // mitosd's process group does not reach the guests (restarts keep them).
+      proc = spawn(cmd.command, cmd.args, { stdio: ["ignore", log, log], detached: true });
     } finally {
       process.umask(umask);
       fs.closeSync(log);
     }
-    const vm = new Vm(opts.id, machine, dir, paths, ownedRamFile, proc, opts.runAs);
+    const vm = new Vm(opts.id, machine, dir, paths, ownedRamFile, childProcess(proc), opts.runAs);
     vm.agentTimeoutMs = opts.agentTimeoutMs;
     vm.spawnError = new Promise<Error>((resolve) =>
       proc.once("error", (e) => {
@@ -290,6 +343,8 @@ export class Vm {
 
   private spawnError!: Promise<Error>;
   private agentTimeoutMs: number | undefined;
+  /** Re-adopted: the agent channel may hold a dead client's frames, so its session starts with a resync. */
+  private resyncAgent = false;
 
   /** Runs `steps` racing QEMU's death; on any failure the VM is stopped. */
   private async startup(timeoutMs: number, steps: (deadlineMs: number) => Promise<void>): Promise<void> {
@@ -313,10 +368,13 @@ export class Vm {
   }
 
   private async connectAgent(timeoutMs: number): Promise<void> {
-    this.agent = await AgentClient.connect(this.paths.agentSocket, timeoutMs, {
+    const options = {
       context: { vm: this.id, console_log: this.paths.consoleLog },
       ...(this.agentTimeoutMs === undefined ? {} : { callTimeoutMs: this.agentTimeoutMs }),
-    });
+    };
+    this.agent = this.resyncAgent
+      ? await AgentClient.reconnect(this.paths.agentSocket, timeoutMs, options)
+      : await AgentClient.connect(this.paths.agentSocket, timeoutMs, options);
     if (!this.running) this.agent.close("VM exited during start");
   }
 
@@ -339,6 +397,7 @@ export class Vm {
     if (this.running) {
       this.proc.kill("SIGTERM");
       const t = setTimeout(() => this.proc.kill("SIGKILL"), 2000);
+      t.unref();
       await this.exited;
       clearTimeout(t);
     }
@@ -349,9 +408,93 @@ export class Vm {
   }
 
   /** Stops the VM and deletes its directory, logs included. */
+  /**
+   * Lets go of a running VM without stopping it (mitosd shuts down and keeps
+   * its sandboxes): the QMP and agent connections close, QEMU runs on, and
+   * the next run re-adopts it (`attach`).
+   */
+  detach(): void {
+    this.detached = true;
+    this.agent?.close(`VM ${this.id} was handed over to the next mitosd run`);
+    this.qmp?.close();
+    this.proc.forget();
+  }
+
+  private detached = false;
+
   async destroy(): Promise<void> {
     await this.stop();
     fs.rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+function vmPaths(dir: string): Paths {
+  return {
+    agentSocket: path.join(dir, "agent.sock"),
+    qmpSocket: path.join(dir, "qmp.sock"),
+    migrationSocket: path.join(dir, "migrate.sock"),
+    consoleLog: path.join(dir, "console.log"),
+    qemuLog: path.join(dir, "qemu.log"),
+  };
+}
+
+function childProcess(proc: ChildProcess): QemuProcess {
+  return {
+    pid: proc.pid ?? -1,
+    exited: new Promise((resolve) => proc.once("exit", (code, signal) => resolve({ code, signal }))),
+    kill: (sig) => proc.kill(sig),
+    // Node may exit while it runs.
+    forget: () => proc.unref(),
+  };
+}
+
+/**
+ * A QEMU that is not our child (a previous run started it): its exit is
+ * seen by polling /proc (and at once when its QMP socket closes), and its
+ * exit status is unknown.
+ */
+function adoptedProcess(pid: number, startTime: number): QemuProcess & { check(): void } {
+  let done: ((x: VmExit) => void) | undefined;
+  const exited = new Promise<VmExit>((resolve) => {
+    done = resolve;
+  });
+  const check = () => {
+    if (!done || processStartTime(pid) === startTime) return;
+    clearInterval(timer);
+    const d = done;
+    done = undefined;
+    d({ code: null, signal: null });
+  };
+  const timer = setInterval(check, 1000);
+  timer.unref();
+  return {
+    pid,
+    exited,
+    check,
+    forget: () => clearInterval(timer),
+    kill: (sig) => {
+      if (processStartTime(pid) !== startTime) return check();
+      try {
+        process.kill(pid, sig);
+      } catch {
+        // gone already
+      }
+      setTimeout(check, 50).unref();
+    },
+  };
+}
+
+/** Field 22 of /proc/<pid>/stat (clock ticks after boot), or undefined when there is no such process. */
+export function processStartTime(pid: number): number | undefined {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    const state = fields[0];
+    if (state === "Z" || state === "X") return undefined; // exited, not yet reaped
+    return Number(fields[19]);
+  } catch {
+    return undefined;
   }
 }
 

@@ -394,47 +394,114 @@ describe("live fork", () => {
 });
 
 describe("crash recovery", () => {
-  it("an engine killed mid-fork leaves no orphan QEMU and no stray file after restart", async () => {
-    const crashShm = `/dev/shm/mitos-test-crash-${process.pid}`;
-    const crashData = tempDataDir(`test-crash-${process.pid}`, crashShm);
-    fs.mkdirSync(crashShm, { recursive: true });
-    const script = path.join(import.meta.dirname, "fixtures", "fork-victim.ts");
-    const child = spawn(process.execPath, ["--import", "tsx", script, crashData, crashShm, imagesDir], {
-      stdio: ["ignore", "pipe", "inherit"],
-    });
-    try {
-      await new Promise<void>((resolve, reject) => {
-        let out = "";
-        child.stdout.on("data", (d: Buffer) => {
-          out += d.toString();
-          if (out.includes("forking")) resolve();
-        });
-        child.on("exit", (code) => reject(new Error(`victim exited early (${code}): ${out}`)));
+  for (const mode of ["timed", "hang-paused"] as const) {
+    it(`an engine killed mid-fork (${mode}): the restart re-adopts the sandboxes, reaps the rest and leaves no stray file`, async () => {
+      const crashShm = `/dev/shm/mitos-test-crash-${process.pid}`;
+      const crashData = tempDataDir(`test-crash-${process.pid}`, crashShm);
+      fs.mkdirSync(crashShm, { recursive: true });
+      const script = path.join(import.meta.dirname, "fixtures", "fork-victim.ts");
+      const child = spawn(process.execPath, ["--import", "tsx", script, crashData, crashShm, imagesDir, mode], {
+        stdio: ["ignore", "pipe", "inherit"],
       });
-      // Let the fork get under way (capture or restores), then kill the engine.
-      await new Promise((r) => setTimeout(r, 250));
-      child.kill("SIGKILL");
-      await new Promise((r) => child.once("exit", r));
-      assert.ok(qemuPidsOf(crashData).length > 0, "the dead engine left QEMU processes behind (test premise)");
-
-      const restarted = await Engine.open({ dataDir: crashData, shmDir: crashShm, imagesDir, poolTargets: {} });
       try {
+        let out = "";
+        const until = mode === "timed" ? "forking" : "paused";
+        await new Promise<void>((resolve, reject) => {
+          child.stdout.on("data", (d: Buffer) => {
+            out += d.toString();
+            if (out.includes(until)) resolve();
+          });
+          child.on("exit", (code) => reject(new Error(`victim exited early (${code}): ${out}`)));
+        });
+        const source = /forking (\S+)/.exec(out)?.[1] as string;
+        // Timed: let the fork get under way (capture or restores), then kill the engine.
+        if (mode === "timed") await new Promise((r) => setTimeout(r, 250));
+        child.kill("SIGKILL");
+        await new Promise((r) => child.once("exit", r));
+        assert.ok(qemuPidsOf(crashData).length > 0, "the dead engine left QEMU processes behind (test premise)");
+
+        const restarted = await Engine.open({ dataDir: crashData, shmDir: crashShm, imagesDir, poolTargets: {} });
+        try {
+          // The source is back (resumed if the crash caught it paused for the
+          // capture); so is any child whose fork had finished; nothing else runs.
+          const live = restarted.list();
+          assert.ok(
+            live.some((s) => s.id === source && s.state === "ready"),
+            JSON.stringify(live),
+          );
+          assert.deepEqual(qemuPidsOf(crashData).sort(), live.map((s) => s.pid).sort());
+          for (const s of live) {
+            const r = await restarted.exec(s.id, { command: "cat /root/x" }).result;
+            assert.equal(r.stdout.toString(), "before-crash\n", s.id);
+          }
+          const tpl = restarted.templateRecord("python");
+          const shmLeft = fs.readdirSync(crashShm).filter((f) => path.join(crashShm, f) !== tpl?.ramFile);
+          assert.deepEqual(shmLeft, []);
+          assert.equal(fs.readdirSync(path.join(crashData, "vms")).length, live.length);
+          assert.deepEqual(fs.readdirSync(path.join(crashData, "bases")), []);
+          // Still usable after recovery, the re-adopted source included.
+          const sb = await restarted.create("python");
+          const r = await restarted.exec(sb.id, { command: "echo ok" }).result;
+          assert.equal(r.stdout.toString(), "ok\n");
+          const { children } = await restarted.fork(source, { count: 2 });
+          for (const c of children) {
+            const rc = await restarted.exec(c.id, { command: "cat /root/x" }).result;
+            assert.equal(rc.stdout.toString(), "before-crash\n");
+          }
+        } finally {
+          await restarted.close({ killSandboxes: true });
+        }
         assert.deepEqual(qemuPidsOf(crashData), []);
-        const tpl = restarted.templateRecord("python");
-        const shmLeft = fs.readdirSync(crashShm).filter((f) => path.join(crashShm, f) !== tpl?.ramFile);
-        assert.deepEqual(shmLeft, []);
-        assert.deepEqual(fs.readdirSync(path.join(crashData, "vms")), []);
-        assert.deepEqual(fs.readdirSync(path.join(crashData, "bases")), []);
-        // Still usable after recovery.
-        const sb = await restarted.create("python");
-        const r = await restarted.exec(sb.id, { command: "echo ok" }).result;
-        assert.equal(r.stdout.toString(), "ok\n");
       } finally {
-        await restarted.close({ killSandboxes: true });
+        child.kill("SIGKILL");
+        for (const pid of qemuPidsOf(crashData)) process.kill(pid, "SIGKILL");
+        removeDataDir(crashData, crashShm);
       }
+    });
+  }
+
+  it("a closed engine's sandboxes keep running; the next open re-adopts them with their processes, files and state", async () => {
+    const shm = `/dev/shm/mitos-test-keep-${process.pid}`;
+    const data = tempDataDir(`test-keep-${process.pid}`, shm);
+    fs.mkdirSync(shm, { recursive: true });
+    let e = await Engine.open({ dataDir: data, shmDir: shm, imagesDir, poolTargets: {} });
+    try {
+      await e.createTemplate("python");
+      const a = await e.create("python", { timeoutSeconds: 600, env: { GREETING: "hi" } });
+      const b = await e.create("python");
+      // A process that counts while no mitosd watches, and a file.
+      await e.exec(a.id, {
+        command:
+          "echo kept > /root/f; (i=0; while true; do i=$((i+1)); echo $i > /root/n; sleep 0.2; done) >/dev/null 2>&1 &",
+      }).result;
+      await e.pause(b.id);
+      const pidA = a.pid;
+      await e.close();
+      assert.ok(fs.existsSync(`/proc/${pidA}`), "close without killSandboxes leaves the VM running");
+
+      e = await Engine.open({ dataDir: data, shmDir: shm, imagesDir, poolTargets: {} });
+      const got = e.get(a.id);
+      assert.equal(got.pid, pidA, "the same QEMU, not a new one");
+      assert.equal(got.state, "ready");
+      assert.equal(got.deadlineUnix, a.deadlineUnix, "its deadline survives");
+      assert.equal(e.get(b.id).state, "paused");
+      const first = Number((await e.exec(a.id, { command: "cat /root/n" }).result).stdout.toString());
+      await new Promise((r) => setTimeout(r, 1000));
+      const r = await e.exec(a.id, { command: 'cat /root/f; cat /root/n; echo "$GREETING"' }).result;
+      const [f, n, greeting] = r.stdout.toString().trim().split("\n");
+      assert.equal(f, "kept");
+      assert.ok(Number(n) > first, `the background loop still runs (${first} -> ${n})`);
+      assert.equal(greeting, "hi", "the sandbox's env defaults survive");
+      await e.resume(b.id);
+      assert.equal((await e.exec(b.id, { command: "echo resumed" }).result).stdout.toString(), "resumed\n");
+      // Forks of a re-adopted sandbox work as any other.
+      const { children } = await e.fork(a.id, { count: 1 });
+      const rc = await e.exec(children[0]?.id as string, { command: "cat /root/f" }).result;
+      assert.equal(rc.stdout.toString(), "kept\n");
     } finally {
-      child.kill("SIGKILL");
-      removeDataDir(crashData, crashShm);
+      await e.close({ killSandboxes: true });
+      for (const pid of qemuPidsOf(data)) process.kill(pid, "SIGKILL");
+      removeDataDir(data, shm);
     }
   });
 

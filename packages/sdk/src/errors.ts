@@ -280,6 +280,27 @@ function isNetworkFailure(ce: ConnectError): boolean {
   return typeof c === "object" && c !== null && "code" in c && typeof c.code === "string" && c.code.startsWith("E");
 }
 
+/**
+ * A stream that was under way when the connection to mitosd broke (mitosd
+ * restarted or died, or the network dropped), as opposed to a server that
+ * never answered. Undefined when the error came from mitosd itself.
+ */
+export function streamLost(ce: ConnectError, baseUrl: string, what: string, sandboxId: string): MitosError | undefined {
+  if (ce.findDetails(ErrorDetailSchema).length > 0 || ce.metadata.get(ERROR_CODE_HEADER)) return undefined;
+  // A reset mid-response surfaces as Aborted ("aborted") in connect-node; the caller's own abort is checked by the caller.
+  const broken = [Code.Aborted, Code.Internal, Code.Unknown, Code.Unavailable];
+  if (!broken.includes(ce.code)) return undefined;
+  return makeError({
+    code: "unavailable",
+    message: `the connection to mitosd at ${baseUrl} was lost during ${what} in sandbox ${sandboxId}`,
+    cause: describe(ce.cause ?? ce),
+    remediation:
+      "The command may still be running in the sandbox (a restarted mitosd keeps sandboxes running). Check it with get() or processes() before running it again.",
+    context: { baseUrl, sandboxId, connectCode: Code[ce.code] },
+    status: 0,
+  });
+}
+
 /** The server could not be reached at all. */
 export function networkError(baseUrl: string, reason: unknown): MitosError {
   return makeError({

@@ -7,7 +7,7 @@ import { type CallOptions, type Client, ConnectError, createClient, type Interce
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { type FileInfo as FileInfoMsg, Sandbox as SandboxService, type WriteFileRequestSchema } from "@mitos/proto";
 import type { ResolvedConfig } from "./config.js";
-import { errorFromConnect, makeError } from "./errors.js";
+import { errorFromConnect, makeError, streamLost } from "./errors.js";
 import { USER_AGENT } from "./http.js";
 import type { ExecOptions, ExecResult, FileInfo, ProcessInfo } from "./types.js";
 
@@ -54,8 +54,10 @@ export class RuntimeClient {
       cwd: opts.cwd ?? "",
       timeoutSeconds: opts.timeoutSeconds ?? 0,
     };
+    let started = false;
     try {
       for await (const msg of this.client.execStream(request, this.opts(sandboxId, opts.signal))) {
+        started = true;
         const ev = msg.event;
         if (ev.case === "stdout") out.push(ev.value);
         else if (ev.case === "stderr") err.push(ev.value);
@@ -71,6 +73,11 @@ export class RuntimeClient {
         }
       }
     } catch (e) {
+      // Output had come: the call reached the sandbox, so the command may run on without us.
+      if (started && e instanceof ConnectError && !opts.signal?.aborted) {
+        const lost = streamLost(e, this.config.baseUrl, "exec", sandboxId);
+        if (lost) throw lost;
+      }
       this.fail(e);
     }
     throw makeError({

@@ -26,6 +26,7 @@ const OTHER_KEYS = [
   "body_limit_bytes",
   "max_message_bytes",
   "max_checkpoint_bytes",
+  "shutdown",
 ] as const;
 const ALL_KEYS = [...OTHER_KEYS, ...Object.keys(LIMIT_KEYS)];
 
@@ -43,6 +44,8 @@ export const HELP = `mitosd: the Mitos daemon (HTTP lifecycle API + Connect runt
   --body-limit-bytes N     largest JSON request body (default 1 MiB)
   --max-message-bytes N    largest single Connect message (default 4 MiB; streams may send many)
   --max-checkpoint-bytes N disk cap of the checkpoint store (default: a quarter of the data dir's filesystem)
+  --shutdown MODE  keep (default): on SIGTERM/SIGINT sandboxes keep running and the next mitosd
+                   re-adopts them (docs/restarts.md); terminate: they are terminated (env MITOS_SHUTDOWN)
 
 Spend caps (on by default; GET /v1/limits shows them; exceeding one is quota_exceeded):
   --max-sandboxes N            live sandboxes (default: 20 % of host RAM / 64 MiB per VMM)
@@ -57,6 +60,8 @@ The API token is created on first start in <data-dir>/token (mode 0600).`;
 
 export interface DaemonConfig {
   options: ServerOptions;
+  /** What a signalled shutdown does with running sandboxes. */
+  shutdown: "keep" | "terminate";
   /** The config file read, if any. */
   configFile: string | undefined;
   help: boolean;
@@ -76,7 +81,7 @@ export function loadDaemonConfig(argv: string[], env: NodeJS.ProcessEnv = proces
   } catch (err) {
     throw new ConfigError(`${(err as Error).message} (see mitosd --help)`);
   }
-  if (values.help) return { options: {}, configFile: undefined, help: true };
+  if (values.help) return { options: {}, shutdown: "keep", configFile: undefined, help: true };
 
   const flags: Record<string, string> = {};
   for (const k of ALL_KEYS) {
@@ -88,6 +93,7 @@ export function loadDaemonConfig(argv: string[], env: NodeJS.ProcessEnv = proces
   if (env.MITOS_PORT) fromEnv.port = env.MITOS_PORT;
   if (env.MITOS_DATA_DIR) fromEnv.data_dir = env.MITOS_DATA_DIR;
   if (env.MITOS_AUTH) fromEnv.auth = env.MITOS_AUTH;
+  if (env.MITOS_SHUTDOWN) fromEnv.shutdown = env.MITOS_SHUTDOWN;
 
   let configFile = typeof values.config === "string" ? path.resolve(values.config) : undefined;
   let file: Record<string, unknown> = {};
@@ -105,6 +111,7 @@ export function loadDaemonConfig(argv: string[], env: NodeJS.ProcessEnv = proces
   // One pass over every key: flag, else env, else file; each value checked where it came from.
   const limits: Partial<Limits> = {};
   const options: ServerOptions = { dataDir: path.resolve(dataDir) };
+  let shutdown: DaemonConfig["shutdown"] = "keep";
   for (const key of ALL_KEYS) {
     const raw = flags[key] ?? fromEnv[key];
     const where = key in flags ? flagOf(key) : key in fromEnv ? "the environment" : `${configFile}: ${key}`;
@@ -120,6 +127,13 @@ export function loadDaemonConfig(argv: string[], env: NodeJS.ProcessEnv = proces
         throw new ConfigError(`${where}: auth must be "token" or "none", got ${JSON.stringify(value)}`);
       }
       options.auth = value;
+      continue;
+    }
+    if (key === "shutdown") {
+      if (value !== "keep" && value !== "terminate") {
+        throw new ConfigError(`${where}: shutdown must be "keep" or "terminate", got ${JSON.stringify(value)}`);
+      }
+      shutdown = value;
       continue;
     }
     const n = typeof value === "string" && /^\d+$/.test(value) ? Number(value) : value;
@@ -146,7 +160,7 @@ export function loadDaemonConfig(argv: string[], env: NodeJS.ProcessEnv = proces
     throw new ConfigError((err as Error).message);
   }
   options.limits = limits;
-  return { options, configFile, help: false };
+  return { options, shutdown, configFile, help: false };
 }
 
 function readConfigFile(file: string, explicit: boolean): Record<string, unknown> {

@@ -69,6 +69,9 @@ describe("mitosd config file and flags", () => {
     assert.deepEqual(c.options.limits, { maxSandboxes: 7, maxForkCount: 4 });
     const cp = loadDaemonConfig(["--max-checkpoint-bytes", "1048576", "--data-dir", dir], {});
     assert.equal(cp.options.maxCheckpointBytes, 1 << 20);
+    assert.equal(cp.shutdown, "keep", "a restart keeps sandboxes unless told otherwise");
+    const term = loadDaemonConfig(["--data-dir", dir], { MITOS_SHUTDOWN: "terminate" });
+    assert.equal(term.shutdown, "terminate");
   });
 
   it("finds <data-dir>/mitosd.json by itself", () => {
@@ -91,6 +94,7 @@ describe("mitosd config file and flags", () => {
       [["--port", "70000"], /port must be a whole number in 0\.\.65535/],
       [["--max-lifetime-seconds", "10"], /default_timeout_seconds 300 is above max_lifetime_seconds 10/],
       [["--no-such-flag"], /Unknown option '--no-such-flag'/],
+      [["--shutdown", "kill"], /shutdown must be "keep" or "terminate"/],
     ];
     for (const [argv, re] of cases) {
       assert.throws(() => loadDaemonConfig([...argv, "--data-dir", dir], {}), re, argv.join(" "));

@@ -231,13 +231,9 @@ class ConnectClient:
                 try:
                     env = read_envelope(res.read)
                 except OSError as e:
-                    raise network_error(self.config.base_url, e) from None
+                    raise _stream_lost(self.config.base_url, method, sandbox_id, e) from None
                 if env is None:
-                    raise make_error(
-                        "internal",
-                        "%s stream ended without an end-of-stream message" % method,
-                        remediation="The connection to mitosd was cut. Check the daemon log; retry the call.",
-                    )
+                    raise _stream_lost(self.config.base_url, method, sandbox_id, "no end-of-stream message")
                 flags, data = env
                 msg = _json(data)
                 if flags & FLAG_END_STREAM:
@@ -346,3 +342,14 @@ def _http_error(status: int, body: Any, headers: Mapping[str, str]) -> MitosErro
         # status: the API code's own (as for streams), not the Connect HTTP mapping.
         return error_from_connect(body, headers=headers)
     return error_from_envelope(status, body)
+
+
+def _stream_lost(base_url: str, method: str, sandbox_id: str, cause: Any) -> Exception:
+    """A stream mitosd had answered broke off (mitosd restarted or died): the work may go on in the sandbox."""
+    return make_error(
+        "unavailable",
+        "the connection to mitosd at %s was lost during %s in sandbox %s" % (base_url, method, sandbox_id),
+        cause=str(cause),
+        remediation="The command may still be running in the sandbox (a restarted mitosd keeps sandboxes running). "
+        "Check it with get() or processes() before running it again.",
+    )

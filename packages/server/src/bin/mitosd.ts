@@ -31,8 +31,11 @@ for (const sig of ["SIGINT", "SIGTERM"] as const) {
   process.on(sig, () => {
     if (stopping) return;
     stopping = true;
-    console.error(`mitosd: ${sig}, shutting down`);
-    server.close().then(
+    const keep = config.shutdown === "keep";
+    console.error(
+      `mitosd: ${sig}, shutting down; ${keep ? "sandboxes keep running for the next mitosd (--shutdown keep)" : "terminating sandboxes (--shutdown terminate)"}`,
+    );
+    server.close({ killSandboxes: !keep }).then(
       () => process.exit(0),
       () => process.exit(1),
     );

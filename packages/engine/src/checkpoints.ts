@@ -1,0 +1,240 @@
+// Checkpoints as sandboxes meet them: take one of a running sandbox, start
+// sandboxes from one any time later, hibernate (a hidden checkpoint, the VM
+// stopped) and wake. The store itself is checkpoint-store.ts; a checkpoint's
+// RAM is materialized in the shm dir once and shared by every restore.
+
+import fs from "node:fs";
+import path from "node:path";
+import type { CheckpointManifest } from "./checkpoint-store.js";
+import type { SharedGroup } from "./confine.js";
+import { type EngineContext, randomHex } from "./context.js";
+import { MitosError, shmSpaceRemediation } from "./errors.js";
+import { activateAll, captureRunning, restoreAll } from "./fork.js";
+import type { Sandbox, SandboxInfo, SandboxTable } from "./lifecycle.js";
+import type { Snapshot, Vm } from "./vm.js";
+
+/** Checkpoint bases kept materialized in the shm dir at once. */
+const CHECKPOINT_BASES = 4;
+
+interface CheckpointBase {
+  ramFile: string;
+  stateFile: string;
+  group: SharedGroup | undefined;
+}
+
+export class Checkpoints {
+  /** Bases materialized in the shm dir, most recently used last. */
+  private readonly bases = new Map<string, Promise<CheckpointBase>>();
+
+  constructor(
+    private readonly ctx: EngineContext,
+    private readonly table: SandboxTable,
+  ) {}
+
+  /**
+   * Saves a running sandbox to the on-disk store: one short pause for the
+   * capture (as a fork's), then the RAM and device state are chunked,
+   * compressed and written while the sandbox runs on.
+   */
+  async checkpoint(id: string, opts: { name?: string; hidden?: boolean } = {}): Promise<CheckpointManifest> {
+    const { ctx } = this;
+    const source = this.table.running(id);
+    if (opts.name !== undefined && (opts.name.length > 128 || /[\0\n]/.test(opts.name))) {
+      throw new MitosError("invalid_input", "a checkpoint name is at most 128 characters, on one line", {
+        remediation: 'Pass a short label, e.g. "after-setup".',
+      });
+    }
+    const key = randomHex(6);
+    const ramFile = path.join(ctx.shmDir, `mitos-cp-${key}.ram`);
+    const stateFile = path.join(ctx.dataDir, "bases", `cp-${key}.state`);
+    const vm = source.vm;
+    ctx.journal.vmFiles(vm.id, [ramFile, stateFile], true);
+    const started = Date.now();
+    try {
+      const tPaused = await captureRunning(ctx, source, ramFile, stateFile, "checkpoint");
+      const tCaptured = Date.now();
+      const m = await ctx.checkpoints.write(ramFile, stateFile, {
+        name: opts.name ?? null,
+        sandboxId: source.id,
+        templateId: source.templateId,
+        machine: vm.machine,
+        env: source.env,
+        ...(opts.hidden ? { hidden: true } : {}),
+      });
+      ctx.log("checkpoint", {
+        sandbox: id,
+        checkpoint: m.id,
+        chunks: m.ram.length,
+        bytes: m.bytes,
+        addedBytes: m.addedBytes,
+        pausedMs: tCaptured - tPaused,
+        writeMs: Date.now() - tCaptured,
+        ms: Date.now() - started,
+        store: ctx.checkpoints.dir,
+      });
+      return m;
+    } finally {
+      fs.rmSync(ramFile, { force: true });
+      fs.rmSync(stateFile, { force: true });
+      ctx.journal.vmFiles(vm.id, [ramFile, stateFile], false);
+    }
+  }
+
+  /** New sandboxes restored from a checkpoint (any time later, after restarts): `count` of them share one base. */
+  async start(
+    checkpointId: string,
+    opts: { count?: number; ids?: string[]; timeoutSeconds?: number; env?: Record<string, string> } = {},
+  ): Promise<{ children: SandboxInfo[]; forkTimeMs: number }> {
+    const ctx = this.ctx;
+    const table = this.table;
+    const m = this.visible(checkpointId);
+    const count = opts.count ?? opts.ids?.length ?? 1;
+    table.checkCount(count);
+    ctx.caps.admit(table.usage(), count, m.machine.memMiB);
+    const missing = Object.values(m.machine.images).filter((f) => typeof f === "string" && !fs.existsSync(f));
+    if (missing.length > 0) {
+      throw new MitosError("unavailable", `the guest images checkpoint ${m.id} was taken with are gone`, {
+        remediation: "Rebuild the images it was taken with (same recipe), or take a new checkpoint.",
+        context: { checkpoint: m.id, missing },
+      });
+    }
+    const ids = table.newIds(count, opts.ids);
+    const timeout = table.checkTimeout(opts.timeoutSeconds);
+    const started = Date.now();
+    const env = { ...m.env, ...(opts.env ?? {}) };
+    const placeholders = ids.map((id) => table.reserve(id, m.templateId, null, timeout, env, m.machine.memMiB));
+    try {
+      const results = await this.restore(m, count);
+      const { children, errors } = await activateAll(ctx, table, results, placeholders, started);
+      if (children.length === 0) {
+        throw new MitosError("fork_failed", `no sandbox could start from checkpoint ${m.id}: ${errors[0]?.message}`, {
+          remediation: "Retry; if it repeats, check host memory and /dev/shm space.",
+        });
+      }
+      const forkTimeMs = Date.now() - started;
+      ctx.log("restored from checkpoint", { checkpoint: m.id, count, ok: children.length, ms: forkTimeMs });
+      return { children, forkTimeMs };
+    } catch (err) {
+      for (const p of placeholders) table.unreserve(p);
+      throw err;
+    }
+  }
+
+  /** Frees a running sandbox's RAM: saved to a hidden checkpoint, its VM stopped. */
+  async hibernate(s: Sandbox): Promise<void> {
+    const m = await this.checkpoint(s.id, { name: `hibernation of ${s.id}`, hidden: true });
+    const vm = s.vm;
+    s.hibernation = m.id;
+    s.state = "paused";
+    s.vm = undefined;
+    this.table.persist(s);
+    if (vm) {
+      await vm.destroy();
+      this.ctx.journal.deleteVm(vm.id);
+    }
+    this.ctx.log("hibernated", { sandbox: s.id, checkpoint: m.id, bytes: m.bytes });
+  }
+
+  /** Restores a hibernated sandbox under its own id; its checkpoint goes once it runs. */
+  async wake(s: Sandbox): Promise<void> {
+    const cp = s.hibernation;
+    if (cp === undefined) throw new Error(`sandbox ${s.id} is not hibernated`);
+    const started = Date.now();
+    const [r] = await this.restore(this.ctx.checkpoints.get(cp), 1);
+    if (!r || r.status === "rejected") throw r?.reason ?? new Error("restore failed");
+    try {
+      await r.value.activate(s.id);
+    } catch (err) {
+      await r.value.destroy();
+      throw err;
+    }
+    s.hibernation = undefined;
+    this.table.adopt(s, r.value, s.forkTimeMs);
+    this.delete(cp);
+    this.ctx.log("resumed from hibernation", { sandbox: s.id, checkpoint: cp, ms: Date.now() - started });
+  }
+
+  /** The checkpoints users see: a hibernated sandbox's own is not one of them. */
+  list(): CheckpointManifest[] {
+    return this.ctx.checkpoints.list().filter((c) => !c.hidden);
+  }
+
+  /** A checkpoint users may name (not_found for a hibernated sandbox's). */
+  visible(id: string): CheckpointManifest {
+    const m = this.ctx.checkpoints.get(id);
+    if (m.hidden) {
+      throw new MitosError("not_found", `no checkpoint ${JSON.stringify(id)}`, {
+        remediation: "List checkpoints (GET /v1/checkpoints) for valid ids.",
+        context: { checkpoint: id },
+      });
+    }
+    return m;
+  }
+
+  delete(id: string): void {
+    this.ctx.checkpoints.delete(id);
+    void this.dropBase(id);
+  }
+
+  /** Unlinks every cached base (close). */
+  async close(): Promise<void> {
+    await Promise.all([...this.bases.keys()].map((id) => this.dropBase(id)));
+  }
+
+  /** `count` paused VMs restored from a checkpoint's shared base. */
+  private async restore(m: CheckpointManifest, count: number): Promise<PromiseSettledResult<Vm>[]> {
+    const base = await this.base(m);
+    const snapshot: Snapshot = {
+      machine: m.machine,
+      ramFile: base.ramFile,
+      stateFile: base.stateFile,
+      ignoreShared: false,
+    };
+    return restoreAll(this.ctx, snapshot, count, base.group);
+  }
+
+  /** A checkpoint's base in the shm dir, materialized once and shared by every restore; the least recently used go first. */
+  private base(m: CheckpointManifest): Promise<CheckpointBase> {
+    const { ctx } = this;
+    let base = this.bases.get(m.id);
+    if (base) {
+      // Most recently used last.
+      this.bases.delete(m.id);
+      this.bases.set(m.id, base);
+      return base;
+    }
+    base = (async () => {
+      const need = m.ram.length * m.chunkBytes;
+      const shm = fs.statfsSync(ctx.shmDir);
+      if (shm.bavail * shm.bsize < need) {
+        throw new MitosError(
+          "unavailable",
+          `not enough space in ${ctx.shmDir} for checkpoint ${m.id}'s RAM (${need >> 20} MiB)`,
+          { remediation: shmSpaceRemediation(ctx.shmDir), context: { shm_dir: ctx.shmDir, checkpoint: m.id } },
+        );
+      }
+      const ramFile = path.join(ctx.shmDir, `mitos-cpbase-${m.id}.ram`);
+      const stateFile = path.join(ctx.dataDir, "bases", `${m.id}.state`);
+      await ctx.checkpoints.materialize(m, ramFile, stateFile);
+      const group = ctx.confinement.group();
+      ctx.confinement.share(ramFile, group);
+      return { ramFile, stateFile, group };
+    })();
+    base.catch(() => this.bases.delete(m.id));
+    this.bases.set(m.id, base);
+    for (const id of [...this.bases.keys()].slice(0, -CHECKPOINT_BASES)) void this.dropBase(id);
+    return base;
+  }
+
+  /** Unlinks a cached base: VMs restored from it keep its pages until they exit. */
+  private async dropBase(id: string): Promise<void> {
+    const base = this.bases.get(id);
+    if (!base) return;
+    this.bases.delete(id);
+    const b = await base.catch(() => undefined);
+    if (!b) return;
+    fs.rmSync(b.ramFile, { force: true });
+    fs.rmSync(b.stateFile, { force: true });
+    b.group?.release();
+  }
+}

@@ -1,0 +1,61 @@
+// What the engine's parts share: where files go, how QEMU runs, the journal,
+// the caps and the hooks. Engine builds one; templates, lifecycle, fork,
+// checkpoints and recovery each take it instead of reaching into Engine.
+
+import { randomBytes } from "node:crypto";
+import type { CheckpointStore } from "./checkpoint-store.js";
+import type { Confinement } from "./confine.js";
+import type { Journal } from "./journal.js";
+import type { SpendCaps } from "./limits.js";
+import type { Accel } from "./qemu/accel.js";
+import type { Vm } from "./vm.js";
+
+/** Where `EngineOptions.faults` is called: in create, fork, checkpoint and terminate. */
+export type FaultStep =
+  | "create:restored"
+  | "create:activated"
+  | "fork:paused"
+  | "fork:captured"
+  | "fork:child-restored"
+  | "checkpoint:paused"
+  | "checkpoint:captured"
+  | "terminate:before-kill";
+
+export type Log = (msg: string, fields?: Record<string, unknown>) => void;
+
+export interface EngineContext {
+  readonly dataDir: string;
+  readonly shmDir: string;
+  readonly imagesDir: string;
+  readonly accel: Accel;
+  readonly confinement: Confinement;
+  readonly journal: Journal;
+  readonly caps: SpendCaps;
+  readonly checkpoints: CheckpointStore;
+  readonly log: Log;
+  readonly fault: (step: FaultStep, vm: Vm) => void | Promise<void>;
+  /** Spread into every Vm launch. */
+  readonly agentOpts: { agentTimeoutMs?: number };
+  readonly poolTargets: Record<string, number>;
+  readonly poolIdleMs: number;
+  readonly restoreConcurrency: number;
+  readonly reclaimDelayMs: number;
+}
+
+/** `bytes` random bytes as hex: the unique part of VM ids, base names and sandbox ids. */
+export function randomHex(bytes: number): string {
+  return randomBytes(bytes).toString("hex");
+}
+
+/** A fresh VM id (VM ids name runtime dirs; sandbox ids are separate). */
+export function newVmId(): string {
+  return `vm-${randomHex(4)}`;
+}
+
+/** Journals a VM until its QEMU exits, also after close (a clean shutdown leaves a journal naming no VM). */
+export function journalUntilExit(ctx: EngineContext, vm: Vm, files: string[] = []): void {
+  ctx.journal.putVm({ vmId: vm.id, pid: vm.pid, dir: vm.dir, files });
+  vm.exited
+    .then(() => ctx.journal.deleteVm(vm.id))
+    .catch((err: Error) => ctx.log("journal update failed", { vm: vm.id, error: err.message }));
+}

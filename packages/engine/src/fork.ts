@@ -1,0 +1,296 @@
+// Live fork: pause the source once, capture its RAM into a new base and its
+// device state, resume it, and restore the children from the base in
+// parallel; they share its pages copy-on-write. The capture and the parallel
+// restore are also what checkpoints use (checkpoints.ts).
+
+import fs from "node:fs";
+import path from "node:path";
+import { baseFileOf, digHoles } from "./base-file.js";
+import type { SharedGroup } from "./confine.js";
+import { type EngineContext, journalUntilExit, newVmId, randomHex } from "./context.js";
+import { MitosError } from "./errors.js";
+import type { RunningSandbox, Sandbox, SandboxInfo, SandboxTable } from "./lifecycle.js";
+import { captureLive } from "./snapshot.js";
+import { SpareVms } from "./spares.js";
+import { type MachineSpec, type Snapshot, Vm } from "./vm.js";
+
+export interface ForkOptions {
+  count?: number;
+  ids?: string[];
+  timeoutSeconds?: number;
+}
+
+export class Forks {
+  private readonly spares: SpareVms;
+  /** Background work (giving base pages back) that close() waits for. */
+  private readonly background = new Set<Promise<void>>();
+  private readonly reclaimTimers = new Map<string, NodeJS.Timeout>();
+  private closed = false;
+
+  constructor(
+    private readonly ctx: EngineContext,
+    private readonly table: SandboxTable,
+    spareVms: number,
+  ) {
+    this.spares = new SpareVms({
+      size: spareVms,
+      shmDir: ctx.shmDir,
+      idleMs: ctx.poolIdleMs,
+      spawn: (machine, ramFile, group) => this.spawnSpare(machine, ramFile, group),
+      group: () => ctx.confinement.group(),
+      share: (file, group) => ctx.confinement.share(file, group),
+      onError: (err) => ctx.log("spare VM failed to start", { error: err.message }),
+    });
+  }
+
+  /** QEMU processes started and waiting for the next fork (spares.ts). */
+  spareStatus(): { ready: number; pids: number[]; ramFile: string | undefined } {
+    const pids = this.spares.pids;
+    return { ready: pids.length, pids, ramFile: this.spares.ramFile };
+  }
+
+  private async spawnSpare(machine: MachineSpec, ramFile: string, group: SharedGroup | undefined): Promise<Vm> {
+    const runAs = this.ctx.confinement.runAs(group, this.ctx.accel);
+    const vm = await Vm.incoming({
+      id: newVmId(),
+      dataDir: this.ctx.dataDir,
+      machine,
+      ramFile,
+      runAs,
+      ...this.ctx.agentOpts,
+    });
+    // The generation's base file is journaled with it (a restart removes it).
+    journalUntilExit(this.ctx, vm, [ramFile]);
+    return vm;
+  }
+
+  /** Forks a running sandbox into `count` children; the whole fork fits the caps or nothing happens. */
+  async fork(sourceId: string, opts: ForkOptions = {}): Promise<{ children: SandboxInfo[]; forkTimeMs: number }> {
+    const ctx = this.ctx;
+    const table = this.table;
+    const source = table.running(sourceId);
+    const count = opts.count ?? opts.ids?.length ?? 1;
+    table.checkCount(count);
+    // The whole fork fits, or nothing is paused, captured or reserved.
+    ctx.caps.admit(table.usage(), count, source.memMiB);
+    const ids = table.newIds(count, opts.ids);
+    const timeout = table.checkTimeout(opts.timeoutSeconds);
+    const started = Date.now();
+    const key = randomHex(6);
+    // Spares already wait on an empty base file: capture into it and load them.
+    const spare = this.spares.take(source.vm.machine, count);
+    const ramFile = spare?.ramFile ?? path.join(ctx.shmDir, `mitos-base-${key}.ram`);
+    const stateFile = path.join(ctx.dataDir, "bases", `${key}.state`);
+    // The base's own group: only this fork's children can open it (the spares' one when there are spares).
+    const baseGroup = spare ? spare.group : ctx.confinement.group();
+    // Journal the base under the source so a crash mid-fork still reaps it.
+    const sourceVm = source.vm;
+    ctx.journal.vmFiles(sourceVm.id, [ramFile, stateFile], true);
+    const placeholders = ids.map((id) =>
+      table.reserve(id, source.templateId, source.id, timeout, source.env, source.memMiB),
+    );
+    let captured = false;
+    try {
+      const tPaused = await captureRunning(ctx, source, ramFile, stateFile, "fork");
+      const tCaptured = Date.now();
+      captured = true;
+      const snapshot: Snapshot = { machine: sourceVm.machine, ramFile, stateFile, ignoreShared: false };
+      ctx.confinement.share(ramFile, baseGroup);
+      const spares = spare?.vms.splice(0) ?? [];
+      const results = await restoreAll(ctx, snapshot, placeholders.length, baseGroup, spares);
+      // Every child has mapped the base (or failed): the name can go; the
+      // pages live on while any child maps them.
+      fs.rmSync(ramFile, { force: true });
+      fs.rmSync(stateFile, { force: true });
+      const tRestored = Date.now();
+      const { children, errors } = await activateAll(ctx, table, results, placeholders, started);
+      if (errors.length === count) {
+        throw new MitosError("fork_failed", `all ${count} children failed to start: ${errors[0]?.message}`, {
+          remediation: "The source sandbox is unchanged. Retry; if it repeats, check host memory and /dev/shm space.",
+        });
+      }
+      const forkTimeMs = Date.now() - started;
+      ctx.log("fork", {
+        source: source.id,
+        count,
+        ok: children.length,
+        ...(errors.length > 0 ? { failed: errors.length, error: errors[0]?.message } : {}),
+        ms: forkTimeMs,
+        pauseMs: tPaused - started,
+        captureMs: tCaptured - tPaused,
+        restoreMs: tRestored - tCaptured,
+        activateMs: Date.now() - tRestored,
+      });
+      return { children, forkTimeMs };
+    } catch (err) {
+      for (const p of placeholders) table.unreserve(p);
+      throw err instanceof MitosError
+        ? err
+        : new MitosError("fork_failed", `fork of ${source.id} failed: ${(err as Error).message}`, {
+            remediation: "The source sandbox was resumed and is unchanged. Retry the fork.",
+          });
+    } finally {
+      for (const vm of spare?.vms ?? []) void vm.destroy(); // the fork failed before loading them
+      // Spares for the next fork start a moment later, not while the children run their first commands.
+      const machine = sourceVm.machine;
+      setTimeout(() => this.spares.prime(machine), 1000).unref();
+      if (captured) this.reclaimBase(sourceVm);
+      fs.rmSync(ramFile, { force: true });
+      fs.rmSync(stateFile, { force: true });
+      baseGroup?.release();
+      ctx.journal.vmFiles(sourceVm.id, [ramFile, stateFile], false);
+    }
+  }
+
+  /**
+   * Gives back the pages of the source's base that a capture faulted in
+   * (base-file.ts), once the source has not been forked for a while: the next
+   * capture would fault them in again, and that costs more than the pages.
+   */
+  private reclaimBase(vm: Vm): void {
+    clearTimeout(this.reclaimTimers.get(vm.id));
+    const timer = setTimeout(() => {
+      this.reclaimTimers.delete(vm.id);
+      const file = vm.running ? baseFileOf(vm.pid) : undefined;
+      if (!file || this.closed) return;
+      const p: Promise<void> = digHoles(file)
+        .catch((err: Error) => this.ctx.log("could not give back base pages", { vm: vm.id, error: err.message }))
+        .finally(() => this.background.delete(p));
+      this.background.add(p);
+    }, this.ctx.reclaimDelayMs);
+    timer.unref();
+    this.reclaimTimers.set(vm.id, timer);
+  }
+
+  /** Stops the spares and waits for background work. */
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.spares.close();
+    for (const t of this.reclaimTimers.values()) clearTimeout(t);
+    await Promise.allSettled([...this.background]);
+  }
+}
+
+/**
+ * Pauses a running sandbox only for a consistent capture of its RAM and
+ * device state, then resumes it (with or without the public API's
+ * pause_source: the source keeps running). Returns when it was paused.
+ */
+export async function captureRunning(
+  ctx: EngineContext,
+  source: RunningSandbox,
+  ramFile: string,
+  stateFile: string,
+  kind: "fork" | "checkpoint",
+): Promise<number> {
+  const wasState = source.state;
+  const vm = source.vm;
+  source.state = "paused";
+  try {
+    await vm.pause();
+    const tPaused = Date.now();
+    await ctx.fault(`${kind}:paused`, vm);
+    const memBytes = vm.machine.memMiB * 1024 * 1024;
+    await captureLive(vm.qmp, vm.paths.migrationSocket, { ramFile, stateFile, memBytes }, 120_000, vm.runAs);
+    await ctx.fault(`${kind}:captured`, vm);
+    return tPaused;
+  } catch (err) {
+    if (!vm.running) throw sourceDied(source.id, err as Error, kind);
+    throw err;
+  } finally {
+    await vm.resume().catch(() => {});
+    // Unless the VM died meanwhile (its exit handler marked it failed).
+    if (source.state === "paused") source.state = wasState;
+  }
+}
+
+/** `count` paused VMs restored from one base (spares loaded first), at most restoreConcurrency at a time. */
+export function restoreAll(
+  ctx: EngineContext,
+  snapshot: Snapshot,
+  count: number,
+  group: SharedGroup | undefined,
+  spares: Vm[] = [],
+): Promise<PromiseSettledResult<Vm>[]> {
+  return limitAll(
+    ctx.restoreConcurrency,
+    Array.from({ length: count }, (_, i) => spares[i]),
+    async (vm) => {
+      if (vm) {
+        await vm.load(snapshot, { paused: true });
+        return vm;
+      }
+      return Vm.restore({
+        id: newVmId(),
+        dataDir: ctx.dataDir,
+        snapshot,
+        paused: true,
+        runAs: ctx.confinement.runAs(group, ctx.accel),
+        ...ctx.agentOpts,
+      });
+    },
+  );
+}
+
+/** Activates restored VMs as the placeholders' sandboxes; failed ones are dropped and reported. */
+export async function activateAll(
+  ctx: EngineContext,
+  table: SandboxTable,
+  results: PromiseSettledResult<Vm>[],
+  placeholders: Sandbox[],
+  started: number,
+): Promise<{ children: SandboxInfo[]; errors: Error[] }> {
+  const children: SandboxInfo[] = [];
+  const errors: Error[] = [];
+  await Promise.all(
+    results.map(async (r, i) => {
+      const p = placeholders[i] as Sandbox;
+      if (r.status === "rejected") {
+        table.unreserve(p);
+        errors.push(r.reason as Error);
+        return;
+      }
+      try {
+        await ctx.fault("fork:child-restored", r.value);
+        await r.value.activate(p.id);
+        children[i] = table.adopt(p, r.value, Date.now() - started);
+      } catch (err) {
+        table.unreserve(p);
+        await r.value.destroy();
+        ctx.journal.deleteVm(r.value.id);
+        errors.push(err as Error);
+      }
+    }),
+  );
+  return { children: children.filter(Boolean), errors };
+}
+
+/** A fork whose source VM exited mid-way: the source is failed, not "unchanged". */
+function sourceDied(sourceId: string, err: Error, what: "fork" | "checkpoint"): MitosError {
+  return new MitosError(
+    "fork_failed",
+    `the VM of source sandbox ${sourceId} exited during the ${what}: ${err.message}`,
+    {
+      remediation: "The source sandbox has failed and no child was made. Create a new sandbox and fork that.",
+      context: { sandbox: sourceId },
+    },
+  );
+}
+
+/** Runs fn over items with at most `limit` in flight; settles like Promise.allSettled. */
+async function limitAll<T, R>(limit: number, items: T[], fn: (t: T) => Promise<R>): Promise<PromiseSettledResult<R>[]> {
+  const results: PromiseSettledResult<R>[] = new Array(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      try {
+        results[i] = { status: "fulfilled", value: await fn(items[i] as T) };
+      } catch (reason) {
+        results[i] = { status: "rejected", reason };
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return results;
+}

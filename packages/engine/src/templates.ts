@@ -1,0 +1,249 @@
+// Templates: building one (boot, init steps, freeze RAM and device state),
+// the record it leaves in the journal, the gid its RAM base is shared with,
+// and restoring paused VMs from it.
+
+import fs from "node:fs";
+import path from "node:path";
+import type { SharedGroup } from "./confine.js";
+import { type EngineContext, randomHex } from "./context.js";
+import { MitosError, shmSpaceRemediation } from "./errors.js";
+import { BUILTIN_RECIPES, ensureImages } from "./image/build.js";
+import type { TemplateRecord, TemplateSpec } from "./journal.js";
+import { checkId } from "./lifecycle.js";
+import { saveState } from "./snapshot.js";
+import { type Snapshot, Vm } from "./vm.js";
+
+/** Bounds of TemplateSpec's waits (seconds). */
+export const TEMPLATE_WAITS = { maxInitWaitSeconds: 600, defaultInitTimeoutSeconds: 600, maxInitTimeoutSeconds: 3600 };
+
+export interface TemplateInfo {
+  id: string;
+  ready: boolean;
+  createdAt: string;
+  creationTimeMs: number;
+}
+
+const PYTHON_WARMUP = "python3 -c 'import json, os, sys, subprocess, re, math, random' && true";
+
+export function templateInfo(t: TemplateRecord): TemplateInfo {
+  return { id: t.id, ready: true, createdAt: t.createdAt, creationTimeMs: t.creationTimeMs };
+}
+
+export class Templates {
+  /** The gid each template's RAM base is shared with (undefined: no uid switching). */
+  private readonly groups = new Map<string, SharedGroup | undefined>();
+  private readonly builds = new Map<string, Promise<TemplateRecord>>();
+
+  constructor(
+    private readonly ctx: EngineContext,
+    /** Called when a build is done (the engine starts its warm pool). */
+    private readonly onReady: (id: string) => void,
+  ) {}
+
+  list(): TemplateInfo[] {
+    return Object.values(this.ctx.journal.templates).map(templateInfo);
+  }
+
+  record(id: string): TemplateRecord | undefined {
+    return this.ctx.journal.templates[id];
+  }
+
+  isBuilding(id: string): boolean {
+    return this.builds.has(id);
+  }
+
+  /** The template with that id, built first if there is none (one build per id at a time). */
+  ensure(id: string, spec: TemplateSpec): Promise<TemplateRecord> {
+    checkId(id, "template");
+    const existing = this.ctx.journal.templates[id];
+    if (existing) return Promise.resolve(existing);
+    let build = this.builds.get(id);
+    if (!build) {
+      build = this.build(id, spec).finally(() => this.builds.delete(id));
+      this.builds.set(id, build);
+    }
+    return build;
+  }
+
+  /** A template create may name without building it first: a built-in one, or one dropped at start. */
+  async builtin(id: string): Promise<TemplateRecord> {
+    const recipe = this.ctx.journal.recipes[id];
+    if (recipe) {
+      this.ctx.log("rebuilding template dropped at start", { template: id });
+      return this.ensure(id, recipe);
+    }
+    if (!(id in BUILTIN_RECIPES)) {
+      throw new MitosError("not_found", `no template ${JSON.stringify(id)}`, {
+        remediation: `Create it first (POST /v1/templates), or use a built-in one: ${Object.keys(BUILTIN_RECIPES).join(", ")}.`,
+        context: { template: id },
+      });
+    }
+    return this.ensure(id, {});
+  }
+
+  snapshotOf(t: TemplateRecord): Snapshot {
+    return { machine: t.machine, ramFile: t.ramFile, stateFile: t.stateFile, ignoreShared: true };
+  }
+
+  /** A paused VM restored from a template, running as a uid of its own in the template's group. */
+  restore(vmId: string, t: TemplateRecord): Promise<Vm> {
+    return Vm.restore({
+      id: vmId,
+      dataDir: this.ctx.dataDir,
+      snapshot: this.snapshotOf(t),
+      paused: true,
+      runAs: this.ctx.confinement.runAs(this.group(t), this.ctx.accel),
+      ...this.ctx.agentOpts,
+    });
+  }
+
+  /** The group a template's base is shared with, given to the base on first use. */
+  group(t: TemplateRecord): SharedGroup | undefined {
+    if (!this.groups.has(t.id)) {
+      const group = this.ctx.confinement.group();
+      this.ctx.confinement.share(t.ramFile, group);
+      this.groups.set(t.id, group);
+    }
+    return this.groups.get(t.id);
+  }
+
+  /** Forgets a template and removes its files (the engine has checked nothing uses it). */
+  remove(t: TemplateRecord): void {
+    this.ctx.journal.deleteTemplate(t.id);
+    fs.rmSync(t.ramFile, { force: true });
+    fs.rmSync(t.stateFile, { force: true });
+    this.groups.get(t.id)?.release();
+    this.groups.delete(t.id);
+  }
+
+  /** Waits for builds in flight (each owns a VM) to finish or fail. */
+  async settle(): Promise<void> {
+    await Promise.allSettled([...this.builds.values()]);
+  }
+
+  private async build(id: string, spec: TemplateSpec): Promise<TemplateRecord> {
+    const started = Date.now();
+    const imageName = spec.image ?? (id in BUILTIN_RECIPES ? id : "python");
+    const baseRecipe = BUILTIN_RECIPES[imageName];
+    if (!baseRecipe) {
+      throw new MitosError("invalid_input", `unknown image ${JSON.stringify(imageName)}`, {
+        remediation: `Use one of the built-in images: ${Object.keys(BUILTIN_RECIPES).join(", ")}; add packages with "packages".`,
+      });
+    }
+    const packages = [...baseRecipe.packages, ...(spec.packages ?? [])];
+    const init = spec.init ?? (imageName === "python" ? [PYTHON_WARMUP] : []);
+    const env = spec.env ?? {};
+    const memMiB = spec.resources?.memSizeMib ?? 512;
+    const vcpus = spec.resources?.vcpuCount ?? 1;
+    const initWait = spec.initWaitSeconds ?? 0;
+    const initTimeout = spec.initTimeoutSeconds ?? TEMPLATE_WAITS.defaultInitTimeoutSeconds;
+    if (!Number.isInteger(initWait) || initWait < 0 || initWait > TEMPLATE_WAITS.maxInitWaitSeconds) {
+      throw new MitosError("invalid_input", `init_wait_seconds ${initWait} is out of range`, {
+        remediation: `Use 0 to ${TEMPLATE_WAITS.maxInitWaitSeconds} seconds: how long the booted guest settles before init runs.`,
+      });
+    }
+    if (!Number.isInteger(initTimeout) || initTimeout < 1 || initTimeout > TEMPLATE_WAITS.maxInitTimeoutSeconds) {
+      throw new MitosError("invalid_input", `init_timeout_seconds ${initTimeout} is out of range`, {
+        remediation: `Use 1 to ${TEMPLATE_WAITS.maxInitTimeoutSeconds} seconds per init command.`,
+      });
+    }
+    if (!Number.isInteger(memMiB) || memMiB < 128 || memMiB > 16384) {
+      throw new MitosError("invalid_input", `mem_size_mib ${memMiB} is out of range`, {
+        remediation: "Use 128 to 16384 MiB.",
+      });
+    }
+    if (!Number.isInteger(vcpus) || vcpus < 1 || vcpus > 16) {
+      throw new MitosError("invalid_input", `vcpu_count ${vcpus} is out of range`, {
+        remediation: "Use 1 to 16 vCPUs.",
+      });
+    }
+    // The template VM writes its RAM to a shared file: a full tmpfs would kill
+    // it with SIGBUS half way, so check for room for all of it first.
+    const shm = fs.statfsSync(this.ctx.shmDir);
+    const free = shm.bavail * shm.bsize;
+    if (free < memMiB * 1024 * 1024) {
+      throw new MitosError(
+        "unavailable",
+        `not enough space in ${this.ctx.shmDir} for a ${memMiB} MiB template RAM file (${Math.floor(free / 2 ** 20)} MiB free)`,
+        { remediation: shmSpaceRemediation(this.ctx.shmDir), context: { shm_dir: this.ctx.shmDir, template: id } },
+      );
+    }
+    this.ctx.log("template build started", { template: id, packages, init: init.length });
+    const images = await ensureImages({ packages }, { cacheDir: this.ctx.imagesDir });
+    const vmId = `tpl-${id.slice(0, 40)}-${randomHex(4)}`;
+    const group = this.ctx.confinement.group();
+    const vm = await Vm.boot({
+      id: vmId,
+      images,
+      dataDir: this.ctx.dataDir,
+      shmDir: this.ctx.shmDir,
+      memMiB,
+      vcpus,
+      accel: this.ctx.accel,
+      keepRamFile: true,
+      timeoutMs: 120_000,
+      runAs: this.ctx.confinement.runAs(group, this.ctx.accel),
+      ...this.ctx.agentOpts,
+    }).catch((err) => {
+      group?.release();
+      throw err;
+    });
+    this.ctx.journal.putVm({
+      vmId,
+      pid: vm.pid,
+      dir: vm.dir,
+      files: [path.join(this.ctx.shmDir, `mitos-${vmId}.ram`)],
+    });
+    try {
+      // The agent answering means the guest is up; the wait is for what else it starts.
+      if (initWait > 0) await new Promise((r) => setTimeout(r, initWait * 1000));
+      for (const [step, cmd] of init.entries()) {
+        const r = await vm.agent.exec({ command: cmd, env, timeoutMs: initTimeout * 1000 }).result;
+        if (r.exitCode !== 0) {
+          const timedOut = r.timedOut ? ` (killed after init_timeout_seconds=${initTimeout})` : "";
+          throw new MitosError(
+            "invalid_input",
+            `template init step ${step} failed with exit ${r.exitCode}${timedOut}: ${cmd}`,
+            {
+              remediation: r.timedOut
+                ? "Raise init_timeout_seconds, or make the step faster."
+                : "Fix the init command; its output is in cause.",
+              cause: `${r.stdout.toString().slice(-2000)}${r.stderr.toString().slice(-2000)}`,
+              context: { template: id },
+            },
+          );
+        }
+      }
+      const info = await vm.agent.hello();
+      await vm.pause();
+      const stateFile = path.join(this.ctx.dataDir, "templates", `${id}.state`);
+      await saveState(vm.qmp, vm.paths.migrationSocket, stateFile, 60_000, vm.runAs);
+      const ramFile = vm.disownRamFile();
+      await vm.destroy();
+      const record: TemplateRecord = {
+        id,
+        spec,
+        recipe: { packages, init, env },
+        machine: vm.machine,
+        ramFile,
+        stateFile,
+        createdAt: new Date().toISOString(),
+        creationTimeMs: Date.now() - started,
+        uptimeMs: info.uptimeMs,
+        bootId: info.bootId,
+      };
+      this.ctx.journal.putTemplate(record);
+      this.groups.set(id, group);
+      this.ctx.journal.deleteVm(vmId);
+      this.ctx.log("template ready", { template: id, ms: record.creationTimeMs });
+      this.onReady(id);
+      return record;
+    } catch (err) {
+      await vm.destroy();
+      fs.rmSync(path.join(this.ctx.shmDir, `mitos-${vmId}.ram`), { force: true });
+      group?.release();
+      this.ctx.journal.deleteVm(vmId);
+      throw err;
+    }
+  }
+}
