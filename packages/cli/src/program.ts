@@ -484,6 +484,11 @@ ${examples("mitos sandbox shell sb-1a2b3c4d", "mitos sandbox shell sb-1a2b3c4d -
         parseSeconds,
       )
       .option("--init-timeout <seconds>", "limit on each init command (default 600)", parseSeconds)
+      .option(
+        "--disk-size <mib>",
+        "a workspace disk of this size at /workspace, on the host (files may exceed guest RAM; default: in RAM)",
+        parsePositiveInt,
+      )
       .option("--json", "print the template object as JSON"),
   )
     .addHelpText(
@@ -505,6 +510,7 @@ ${examples("mitos sandbox shell sb-1a2b3c4d", "mitos sandbox shell sb-1a2b3c4d -
           memory?: number;
           initWait?: number;
           initTimeout?: number;
+          diskSize?: number;
           json?: boolean;
         },
         cmd: Command,
@@ -516,6 +522,7 @@ ${examples("mitos sandbox shell sb-1a2b3c4d", "mitos sandbox shell sb-1a2b3c4d -
           ...(opts.env ? { env: opts.env } : {}),
           ...(opts.initWait !== undefined ? { initWaitSeconds: opts.initWait } : {}),
           ...(opts.initTimeout !== undefined ? { initTimeoutSeconds: opts.initTimeout } : {}),
+          ...(opts.diskSize !== undefined ? { diskSizeMib: opts.diskSize } : {}),
           ...(opts.vcpus !== undefined || opts.memory !== undefined
             ? {
                 resources: {

@@ -37,6 +37,8 @@ export interface CheckpointManifest {
   hidden?: boolean;
   /** sha256 of the device state (stored as one chunk). */
   state: string;
+  /** [chunk index, sha256] for every chunk of the workspace disk that holds data (machine.diskMib bytes in all). */
+  disk?: Array<[number, string]>;
   /** Compressed bytes of every distinct chunk this checkpoint names. */
   bytes: number;
   /** Of those, the bytes this checkpoint added to the store (the rest were shared). */
@@ -96,8 +98,16 @@ export class CheckpointStore {
     return n;
   }
 
-  /** Stores a captured RAM file and device state as a new checkpoint. */
-  async write(ramFile: string, stateFile: string, meta: CheckpointMeta): Promise<CheckpointManifest> {
+  /**
+   * Stores a captured RAM file and device state as a new checkpoint, with a
+   * workspace disk (a raw image and the byte ranges of it that hold data).
+   */
+  async write(
+    ramFile: string,
+    stateFile: string,
+    meta: CheckpointMeta,
+    disk?: { file: string; extents: Array<[number, number]> },
+  ): Promise<CheckpointManifest> {
     const id = `cp-${randomBytes(6).toString("hex")}`;
     const staging = path.join(this.dir, `tmp-${id}`);
     fs.mkdirSync(staging, { mode: 0o700 });
@@ -128,6 +138,27 @@ export class CheckpointStore {
         fs.closeSync(fd);
       }
       const state = stage(fs.readFileSync(stateFile));
+      const diskChunks: Array<[number, string]> = [];
+      if (disk) {
+        // Only chunks that overlap a data extent are read; the rest of the disk reads as zeros.
+        const indices = new Set<number>();
+        for (const [start, length] of disk.extents) {
+          for (let i = Math.floor(start / CHUNK_BYTES); i * CHUNK_BYTES < start + length; i++) indices.add(i);
+        }
+        const dfd = fs.openSync(disk.file, "r");
+        try {
+          const buf = Buffer.alloc(CHUNK_BYTES);
+          const zero = Buffer.alloc(CHUNK_BYTES);
+          for (const i of [...indices].sort((a, b) => a - b)) {
+            const n = fs.readSync(dfd, buf, 0, CHUNK_BYTES, i * CHUNK_BYTES);
+            const data = buf.subarray(0, n);
+            if (n === 0 || data.equals(zero.subarray(0, n))) continue;
+            diskChunks.push([i, stage(data)]);
+          }
+        } finally {
+          fs.closeSync(dfd);
+        }
+      }
       await compress(staging, [...fresh]);
       let addedBytes = 0;
       for (const h of fresh) addedBytes += fs.statSync(path.join(staging, `${h}.zst`)).size;
@@ -153,7 +184,7 @@ export class CheckpointStore {
         added.push(to);
       }
       for (const d of [...dirs, this.chunks]) syncFile(d);
-      const distinct = new Set([...ram.map(([, h]) => h), state]);
+      const distinct = new Set([...ram.map(([, h]) => h), state, ...diskChunks.map(([, h]) => h)]);
       let bytes = 0;
       for (const h of distinct) bytes += fs.statSync(this.chunkPath(h)).size;
       const manifest: CheckpointManifest = {
@@ -165,6 +196,7 @@ export class CheckpointStore {
         chunkBytes: CHUNK_BYTES,
         ram,
         state,
+        ...(disk ? { disk: diskChunks } : {}),
         bytes,
         addedBytes,
       };
@@ -185,11 +217,31 @@ export class CheckpointStore {
 
   /** Writes a checkpoint's RAM (sparse: zero chunks stay holes) and device state, verifying every chunk. */
   async materialize(m: CheckpointManifest, ramFile: string, stateFile: string): Promise<void> {
-    const fd = fs.openSync(ramFile, "w", 0o600);
+    await this.writeChunks(m, m.ram, ramFile, m.memBytes);
+    const parts: Buffer[] = [];
+    await decompress([this.chunkPath(m.state)], Number.MAX_SAFE_INTEGER, (p) => parts.push(p));
+    const state = Buffer.concat(parts);
+    this.verify(state, m.state, m.id);
+    fs.writeFileSync(stateFile, state, { mode: 0o600 });
+  }
+
+  /** Writes a checkpoint's workspace disk as a sparse raw image of `bytes`, verifying every chunk. */
+  async materializeDisk(m: CheckpointManifest, file: string, bytes: number): Promise<void> {
+    await this.writeChunks(m, m.disk ?? [], file, bytes);
+  }
+
+  /** A sparse file of `bytes` holding `chunks` at their indices, each verified against its hash. */
+  private async writeChunks(
+    m: CheckpointManifest,
+    chunks: Array<[number, string]>,
+    file: string,
+    bytes: number,
+  ): Promise<void> {
+    const fd = fs.openSync(file, "w", 0o600);
     try {
-      fs.ftruncateSync(fd, m.memBytes);
-      for (let i = 0; i < m.ram.length; i += BATCH) {
-        const batch = m.ram.slice(i, i + BATCH);
+      fs.ftruncateSync(fd, bytes);
+      for (let i = 0; i < chunks.length; i += BATCH) {
+        const batch = chunks.slice(i, i + BATCH);
         let k = 0;
         await decompress(
           batch.map(([, h]) => this.chunkPath(h)),
@@ -203,15 +255,10 @@ export class CheckpointStore {
       }
     } catch (err) {
       fs.closeSync(fd);
-      fs.rmSync(ramFile, { force: true });
+      fs.rmSync(file, { force: true });
       throw err;
     }
     fs.closeSync(fd);
-    const parts: Buffer[] = [];
-    await decompress([this.chunkPath(m.state)], Number.MAX_SAFE_INTEGER, (p) => parts.push(p));
-    const state = Buffer.concat(parts);
-    this.verify(state, m.state, m.id);
-    fs.writeFileSync(stateFile, state, { mode: 0o600 });
   }
 
   /** Deletes a checkpoint, then the chunks no other checkpoint names. */
@@ -227,6 +274,7 @@ export class CheckpointStore {
     for (const m of this.list()) {
       live.add(m.state);
       for (const [, h] of m.ram) live.add(h);
+      for (const [, h] of m.disk ?? []) live.add(h);
     }
     let freed = 0;
     for (const sub of fs.readdirSync(this.chunks)) {

@@ -9,7 +9,7 @@ import type { CheckpointManifest } from "./checkpoint-store.js";
 import type { SharedGroup } from "./confine.js";
 import { type EngineContext, randomHex } from "./context.js";
 import { MitosError, shmSpaceRemediation } from "./errors.js";
-import { activateAll, captureRunning, restoreAll } from "./fork.js";
+import { activateAll, captureRunning, compactLater, restoreAll } from "./fork.js";
 import type { Sandbox, SandboxInfo, SandboxTable } from "./lifecycle.js";
 import type { Snapshot, Vm } from "./vm.js";
 
@@ -20,16 +20,28 @@ interface CheckpointBase {
   ramFile: string;
   stateFile: string;
   group: SharedGroup | undefined;
+  /** Its workspace disk, materialized once as a frozen layer (held as cp:<id>). */
+  disk: string[] | undefined;
 }
 
 export class Checkpoints {
   /** Bases materialized in the shm dir, most recently used last. */
   private readonly bases = new Map<string, Promise<CheckpointBase>>();
+  /** Background compactions of disk chains, awaited by close(). */
+  private readonly background = new Set<Promise<void>>();
 
   constructor(
     private readonly ctx: EngineContext,
     private readonly table: SandboxTable,
-  ) {}
+    /** Checkpoints kept per sandbox: the oldest beyond it are deleted after each new one (undefined: all). */
+    private readonly retention?: number,
+  ) {
+    if (retention !== undefined && (!Number.isInteger(retention) || retention < 1)) {
+      throw new MitosError("invalid_input", `checkpoint_retention must be a positive whole number, got ${retention}`, {
+        remediation: "Give how many checkpoints to keep per sandbox (e.g. 5), or leave it unset to keep all.",
+      });
+    }
+  }
 
   /**
    * Saves a running sandbox to the on-disk store: one short pause for the
@@ -47,20 +59,30 @@ export class Checkpoints {
     const key = randomHex(6);
     const ramFile = path.join(ctx.shmDir, `mitos-cp-${key}.ram`);
     const stateFile = path.join(ctx.dataDir, "bases", `cp-${key}.state`);
+    const diskFile = path.join(ctx.dataDir, "bases", `cp-${key}.disk`);
     const vm = source.vm;
-    ctx.journal.vmFiles(vm.id, [ramFile, stateFile], true);
+    ctx.journal.vmFiles(vm.id, [ramFile, stateFile, diskFile], true);
     const started = Date.now();
     try {
-      const tPaused = await captureRunning(ctx, source, ramFile, stateFile, "checkpoint");
+      const { tPaused, disk } = await captureRunning(ctx, source, ramFile, stateFile, "checkpoint");
       const tCaptured = Date.now();
-      const m = await ctx.checkpoints.write(ramFile, stateFile, {
-        name: opts.name ?? null,
-        sandboxId: source.id,
-        templateId: source.templateId,
-        machine: vm.machine,
-        env: source.env,
-        ...(opts.hidden ? { hidden: true } : {}),
-      });
+      // The frozen disk layer is read while the sandbox runs on in its new one.
+      const extents = disk ? await ctx.disks.flatten(disk, diskFile) : undefined;
+      const m = await ctx.checkpoints.write(
+        ramFile,
+        stateFile,
+        {
+          name: opts.name ?? null,
+          sandboxId: source.id,
+          templateId: source.templateId,
+          machine: vm.machine,
+          env: source.env,
+          ...(opts.hidden ? { hidden: true } : {}),
+        },
+        extents ? { file: diskFile, extents } : undefined,
+      );
+      compactLater(ctx, vm, this.background);
+      if (!opts.hidden) this.retain(source.id);
       ctx.log("checkpoint", {
         sandbox: id,
         checkpoint: m.id,
@@ -76,7 +98,8 @@ export class Checkpoints {
     } finally {
       fs.rmSync(ramFile, { force: true });
       fs.rmSync(stateFile, { force: true });
-      ctx.journal.vmFiles(vm.id, [ramFile, stateFile], false);
+      fs.rmSync(diskFile, { force: true });
+      ctx.journal.vmFiles(vm.id, [ramFile, stateFile, diskFile], false);
     }
   }
 
@@ -154,6 +177,20 @@ export class Checkpoints {
     this.ctx.log("resumed from hibernation", { sandbox: s.id, checkpoint: cp, ms: Date.now() - started });
   }
 
+  /** Deletes a sandbox's oldest checkpoints beyond the retention count. */
+  private retain(sandboxId: string): void {
+    if (this.retention === undefined) return;
+    const mine = this.list().filter((c) => c.sandboxId === sandboxId);
+    for (const old of mine.slice(0, Math.max(0, mine.length - this.retention))) {
+      this.delete(old.id);
+      this.ctx.log("checkpoint deleted by retention", {
+        checkpoint: old.id,
+        sandbox: sandboxId,
+        keep: this.retention,
+      });
+    }
+  }
+
   /** The checkpoints users see: a hibernated sandbox's own is not one of them. */
   list(): CheckpointManifest[] {
     return this.ctx.checkpoints.list().filter((c) => !c.hidden);
@@ -178,6 +215,7 @@ export class Checkpoints {
 
   /** Unlinks every cached base (close). */
   async close(): Promise<void> {
+    await Promise.allSettled([...this.background]);
     await Promise.all([...this.bases.keys()].map((id) => this.dropBase(id)));
   }
 
@@ -190,7 +228,7 @@ export class Checkpoints {
       stateFile: base.stateFile,
       ignoreShared: false,
     };
-    return restoreAll(this.ctx, snapshot, count, base.group);
+    return restoreAll(this.ctx, snapshot, count, base.group, [], base.disk);
   }
 
   /** A checkpoint's base in the shm dir, materialized once and shared by every restore; the least recently used go first. */
@@ -218,9 +256,20 @@ export class Checkpoints {
       await ctx.checkpoints.materialize(m, ramFile, stateFile);
       const group = ctx.confinement.group();
       ctx.confinement.share(ramFile, group);
-      return { ramFile, stateFile, group };
+      let disk: string[] | undefined;
+      if (m.machine.diskMib !== undefined) {
+        const file = path.join(ctx.disks.dir, `cp-${m.id}-${randomHex(3)}.raw`);
+        ctx.disks.hold(`cp:${m.id}`, [file]);
+        await ctx.checkpoints.materializeDisk(m, file, m.machine.diskMib * 1024 * 1024);
+        ctx.disks.freeze(file, group);
+        disk = [file];
+      }
+      return { ramFile, stateFile, group, disk };
     })();
-    base.catch(() => this.bases.delete(m.id));
+    base.catch(() => {
+      this.bases.delete(m.id);
+      ctx.disks.release(`cp:${m.id}`);
+    });
     this.bases.set(m.id, base);
     for (const id of [...this.bases.keys()].slice(0, -CHECKPOINT_BASES)) void this.dropBase(id);
     return base;
@@ -235,6 +284,8 @@ export class Checkpoints {
     if (!b) return;
     fs.rmSync(b.ramFile, { force: true });
     fs.rmSync(b.stateFile, { force: true });
+    // Its disk stays while VMs restored from it have it in their chain.
+    this.ctx.disks.release(`cp:${id}`);
     b.group?.release();
   }
 }

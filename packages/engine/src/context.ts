@@ -4,7 +4,8 @@
 
 import { randomBytes } from "node:crypto";
 import type { CheckpointStore } from "./checkpoint-store.js";
-import type { Confinement } from "./confine.js";
+import type { Confinement, RunAs } from "./confine.js";
+import type { Disks } from "./disk.js";
 import type { Journal } from "./journal.js";
 import type { SpendCaps } from "./limits.js";
 import type { Accel } from "./qemu/accel.js";
@@ -32,6 +33,8 @@ export interface EngineContext {
   readonly journal: Journal;
   readonly caps: SpendCaps;
   readonly checkpoints: CheckpointStore;
+  /** Workspace disk layers (disk.ts). */
+  readonly disks: Disks;
   readonly log: Log;
   readonly fault: (step: FaultStep, vm: Vm) => void | Promise<void>;
   /** Spread into every Vm launch. */
@@ -58,4 +61,36 @@ export function journalUntilExit(ctx: EngineContext, vm: Vm, files: string[] = [
   vm.exited
     .then(() => ctx.journal.deleteVm(vm.id))
     .catch((err: Error) => ctx.log("journal update failed", { vm: vm.id, error: err.message }));
+}
+
+/**
+ * Launches a VM with a new writable disk layer over `chain` when its machine
+ * has a workspace disk: the layer is made for the VM's uid, the VM runs with
+ * the groups of the chain's frozen layers, and the chain is held until the
+ * VM exits. Without a disk it just launches.
+ */
+export async function withDisk(
+  ctx: EngineContext,
+  chain: string[] | undefined,
+  runAs: RunAs | undefined,
+  launch: (vmId: string, runAs: RunAs | undefined, disk: string[] | undefined) => Promise<Vm>,
+): Promise<Vm> {
+  const vmId = newVmId();
+  if (!chain) return launch(vmId, runAs, undefined);
+  let disk: string[];
+  try {
+    disk = [await ctx.disks.overlay(chain, runAs), ...chain];
+  } catch (err) {
+    runAs?.release();
+    throw err;
+  }
+  ctx.disks.hold(vmId, disk);
+  try {
+    const vm = await launch(vmId, ctx.disks.runAsFor(chain, runAs), disk);
+    vm.exited.then(() => ctx.disks.release(vmId)).catch(() => {});
+    return vm;
+  } catch (err) {
+    ctx.disks.release(vmId);
+    throw err;
+  }
 }

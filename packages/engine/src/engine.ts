@@ -13,10 +13,12 @@ import { type CheckpointManifest, CheckpointStore } from "./checkpoint-store.js"
 import { Checkpoints } from "./checkpoints.js";
 import { defaultDataDir, shmDirFor } from "./config.js";
 import { Confinement } from "./confine.js";
-import { type EngineContext, type FaultStep, journalUntilExit, type Log, newVmId } from "./context.js";
+import { type EngineContext, type FaultStep, journalUntilExit, type Log } from "./context.js";
 import { DataDirLock } from "./dir-lock.js";
+import { Disks } from "./disk.js";
 import { MitosError } from "./errors.js";
 import { type ForkOptions, Forks } from "./fork.js";
+import { IdleHibernation } from "./idle.js";
 import { Journal, type TemplateRecord, type TemplateSpec } from "./journal.js";
 import { checkId, type SandboxInfo, SandboxTable } from "./lifecycle.js";
 import { type Limits, resolveLimits, SpendCaps, type Usage } from "./limits.js";
@@ -57,6 +59,10 @@ export interface EngineOptions {
   /** How long the guest agent may take to answer a call or a liveness ping (ms, default 30 s). */
   agentTimeoutMs?: number;
   log?: Log;
+  /** Hibernate a sandbox no API call has touched for this long (seconds; default: never). */
+  hibernateIdleSeconds?: number;
+  /** Keep at most this many checkpoints per sandbox, dropping the oldest (default: all, up to the disk cap). */
+  checkpointRetention?: number;
   /** Test hook for fault injection: awaited at each named step with the VM involved. */
   faults?: (step: FaultStep, vm: Vm) => void | Promise<void>;
 }
@@ -77,6 +83,7 @@ export class Engine {
   private readonly saved: Checkpoints;
   private readonly pools = new Map<string, WarmPool>();
   private readonly lock: DataDirLock;
+  private readonly idle: IdleHibernation | undefined;
   private closed = false;
 
   private constructor(options: EngineOptions) {
@@ -110,6 +117,7 @@ export class Engine {
         journal: new Journal(this.dataDir),
         caps: this.caps,
         checkpoints: this.checkpoints,
+        disks: new Disks(this.dataDir, this.confinement.uids),
         log,
         fault: options.faults ?? (() => {}),
         agentOpts: options.agentTimeoutMs === undefined ? {} : { agentTimeoutMs: options.agentTimeoutMs },
@@ -123,7 +131,20 @@ export class Engine {
       });
       this.table = new SandboxTable(this.ctx, (cp) => this.saved.delete(cp));
       this.forks = new Forks(this.ctx, this.table, options.spareVms ?? Math.max(2, 2 * os.availableParallelism()));
-      this.saved = new Checkpoints(this.ctx, this.table);
+      this.saved = new Checkpoints(this.ctx, this.table, options.checkpointRetention);
+      const idleSeconds = options.hibernateIdleSeconds;
+      if (idleSeconds !== undefined) {
+        if (!Number.isInteger(idleSeconds) || idleSeconds < 1) {
+          throw new MitosError(
+            "invalid_input",
+            `hibernate_idle_seconds must be a positive whole number, got ${idleSeconds}`,
+            {
+              remediation: "Give the idle time in seconds (e.g. 300), or leave it unset to never hibernate on idle.",
+            },
+          );
+        }
+        this.idle = new IdleHibernation(this.table, idleSeconds * 1000, (s) => this.saved.hibernate(s), log);
+      }
     } catch (err) {
       this.lock.release();
       throw err;
@@ -246,7 +267,7 @@ export class Engine {
   private async restoreWarm(template: string): Promise<Vm> {
     const t = this.ctx.journal.templates[template];
     if (!t) throw new MitosError("not_found", `template ${template} is gone`, { remediation: "Create it again." });
-    const vm = await this.templates.restore(newVmId(), t);
+    const vm = await this.templates.restore(t);
     journalUntilExit(this.ctx, vm);
     try {
       await vm.warmUp();
@@ -285,7 +306,7 @@ export class Engine {
     try {
       const pool =
         this.pools.get(templateId) ?? (this.ctx.poolTargets[templateId] ? this.poolFor(templateId) : undefined);
-      const vm = pool?.take() ?? (await this.templates.restore(newVmId(), template));
+      const vm = pool?.take() ?? (await this.templates.restore(template));
       try {
         await this.ctx.fault("create:restored", vm);
         // Identity is the sandbox id, not the VM's directory name.
@@ -370,6 +391,20 @@ export class Engine {
   }
 
   /**
+   * Wakes a sandbox the idle timer hibernated (runtime calls do this first,
+   * so a sleeping sandbox answers as if it had not slept). Unknown ids and
+   * other states are left to the call itself to report.
+   */
+  async awake(id: string): Promise<void> {
+    await this.idle?.settle(id);
+    const s = this.table.find(id);
+    if (s?.idleHibernated && s.hibernation !== undefined && s.state === "paused") {
+      this.ctx.log("waking a sandbox hibernated while idle", { sandbox: id });
+      await this.resume(id);
+    }
+  }
+
+  /**
    * Pauses a sandbox. With `hibernate` its RAM is freed too: it is saved to
    * a checkpoint (hidden from the list) and its VM stopped; resume restores
    * it under the same id, processes and files as they were, clock stepped.
@@ -389,6 +424,7 @@ export class Engine {
         remediation: "Only a paused sandbox can be resumed.",
       });
     }
+    s.lastActive = Date.now();
     if (s.hibernation === undefined) {
       await s.vm?.resume();
       s.state = "ready";
@@ -398,6 +434,7 @@ export class Engine {
     // Its RAM comes back: it must fit again (it is counted as a sandbox already).
     const usage = this.usage();
     this.caps.admit({ ...usage, sandboxes: usage.sandboxes - 1 }, 1, s.memMiB);
+    s.idleHibernated = undefined;
     await this.saved.wake(s);
   }
 
@@ -455,8 +492,19 @@ export class Engine {
 
   /** Takes a stream slot of a running sandbox (exec, file transfer); release it when the stream ends. */
   openStream(id: string): () => void {
-    this.table.running(id);
-    return this.caps.openStream(id);
+    const s = this.table.running(id);
+    const release = this.caps.openStream(id);
+    // An open stream is use: the idle timer leaves the sandbox alone until it closes.
+    s.streams++;
+    s.lastActive = Date.now();
+    let open = true;
+    return () => {
+      if (!open) return;
+      open = false;
+      s.streams--;
+      s.lastActive = Date.now();
+      release();
+    };
   }
 
   /**
@@ -466,6 +514,7 @@ export class Engine {
    */
   async close(opts: { killSandboxes?: boolean } = {}): Promise<void> {
     this.closed = true;
+    await this.idle?.stop();
     // A template build in flight owns a VM: let it finish (or fail) first.
     await this.templates.settle();
     await Promise.all([...this.pools.values()].map((p) => p.close()));
@@ -474,6 +523,8 @@ export class Engine {
     this.table.disarmAll();
     if (opts.killSandboxes) await Promise.all([...this.table.values()].map((s) => this.table.kill(s, "terminated")));
     else this.table.detachAll();
+    // Layers of sandboxes left running stay for the next run.
+    this.ctx.disks.close();
     this.lock.release();
   }
 

@@ -7,7 +7,8 @@ import fs from "node:fs";
 import path from "node:path";
 import { baseFileOf, digHoles } from "./base-file.js";
 import type { SharedGroup } from "./confine.js";
-import { type EngineContext, journalUntilExit, newVmId, randomHex } from "./context.js";
+import { type EngineContext, journalUntilExit, newVmId, randomHex, withDisk } from "./context.js";
+import { MAX_CHAIN } from "./disk.js";
 import { MitosError } from "./errors.js";
 import type { RunningSandbox, Sandbox, SandboxInfo, SandboxTable } from "./lifecycle.js";
 import { captureLive } from "./snapshot.js";
@@ -78,7 +79,9 @@ export class Forks {
     const started = Date.now();
     const key = randomHex(6);
     // Spares already wait on an empty base file: capture into it and load them.
-    const spare = this.spares.take(source.vm.machine, count);
+    // (Not with a workspace disk: a child's disk layer is known only after the capture.)
+    const hasDisk = source.vm.disk !== undefined;
+    const spare = hasDisk ? undefined : this.spares.take(source.vm.machine, count);
     const ramFile = spare?.ramFile ?? path.join(ctx.shmDir, `mitos-base-${key}.ram`);
     const stateFile = path.join(ctx.dataDir, "bases", `${key}.state`);
     // The base's own group: only this fork's children can open it (the spares' one when there are spares).
@@ -91,13 +94,13 @@ export class Forks {
     );
     let captured = false;
     try {
-      const tPaused = await captureRunning(ctx, source, ramFile, stateFile, "fork");
+      const { tPaused, disk } = await captureRunning(ctx, source, ramFile, stateFile, "fork");
       const tCaptured = Date.now();
       captured = true;
       const snapshot: Snapshot = { machine: sourceVm.machine, ramFile, stateFile, ignoreShared: false };
       ctx.confinement.share(ramFile, baseGroup);
       const spares = spare?.vms.splice(0) ?? [];
-      const results = await restoreAll(ctx, snapshot, placeholders.length, baseGroup, spares);
+      const results = await restoreAll(ctx, snapshot, placeholders.length, baseGroup, spares, disk);
       // Every child has mapped the base (or failed): the name can go; the
       // pages live on while any child maps them.
       fs.rmSync(ramFile, { force: true });
@@ -110,6 +113,9 @@ export class Forks {
         });
       }
       const forkTimeMs = Date.now() - started;
+      for (const r of results)
+        if (r.status === "fulfilled" && r.value.running) compactLater(ctx, r.value, this.background);
+      compactLater(ctx, sourceVm, this.background);
       ctx.log("fork", {
         source: source.id,
         count,
@@ -133,7 +139,7 @@ export class Forks {
       for (const vm of spare?.vms ?? []) void vm.destroy(); // the fork failed before loading them
       // Spares for the next fork start a moment later, not while the children run their first commands.
       const machine = sourceVm.machine;
-      setTimeout(() => this.spares.prime(machine), 1000).unref();
+      if (!hasDisk) setTimeout(() => this.spares.prime(machine), 1000).unref();
       if (captured) this.reclaimBase(sourceVm);
       fs.rmSync(ramFile, { force: true });
       fs.rmSync(stateFile, { force: true });
@@ -174,7 +180,9 @@ export class Forks {
 /**
  * Pauses a running sandbox only for a consistent capture of its RAM and
  * device state, then resumes it (with or without the public API's
- * pause_source: the source keeps running). Returns when it was paused.
+ * pause_source: the source keeps running). With a workspace disk, its
+ * writable layer is frozen at the same instant and the source goes on in a
+ * new layer over it. Returns when it was paused, and the frozen chain.
  */
 export async function captureRunning(
   ctx: EngineContext,
@@ -182,26 +190,67 @@ export async function captureRunning(
   ramFile: string,
   stateFile: string,
   kind: "fork" | "checkpoint",
-): Promise<number> {
+): Promise<{ tPaused: number; disk: string[] | undefined }> {
   const wasState = source.state;
   const vm = source.vm;
+  // QEMU takes no live snapshot while a compaction streams: let it finish.
+  await vm.diskJob;
+  // Made before the pause (its content matters only from the switch on), to keep the pause short.
+  const before = vm.disk;
+  const next = before ? await ctx.disks.overlay(before, vm.runAs) : undefined;
+  if (before && next) ctx.disks.hold(vm.id, [next, ...before]);
+  let switched = false;
   source.state = "paused";
   try {
     await vm.pause();
     const tPaused = Date.now();
     await ctx.fault(`${kind}:paused`, vm);
+    if (before && next) {
+      // QEMU's stop drained and flushed the disk: the frozen layer matches the RAM captured next.
+      await vm.switchDisk(next);
+      switched = true;
+      const group = ctx.confinement.group();
+      ctx.disks.freeze(before[0] as string, group);
+      group?.release();
+      ctx.journal.vmDisk(vm.id, vm.disk as string[]);
+    }
     const memBytes = vm.machine.memMiB * 1024 * 1024;
     await captureLive(vm.qmp, vm.paths.migrationSocket, { ramFile, stateFile, memBytes }, 120_000, vm.runAs);
     await ctx.fault(`${kind}:captured`, vm);
-    return tPaused;
+    return { tPaused, disk: before };
   } catch (err) {
     if (!vm.running) throw sourceDied(source.id, err as Error, kind);
     throw err;
   } finally {
+    if (before && !switched) {
+      ctx.disks.hold(vm.id, before);
+      ctx.disks.gc(); // the unused layer goes
+    }
     await vm.resume().catch(() => {});
     // Unless the VM died meanwhile (its exit handler marked it failed).
     if (source.state === "paused") source.state = wasState;
   }
+}
+
+/**
+ * Shortens a VM's disk chain in the background once forks have made it
+ * longer than MAX_CHAIN (each fork adds a layer to the source and its
+ * children); the layers it no longer needs go when no other VM holds them.
+ */
+export function compactLater(ctx: EngineContext, vm: Vm, background: Set<Promise<void>>): void {
+  if (!vm.disk || vm.disk.length <= MAX_CHAIN) return;
+  const p: Promise<void> = vm
+    .compactDisk(600_000)
+    .then((chain) => {
+      if (!vm.running) return;
+      ctx.disks.hold(vm.id, chain);
+      ctx.journal.vmDisk(vm.id, chain);
+      ctx.disks.gc(); // the layers it streamed from go unless another VM still reads them
+      ctx.log("disk chain compacted", { vm: vm.id, layers: chain.length });
+    })
+    .catch((err: Error) => ctx.log("could not compact a disk chain", { vm: vm.id, error: err.message }))
+    .finally(() => background.delete(p));
+  background.add(p);
 }
 
 /** `count` paused VMs restored from one base (spares loaded first), at most restoreConcurrency at a time. */
@@ -211,6 +260,7 @@ export function restoreAll(
   count: number,
   group: SharedGroup | undefined,
   spares: Vm[] = [],
+  disk: string[] | undefined = undefined,
 ): Promise<PromiseSettledResult<Vm>[]> {
   return limitAll(
     ctx.restoreConcurrency,
@@ -220,14 +270,18 @@ export function restoreAll(
         await vm.load(snapshot, { paused: true });
         return vm;
       }
-      return Vm.restore({
-        id: newVmId(),
-        dataDir: ctx.dataDir,
-        snapshot,
-        paused: true,
-        runAs: ctx.confinement.runAs(group, ctx.accel),
-        ...ctx.agentOpts,
-      });
+      // Each child writes a layer of its own over the frozen disk.
+      return withDisk(ctx, disk, ctx.confinement.runAs(group, ctx.accel), (id, runAs, d) =>
+        Vm.restore({
+          id,
+          dataDir: ctx.dataDir,
+          snapshot,
+          paused: true,
+          ...(runAs ? { runAs } : {}),
+          ...(d ? { disk: d } : {}),
+          ...ctx.agentOpts,
+        }),
+      );
     },
   );
 }

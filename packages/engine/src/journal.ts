@@ -21,6 +21,8 @@ export interface TemplateSpec {
   initWaitSeconds?: number;
   /** Limit on each init command (default 600 s). */
   initTimeoutSeconds?: number;
+  /** A workspace disk of this size at /workspace (a host copy-on-write disk, docs/disks.md); unset: /workspace is in guest RAM. */
+  diskSizeMib?: number;
 }
 
 export interface TemplateRecord {
@@ -36,6 +38,8 @@ export interface TemplateRecord {
   /** Guest uptime when the template was frozen (restores continue from it). */
   uptimeMs: number;
   bootId: string;
+  /** Its workspace disk's frozen chain (the build's layer first), when the spec asked for one. */
+  disk?: string[];
 }
 
 export interface VmRecord {
@@ -50,6 +54,8 @@ export interface VmRecord {
   machine?: MachineSpec;
   uid?: number;
   gid?: number;
+  /** Its workspace disk's chain, writable layer first. */
+  disk?: string[];
 }
 
 /** A sandbox as a restarted engine needs it back: its VM (unless hibernated), deadline and defaults. */
@@ -67,6 +73,8 @@ export interface SandboxRecord {
   vmId?: string;
   /** Hibernated: the checkpoint it was saved to. */
   hibernation?: string;
+  /** Hibernated by the idle timer: woken by the next runtime call. */
+  idleHibernated?: boolean;
 }
 
 export interface JournalData {
@@ -168,6 +176,12 @@ export class Journal {
     if (!rec) return;
     const rest = rec.files.filter((f) => !files.includes(f));
     this.putVm({ ...rec, files: add ? [...rest, ...files] : rest });
+  }
+
+  /** A VM's disk chain changed (a fork froze its layer, a compaction shortened it). */
+  vmDisk(vmId: string, disk: string[]): void {
+    const rec = this.data.vms[vmId];
+    if (rec) this.putVm({ ...rec, disk });
   }
 
   putVm(v: VmRecord): void {

@@ -43,6 +43,11 @@ export interface Sandbox {
   memMiB: number;
   /** Hibernated: the checkpoint it was saved to; its VM is gone until resume. */
   hibernation?: string;
+  /** Hibernated by the idle timer (idle.ts): the next runtime call wakes it. */
+  idleHibernated?: boolean;
+  /** When an API call last touched it (unix ms), and the streams open to it now. */
+  lastActive: number;
+  streams: number;
 }
 
 /** A sandbox known to have a VM (checked by `running`). */
@@ -86,6 +91,8 @@ export class SandboxTable {
       forkTimeMs: 0,
       env,
       memMiB,
+      lastActive: Date.now(),
+      streams: 0,
     };
     this.map.set(id, s);
     return s;
@@ -126,6 +133,7 @@ export class SandboxTable {
         startTime: vm.startTime,
         machine: vm.machine,
         ...(vm.runAs ? { uid: vm.runAs.uid, gid: vm.runAs.gid } : {}),
+        ...(vm.disk ? { disk: vm.disk } : {}),
       });
       this.persist(s);
     });
@@ -162,6 +170,7 @@ export class SandboxTable {
       memMiB: s.memMiB,
       ...(s.vm && !s.hibernation ? { vmId: s.vm.id } : {}),
       ...(s.hibernation ? { hibernation: s.hibernation } : {}),
+      ...(s.idleHibernated ? { idleHibernated: true } : {}),
     };
     this.ctx.journal.putSandbox(rec);
   }
@@ -241,6 +250,12 @@ export class SandboxTable {
     return [...this.map.values()].filter((s) => s.state !== "starting").map((s) => this.info(s));
   }
 
+  /** The sandbox with that id, or undefined (no error). */
+  find(id: string): Sandbox | undefined {
+    const s = this.map.get(id);
+    return s && s.state !== "starting" ? s : undefined;
+  }
+
   lookup(id: string): Sandbox {
     const s = this.map.get(id);
     if (!s || s.state === "starting") {
@@ -257,8 +272,10 @@ export class SandboxTable {
     return s;
   }
 
+  /** The running sandbox with that id; every call that needs one counts as use (idle.ts). */
   running(id: string): RunningSandbox {
     const s = this.lookup(id);
+    s.lastActive = Date.now();
     if (s.state !== "ready" || !s.vm) {
       throw new MitosError("conflict", `sandbox ${id} is ${s.state}`, {
         remediation: s.state === "paused" ? "Resume it first (POST /v1/resume)." : "Create a new sandbox.",

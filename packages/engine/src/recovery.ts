@@ -105,6 +105,8 @@ export async function recover(ctx: EngineContext, templates: Templates, table: S
   }
   // Template bases get a group of this run (ids are not kept across runs; adopted VMs keep theirs).
   for (const t of Object.values(journal.templates)) templates.group(t);
+  // Disk layers no template or adopted VM names (a crash mid-fork, a dropped template).
+  for (const f of ctx.disks.sweep()) log("removed a disk layer no sandbox or template uses", { file: f });
   // Stray files of ours not named by the journal (a crash between creating
   // and journaling). Unlinking a RAM file an adopted VM maps is safe: its
   // pages live while it maps them.
@@ -136,8 +138,20 @@ async function readopt(ctx: EngineContext, v: VmRecord, rec: SandboxRecord): Pro
     pid: v.pid,
     startTime: v.startTime,
     ...(runAs ? { runAs } : {}),
+    ...(v.disk ? { disk: v.disk } : {}),
     ...ctx.agentOpts,
   });
+  if (v.disk) {
+    // Its layers stay while it runs; the frozen ones get groups of this run
+    // (the VM has them open; children of its next fork must open them too).
+    ctx.disks.hold(vm.id, v.disk);
+    vm.exited.then(() => ctx.disks.release(vm.id)).catch(() => {});
+    for (const layer of v.disk.slice(1)) {
+      const group = ctx.confinement.group();
+      ctx.disks.freeze(layer, group);
+      group?.release();
+    }
+  }
   let state = rec.state;
   if (vm.statusAtAttach === "running") state = "ready";
   else if (state === "ready") {
@@ -166,6 +180,9 @@ function sandboxOf(rec: SandboxRecord, vm: Vm | undefined): Sandbox {
     env: rec.env,
     memMiB: rec.memMiB,
     ...(rec.hibernation && !vm ? { hibernation: rec.hibernation } : {}),
+    ...(rec.idleHibernated && !vm ? { idleHibernated: true } : {}),
+    lastActive: Date.now(),
+    streams: 0,
   };
 }
 

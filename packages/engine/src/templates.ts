@@ -5,7 +5,8 @@
 import fs from "node:fs";
 import path from "node:path";
 import type { SharedGroup } from "./confine.js";
-import { type EngineContext, randomHex } from "./context.js";
+import { type EngineContext, randomHex, withDisk } from "./context.js";
+import { Disks } from "./disk.js";
 import { MitosError, shmSpaceRemediation } from "./errors.js";
 import { BUILTIN_RECIPES, ensureImages } from "./image/build.js";
 import type { TemplateRecord, TemplateSpec } from "./journal.js";
@@ -85,16 +86,19 @@ export class Templates {
     return { machine: t.machine, ramFile: t.ramFile, stateFile: t.stateFile, ignoreShared: true };
   }
 
-  /** A paused VM restored from a template, running as a uid of its own in the template's group. */
-  restore(vmId: string, t: TemplateRecord): Promise<Vm> {
-    return Vm.restore({
-      id: vmId,
-      dataDir: this.ctx.dataDir,
-      snapshot: this.snapshotOf(t),
-      paused: true,
-      runAs: this.ctx.confinement.runAs(this.group(t), this.ctx.accel),
-      ...this.ctx.agentOpts,
-    });
+  /** A paused VM restored from a template, running as a uid of its own in the template's group (with a disk layer of its own over the template's). */
+  restore(t: TemplateRecord): Promise<Vm> {
+    return withDisk(this.ctx, t.disk, this.ctx.confinement.runAs(this.group(t), this.ctx.accel), (id, runAs, disk) =>
+      Vm.restore({
+        id,
+        dataDir: this.ctx.dataDir,
+        snapshot: this.snapshotOf(t),
+        paused: true,
+        ...(runAs ? { runAs } : {}),
+        ...(disk ? { disk } : {}),
+        ...this.ctx.agentOpts,
+      }),
+    );
   }
 
   /** The group a template's base is shared with, given to the base on first use. */
@@ -102,6 +106,8 @@ export class Templates {
     if (!this.groups.has(t.id)) {
       const group = this.ctx.confinement.group();
       this.ctx.confinement.share(t.ramFile, group);
+      for (const layer of t.disk ?? []) this.ctx.disks.freeze(layer, group);
+      this.ctx.disks.hold(`tpl:${t.id}`, t.disk ?? []);
       this.groups.set(t.id, group);
     }
     return this.groups.get(t.id);
@@ -112,6 +118,7 @@ export class Templates {
     this.ctx.journal.deleteTemplate(t.id);
     fs.rmSync(t.ramFile, { force: true });
     fs.rmSync(t.stateFile, { force: true });
+    this.ctx.disks.release(`tpl:${t.id}`);
     this.groups.get(t.id)?.release();
     this.groups.delete(t.id);
   }
@@ -135,6 +142,8 @@ export class Templates {
     const env = spec.env ?? {};
     const memMiB = spec.resources?.memSizeMib ?? 512;
     const vcpus = spec.resources?.vcpuCount ?? 1;
+    const diskMib = spec.diskSizeMib;
+    if (diskMib !== undefined) Disks.checkSize(diskMib);
     const initWait = spec.initWaitSeconds ?? 0;
     const initTimeout = spec.initTimeoutSeconds ?? TEMPLATE_WAITS.defaultInitTimeoutSeconds;
     if (!Number.isInteger(initWait) || initWait < 0 || initWait > TEMPLATE_WAITS.maxInitWaitSeconds) {
@@ -172,19 +181,33 @@ export class Templates {
     const images = await ensureImages({ packages }, { cacheDir: this.ctx.imagesDir });
     const vmId = `tpl-${id.slice(0, 40)}-${randomHex(4)}`;
     const group = this.ctx.confinement.group();
-    const vm = await Vm.boot({
-      id: vmId,
-      images,
-      dataDir: this.ctx.dataDir,
-      shmDir: this.ctx.shmDir,
-      memMiB,
-      vcpus,
-      accel: this.ctx.accel,
-      keepRamFile: true,
-      timeoutMs: 120_000,
-      runAs: this.ctx.confinement.runAs(group, this.ctx.accel),
-      ...this.ctx.agentOpts,
-    }).catch((err) => {
+    const diskKey = `build:${vmId}`;
+    let disk: string[] | undefined;
+    const vm = await (async () => {
+      const runAs = this.ctx.confinement.runAs(group, this.ctx.accel);
+      if (diskMib !== undefined) {
+        // A fresh ext4 disk, and the layer the build writes (init may fill /workspace).
+        const base = await this.ctx.disks.createBase(diskMib, group);
+        this.ctx.disks.hold(diskKey, [base]);
+        disk = [await this.ctx.disks.overlay([base], runAs), base];
+        this.ctx.disks.hold(diskKey, disk);
+      }
+      return Vm.boot({
+        id: vmId,
+        images,
+        dataDir: this.ctx.dataDir,
+        shmDir: this.ctx.shmDir,
+        memMiB,
+        vcpus,
+        accel: this.ctx.accel,
+        keepRamFile: true,
+        timeoutMs: 120_000,
+        ...(runAs ? { runAs } : {}),
+        ...(disk ? { disk, diskMib } : {}),
+        ...this.ctx.agentOpts,
+      });
+    })().catch((err) => {
+      this.ctx.disks.release(diskKey);
       group?.release();
       throw err;
     });
@@ -231,7 +254,12 @@ export class Templates {
         creationTimeMs: Date.now() - started,
         uptimeMs: info.uptimeMs,
         bootId: info.bootId,
+        ...(disk ? { disk } : {}),
       };
+      // The build's layer is the template's now: frozen, readable by its sandboxes.
+      for (const layer of disk ?? []) this.ctx.disks.freeze(layer, group);
+      this.ctx.disks.hold(`tpl:${id}`, disk ?? []);
+      this.ctx.disks.release(diskKey);
       this.ctx.journal.putTemplate(record);
       this.groups.set(id, group);
       this.ctx.journal.deleteVm(vmId);
@@ -240,6 +268,7 @@ export class Templates {
       return record;
     } catch (err) {
       await vm.destroy();
+      this.ctx.disks.release(diskKey);
       fs.rmSync(path.join(this.ctx.shmDir, `mitos-${vmId}.ram`), { force: true });
       group?.release();
       this.ctx.journal.deleteVm(vmId);

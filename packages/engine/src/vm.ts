@@ -12,7 +12,7 @@ import { MitosError } from "./errors.js";
 import type { ImageSet } from "./image/build.js";
 import { readVmMemory } from "./metering.js";
 import { type Accel, chooseAccel } from "./qemu/accel.js";
-import { type MemoryBacking, qemuArgs, type VmPaths } from "./qemu/command.js";
+import { type MemoryBacking, qemuArgs, type VmPaths, WORKSPACE_DRIVE } from "./qemu/command.js";
 import { QmpClient } from "./qemu/qmp.js";
 import { loadState } from "./snapshot.js";
 
@@ -23,6 +23,8 @@ export interface MachineSpec {
   memMiB: number;
   vcpus: number;
   accel: Accel;
+  /** Size of the workspace disk (disk.ts); unset: /workspace lives in guest RAM. */
+  diskMib?: number;
 }
 
 /** A frozen VM: RAM file (base) plus device state (migration stream without guest RAM). */
@@ -43,6 +45,8 @@ export interface LaunchOptions {
   agentTimeoutMs?: number;
   /** Run QEMU as this uid/gid (confine.ts); the VM releases it once QEMU is gone. Default: mitosd's own. */
   runAs?: RunAs;
+  /** The workspace disk's chain, its writable layer first (machines with diskMib). */
+  disk?: string[];
 }
 
 export interface BootOptions extends LaunchOptions {
@@ -53,6 +57,7 @@ export interface BootOptions extends LaunchOptions {
   accel?: Accel;
   /** Keep the RAM file (share=on) after boot: a template build snapshots it. */
   keepRamFile?: boolean;
+  diskMib?: number;
 }
 
 export interface RestoreOptions extends LaunchOptions {
@@ -90,6 +95,7 @@ export interface AttachOptions {
   runAs?: RunAs;
   agentTimeoutMs?: number;
   timeoutMs?: number;
+  disk?: string[];
 }
 
 export class Vm {
@@ -144,6 +150,7 @@ export class Vm {
       memMiB: opts.memMiB ?? 512,
       vcpus: opts.vcpus ?? 1,
       accel: opts.accel ?? chooseAccel().accel,
+      ...(opts.diskMib !== undefined ? { diskMib: opts.diskMib } : {}),
     };
     checkVmId(opts);
     const ramFile = path.join(opts.shmDir, `mitos-${opts.id}.ram`);
@@ -202,6 +209,7 @@ export class Vm {
     const proc = adoptedProcess(opts.pid, opts.startTime);
     const vm = new Vm(opts.id, opts.machine, dir, vmPaths(dir), undefined, proc, opts.runAs);
     vm.agentTimeoutMs = opts.agentTimeoutMs;
+    vm.disk = opts.disk;
     vm.spawnError = new Promise<Error>(() => {});
     vm.resyncAgent = true;
     await vm.startup(opts.timeoutMs ?? 30_000, async (deadline) => {
@@ -213,6 +221,62 @@ export class Vm {
       if (status.running) await vm.connectAgent(deadline);
     });
     return vm;
+  }
+
+  /** The workspace disk's chain (writable layer first) while the VM runs; undefined without a disk. */
+  disk: string[] | undefined;
+
+  /**
+   * Moves the workspace disk's writes to `layer`, an empty qcow2 over the
+   * current layer, which is read-only from now on (a live external snapshot;
+   * the VM should be paused so the frozen layer matches a RAM capture).
+   */
+  async switchDisk(layer: string): Promise<void> {
+    if (!this.disk) throw new Error(`VM ${this.id} has no workspace disk`);
+    await this.qmp.execute("blockdev-snapshot-sync", {
+      device: WORKSPACE_DRIVE,
+      "snapshot-file": layer,
+      format: "qcow2",
+      mode: "existing",
+    });
+    this.disk = [layer, ...this.disk];
+  }
+
+  /**
+   * Shortens the disk's chain to [writable layer, bottom]: QEMU copies what
+   * the layers between hold into the writable one while the guest runs
+   * (block-stream), then drops them from its chain.
+   */
+  compactDisk(timeoutMs: number): Promise<string[]> {
+    const job = this.stream(timeoutMs);
+    this.diskJob = job.then(
+      () => {},
+      () => {},
+    );
+    return job;
+  }
+
+  /** A compaction in flight: a live snapshot (fork, checkpoint) must wait for it (QEMU refuses both at once). */
+  diskJob: Promise<void> | undefined;
+
+  private async stream(timeoutMs: number): Promise<string[]> {
+    const chain = this.disk;
+    const bottom = chain?.at(-1);
+    if (!chain || bottom === undefined || chain.length <= 2) return chain ?? [];
+    const job = `compact-${Date.now().toString(36)}`;
+    const done = this.qmp.waitEvent(
+      "BLOCK_JOB_COMPLETED",
+      timeoutMs,
+      (e) => (e.data as { device?: string } | undefined)?.device === job,
+    );
+    done.catch(() => {});
+    await this.qmp.execute("block-stream", { "job-id": job, device: WORKSPACE_DRIVE, base: bottom });
+    const e = await done;
+    const error = (e.data as { error?: string } | undefined)?.error;
+    if (error) throw new Error(`compacting the disk of VM ${this.id} failed: ${error}`);
+    const top = chain[0] as string;
+    this.disk = [top, bottom];
+    return this.disk;
   }
 
   /** QEMU's run state when it was re-adopted (e.g. "running", "paused", "postmigrate"). */
@@ -296,6 +360,10 @@ export class Vm {
         remediation: "Use a shorter data dir (MITOS_DATA_DIR), e.g. /var/lib/mitos.",
       });
     }
+    if ((machine.diskMib !== undefined) !== (opts.disk !== undefined)) {
+      opts.runAs?.release();
+      throw new Error(`VM ${opts.id}: a workspace disk must be given exactly when the machine has one`);
+    }
     prepareVmDir(dir, opts.runAs);
     for (const p of [paths.agentSocket, paths.qmpSocket, paths.migrationSocket]) fs.rmSync(p, { force: true });
     const args = qemuArgs({
@@ -309,6 +377,7 @@ export class Vm {
       paths,
       cmdline: [`mitos.hostname=${opts.id}`],
       incoming,
+      ...(opts.disk?.[0] !== undefined ? { disk: opts.disk[0] } : {}),
     });
     const log = fs.openSync(paths.qemuLog, "w", 0o600);
     let cmd: { command: string; args: string[] };
@@ -332,6 +401,7 @@ export class Vm {
     }
     const vm = new Vm(opts.id, machine, dir, paths, ownedRamFile, childProcess(proc), opts.runAs);
     vm.agentTimeoutMs = opts.agentTimeoutMs;
+    vm.disk = opts.disk;
     vm.spawnError = new Promise<Error>((resolve) =>
       proc.once("error", (e) => {
         opts.runAs?.release();
@@ -479,7 +549,11 @@ function adoptedProcess(pid: number, startTime: number): QemuProcess & { check()
       } catch {
         // gone already
       }
-      setTimeout(check, 50).unref();
+      // Watched closely (and keeping the process alive) until it is gone: someone waits for this exit.
+      const poll = setInterval(() => {
+        check();
+        if (!done) clearInterval(poll);
+      }, 50);
     },
   };
 }

@@ -39,6 +39,8 @@ export interface TemplateSpec {
   initWaitSeconds?: number;
   /** Limit on each init command (default 600, max 3600). */
   initTimeoutSeconds?: number;
+  /** A workspace disk of this size at /workspace, on the host: files may exceed guest RAM (docs/disks.md). */
+  diskSizeMib?: number;
 }
 
 export interface TemplateInfo {

@@ -157,5 +157,6 @@ export function templateBody(id: string, spec: TemplateSpec): Record<string, Jso
   }
   if (spec.initWaitSeconds !== undefined) body.init_wait_seconds = spec.initWaitSeconds;
   if (spec.initTimeoutSeconds !== undefined) body.init_timeout_seconds = spec.initTimeoutSeconds;
+  if (spec.diskSizeMib !== undefined) body.disk_size_mib = spec.diskSizeMib;
   return body;
 }

@@ -26,6 +26,8 @@ const OTHER_KEYS = [
   "body_limit_bytes",
   "max_message_bytes",
   "max_checkpoint_bytes",
+  "checkpoint_retention",
+  "hibernate_idle_seconds",
   "shutdown",
 ] as const;
 const ALL_KEYS = [...OTHER_KEYS, ...Object.keys(LIMIT_KEYS)];
@@ -44,6 +46,9 @@ export const HELP = `mitosd: the Mitos daemon (HTTP lifecycle API + Connect runt
   --body-limit-bytes N     largest JSON request body (default 1 MiB)
   --max-message-bytes N    largest single Connect message (default 4 MiB; streams may send many)
   --max-checkpoint-bytes N disk cap of the checkpoint store (default: a quarter of the data dir's filesystem)
+  --checkpoint-retention N keep the N newest checkpoints of each sandbox, delete older ones (default: keep all)
+  --hibernate-idle-seconds N  hibernate a sandbox no API call has touched for N seconds; the next
+                           runtime call wakes it (default: never; docs/checkpoints.md)
   --shutdown MODE  keep (default): on SIGTERM/SIGINT sandboxes keep running and the next mitosd
                    re-adopts them (docs/restarts.md); terminate: they are terminated (env MITOS_SHUTDOWN)
 
@@ -146,6 +151,8 @@ export function loadDaemonConfig(argv: string[], env: NodeJS.ProcessEnv = proces
     else if (key === "body_limit_bytes") options.bodyLimit = n;
     else if (key === "max_message_bytes") options.maxMessageBytes = n;
     else if (key === "max_checkpoint_bytes") options.maxCheckpointBytes = n;
+    else if (key === "checkpoint_retention") options.checkpointRetention = n;
+    else if (key === "hibernate_idle_seconds") options.hibernateIdleSeconds = n;
     else limits[LIMIT_KEYS[key] as keyof Limits] = n;
   }
   if (options.auth === "none" && !isLoopback(options.host ?? "127.0.0.1")) {

@@ -19,6 +19,8 @@ export async function* interactiveExec(
   signal: AbortSignal,
 ): AsyncGenerator<ExecResponse> {
   checkSandboxId(sandboxId);
+  // The terminal WebSocket comes here directly: a sandbox hibernated while idle wakes first.
+  await engine.awake(sandboxId);
   const it = inputs[Symbol.asyncIterator]();
   const first = await it.next();
   const open = first.done ? undefined : first.value.input;

@@ -90,6 +90,7 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
         ...optional("env", strMap(b, "env")),
         ...optional("initWaitSeconds", int(b, "init_wait_seconds")),
         ...optional("initTimeoutSeconds", int(b, "init_timeout_seconds")),
+        ...optional("diskSizeMib", int(b, "disk_size_mib")),
         resources: {
           ...optional("vcpuCount", resources ? int(resources, "vcpu_count") : undefined),
           ...optional("memSizeMib", resources ? int(resources, "mem_size_mib") : undefined),
@@ -292,6 +293,7 @@ const TEMPLATE_KEYS = [
   "resources",
   "init_wait_seconds",
   "init_timeout_seconds",
+  "disk_size_mib",
 ];
 
 /** Keys other servers accept that mitosd cannot honour yet: refused with the reason, never dropped. */

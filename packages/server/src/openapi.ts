@@ -114,6 +114,11 @@ export const routeSchemas = {
         resources: { type: "object", properties: { vcpu_count: int, mem_size_mib: int } },
         init_wait_seconds: { type: "integer", description: "seconds the booted guest settles before init (0-600)" },
         init_timeout_seconds: { type: "integer", description: "limit on each init command (default 600, max 3600)" },
+        disk_size_mib: {
+          type: "integer",
+          description:
+            "a workspace disk of this size at /workspace, on the host (64 MiB to 1 TiB; default: /workspace in guest RAM)",
+        },
       },
     },
     response: { 200: template, ...errors },

@@ -60,7 +60,7 @@ function unimplemented(localName: string, methodName: string): () => never {
  * registered only on the h2c router (`withBidiExec`).
  */
 export function registerRuntime(router: ConnectRouter, opts: RuntimeOptions, withBidiExec = false): void {
-  const impl = wrap(runtimeImpl(opts)) as unknown as Record<string, unknown>;
+  const impl = wrap(runtimeImpl(opts), opts.engine) as unknown as Record<string, unknown>;
   for (const m of Sandbox.methods) {
     if (m.localName === "exec" && !withBidiExec) continue;
     router.rpc(m, (impl[m.localName] ?? unimplemented(m.localName, m.name)) as never);
@@ -233,13 +233,16 @@ function writeCtx(requests: object): HandlerContext {
 }
 
 /** Maps every thrown error to a Connect error carrying the API code. */
-function wrap(impl: ServedImpl): ServedImpl {
+/** Every method: a sandbox hibernated while idle is woken first; errors become Connect errors. */
+function wrap(impl: ServedImpl, engine: Engine): ServedImpl {
   const out: Record<string, unknown> = {};
+  const awake = (ctx: HandlerContext) => engine.awake(ctx.requestHeader.get("x-sandbox-id") ?? "");
   for (const [name, fn] of Object.entries(impl) as Array<[string, (...a: unknown[]) => unknown]>) {
     if (name === "writeFile") {
       out[name] = async (reqs: object, ctx: HandlerContext) => {
         ctxOf.set(reqs, ctx);
         try {
+          await awake(ctx);
           return await fn(reqs, ctx);
         } catch (e) {
           throw toConnectError(e);
@@ -248,6 +251,7 @@ function wrap(impl: ServedImpl): ServedImpl {
     } else if (fn.constructor.name === "AsyncGeneratorFunction") {
       out[name] = async function* (req: unknown, ctx: HandlerContext) {
         try {
+          await awake(ctx);
           yield* fn(req, ctx) as AsyncIterable<unknown>;
         } catch (e) {
           throw toConnectError(e);
@@ -256,6 +260,7 @@ function wrap(impl: ServedImpl): ServedImpl {
     } else {
       out[name] = async (req: unknown, ctx: HandlerContext) => {
         try {
+          await awake(ctx);
           return await fn(req, ctx);
         } catch (e) {
           throw toConnectError(e);

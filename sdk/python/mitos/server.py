@@ -110,6 +110,7 @@ class SandboxServer:
         resources: Optional[Mapping[str, int]] = None,
         init_wait_seconds: Optional[int] = None,
         init_timeout_seconds: Optional[int] = None,
+        disk_size_mib: Optional[int] = None,
         wait: bool = True,
         poll_interval: float = 1.0,
     ) -> TemplateInfo:
@@ -117,7 +118,9 @@ class SandboxServer:
         ``resources``: ``{"vcpu_count": n, "mem_size_mib": m}``.
         ``init_wait_seconds``: how long the booted guest settles before ``init``
         runs; ``init_timeout_seconds``: the limit on each init command (default
-        600). Waits until the template is ready unless ``wait=False``."""
+        600). ``disk_size_mib``: a workspace disk of that size at /workspace on
+        the host, so files may exceed guest RAM (docs/disks.md). Waits until
+        the template is ready unless ``wait=False``."""
         body: Dict[str, Any] = {"id": id}
         if image is not None:
             body["image"] = image
@@ -133,6 +136,8 @@ class SandboxServer:
             body["init_wait_seconds"] = init_wait_seconds
         if init_timeout_seconds is not None:
             body["init_timeout_seconds"] = init_timeout_seconds
+        if disk_size_mib is not None:
+            body["disk_size_mib"] = disk_size_mib
         t = to_template_info(self._http.post("/v1/templates", body, create=True))
         while not t.ready and wait:
             time.sleep(poll_interval)

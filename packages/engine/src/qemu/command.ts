@@ -28,7 +28,14 @@ export interface QemuConfig {
   cmdline?: string[];
   /** Wait for `migrate-incoming` instead of booting. */
   incoming?: boolean;
+  /** The workspace disk's writable qcow2 layer (disk.ts); the guest mounts it at /workspace. */
+  disk?: string;
 }
+
+/** The QMP device name of the workspace disk's drive (block jobs and live snapshots name it). */
+export const WORKSPACE_DRIVE = "ws";
+/** Its virtio serial: the guest's init finds the disk by it, whatever its probe order. */
+export const WORKSPACE_SERIAL = "mitos-workspace";
 
 export const KERNEL_CMDLINE = [
   "console=ttyS0",
@@ -38,7 +45,7 @@ export const KERNEL_CMDLINE = [
   "panic=-1",
   "quiet",
   "loglevel=4",
-  "mitos.root=/dev/vda",
+  "mitos.root=serial:mitos-root",
 ];
 
 /**
@@ -77,7 +84,12 @@ export function qemuArgs(c: QemuConfig): string[] {
     "-initrd",
     c.initrd,
     "-append",
-    [...KERNEL_CMDLINE, ...tcgKernelArgs(c.accel), ...(c.cmdline ?? [])].join(" "),
+    [
+      ...KERNEL_CMDLINE,
+      ...tcgKernelArgs(c.accel),
+      ...(c.disk !== undefined ? [`mitos.workspace=serial:${WORKSPACE_SERIAL}`] : []),
+      ...(c.cmdline ?? []),
+    ].join(" "),
     "-chardev",
     `socket,id=agent,path=${c.paths.agentSocket},server=on,wait=off`,
     "-device",
@@ -87,7 +99,7 @@ export function qemuArgs(c: QemuConfig): string[] {
     "-drive",
     `file=${c.rootfs},if=none,id=root,format=raw,readonly=on`,
     "-device",
-    "virtio-blk-device,drive=root",
+    "virtio-blk-device,drive=root,serial=mitos-root",
     "-object",
     "rng-random,id=rng,filename=/dev/urandom",
     "-device",
@@ -95,6 +107,16 @@ export function qemuArgs(c: QemuConfig): string[] {
     "-qmp",
     `unix:${c.paths.qmpSocket},server=on,wait=off`,
   ];
+  if (c.disk !== undefined) {
+    // A full host disk is an I/O error in the guest (werror=report), not a VM
+    // that QEMU stops; discards from the guest's fstrim free host space.
+    args.push(
+      "-drive",
+      `file=${c.disk},if=none,id=${WORKSPACE_DRIVE},format=qcow2,werror=report,rerror=report,discard=unmap`,
+      "-device",
+      `virtio-blk-device,drive=${WORKSPACE_DRIVE},serial=${WORKSPACE_SERIAL}`,
+    );
+  }
   // Paused after the state loads: the caller decides when it runs (warm pools).
   if (c.incoming) args.push("-S", "-incoming", "defer");
   return args;
