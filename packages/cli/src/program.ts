@@ -360,6 +360,37 @@ ${examples("mitos sandbox shell sb-1a2b3c4d", "mitos sandbox shell sb-1a2b3c4d -
       }
     });
 
+  addGlobals(
+    sandbox
+      .command("pause")
+      .description("pause sandboxes; --hibernate also frees their memory (saved to disk until resume)")
+      .argument("<id...>", "sandbox ids")
+      .option("--hibernate", "save each sandbox to disk and stop its VM (host memory freed)"),
+  )
+    .addHelpText("after", examples("mitos sandbox pause sb-1a2b3c4d", "mitos sandbox pause --hibernate sb-1 sb-2"))
+    .action(async (ids: string[], opts: { hibernate?: boolean }, cmd: Command) => {
+      const server = serverFor(cmd);
+      for (const id of ids) {
+        await (await server.get(id)).pause(opts.hibernate ? { hibernate: true } : {});
+        io.out(`${opts.hibernate ? "hibernated" : "paused"} ${id}\n`);
+      }
+    });
+
+  addGlobals(
+    sandbox
+      .command("resume")
+      .description("resume paused or hibernated sandboxes (processes and files as they were, clock stepped)")
+      .argument("<id...>", "sandbox ids"),
+  )
+    .addHelpText("after", examples("mitos sandbox resume sb-1a2b3c4d"))
+    .action(async (ids: string[], _opts: unknown, cmd: Command) => {
+      const server = serverFor(cmd);
+      for (const id of ids) {
+        await (await server.get(id)).resume();
+        io.out(`resumed ${id}\n`);
+      }
+    });
+
   // ---- mitos fork
 
   addGlobals(

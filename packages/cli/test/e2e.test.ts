@@ -233,6 +233,24 @@ print("saw" if saw else "missed", os.waitstatus_to_exitcode(st))
     assert.equal(out.trim(), "saw 0");
   });
 
+  it("pauses with --hibernate (memory freed, info says so) and resumes with its files", async () => {
+    const id = forks[0] as string;
+    assert.equal((await mitos(["sandbox", "exec", id, "--", "sh", "-c", "echo nap > /workspace/nap"])).code, 0);
+    const p = await mitos(["sandbox", "pause", "--hibernate", id], { timeoutMs: 120_000 });
+    assert.equal(p.code, 0, p.stderr);
+    assert.equal(p.stdout, `hibernated ${id}\n`);
+    const info = JSON.parse((await mitos(["sandbox", "info", id, "--json"])).stdout) as {
+      state: string;
+      hibernated: boolean;
+    };
+    assert.equal(info.state, "paused");
+    assert.equal(info.hibernated, true);
+    const r = await mitos(["sandbox", "resume", id], { timeoutMs: 120_000 });
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal((await mitos(["sandbox", "exec", id, "--", "cat", "/workspace/nap"])).stdout, "nap\n");
+    assert.equal((await mitos(["sandbox", "resume", "sb-00000000"])).code, 3, "an unknown id: not found");
+  });
+
   it("terminates sandboxes", async () => {
     const r = await mitos(["sandbox", "terminate", ...forks]);
     assert.equal(r.code, 0, r.stderr);

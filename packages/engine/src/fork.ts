@@ -113,8 +113,8 @@ export class Forks {
         });
       }
       const forkTimeMs = Date.now() - started;
-      for (const r of results)
-        if (r.status === "fulfilled" && r.value.running) compactLater(ctx, r.value, this.background);
+      // The source's chain grew by a layer; a child's is the source's plus its own, and is
+      // compacted when it is forked in turn.
       compactLater(ctx, sourceVm, this.background);
       ctx.log("fork", {
         source: source.id,

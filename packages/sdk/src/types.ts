@@ -25,6 +25,8 @@ export interface SandboxInfo {
   forkTimeMs: number;
   accel: Accel | undefined;
   memory: MemoryUsage | undefined;
+  /** Paused with its memory freed (saved to disk): `pause({ hibernate: true })`, or mitosd's idle timer. */
+  hibernated: boolean;
 }
 
 export interface TemplateSpec {

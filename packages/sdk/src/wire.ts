@@ -90,6 +90,7 @@ export function toSandboxInfo(v: unknown): SandboxInfo {
     forkTimeMs: num(o, "forkTimeMs"),
     accel: accel === "kvm" || accel === "tcg" ? accel : undefined,
     memory: mem ? { privateBytes: num(mem, "privateBytes"), sharedBytes: num(mem, "sharedBytes") } : undefined,
+    hibernated: o.hibernated === true,
   };
 }
 

@@ -58,7 +58,9 @@ describe("idle hibernation and retention", () => {
     assert.equal(asleep.memory.private_bytes, 0);
     assert.equal(fs.existsSync(`/proc/${pid}`), false, "its QEMU is gone");
     // No resume call: the runtime call itself wakes it.
-    const r = await sb.exec("cat /workspace/f; a=$(cat /tmp/n); sleep 1; b=$(cat /tmp/n); [ $b -gt $a ] && echo counting");
+    const r = await sb.exec(
+      "cat /workspace/f; a=$(cat /tmp/n); sleep 1; b=$(cat /tmp/n); [ $b -gt $a ] && echo counting",
+    );
     assert.equal(r.stdout, "kept\ncounting\n");
     const awake = await get(sb.id);
     assert.equal(awake.state, "ready");

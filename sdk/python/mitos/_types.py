@@ -36,6 +36,8 @@ class SandboxInfo:
     #: "kvm" or "tcg".
     accel: Optional[str]
     memory: Optional[MemoryUsage]
+    #: Paused with its memory freed (saved to disk): pause(hibernate=True), or mitosd's idle timer.
+    hibernated: bool = False
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,7 @@ def to_sandbox_info(v: Any) -> SandboxInfo:
         fork_time_ms=_num(o, "fork_time_ms"),
         accel=accel if accel in ("kvm", "tcg") else None,
         memory=MemoryUsage(int(_num(mem, "private_bytes")), int(_num(mem, "shared_bytes"))) if isinstance(mem, dict) else None,
+        hibernated=o.get("hibernated") is True,
     )
 
 
