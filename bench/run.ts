@@ -1,4 +1,4 @@
-// Mitos benchmarks: npm run bench [-- --quick] [-- --only=claim,exec,fork,depth,density,checkpoint,baseline]
+// Mitos benchmarks: npm run bench [-- --quick] [-- --only=claim,exec,fork,depth,density,checkpoint,disk,baseline]
 // Each scenario runs N iterations after a warm-up and writes a JSON and a
 // Markdown record to bench/results/<date>-<scenario>.{json,md} with the
 // machine it ran on and the exact command; the baselines run in the same
@@ -343,6 +343,66 @@ try {
       [
         "Each iteration: a fresh python sandbox with a 50 KB file and a running interpreter; two checkpoints; two restores of the first; hibernate and resume.",
         "Chunks are 256 KiB, zstd -1, content-addressed (docs/checkpoints.md, decision 0011).",
+      ],
+    );
+  }
+
+  if (wanted("disk")) {
+    // Same-run baseline: the same file in a sandbox whose /workspace is in guest RAM.
+    const n = quick ? 1 : 5;
+    const fileMiB = quick ? 16 : 256;
+    await engine.createTemplate("bench-disk", { image: "python", diskSizeMib: 2048 });
+    const write: number[] = [];
+    const forkDisk: number[] = [];
+    const forkRam: number[] = [];
+    const pauseDisk: number[] = [];
+    const pauseRam: number[] = [];
+    const cpMs: number[] = [];
+    const cpMiB: number[] = [];
+    const fill = `yes mitos-bench-line | head -c ${fileMiB}M > /workspace/data && sync`;
+    for (let i = 0; i < n; i++) {
+      const d = await engine.create("bench-disk", { timeoutSeconds: 7200 });
+      const [wms] = await time(() => sh(d.id, fill));
+      write.push(wms);
+      const r = await engine.create("python", { timeoutSeconds: 7200 });
+      await sh(r.id, fill);
+      for (const [sb, into, pauses] of [
+        [d, forkDisk, pauseDisk],
+        [r, forkRam, pauseRam],
+      ] as const) {
+        const since = forkLog.length;
+        const [ms, f] = await time(async () => {
+          const made = await engine.fork(sb.id, { count: 1 });
+          await engine.exec(made.children[0]?.id as string, { command: "true" }).result;
+          return made;
+        });
+        into.push(ms);
+        // The engine's captureMs runs from the pause to the end of the capture (the disk switch included).
+        pauses.push(forkLog[since]?.captureMs ?? Number.NaN);
+        await terminateAll(f.children);
+      }
+      const [cms, cp] = await time(() => engine.checkpoint(d.id));
+      cpMs.push(cms);
+      cpMiB.push(cp.bytes / MiB);
+      engine.deleteCheckpoint(cp.id);
+      await terminateAll([d, r]);
+    }
+    await engine.deleteTemplate("bench-disk", { force: true });
+    record(
+      "disk",
+      rec,
+      [
+        { name: `write ${fileMiB} MiB to /workspace on a workspace disk (+ sync)`, unit: "ms", values: write },
+        { name: "fork(1) → child answered, /workspace on a disk", unit: "ms", values: forkDisk },
+        { name: "fork(1) → child answered, /workspace in guest RAM (baseline)", unit: "ms", values: forkRam },
+        { name: "source paused for the capture (disk switch + RAM), disk", unit: "ms", values: pauseDisk },
+        { name: "source paused for the capture (RAM), RAM (baseline)", unit: "ms", values: pauseRam },
+        { name: "checkpoint of the disk sandbox", unit: "ms", values: cpMs },
+        { name: "its size on disk", unit: "MiB", values: cpMiB },
+      ],
+      [
+        `Each iteration: a python sandbox with a 2 GiB workspace disk and one with /workspace in RAM, each holding the same ${fileMiB} MiB file; one fork of each; a checkpoint of the disk one.`,
+        "With a disk the fork freezes the source's layer (blockdev-snapshot-sync while paused) and each child writes a new qcow2 layer over it; disk sandboxes fork without spare VMs (docs/disks.md).",
       ],
     );
   }

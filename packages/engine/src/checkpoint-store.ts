@@ -209,6 +209,14 @@ export class CheckpointStore {
     } catch (err) {
       // Chunks already moved in may be shared by now with nobody: gc() decides.
       if (added.length > 0) this.gc();
+      if ((err as NodeJS.ErrnoException).code === "ENOSPC") {
+        throw new MitosError("quota_exceeded", `the disk holding the checkpoint store ${this.dir} is full`, {
+          remediation:
+            "Free space on that disk (delete checkpoints you no longer need), then retry; nothing of this checkpoint was kept.",
+          cause: (err as Error).message,
+          context: { limit: "disk", store: this.dir },
+        });
+      }
       throw err;
     } finally {
       fs.rmSync(staging, { recursive: true, force: true });

@@ -2,6 +2,7 @@
 // dedup across checkpoints, chunk GC, the disk cap, and corrupt chunks.
 
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import fs from "node:fs";
 import os from "node:os";
@@ -78,6 +79,26 @@ describe("checkpoint store", () => {
     assert.deepEqual(small.list(), []);
     assert.equal(small.usedBytes(), 0);
     assert.deepEqual(fs.readdirSync(path.join(dir, "small")).sort(), ["chunks", "manifests"], "no staging dir left");
+  });
+
+  it("a full disk (a 1 MiB tmpfs) is quota_exceeded naming the disk, and lists nothing half-written", async (t) => {
+    if (process.getuid?.() !== 0) return t.skip("mounting a tmpfs needs root");
+    const mnt = path.join(dir, "full");
+    fs.mkdirSync(mnt);
+    execFileSync("mount", ["-t", "tmpfs", "-o", "size=1m", "mitos-test-full", mnt]);
+    try {
+      const full = new CheckpointStore(path.join(mnt, "store"), 1 << 30);
+      const chunks = Object.fromEntries(Array.from({ length: 8 }, (_, i) => [i, randomBytes(CHUNK_BYTES)]));
+      await assert.rejects(
+        full.write(ramFile("r-full", chunks), state, meta),
+        (e: MitosError) => e.code === "quota_exceeded" && e.context.limit === "disk" && /is full/.test(e.message),
+      );
+      assert.deepEqual(full.list(), []);
+      assert.equal(full.usedBytes(), 0);
+      assert.deepEqual(fs.readdirSync(path.join(mnt, "store")).sort(), ["chunks", "manifests"], "no staging dir left");
+    } finally {
+      execFileSync("umount", [mnt]);
+    }
   });
 
   it("detects a corrupt chunk by its hash and refuses to restore", async () => {
