@@ -36,4 +36,5 @@ fi
 echo "==> demo: a python sandbox forked into 8 children, each printing i ** 2"
 npx tsx examples/fork-swarm.ts
 echo "==> done. mitosd keeps running (pid file ${MITOS_DATA_DIR}/mitosd.pid, token ${MITOS_DATA_DIR}/token)."
-echo "    stop it with: kill \$(cat ${MITOS_DATA_DIR}/mitosd.pid)"
+echo "    stop it with: kill \$(cat ${MITOS_DATA_DIR}/mitosd.pid)  (running sandboxes keep running for the next"
+echo "    mitosd, docs/restarts.md; terminate them first, or start mitosd with --shutdown terminate)"

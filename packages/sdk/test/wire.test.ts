@@ -36,10 +36,12 @@ describe("snake_case → camelCase", () => {
       forkTimeMs: 41,
       accel: "kvm",
       memory: { privateBytes: 1024, sharedBytes: 4096 },
+      hibernated: false,
     });
     const bare = toSandboxInfo({ id: "x", template_id: "t", parent_id: null });
     assert.equal(bare.parentId, null);
     assert.equal(bare.memory, undefined);
+    assert.equal(toSandboxInfo({ ...wireSandbox, hibernated: true }).hibernated, true);
   });
 
   it("maps templates and the multi-fork answer", () => {
