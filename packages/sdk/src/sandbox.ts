@@ -77,6 +77,10 @@ export class Sandbox {
   get memory(): MemoryUsage | undefined {
     return this.#info.memory;
   }
+  /** Paused with its memory freed (saved to disk); `resume()` restores it. */
+  get hibernated(): boolean {
+    return this.#info.hibernated;
+  }
 
   /** An interactive terminal (default: sh) over mitosd's WebSocket exec route. */
   createPty(opts: PtyOptions = {}): Promise<Pty> {
@@ -142,12 +146,12 @@ export class Sandbox {
    */
   async pause(opts: { hibernate?: boolean } = {}): Promise<void> {
     await this.#clients.http.post("/v1/pause", { sandbox: this.id, ...(opts.hibernate ? { hibernate: true } : {}) });
-    this.#info = { ...this.#info, state: "paused" };
+    this.#info = { ...this.#info, state: "paused", hibernated: opts.hibernate === true };
   }
 
   async resume(): Promise<void> {
     await this.#clients.http.post("/v1/resume", { sandbox: this.id });
-    this.#info = { ...this.#info, state: "ready" };
+    this.#info = { ...this.#info, state: "ready", hibernated: false };
   }
 
   /** Processes running in the sandbox. */

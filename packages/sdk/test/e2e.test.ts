@@ -7,7 +7,14 @@ import { after, before, describe, it } from "node:test";
 import { promisify } from "node:util";
 import { removeDataDir, tempDataDir } from "../../../test-support/data-dir.js";
 import { type Daemon, repoRoot as repo, startMitosd } from "../../../test-support/mitosd.js";
-import { NotFoundError, type Sandbox, SandboxServer, TimeoutTooLargeError, UnauthorizedError } from "../src/index.js";
+import {
+  InvalidInputError,
+  NotFoundError,
+  type Sandbox,
+  SandboxServer,
+  TimeoutTooLargeError,
+  UnauthorizedError,
+} from "../src/index.js";
 
 const dataDir = tempDataDir("test-sdk");
 let daemon: Daemon;
@@ -122,6 +129,30 @@ describe("@mitos/sdk against mitosd", () => {
     assert.ok((await server.listTemplates()).some((tpl) => tpl.id === "python"));
     await sb.terminate();
     await assert.rejects(server.get(sb.id), NotFoundError);
+  });
+
+  it("builds a template with a workspace disk: /workspace is a disk its fork children share copy-on-write", async () => {
+    const server = new SandboxServer({ baseUrl, apiKey });
+    await assert.rejects(
+      server.createTemplate("disk-too-small", { diskSizeMib: 10 }),
+      (e: unknown) => e instanceof InvalidInputError && /disk_size_mib 10/.test(e.message) && /64/.test(e.remediation),
+    );
+    await server.createTemplate("sdk-disk", { image: "python", diskSizeMib: 256 });
+    const d = await server.fork("sdk-disk");
+    try {
+      const df = (await d.exec("df -k /workspace | tail -1")).stdout.split(/\s+/);
+      assert.match(df[0] ?? "", /^\/dev\/vd[a-z]$/, "a block device, not the RAM overlay");
+      assert.ok(Number(df[1]) > 200_000 && Number(df[1]) < 270_000, `about 256 MiB: ${df[1]} KiB`);
+      await d.exec("echo on-disk > /workspace/f");
+      const [child] = await d.fork(1);
+      assert.equal((await (child as Sandbox).exec("cat /workspace/f")).stdout, "on-disk\n");
+      await (child as Sandbox).exec("echo child > /workspace/f");
+      assert.equal((await d.exec("cat /workspace/f")).stdout, "on-disk\n");
+      await (child as Sandbox).terminate();
+    } finally {
+      await d.terminate();
+    }
+    await server.deleteTemplate("sdk-disk");
   });
 });
 

@@ -84,8 +84,11 @@ describe("checkpoints", () => {
     assert.equal(r2.status, 200, r2.text);
     const added = storeBytes() - before2;
     assert.equal(added, r2.json.added_bytes);
+    // What the second adds grows with the time between the two: the running interpreter rewrites
+    // /tmp/x five times a second and the guest's allocator hands it fresh pages (1.4 MiB of 19 MiB on
+    // a quiet host, 5 MiB under a loaded CI run).
     assert.ok(
-      added < (r2.json.bytes as number) / 4,
+      added < (r2.json.bytes as number) / 2,
       `the second checkpoint wrote ${added} of its ${r2.json.bytes} bytes: the rest is shared`,
     );
     assert.equal(r2.json.name, null);

@@ -84,6 +84,11 @@ class Sandbox:
     def memory(self) -> Optional[MemoryUsage]:
         return self._info.memory
 
+    @property
+    def hibernated(self) -> bool:
+        """Paused with its memory freed (saved to disk); resume() restores it."""
+        return self._info.hibernated
+
     def __repr__(self) -> str:
         return "Sandbox(id=%r, template_id=%r, state=%r)" % (self.id, self.template_id, self.state)
 
@@ -186,11 +191,11 @@ class Sandbox:
         if hibernate:
             body["hibernate"] = True
         self._http.post("/v1/pause", body)
-        self._info = dataclasses.replace(self._info, state="paused")
+        self._info = dataclasses.replace(self._info, state="paused", hibernated=hibernate)
 
     def resume(self) -> None:
         self._http.post("/v1/resume", {"sandbox": self.id})
-        self._info = dataclasses.replace(self._info, state="ready")
+        self._info = dataclasses.replace(self._info, state="ready", hibernated=False)
 
     def terminate(self) -> None:
         self._http.delete(self._path)

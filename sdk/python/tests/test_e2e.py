@@ -146,6 +146,23 @@ class E2ETest(unittest.TestCase):
         finally:
             sb.terminate()
 
+    def test_workspace_disk_template(self):
+        self.server.create_template("py-disk", image="python", disk_size_mib=128)
+        sb = self.server.create("py-disk")
+        try:
+            dev = sb.exec("df -k /workspace | tail -1").stdout.split()[0]
+            self.assertRegex(dev, r"^/dev/vd[a-z]$")
+            sb.files.write("/workspace/d.txt", "on-disk")
+            sb.pause(hibernate=True)
+            self.assertTrue(sb.hibernated)
+            self.assertTrue(self.server.get(sb.id).hibernated)
+            sb.resume()
+            self.assertFalse(sb.hibernated)
+            self.assertEqual(sb.files.read_text("/workspace/d.txt"), "on-disk")
+        finally:
+            sb.terminate()
+        self.server.delete_template("py-disk")
+
     def test_fork_children_are_distinct_vms(self):
         self.sb.files.write("/root/marker", "from parent")
         kids = self.sb.fork(3)
