@@ -6,6 +6,7 @@ import fs from "node:fs";
 import path from "node:path";
 import type { JournalData } from "../packages/engine/src/journal.js";
 import { qemuPidsOf } from "../packages/engine/src/qemu/processes.js";
+import { processStartTime } from "../packages/engine/src/vm.js";
 
 export { qemuPidsOf };
 
@@ -76,6 +77,11 @@ export function killQemusOf(dataDir: string): void {
       // gone
     }
   }
+}
+
+/** Whether `pid` runs: a killed process that is a zombie until init reaps it does not. */
+export function running(pid: number): boolean {
+  return processStartTime(pid) !== undefined;
 }
 
 /** Resolves once `pid` no longer exists (reaped by its parent). */

@@ -132,10 +132,6 @@ export class Disks {
     this.holders.set(key, [...chain]);
   }
 
-  chainOf(key: string): Chain | undefined {
-    return this.holders.get(key);
-  }
-
   /** `key` is done with its chain; layers nobody holds any more are removed. */
   release(key: string): void {
     if (this.holders.delete(key)) this.gc();

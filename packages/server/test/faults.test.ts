@@ -12,7 +12,7 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { shmDirFor } from "@mitos/engine";
 import { Sandbox as SandboxService } from "@mitos/proto";
 import { removeDataDir, tempDataDir } from "../../../test-support/data-dir.js";
-import { assertNoLeaks, qemuPidsOf } from "../../../test-support/leaks.js";
+import { assertNoLeaks, qemuPidsOf, running } from "../../../test-support/leaks.js";
 import { type Daemon, startMitosd } from "../../../test-support/mitosd.js";
 
 const dataDir = tempDataDir("test-server-faults");
@@ -55,15 +55,6 @@ async function newSandbox(): Promise<string> {
   assert.equal(r.status, 200, JSON.stringify(r.json));
   return r.json.id as string;
 }
-
-/** Running (a killed QEMU may stay a zombie until init reaps it: that is not alive). */
-const alive = (pid: number) => {
-  try {
-    return !/^\S+ \(.*\) [ZX] /.test(fs.readFileSync(`/proc/${pid}/stat`, "utf8"));
-  } catch {
-    return false;
-  }
-};
 
 before(async () => {
   daemon = await startMitosd(dataDir);
@@ -121,7 +112,7 @@ it("mitosd killed mid-fork and restarted: the source is re-adopted, the half-mad
   );
   // QEMUs started for the fork (not there before it) are gone.
   for (const pid of orphans) {
-    if (!before.has(pid)) assert.ok(!alive(pid), `child QEMU ${pid} of the dead run was reaped`);
+    if (!before.has(pid)) assert.ok(!running(pid), `child QEMU ${pid} of the dead run was reaped`);
   }
   await assertNoLeaks(owned);
   assert.equal((await exec(source, "cat /root/mark")).stdout, "before\n", "the source keeps its state");

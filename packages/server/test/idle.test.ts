@@ -5,11 +5,11 @@
 // its two newest checkpoints.
 
 import assert from "node:assert/strict";
-import fs from "node:fs";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { SandboxServer } from "@mitos/sdk";
 import { removeDataDir, tempDataDir } from "../../../test-support/data-dir.js";
+import { running } from "../../../test-support/leaks.js";
 import { createServer, type MitosServer } from "../src/index.js";
 
 const dataDir = tempDataDir("test-idle");
@@ -35,15 +35,6 @@ after(async () => {
   await server?.close({ killSandboxes: true });
   removeDataDir(dataDir);
 });
-
-/** A process that runs (a zombie waiting for init to reap it does not). */
-const running = (pid: number) => {
-  try {
-    return !/^\S+ \(.*\) [ZX] /.test(fs.readFileSync(`/proc/${pid}/stat`, "utf8"));
-  } catch {
-    return false;
-  }
-};
 
 const get = async (id: string) =>
   (await (
