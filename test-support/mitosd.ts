@@ -36,7 +36,14 @@ export async function startMitosd(dataDir: string, extraArgs: string[] = []): Pr
       ...extraArgs,
     ],
     {
-      stdio: ["ignore", "ignore", "pipe"],
+      // MITOS_TEST_LOG_DIR keeps each daemon's log (its JSON lines) for a failing test.
+      stdio: [
+        "ignore",
+        process.env.MITOS_TEST_LOG_DIR
+          ? fs.openSync(path.join(process.env.MITOS_TEST_LOG_DIR, `mitosd-${path.basename(dataDir)}.log`), "a")
+          : "ignore",
+        "pipe",
+      ],
       env: { ...process.env, MITOS_IMAGES_DIR: process.env.MITOS_IMAGES_DIR ?? "/var/lib/mitos/images" },
     },
   );

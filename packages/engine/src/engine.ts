@@ -283,6 +283,34 @@ export class Engine {
     return this.forks.spareStatus();
   }
 
+  /**
+   * Keeps `target` warm VMs of a template (0 stops its pool), idle or not:
+   * for callers that manage capacity themselves, such as a cluster's node agent.
+   */
+  setPoolTarget(
+    templateId: string,
+    target: number,
+  ): { template: string; warm: number; target: number; claimed: number } {
+    this.assertOpen();
+    if (!this.ctx.journal.templates[templateId]) {
+      throw new MitosError("not_found", `template ${templateId} does not exist`, {
+        remediation: "Create it with POST /v1/templates first; GET /v1/templates lists them.",
+        context: { template: templateId },
+      });
+    }
+    const max = this.caps.limits.maxSandboxes;
+    if (!Number.isInteger(target) || target < 0 || target > max) {
+      throw new MitosError("invalid_input", `target must be a whole number from 0 to ${max}, got ${target}`, {
+        remediation: `Pass {"target": n} with 0 <= n <= ${max} (max_sandboxes).`,
+        context: { field: "target" },
+      });
+    }
+    this.ctx.poolTargets[templateId] = target;
+    const pool = this.poolFor(templateId);
+    pool.setTarget(target, { keepWarm: target > 0 });
+    return pool.status;
+  }
+
   poolStatus(): Array<{ template: string; warm: number; target: number; claimed: number }> {
     return [...this.pools.values()].map((p) => p.status);
   }

@@ -23,6 +23,7 @@ export class WarmPool {
   private idleTimer: NodeJS.Timeout | undefined;
   private failures = 0;
   private readonly inflight = new Set<Promise<void>>();
+  private keepWarm = false;
 
   constructor(private readonly opts: PoolOptions) {}
 
@@ -30,8 +31,15 @@ export class WarmPool {
     return { template: this.opts.template, warm: this.warm.length, target: this.opts.target, claimed: this.claimed };
   }
 
-  setTarget(n: number): void {
+  /**
+   * A target set from outside (the API, a cluster's SandboxPool `min`): kept
+   * warm even when idle, since someone asked for exactly this many.
+   */
+  setTarget(n: number, opts: { keepWarm?: boolean } = {}): void {
     this.opts.target = n;
+    if (opts.keepWarm !== undefined) this.keepWarm = opts.keepWarm;
+    // Fewer wanted: stop the surplus now rather than at the idle timeout.
+    for (const vm of this.warm.splice(n)) void vm.destroy();
     this.fill();
   }
 
@@ -86,7 +94,7 @@ export class WarmPool {
     if (this.idleTimer) return;
     this.idleTimer = setTimeout(() => {
       this.idleTimer = undefined;
-      if (Date.now() - this.lastClaim >= this.opts.idleMs) {
+      if (!this.keepWarm && Date.now() - this.lastClaim >= this.opts.idleMs) {
         for (const vm of this.warm.splice(0)) void vm.destroy();
         return; // stays empty until the next claim
       }

@@ -17,7 +17,7 @@ export interface RequestOptions {
   signal?: AbortSignal;
 }
 
-type Method = "GET" | "POST" | "DELETE";
+type Method = "GET" | "POST" | "PUT" | "DELETE";
 
 const RETRY_BASE_MS = 200;
 const RETRY_AFTER_CAP_MS = 5_000;
@@ -31,6 +31,10 @@ export class LifecycleClient {
 
   post(path: string, body: Record<string, Json>, opts: RequestOptions = {}): Promise<unknown> {
     return this.request("POST", path, body, opts);
+  }
+
+  put(path: string, body: Record<string, Json>, opts: RequestOptions = {}): Promise<unknown> {
+    return this.request("PUT", path, body, opts);
   }
 
   delete(path: string, opts: RequestOptions = {}): Promise<unknown> {
@@ -55,7 +59,7 @@ export class LifecycleClient {
         if (opts.signal?.aborted) throw makeError({ code: "canceled", message: `${method} ${path} was canceled` });
         // A refused connection never reached the server: safe to retry any
         // call. Other failures may have reached it: only reads and keyed calls.
-        const safe = isRefused(err) || method === "GET" || key !== undefined;
+        const safe = isRefused(err) || method === "GET" || method === "PUT" || key !== undefined;
         if (last || !safe) throw networkError(this.config.baseUrl, err);
         await sleep(backoff(attempt), opts.signal);
         continue;

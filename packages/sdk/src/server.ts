@@ -133,6 +133,14 @@ export class SandboxServer {
     return toPools(await this.#clients.http.get("/v1/pools"));
   }
 
+  /** Keeps `target` warm VMs of a template, idle or not (0 stops its pool). */
+  async setPoolTarget(template: string, target: number): Promise<PoolInfo> {
+    const r = await this.#clients.http.put(`/v1/pools/${encodeURIComponent(template)}`, { target });
+    const [pool] = toPools([r]);
+    if (!pool) throw new Error("unreachable: toPools of one entry");
+    return pool;
+  }
+
   async metering(): Promise<Metering> {
     return toMetering(await this.#clients.http.get("/v1/metering"));
   }

@@ -27,6 +27,8 @@ export interface ServerOptions extends EngineOptions {
   port?: number;
   /** Override the token (tests); default: the token file in the data dir. */
   token?: string;
+  /** Bearer tokens accepted besides the daemon's own (a cluster gateway's credential). */
+  extraTokens?: string[];
   /** "token" (default) or "none": no token needed, for local development; refused unless host is loopback. */
   auth?: "token" | "none";
   maxExecTimeoutSeconds?: number;
@@ -78,7 +80,9 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
   });
   const tokenInfo = opts.token ? { token: opts.token, path: "(given)", created: false } : ensureToken(engine.dataDir);
   const token = tokenInfo.token;
-  const allowed = (header: string | undefined | null) => authMode === "none" || authorized(header, token);
+  const accepted = [token, ...(opts.extraTokens ?? [])];
+  const allowed = (header: string | undefined | null) =>
+    authMode === "none" || accepted.some((t) => authorized(header, t));
   const metrics = createMetrics(engine);
   const host = opts.host ?? "127.0.0.1";
 

@@ -29,7 +29,15 @@ const OTHER_KEYS = [
   "checkpoint_retention",
   "hibernate_idle_seconds",
   "shutdown",
+  "node",
+  "kubeconfig",
+  "namespace",
+  "advertise_url",
+  "gateway_token_file",
+  "lease_seconds",
 ] as const;
+/** Keys that only mean something with `node` (a Kubernetes node agent). */
+const CLUSTER_KEYS = ["kubeconfig", "namespace", "advertise_url", "gateway_token_file", "lease_seconds"];
 const ALL_KEYS = [...OTHER_KEYS, ...Object.keys(LIMIT_KEYS)];
 
 const flagOf = (key: string) => `--${key.replaceAll("_", "-")}`;
@@ -52,6 +60,16 @@ export const HELP = `mitosd: the Mitos daemon (HTTP lifecycle API + Connect runt
   --shutdown MODE  keep (default): on SIGTERM/SIGINT sandboxes keep running and the next mitosd
                    re-adopts them (docs/restarts.md); terminate: they are terminated (env MITOS_SHUTDOWN)
 
+Kubernetes node agent (docs/kubernetes.md):
+  --node NAME      run as the node agent of Kubernetes node NAME: renew a Lease with this host's
+                   capacity and reconcile the SandboxPools and Sandboxes placed here (env NODE_NAME
+                   is not read implicitly; pass --node "$NODE_NAME")
+  --kubeconfig F   kubeconfig to use (default: the in-cluster service account)
+  --namespace NS   namespace of the Mitos objects (default mitos-system)
+  --advertise-url U  URL the gateway reaches this mitosd at (default: the listen URL)
+  --gateway-token-file F  also accept the bearer token in F (the gateway's credential)
+  --lease-seconds N  lease duration; renewed every third of it (default 15)
+
 Spend caps (on by default; GET /v1/limits shows them; exceeding one is quota_exceeded):
   --max-sandboxes N            live sandboxes (default: 20 % of host RAM / 64 MiB per VMM)
   --max-guest-memory-mib N     sum of live sandboxes' guest RAM (default: 75 % of host RAM)
@@ -63,8 +81,19 @@ Spend caps (on by default; GET /v1/limits shows them; exceeding one is quota_exc
 Flags override environment variables, which override the config file.
 The API token is created on first start in <data-dir>/token (mode 0600).`;
 
+export interface ClusterConfig {
+  node: string;
+  kubeconfig: string | undefined;
+  namespace: string;
+  advertiseUrl: string | undefined;
+  gatewayTokenFile: string | undefined;
+  leaseSeconds: number;
+}
+
 export interface DaemonConfig {
   options: ServerOptions;
+  /** Set with --node: run the Kubernetes node agent too. */
+  cluster: ClusterConfig | undefined;
   /** What a signalled shutdown does with running sandboxes. */
   shutdown: "keep" | "terminate";
   /** The config file read, if any. */
@@ -86,7 +115,7 @@ export function loadDaemonConfig(argv: string[], env: NodeJS.ProcessEnv = proces
   } catch (err) {
     throw new ConfigError(`${(err as Error).message} (see mitosd --help)`);
   }
-  if (values.help) return { options: {}, shutdown: "keep", configFile: undefined, help: true };
+  if (values.help) return { options: {}, cluster: undefined, shutdown: "keep", configFile: undefined, help: true };
 
   const flags: Record<string, string> = {};
   for (const k of ALL_KEYS) {
@@ -117,6 +146,7 @@ export function loadDaemonConfig(argv: string[], env: NodeJS.ProcessEnv = proces
   const limits: Partial<Limits> = {};
   const options: ServerOptions = { dataDir: path.resolve(dataDir) };
   let shutdown: DaemonConfig["shutdown"] = "keep";
+  const cluster: Record<string, string | number> = {};
   for (const key of ALL_KEYS) {
     const raw = flags[key] ?? fromEnv[key];
     const where = key in flags ? flagOf(key) : key in fromEnv ? "the environment" : `${configFile}: ${key}`;
@@ -125,6 +155,12 @@ export function loadDaemonConfig(argv: string[], env: NodeJS.ProcessEnv = proces
     if (key === "host") {
       if (typeof value !== "string" || value === "") throw new ConfigError(`${where}: host must be a non-empty string`);
       options.host = value;
+      continue;
+    }
+    if (key === "node" || (CLUSTER_KEYS.includes(key) && key !== "lease_seconds")) {
+      if (typeof value !== "string" || value === "")
+        throw new ConfigError(`${where}: ${key} must be a non-empty string`);
+      cluster[key] = value;
       continue;
     }
     if (key === "auth") {
@@ -153,6 +189,7 @@ export function loadDaemonConfig(argv: string[], env: NodeJS.ProcessEnv = proces
     else if (key === "max_checkpoint_bytes") options.maxCheckpointBytes = n;
     else if (key === "checkpoint_retention") options.checkpointRetention = n;
     else if (key === "hibernate_idle_seconds") options.hibernateIdleSeconds = n;
+    else if (key === "lease_seconds") cluster[key] = n;
     else limits[LIMIT_KEYS[key] as keyof Limits] = n;
   }
   if (options.auth === "none" && !isLoopback(options.host ?? "127.0.0.1")) {
@@ -167,7 +204,33 @@ export function loadDaemonConfig(argv: string[], env: NodeJS.ProcessEnv = proces
     throw new ConfigError((err as Error).message);
   }
   options.limits = limits;
-  return { options, shutdown, configFile, help: false };
+  return { options, cluster: clusterConfig(cluster), shutdown, configFile, help: false };
+}
+
+function clusterConfig(c: Record<string, string | number>): ClusterConfig | undefined {
+  if (c.node === undefined) {
+    const stray = Object.keys(c);
+    if (stray.length > 0) {
+      throw new ConfigError(
+        `${stray.map(flagOf).join(", ")} only apply to a node agent: add --node <name> or drop them`,
+      );
+    }
+    return undefined;
+  }
+  const leaseSeconds = (c.lease_seconds as number | undefined) ?? 15;
+  if (leaseSeconds < 3)
+    throw new ConfigError(`lease_seconds must be at least 3 (renewed every third), got ${leaseSeconds}`);
+  if (c.advertise_url !== undefined && !/^https?:\/\/[^/]+$/.test(String(c.advertise_url))) {
+    throw new ConfigError(`advertise_url must look like http://host:port, got ${JSON.stringify(c.advertise_url)}`);
+  }
+  return {
+    node: String(c.node),
+    kubeconfig: c.kubeconfig as string | undefined,
+    namespace: (c.namespace as string | undefined) ?? "mitos-system",
+    advertiseUrl: c.advertise_url as string | undefined,
+    gatewayTokenFile: c.gateway_token_file as string | undefined,
+    leaseSeconds,
+  };
 }
 
 function readConfigFile(file: string, explicit: boolean): Record<string, unknown> {

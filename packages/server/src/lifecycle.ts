@@ -262,6 +262,9 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
   });
 
   app.get("/v1/pools", { schema: routeSchemas.pools }, async () => engine.poolStatus());
+  app.put<{ Params: { template: string } }>("/v1/pools/:template", { schema: routeSchemas.setPool }, async (req) =>
+    engine.setPoolTarget(req.params.template, int(body(req, ["target"]), "target", true)),
+  );
 
   app.get("/v1/metering", { schema: routeSchemas.metering }, async () => {
     const m = engine.metering();

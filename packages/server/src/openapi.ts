@@ -228,6 +228,15 @@ export const routeSchemas = {
       },
     },
   },
+  setPool: {
+    summary: "Keep n warm VMs of a template, idle or not (0 stops the pool)",
+    params: { type: "object", properties: { template: str } },
+    body: { type: "object", required: ["target"], properties: { target: int } },
+    response: {
+      200: { type: "object", properties: { template: str, warm: int, target: int, claimed: int } },
+      ...errors,
+    },
+  },
   limits: {
     summary: "Spend caps in force (quota_exceeded names the one hit) and current usage",
     response: { 200: limits },

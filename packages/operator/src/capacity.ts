@@ -1,0 +1,70 @@
+// What a node agent tells the cluster about its host, carried in an
+// annotation of its Lease (renewed every third of the lease): the controller
+// schedules from it and the gateway routes by it.
+
+export const CAPACITY_ANNOTATION = "mitos.run/capacity";
+export const LEASE_PREFIX = "mitos-node-";
+
+export interface NodeCapacity {
+  /** Where the gateway reaches this node's mitosd. */
+  endpoint: string;
+  /** Host RAM. */
+  memoryTotalBytes: number;
+  /** What sandboxes use, copy-on-write aware (mitosd's metering: shared pages once). */
+  memoryUsedBytes: number;
+  /** The host kernel's MemAvailable. */
+  memoryAvailableBytes: number;
+  /** Templates ready on the node. */
+  templates: string[];
+  /** Warm (restored, paused) VMs per template. */
+  warm: Record<string, number>;
+  /** Learnt per template: bytes a fork child dirties on average (its private pages). */
+  forkCostBytes: Record<string, number>;
+  /** Guest RAM of each template (the cost of a fresh create). */
+  templateMemoryBytes: Record<string, number>;
+  /** Sandbox ids live on the node. */
+  sandboxes: string[];
+  /** Checkpoint ids stored on the node. */
+  checkpoints: string[];
+  accel: string;
+  /** The Kubernetes Node's labels (for pools' node selectors). */
+  labels: Record<string, string>;
+}
+
+export function encodeCapacity(c: NodeCapacity): string {
+  return JSON.stringify(c);
+}
+
+/** Undefined when absent or not what a node agent writes. */
+export function decodeCapacity(text: string | undefined): NodeCapacity | undefined {
+  if (!text) return undefined;
+  try {
+    const c = JSON.parse(text) as Partial<NodeCapacity>;
+    if (typeof c.endpoint !== "string" || typeof c.memoryTotalBytes !== "number") return undefined;
+    return {
+      endpoint: c.endpoint,
+      memoryTotalBytes: c.memoryTotalBytes,
+      memoryUsedBytes: c.memoryUsedBytes ?? 0,
+      memoryAvailableBytes: c.memoryAvailableBytes ?? 0,
+      templates: c.templates ?? [],
+      warm: c.warm ?? {},
+      forkCostBytes: c.forkCostBytes ?? {},
+      templateMemoryBytes: c.templateMemoryBytes ?? {},
+      sandboxes: c.sandboxes ?? [],
+      checkpoints: c.checkpoints ?? [],
+      accel: c.accel ?? "unknown",
+      labels: c.labels ?? {},
+    };
+  } catch {
+    return undefined;
+  }
+}
+
+export interface NodeView {
+  name: string;
+  capacity: NodeCapacity;
+  /** Lease renewed recently enough. */
+  live: boolean;
+  renewedAt: number;
+  leaseSeconds: number;
+}

@@ -1,0 +1,278 @@
+// Mitos on a real Kubernetes control plane (etcd, kube-apiserver and
+// kube-controller-manager for garbage collection, built by
+// scripts/build-kube.sh), with two real mitosd node agents on this machine
+// (separate data dirs and ports, each a Node object kept Ready), real VMs,
+// the controller and the gateway. Clients reach the cluster by URL alone.
+
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { after, before, describe, it } from "node:test";
+import { promisify } from "node:util";
+import { SandboxServer } from "@mitos/sdk";
+import { removeDataDir, tempDataDir } from "../../../test-support/data-dir.js";
+import { type ControlPlane, keepNodeReady, kubeAvailable, startControlPlane } from "../../../test-support/kube.js";
+import { type Daemon, repoRoot, startMitosd } from "../../../test-support/mitosd.js";
+import { Controller, Gateway, Kube, loadKubeConfig, type SandboxPool, type SandboxResource } from "../src/index.js";
+
+const run = promisify(execFile);
+const NS = "mitos-system";
+const LEASE_SECONDS = 10;
+const skip =
+  !kubeAvailable() && process.env.CI !== "true" ? "kube binaries not built (bash scripts/build-kube.sh)" : false;
+
+async function until<T>(what: string, f: () => Promise<T | undefined> | T | undefined, ms = 120_000): Promise<T> {
+  const deadline = Date.now() + ms;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await f();
+      if (v !== undefined && v !== false) return v;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ""}`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+describe("Mitos on Kubernetes (real apiserver, two node agents, real VMs)", { skip, timeout: 1_200_000 }, () => {
+  let cp: ControlPlane;
+  let kube: Kube;
+  let controller: Controller;
+  let gateway: Gateway;
+  const nodes: Record<string, { daemon: Daemon; dataDir: string; ready: { stop(): void } }> = {};
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "mitos-cluster-"));
+  const gatewayToken = `gw_${"g".repeat(8)}${Date.now()}`;
+  const clientToken = `cl_${"c".repeat(8)}${Date.now()}`;
+  let env: NodeJS.ProcessEnv;
+  const log = (msg: string, f?: Record<string, unknown>) => {
+    if (process.env.MITOS_TEST_VERBOSE) console.error(msg, f ?? "");
+  };
+
+  const startNode = async (name: string, dataDir: string) => {
+    return startMitosd(dataDir, [
+      "--node",
+      name,
+      "--kubeconfig",
+      cp.kubeconfigPath,
+      "--namespace",
+      NS,
+      "--lease-seconds",
+      String(LEASE_SECONDS),
+      "--gateway-token-file",
+      path.join(tmp, "gateway-token"),
+      "--shutdown",
+      "terminate",
+    ]);
+  };
+  const sandbox = (name: string) => kube.getSandbox(name);
+  const local = (node: string) => {
+    const n = nodes[node];
+    if (!n) throw new Error(`no node ${node}`);
+    return new SandboxServer({ baseUrl: n.daemon.url, apiKey: n.daemon.token });
+  };
+
+  before(async () => {
+    cp = await startControlPlane();
+    await cp.startControllers();
+    cp.kubectl(["create", "namespace", NS]);
+    fs.writeFileSync(path.join(tmp, "gateway-token"), gatewayToken, { mode: 0o600 });
+    for (const name of ["node-a", "node-b"]) {
+      const ready = await keepNodeReady(cp, name, { "mitos.run/sandbox-host": "true" });
+      const dataDir = tempDataDir(`cluster-${name}`);
+      nodes[name] = { daemon: await startNode(name, dataDir), dataDir, ready };
+    }
+    kube = new Kube(loadKubeConfig(cp.kubeconfigPath), NS);
+    controller = new Controller({ kube, log });
+    await controller.start();
+    gateway = new Gateway({ kube, tokens: [clientToken], nodeToken: gatewayToken, port: 0, log });
+    const url = await gateway.start();
+    env = { ...process.env, MITOS_BASE_URL: url, MITOS_API_KEY: clientToken };
+  });
+
+  after(async () => {
+    await gateway?.stop();
+    await controller?.stop();
+    for (const n of Object.values(nodes)) {
+      n.ready.stop();
+      await n.daemon.stop();
+      removeDataDir(n.dataDir);
+    }
+    await cp?.stop();
+    fs.rmSync(tmp, { recursive: true, force: true });
+  });
+
+  it("a SandboxPool with min 1 per node gets a warm VM on each node", async () => {
+    cp.kubectl(
+      ["apply", "-n", NS, "-f", "-"],
+      JSON.stringify({
+        apiVersion: "mitos.run/v1",
+        kind: "SandboxPool",
+        metadata: { name: "python" },
+        spec: { template: { image: "python" }, min: 1, nodeSelector: { "mitos.run/sandbox-host": "true" } },
+      }),
+    );
+    const pool = await until(
+      "the pool warm on both nodes",
+      async () => {
+        const p = JSON.parse(cp.kubectl(["get", "-n", NS, "sandboxpool", "python", "-o", "json"])) as SandboxPool;
+        return p.status?.nodeCount === 2 && (p.status.nodes ?? []).every((n) => (n.warm ?? 0) >= 1) ? p : undefined;
+      },
+      300_000,
+    );
+    assert.deepEqual(
+      pool.status?.nodes?.map((n) => n.name),
+      ["node-a", "node-b"],
+    );
+    for (const name of ["node-a", "node-b"]) {
+      const warm = (await local(name).pools()).find((p) => p.template === "python");
+      assert.ok((warm?.warm ?? 0) >= 1, `${name} has a warm python VM`);
+    }
+  });
+
+  it("a Sandbox from the pool becomes Ready with an endpoint, and forkOf {count: 4} lands on its node", async () => {
+    cp.kubectl(
+      ["apply", "-n", NS, "-f", "-"],
+      JSON.stringify({
+        apiVersion: "mitos.run/v1",
+        kind: "Sandbox",
+        metadata: { name: "s1" },
+        spec: { pool: "python", timeoutSeconds: 1800 },
+      }),
+    );
+    const s1 = await until("s1 Ready", async () =>
+      (await sandbox("s1"))?.status?.phase === "Ready" ? sandbox("s1") : undefined,
+    );
+    assert.ok(s1?.status?.endpoint?.startsWith("http://127.0.0.1:"));
+    assert.equal(s1?.status?.sandboxId, "s1");
+    const node = s1?.status?.node as string;
+    const direct = await local(node).get("s1");
+    assert.equal((await direct.exec("echo ready-$((6*7))")).stdout.trim(), "ready-42");
+
+    const uid = s1?.metadata.uid as string;
+    cp.kubectl(
+      ["apply", "-n", NS, "-f", "-"],
+      JSON.stringify({
+        apiVersion: "mitos.run/v1",
+        kind: "Sandbox",
+        metadata: { name: "f1", ownerReferences: [{ apiVersion: "mitos.run/v1", kind: "Sandbox", name: "s1", uid }] },
+        spec: { forkOf: { sandbox: "s1", count: 4 } },
+      }),
+    );
+    const f1 = (await until("f1 Ready", async () =>
+      (await sandbox("f1"))?.status?.phase === "Ready" ? sandbox("f1") : undefined,
+    )) as SandboxResource;
+    assert.equal(f1.status?.node, node, "the fork runs on its parent's node");
+    assert.equal(f1.status?.children?.length, 4);
+    assert.ok((f1.status?.forkTimeMs ?? 0) > 0);
+    const onNode = new Set((await local(node).listSandboxes()).map((s) => s.id));
+    for (const c of f1.status?.children ?? []) assert.ok(onNode.has(c), `child ${c} runs on ${node}`);
+    // Children share the parent's state: the same hostname-independent file.
+    const child = await local(node).get(f1.status?.children?.[0] as string);
+    assert.equal(child.parentId, "s1");
+  });
+
+  it("runs the seed's TypeScript and Python examples unchanged against the gateway", async () => {
+    const ts = await run(process.execPath, ["--import", "tsx", path.join(repoRoot, "examples/fork-swarm.ts")], {
+      env,
+      cwd: repoRoot,
+    });
+    const squares = ["0", "1", "4", "9", "16", "25", "36", "49"];
+    assert.deepEqual(
+      ts.stdout.split("\n").filter((l) => l.trim() !== ""),
+      squares,
+    );
+    const py = await run("python3", [path.join(repoRoot, "sdk/python/examples/fork_swarm.py")], {
+      env: { ...env, PYTHONPATH: path.join(repoRoot, "sdk/python") },
+      cwd: repoRoot,
+    });
+    assert.deepEqual(
+      py.stdout.split("\n").filter((l) => l.trim() !== ""),
+      squares,
+    );
+  });
+
+  it("mitos sandbox ls through the gateway lists the sandboxes of both nodes", async () => {
+    // The node's local API keeps working: one sandbox made directly on each node.
+    const direct = await Promise.all(["node-a", "node-b"].map((n) => local(n).fork("python", { id: `direct-${n}` })));
+    const { stdout } = await run(
+      process.execPath,
+      ["--import", "tsx", path.join(repoRoot, "packages/cli/src/bin/mitos.ts"), "sandbox", "ls", "--json"],
+      { env, cwd: repoRoot },
+    );
+    const ids = new Set((JSON.parse(stdout) as Array<{ id: string }>).map((s) => s.id));
+    for (const d of direct) assert.ok(ids.has(d.id), `${d.id} listed through the gateway`);
+    assert.ok(ids.has("s1"));
+    await Promise.all(direct.map((d) => d.terminate()));
+  });
+
+  it("a dead node's sandboxes go Lost within the lease; creates land on the other node, whose pool refills", async () => {
+    const s1 = (await sandbox("s1")) as SandboxResource;
+    const dead = s1.status?.node as string;
+    const alive = dead === "node-a" ? "node-b" : "node-a";
+    const killedAt = Date.now();
+    await nodes[dead]?.daemon.kill();
+    await until("s1 Lost", async () => ((await sandbox("s1"))?.status?.phase === "Lost" ? true : undefined), 60_000);
+    const lostAfter = Date.now() - killedAt;
+    assert.ok(lostAfter < (LEASE_SECONDS + 6) * 1000, `Lost after ${lostAfter} ms (lease ${LEASE_SECONDS} s)`);
+    assert.equal((await sandbox("f1"))?.status?.phase, "Lost");
+    await until("the pool placed on the live node only", async () => {
+      const p = JSON.parse(cp.kubectl(["get", "-n", NS, "sandboxpool", "python", "-o", "json"])) as SandboxPool;
+      return p.status?.nodes?.length === 1 && p.status.nodes[0]?.name === alive ? true : undefined;
+    });
+
+    const client = new SandboxServer({ baseUrl: env.MITOS_BASE_URL, apiKey: clientToken });
+    const sb = await client.fork("python");
+    const cr = await sandbox(sb.id);
+    assert.equal(cr?.status?.node, alive);
+    assert.equal((await sb.exec("echo on-$((1+1))")).stdout.trim(), "on-2");
+    await until("the pool refilled on the live node", async () => {
+      const warm = (await local(alive).pools()).find((p) => p.template === "python");
+      return (warm?.warm ?? 0) >= 1 ? true : undefined;
+    });
+
+    // A restarted controller rebuilds from the API and changes nothing that was right.
+    const snapshot = async () =>
+      (await kube.listSandboxes())
+        .map((s) => `${s.metadata.name}:${s.status?.phase}:${s.status?.node}:${s.status?.scheduledAt}`)
+        .sort();
+    const beforeRestart = await snapshot();
+    await controller.stop();
+    controller = new Controller({ kube, log });
+    await controller.start();
+    await until("a few passes of the new controller", () => (controller.passes >= 3 ? true : undefined));
+    await new Promise((r) => setTimeout(r, 2000));
+    assert.deepEqual(await snapshot(), beforeRestart);
+
+    // The node's mitosd comes back, re-adopts its VMs and renews again: Ready once more.
+    const n = nodes[dead];
+    if (n) n.daemon = await startNode(dead, n.dataDir);
+    await until(
+      "s1 Ready again",
+      async () => ((await sandbox("s1"))?.status?.phase === "Ready" ? true : undefined),
+      60_000,
+    );
+    const back = await local(dead).get("s1");
+    assert.equal((await back.exec("echo back")).stdout.trim(), "back");
+  });
+
+  it("deleting the pool removes its sandboxes", async () => {
+    const mine = (await kube.listSandboxes()).filter((s) => s.spec.pool === "python" && s.status?.phase === "Ready");
+    assert.ok(mine.length > 0);
+    cp.kubectl(["delete", "-n", NS, "sandboxpool", "python"]);
+    await until(
+      "the pool's Sandbox resources garbage-collected",
+      async () => ((await kube.listSandboxes()).some((s) => s.spec.pool === "python") ? undefined : true),
+      60_000,
+    );
+    for (const s of mine) {
+      const node = s.status?.node as string;
+      await until(`sandbox ${s.status?.sandboxId} gone from ${node}`, async () =>
+        (await local(node).listSandboxes()).some((x) => x.id === s.status?.sandboxId) ? undefined : true,
+      );
+    }
+  });
+});
