@@ -22,12 +22,22 @@ export interface TemplateInfo {
   ready: boolean;
   createdAt: string;
   creationTimeMs: number;
+  /** Guest RAM and vCPUs of every sandbox made from it. */
+  memSizeMib: number;
+  vcpuCount: number;
 }
 
 const PYTHON_WARMUP = "python3 -c 'import json, os, sys, subprocess, re, math, random' && true";
 
 export function templateInfo(t: TemplateRecord): TemplateInfo {
-  return { id: t.id, ready: true, createdAt: t.createdAt, creationTimeMs: t.creationTimeMs };
+  return {
+    id: t.id,
+    ready: true,
+    createdAt: t.createdAt,
+    creationTimeMs: t.creationTimeMs,
+    memSizeMib: t.machine.memMiB,
+    vcpuCount: t.machine.vcpus,
+  };
 }
 
 export class Templates {

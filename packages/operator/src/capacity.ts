@@ -27,6 +27,8 @@ export interface NodeCapacity {
   /** Checkpoint ids stored on the node. */
   checkpoints: string[];
   accel: string;
+  /** Room left under the node's spend caps (mitosd refuses beyond them: quota_exceeded). */
+  free: { sandboxes: number; guestMemoryMib: number };
   /** The Kubernetes Node's labels (for pools' node selectors). */
   labels: Record<string, string>;
 }
@@ -54,6 +56,7 @@ export function decodeCapacity(text: string | undefined): NodeCapacity | undefin
       checkpoints: c.checkpoints ?? [],
       accel: c.accel ?? "unknown",
       labels: c.labels ?? {},
+      free: c.free ?? { sandboxes: Number.MAX_SAFE_INTEGER, guestMemoryMib: Number.MAX_SAFE_INTEGER },
     };
   } catch {
     return undefined;

@@ -26,6 +26,8 @@ export interface GatewayOptions {
   port?: number;
   /** How long a create or fork may wait for its resource to become Ready (ms). */
   readyTimeoutMs?: number;
+  /** How long it may wait for a node to take it at all (ms): no node with room means a quick 503. */
+  pendingTimeoutMs?: number;
   log?: (msg: string, fields?: Record<string, unknown>) => void;
 }
 
@@ -429,10 +431,20 @@ export class Gateway {
   }
 
   private async waitReady(name: string): Promise<SandboxResource> {
-    const deadline = Date.now() + (this.o.readyTimeoutMs ?? 300_000);
+    const started = Date.now();
+    const deadline = started + (this.o.readyTimeoutMs ?? 300_000);
     for (;;) {
       const sb = this.sandboxes.get(name) ?? (await this.o.kube.getSandbox(name));
       const phase = sb?.status?.phase;
+      if ((phase ?? "Pending") === "Pending" && Date.now() - started > (this.o.pendingTimeoutMs ?? 30_000)) {
+        await this.o.kube.deleteSandbox(name).catch(() => {});
+        throw new HttpError(
+          "unavailable",
+          `no node could take sandbox ${name}: ${sb?.status?.message ?? "the controller has not scheduled it"}`,
+          "Free room (terminate sandboxes), add nodes, or check that mitos-controller runs; then retry.",
+          { sandbox: name },
+        );
+      }
       if (sb && phase === "Ready") return sb;
       if (sb && (phase === "Failed" || phase === "Lost" || phase === "Terminated")) {
         await this.o.kube.deleteSandbox(name).catch(() => {});

@@ -41,7 +41,11 @@ export class NodeAgent {
   private readonly templatesInFlight = new Map<string, Promise<void>>();
   private readonly poolTargets = new Map<string, number>();
   private managed: Set<string>;
+  /** Forks made for a resource (by uid) whose status is not written yet: kept on disk, so a restart does not fork again. */
+  private readonly forks: Map<string, { ids: string[]; forkTimeMs: number }>;
   private readonly recent = new Map<string, number>();
+  /** Resources made real whose Ready status the watch has not shown yet (name → uid). */
+  private readonly realized = new Map<string, string | undefined>();
   private capacity: NodeCapacity | undefined;
   private labels: Record<string, string> = {};
   private readonly log: NonNullable<NodeAgentOptions["log"]>;
@@ -51,7 +55,9 @@ export class NodeAgent {
 
   constructor(private readonly o: NodeAgentOptions) {
     this.log = o.log ?? (() => {});
-    this.managed = new Set(readIds(o.stateFile));
+    const state = readState(o.stateFile);
+    this.managed = new Set(state.ids);
+    this.forks = new Map(Object.entries(state.forks));
   }
 
   get leaseName(): string {
@@ -122,13 +128,14 @@ export class NodeAgent {
 
   async measure(): Promise<NodeCapacity> {
     const s = this.o.server;
-    const [health, templates, pools, metering, sandboxes, checkpoints] = await Promise.all([
+    const [health, templates, pools, metering, sandboxes, checkpoints, limits] = await Promise.all([
       s.health(),
       s.listTemplates(),
       s.pools(),
       s.metering(),
       s.listSandboxes(),
       s.listCheckpoints(),
+      s.limits(),
     ]);
     const mem = memInfo();
     const privateOf = new Map(metering.sandboxes.map((m) => [m.id, m.privateBytes]));
@@ -149,7 +156,13 @@ export class NodeAgent {
       forkCostBytes: Object.fromEntries(
         [...costs].map(([t, xs]) => [t, Math.round(xs.reduce((a, b) => a + b, 0) / xs.length)]),
       ),
-      templateMemoryBytes: {},
+      templateMemoryBytes: Object.fromEntries(
+        templates.flatMap((t) => (t.resources ? [[t.id, t.resources.memSizeMib * 2 ** 20]] : [])),
+      ),
+      free: {
+        sandboxes: limits.maxSandboxes - limits.usage.sandboxes,
+        guestMemoryMib: limits.maxGuestMemoryMib - limits.usage.guestMemoryMib,
+      },
       sandboxes: sandboxes.map((x) => x.id),
       checkpoints: checkpoints.map((c) => c.id),
       accel: String(health.accel ?? "unknown"),
@@ -218,6 +231,9 @@ export class NodeAgent {
     for (const sb of mine) {
       const name = sb.metadata.name;
       if (this.inflight.has(name)) continue;
+      // Done here, but the watch has not delivered our own status write yet: never make it twice.
+      if (sb.status?.phase === "Scheduled" && this.realized.get(name) === sb.metadata.uid) continue;
+      if (sb.status?.phase !== "Scheduled") this.realized.delete(name);
       if (sb.status?.phase === "Scheduled") this.track(name, this.realize(sb, local));
       else if (sb.status?.phase === "Ready") this.track(name, this.refresh(sb, local));
     }
@@ -307,13 +323,19 @@ export class NodeAgent {
       let status: SandboxStatus;
       if (sb.spec.forkOf) {
         const parentId = this.resolve(sb.spec.forkOf.sandbox);
-        const parent = local.get(parentId) ?? (await s.get(parentId));
-        const children = await parent.fork(sb.spec.forkOf.count ?? 1);
-        this.remember(children.map((c) => c.id));
-        status = {
-          children: children.map((c) => c.id),
-          forkTimeMs: children[0]?.forkTimeMs ?? Date.now() - started,
-        };
+        // A fork this agent made before it could write the status (it stopped in between).
+        const earlier = this.forks.get(sb.metadata.uid ?? name);
+        if (earlier && earlier.ids.every((id) => local.has(id))) {
+          status = { children: earlier.ids, forkTimeMs: earlier.forkTimeMs };
+        } else {
+          const parent = local.get(parentId) ?? (await s.get(parentId));
+          const children = await parent.fork(sb.spec.forkOf.count ?? 1);
+          const ids = children.map((c) => c.id);
+          const forkTimeMs = children[0]?.forkTimeMs ?? Date.now() - started;
+          this.forks.set(sb.metadata.uid ?? name, { ids, forkTimeMs });
+          this.remember(ids);
+          status = { children: ids, forkTimeMs };
+        }
       } else {
         const opts = {
           id: name,
@@ -338,11 +360,14 @@ export class NodeAgent {
         readyAt: new Date().toISOString(),
         message: `ready on ${this.o.node} in ${Date.now() - started} ms`,
       });
+      this.realized.set(name, sb.metadata.uid);
+      if (this.forks.delete(sb.metadata.uid ?? name)) this.save();
       this.log("sandbox ready", { sandbox: name, ms: Date.now() - started });
     } catch (e) {
       const msg =
         e instanceof MitosError ? `${e.code}: ${e.message}${e.remediation ? ` (${e.remediation})` : ""}` : String(e);
       await this.o.kube.patchSandboxStatus(name, { phase: "Failed", message: msg.slice(0, 1000) }).catch(() => {});
+      this.realized.set(name, sb.metadata.uid);
       this.log("sandbox failed", { sandbox: name, error: msg });
     }
   }
@@ -405,7 +430,11 @@ export class NodeAgent {
       this.managed.add(id);
       this.recent.set(id, Date.now());
     }
-    writeIds(this.o.stateFile, this.managed);
+    this.save();
+  }
+
+  private save(): void {
+    writeState(this.o.stateFile, { ids: [...this.managed], forks: Object.fromEntries(this.forks) });
   }
 
   private forget(ids: string[]): void {
@@ -413,7 +442,7 @@ export class NodeAgent {
       this.managed.delete(id);
       this.recent.delete(id);
     }
-    writeIds(this.o.stateFile, this.managed);
+    this.save();
   }
 }
 
@@ -423,16 +452,24 @@ function memInfo(): { total: number; available: number } {
   return { total: kib("MemTotal"), available: kib("MemAvailable") };
 }
 
-function readIds(file: string): string[] {
+interface AgentState {
+  ids: string[];
+  forks: Record<string, { ids: string[]; forkTimeMs: number }>;
+}
+
+function readState(file: string): AgentState {
   try {
-    const v = JSON.parse(fs.readFileSync(file, "utf8")) as unknown;
-    return Array.isArray(v) ? v.filter((x): x is string => typeof x === "string") : [];
+    const v = JSON.parse(fs.readFileSync(file, "utf8")) as Partial<AgentState>;
+    return {
+      ids: Array.isArray(v.ids) ? v.ids.filter((x): x is string => typeof x === "string") : [],
+      forks: v.forks && typeof v.forks === "object" ? v.forks : {},
+    };
   } catch {
-    return [];
+    return { ids: [], forks: {} };
   }
 }
 
-function writeIds(file: string, ids: Set<string>): void {
-  fs.writeFileSync(`${file}.tmp`, JSON.stringify([...ids]), { mode: 0o600 });
+function writeState(file: string, state: AgentState): void {
+  fs.writeFileSync(`${file}.tmp`, JSON.stringify(state), { mode: 0o600 });
   fs.renameSync(`${file}.tmp`, file);
 }

@@ -94,6 +94,8 @@ export function placeSandbox(p: PlaceInput): Placement {
     const template = p.templateOfSandbox(parent);
     const perChild = (template && view.capacity.forkCostBytes[template]) || DEFAULT_FORK_COST;
     const cost = perChild * (count ?? 1);
+    const capped = overCaps(view, count ?? 1, (template && view.capacity.templateMemoryBytes[template]) || 0);
+    if (capped) return { wait: `node ${node} (the parent's): ${capped}` };
     if (room(view) < cost) {
       return {
         wait: `node ${node} (the parent's) has ${mib(room(view))} MiB free, the fork needs ~${mib(cost)} MiB (${count} × ${mib(perChild)} MiB expected dirty per child)`,
@@ -124,7 +126,7 @@ export function placeSandbox(p: PlaceInput): Placement {
     (pool?.spec.template.resources?.memSizeMiB ?? 256) * MiB;
   const costOn = (n: NodeView) => n.capacity.forkCostBytes[template] || nominal;
   const warmLeft = (n: NodeView) => (n.capacity.warm[template] ?? 0) - (p.claimed.get(`${n.name}/${template}`) ?? 0);
-  const fitting = candidates.filter((n) => room(n) >= costOn(n));
+  const fitting = candidates.filter((n) => room(n) >= costOn(n) && !overCaps(n, 1, nominal));
   if (fitting.length === 0) return { wait: `no node with template ${template} has ${mib(nominal)} MiB free` };
   // A warm VM first (a claim is milliseconds), then the most room.
   fitting.sort(
@@ -132,6 +134,16 @@ export function placeSandbox(p: PlaceInput): Placement {
   );
   const chosen = fitting[0] as NodeView;
   return { node: chosen.name, reservedBytes: costOn(chosen) };
+}
+
+/** Why the node's own spend caps would refuse `count` more sandboxes of `memBytes` each; undefined when they fit. */
+function overCaps(n: NodeView, count: number, memBytes: number): string | undefined {
+  const f = n.capacity.free;
+  if (f.sandboxes < count) return `its max_sandboxes leaves room for ${f.sandboxes} more, ${count} asked`;
+  if (f.guestMemoryMib * MiB < count * memBytes) {
+    return `its max_guest_memory_mib leaves ${f.guestMemoryMib} MiB, ${count} × ${mib(memBytes)} MiB asked`;
+  }
+  return undefined;
 }
 
 function mib(bytes: number): number {

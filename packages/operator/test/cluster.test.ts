@@ -175,7 +175,13 @@ describe("Mitos on Kubernetes (real apiserver, two node agents, real VMs)", { sk
     assert.equal(child.parentId, "s1");
   });
 
-  it("runs the seed's TypeScript and Python examples unchanged against the gateway", async () => {
+  it("runs the seed's TypeScript and Python examples unchanged against the gateway", async (t) => {
+    const client = new SandboxServer({ baseUrl: env.MITOS_BASE_URL, apiKey: clientToken });
+    const before = new Set((await client.listSandboxes()).map((s) => s.id));
+    // The examples leave their sandboxes running: clean up after them.
+    t.after(async () => {
+      for (const s of await client.listSandboxes()) if (!before.has(s.id)) await s.terminate().catch(() => {});
+    });
     const ts = await run(process.execPath, ["--import", "tsx", path.join(repoRoot, "examples/fork-swarm.ts")], {
       env,
       cwd: repoRoot,

@@ -29,6 +29,7 @@ export type {
   ExecResult,
   FileInfo,
   Health,
+  Limits,
   MemoryUsage,
   Metering,
   PoolInfo,

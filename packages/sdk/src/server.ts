@@ -5,7 +5,7 @@ import { type ClientOptions, type ResolvedConfig, resolveConfig } from "./config
 import { LifecycleClient } from "./http.js";
 import { RuntimeClient } from "./runtime.js";
 import { type Clients, Sandbox } from "./sandbox.js";
-import type { CheckpointInfo, Health, Metering, PoolInfo, TemplateInfo, TemplateSpec } from "./types.js";
+import type { CheckpointInfo, Health, Limits, Metering, PoolInfo, TemplateInfo, TemplateSpec } from "./types.js";
 import {
   array,
   type Json,
@@ -13,6 +13,7 @@ import {
   toCheckpointInfo,
   toForkMany,
   toHealth,
+  toLimits,
   toMetering,
   toPools,
   toSandboxInfo,
@@ -139,6 +140,11 @@ export class SandboxServer {
     const [pool] = toPools([r]);
     if (!pool) throw new Error("unreachable: toPools of one entry");
     return pool;
+  }
+
+  /** Spend caps in force on this mitosd and what is in use. */
+  async limits(): Promise<Limits> {
+    return toLimits(await this.#clients.http.get("/v1/limits"));
   }
 
   async metering(): Promise<Metering> {

@@ -50,6 +50,19 @@ export interface TemplateInfo {
   ready: boolean;
   createdAt: string;
   creationTimeMs: number;
+  /** Absent from servers that do not report them. */
+  resources?: { vcpuCount: number; memSizeMib: number };
+}
+
+/** Spend caps in force and what is in use (GET /v1/limits). */
+export interface Limits {
+  maxSandboxes: number;
+  maxGuestMemoryMib: number;
+  maxForkCount: number;
+  maxLifetimeSeconds: number;
+  defaultTimeoutSeconds: number;
+  maxStreamsPerSandbox: number;
+  usage: { sandboxes: number; guestMemoryMib: number };
 }
 
 /** A sandbox saved to mitosd's disk store (POST /v1/sandboxes/{id}/checkpoints). */

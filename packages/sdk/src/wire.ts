@@ -6,6 +6,7 @@ import { makeError } from "./errors.js";
 import type {
   CheckpointInfo,
   Health,
+  Limits,
   Metering,
   PoolInfo,
   SandboxInfo,
@@ -101,6 +102,23 @@ export function toTemplateInfo(v: unknown): TemplateInfo {
     ready: o.ready === true,
     createdAt: optStr(o, "createdAt") ?? "",
     creationTimeMs: num(o, "creationTimeMs"),
+    ...(isRecord(o.resources)
+      ? { resources: { vcpuCount: num(o.resources, "vcpuCount"), memSizeMib: num(o.resources, "memSizeMib") } }
+      : {}),
+  };
+}
+
+export function toLimits(v: unknown): Limits {
+  const o = record("limits", v);
+  const u = isRecord(o.usage) ? o.usage : {};
+  return {
+    maxSandboxes: num(o, "maxSandboxes"),
+    maxGuestMemoryMib: num(o, "maxGuestMemoryMib"),
+    maxForkCount: num(o, "maxForkCount"),
+    maxLifetimeSeconds: num(o, "maxLifetimeSeconds"),
+    defaultTimeoutSeconds: num(o, "defaultTimeoutSeconds"),
+    maxStreamsPerSandbox: num(o, "maxStreamsPerSandbox"),
+    usage: { sandboxes: num(u, "sandboxes"), guestMemoryMib: num(u, "guestMemoryMib") },
   };
 }
 

@@ -52,6 +52,7 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
     ready: t.ready,
     created_at: t.createdAt,
     creation_time_ms: t.creationTimeMs,
+    resources: { vcpu_count: t.vcpuCount, mem_size_mib: t.memSizeMib },
   });
   const checkpointJson = (c: CheckpointManifest) => ({
     id: c.id,
