@@ -9,6 +9,9 @@ npm run -s build
 make -s -C guest/agent test
 # Build (or find cached) guest images once, with progress, before the suites.
 npx tsx packages/engine/src/bin/build-images.ts base python
+# The Kubernetes control plane the cluster suites run against (packages/operator):
+# built once from Debian's source package into a cache outside the clone.
+bash scripts/build-kube.sh
 mapfile -t files < <(ls packages/*/test/*.test.ts | sort)
 # Last: no suite may leave RAM in /dev/shm behind (test-support/suite-leaks.test.ts).
 files+=(test-support/suite-leaks.test.ts)

@@ -75,6 +75,8 @@ const EXPECTED = [
   "RoleBinding/mitos-system/mitos-node",
   "RoleBinding/mitos-system/mitos-controller",
   "RoleBinding/mitos-system/mitos-gateway",
+  "ClusterRole//mitos-node-labels",
+  "ClusterRoleBinding//mitos-node-labels",
   "Service/mitos-system/mitos-gateway",
   "Deployment/mitos-system/mitos-controller",
   "Deployment/mitos-system/mitos-gateway",
@@ -147,7 +149,7 @@ test("kustomize renders deploy/ and the API server accepts every object", { skip
 test("each manifest file passes a server-side dry run on its own", { skip }, () => {
   const files: Record<string, string[]> = {
     "namespace.yaml": ["Namespace//mitos-system"],
-    "rbac.yaml": EXPECTED.filter((k) => /^(ServiceAccount|Role|RoleBinding)\//.test(k)),
+    "rbac.yaml": EXPECTED.filter((k) => /^(ServiceAccount|Role|RoleBinding|ClusterRole|ClusterRoleBinding)\//.test(k)),
     "node-daemonset.yaml": ["DaemonSet/mitos-system/mitosd"],
     "controller.yaml": ["Deployment/mitos-system/mitos-controller"],
     "gateway.yaml": ["Deployment/mitos-system/mitos-gateway", "Service/mitos-system/mitos-gateway"],
@@ -186,6 +188,7 @@ test("the Roles grant each component what it needs and no more", { skip }, async
     ],
     "mitos-controller": [
       ["update", "sandboxes.mitos.run"],
+      ["delete", "sandboxes.mitos.run"],
       ["update", "sandboxes.mitos.run/status"],
       ["patch", "sandboxpools.mitos.run/status"],
       ["watch", "leases.coordination.k8s.io"],
@@ -208,7 +211,6 @@ test("the Roles grant each component what it needs and no more", { skip }, async
     ],
     "mitos-controller": [
       ["create", "sandboxes.mitos.run"],
-      ["delete", "sandboxes.mitos.run"],
       ["update", "sandboxpools.mitos.run"],
       ["update", "leases.coordination.k8s.io"],
       ["list", "secrets"],
@@ -228,11 +230,13 @@ test("the Roles grant each component what it needs and no more", { skip }, async
   for (const [sa, rules] of Object.entries(denials)) {
     for (const [verb, resource] of rules) assert.ok(!(await can(sa, verb, resource)), `${sa} can ${verb} ${resource}`);
   }
-  // Nothing outside the namespace, nothing cluster-wide.
+  // Nothing outside the namespace; cluster-wide only the node agent's read of Nodes (its labels).
   for (const sa of Object.keys(grants)) {
     assert.ok(!(await can(sa, "list", "sandboxes.mitos.run", "default")), sa);
     assert.ok(!(await can(sa, "list", "sandboxes.mitos.run", "")), sa);
-    assert.ok(!(await can(sa, "get", "nodes", "")), sa);
+    assert.equal(await can(sa, "get", "nodes", ""), sa === "mitos-node", sa);
+    assert.ok(!(await can(sa, "list", "nodes", "")), sa);
+    assert.ok(!(await can(sa, "update", "nodes", "")), sa);
   }
 });
 
