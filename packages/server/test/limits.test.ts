@@ -74,6 +74,28 @@ describe("mitosd config file and flags", () => {
     assert.equal(term.shutdown, "terminate");
   });
 
+  it("reads the Kubernetes node agent's flags, with defaults, only together with --node", () => {
+    const plain = loadDaemonConfig(["--data-dir", dir], {});
+    assert.equal(plain.cluster, undefined);
+    const c = loadDaemonConfig(
+      ["--data-dir", dir, "--node", "n1", "--kubeconfig", "/k", "--advertise-url", "http://10.0.0.5:8080"],
+      {},
+    );
+    assert.deepEqual(c.cluster, {
+      node: "n1",
+      kubeconfig: "/k",
+      namespace: "mitos-system",
+      advertiseUrl: "http://10.0.0.5:8080",
+      gatewayTokenFile: undefined,
+      leaseSeconds: 15,
+    });
+    const f = write("node.json", { node: "n2", namespace: "mitos", lease_seconds: 30 });
+    const fromFile = loadDaemonConfig(["--config", f, "--data-dir", dir], {});
+    assert.equal(fromFile.cluster?.node, "n2");
+    assert.equal(fromFile.cluster?.namespace, "mitos");
+    assert.equal(fromFile.cluster?.leaseSeconds, 30);
+  });
+
   it("finds <data-dir>/mitosd.json by itself", () => {
     write("mitosd.json", { max_streams_per_sandbox: 3 });
     const c = loadDaemonConfig(["--data-dir", dir], {});
@@ -95,6 +117,10 @@ describe("mitosd config file and flags", () => {
       [["--max-lifetime-seconds", "10"], /default_timeout_seconds 300 is above max_lifetime_seconds 10/],
       [["--no-such-flag"], /Unknown option '--no-such-flag'/],
       [["--shutdown", "kill"], /shutdown must be "keep" or "terminate"/],
+      [["--kubeconfig", "/k"], /--kubeconfig only apply to a node agent: add --node/],
+      [["--node", "n", "--lease-seconds", "2"], /lease_seconds must be at least 3/],
+      [["--node", "n", "--advertise-url", "10.0.0.5:8080"], /advertise_url must look like http:\/\/host:port/],
+      [["--node", ""], /node must be a non-empty string/],
     ];
     for (const [argv, re] of cases) {
       assert.throws(() => loadDaemonConfig([...argv, "--data-dir", dir], {}), re, argv.join(" "));
