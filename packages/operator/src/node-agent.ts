@@ -325,7 +325,7 @@ export class NodeAgent {
         const parentId = this.resolve(sb.spec.forkOf.sandbox);
         // A fork this agent made before it could write the status (it stopped in between).
         const earlier = this.forks.get(sb.metadata.uid ?? name);
-        if (earlier && earlier.ids.every((id) => local.has(id))) {
+        if (earlier?.ids.every((id) => local.has(id))) {
           status = { children: earlier.ids, forkTimeMs: earlier.forkTimeMs };
         } else {
           const parent = local.get(parentId) ?? (await s.get(parentId));

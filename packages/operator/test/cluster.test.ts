@@ -175,6 +175,36 @@ describe("Mitos on Kubernetes (real apiserver, two node agents, real VMs)", { sk
     assert.equal(child.parentId, "s1");
   });
 
+  it("the gateway streams exec output unbuffered, proxies files and the PTY WebSocket, and terminates", async () => {
+    const client = new SandboxServer({ baseUrl: env.MITOS_BASE_URL, apiKey: clientToken });
+    const sb = await client.fork("python");
+    assert.equal(sb.endpoint, env.MITOS_BASE_URL, "sandbox objects name the gateway");
+    const chunks: Array<{ at: number; text: string }> = [];
+    const t0 = Date.now();
+    const r = await sb.exec("echo first; sleep 2; echo second", {
+      onStdout: (text) => chunks.push({ at: Date.now() - t0, text }),
+    });
+    assert.equal(r.stdout, "first\nsecond\n");
+    const first = chunks.find((c) => c.text.includes("first"));
+    assert.ok(first && first.at < r.execTimeMs - 1000, `first chunk at ${first?.at} ms of ${r.execTimeMs}`);
+    await sb.files.write("/tmp/through-gateway.txt", "hello cluster");
+    assert.equal(await sb.files.readText("/tmp/through-gateway.txt"), "hello cluster");
+
+    let screen = "";
+    const pty = await sb.createPty({ cols: 80, rows: 24, onData: (d) => (screen += d) });
+    pty.write("echo hi-$((40+2))\r");
+    await until("PTY echo", () => (screen.includes("hi-42") ? true : undefined), 20_000);
+    pty.resize(120, 40);
+    pty.write("stty size\r");
+    await until("PTY resize", () => (screen.includes("40 120") ? true : undefined), 20_000);
+    pty.write("exit 3\r");
+    assert.equal((await pty.wait()).exitCode, 3);
+
+    await sb.terminate();
+    await until("its resource gone", async () => ((await sandbox(sb.id)) ? undefined : true), 30_000);
+    await assert.rejects(client.get(sb.id), (e: { code?: string }) => e.code === "not_found");
+  });
+
   it("runs the seed's TypeScript and Python examples unchanged against the gateway", async (t) => {
     const client = new SandboxServer({ baseUrl: env.MITOS_BASE_URL, apiKey: clientToken });
     const before = new Set((await client.listSandboxes()).map((s) => s.id));
