@@ -175,6 +175,33 @@ describe("Mitos on Kubernetes (real apiserver, two node agents, real VMs)", { sk
     assert.equal(child.parentId, "s1");
   });
 
+  it("a Sandbox from a checkpoint lands on the node that holds the checkpoint", async () => {
+    const s1 = (await sandbox("s1")) as SandboxResource;
+    const node = s1.status?.node as string;
+    const source = await local(node).get("s1");
+    await source.exec("echo saved > /root/mark");
+    const saved = await source.checkpoint({ name: "k8s" });
+    cp.kubectl(
+      ["apply", "-n", NS, "-f", "-"],
+      JSON.stringify({
+        apiVersion: "mitos.run/v1",
+        kind: "Sandbox",
+        metadata: { name: "c1" },
+        spec: { checkpoint: saved.id },
+      }),
+    );
+    const c1 = (await until("c1 Ready", async () =>
+      (await sandbox("c1"))?.status?.phase === "Ready" ? sandbox("c1") : undefined,
+    )) as SandboxResource;
+    assert.equal(c1.status?.node, node);
+    const restored = await local(node).get("c1");
+    assert.equal((await restored.exec("cat /root/mark")).stdout.trim(), "saved");
+    cp.kubectl(["delete", "-n", NS, "sandbox", "c1"]);
+    await until("c1's VM gone", async () =>
+      (await local(node).listSandboxes()).some((x) => x.id === "c1") ? undefined : true,
+    );
+  });
+
   it("the gateway streams exec output unbuffered, proxies files and the PTY WebSocket, and terminates", async () => {
     const client = new SandboxServer({ baseUrl: env.MITOS_BASE_URL, apiKey: clientToken });
     const sb = await client.fork("python");

@@ -12,7 +12,13 @@ import fs from "node:fs";
 import https from "node:https";
 import path from "node:path";
 import { after, before, test } from "node:test";
-import { type ControlPlane, KUBE_BIN, kubeAvailable, startControlPlane } from "../../../test-support/kube.js";
+import {
+  type ControlPlane,
+  KUBE_BIN,
+  keepNodeReady,
+  kubeAvailable,
+  startControlPlane,
+} from "../../../test-support/kube.js";
 import { repoRoot } from "../../../test-support/mitosd.js";
 
 const deployDir = path.join(repoRoot, "deploy");
@@ -350,3 +356,37 @@ test("the CRD schemas fill in defaults and prune unknown fields", { skip }, asyn
   const got3 = await api("GET", `${SANDBOXES}/${fork.metadata.name}`);
   assert.deepEqual(got3.json.spec, { forkOf: { sandbox: "x", count: 1 } });
 });
+
+test(
+  "the DaemonSet puts one mitosd on each labelled node and none elsewhere (kube-scheduler binds them)",
+  {
+    skip,
+  },
+  async () => {
+    const c = kube();
+    await c.startControllers({ scheduler: true });
+    const nodes = [
+      await keepNodeReady(c, "kvm-1", { "mitos.run/sandbox-host": "true" }),
+      await keepNodeReady(c, "kvm-2", { "mitos.run/sandbox-host": "true" }),
+      await keepNodeReady(c, "plain-1"),
+    ];
+    try {
+      c.kubectl(["apply", "-k", deployDir]);
+      const deadline = Date.now() + 90_000;
+      let bound: Record<string, string> = {};
+      for (;;) {
+        const pods = JSON.parse(
+          c.kubectl(["-n", "mitos-system", "get", "pods", "-l", "app.kubernetes.io/name=mitosd", "-o", "json"]),
+        ) as { items: Array<{ metadata: { name: string }; spec: { nodeName?: string } }> };
+        bound = Object.fromEntries(pods.items.map((p) => [p.metadata.name, p.spec.nodeName ?? ""]));
+        const onNodes = Object.values(bound).sort();
+        if (onNodes.length === 2 && onNodes.every((n) => n !== "")) break;
+        if (Date.now() > deadline) assert.fail(`DaemonSet pods not bound in time: ${JSON.stringify(bound)}`);
+        await new Promise((r) => setTimeout(r, 500));
+      }
+      assert.deepEqual(Object.values(bound).sort(), ["kvm-1", "kvm-2"]);
+    } finally {
+      for (const n of nodes) n.stop();
+    }
+  },
+);
