@@ -45,6 +45,7 @@ export class Controller {
   }
 
   async start(): Promise<void> {
+    await this.o.kube.check();
     const k = this.o.kube;
     this.sandboxes = k.sandboxCache();
     this.pools = k.poolCache();

@@ -76,6 +76,7 @@ export class Gateway {
   }
 
   async start(): Promise<string> {
+    await this.o.kube.check();
     const k = this.o.kube;
     this.sandboxes = k.sandboxCache();
     this.pools = k.poolCache();

@@ -17,10 +17,22 @@ import {
 } from "@kubernetes/client-node";
 import { GROUP, type SandboxPool, type SandboxResource, type SandboxStatus, VERSION } from "./resources.js";
 
+/** A kubeconfig file, or the pod's service account; a clear error when neither is usable. */
 export function loadKubeConfig(file: string | undefined): KubeConfig {
   const kc = new KubeConfig();
-  if (file) kc.loadFromFile(file);
-  else kc.loadFromCluster();
+  if (file) {
+    try {
+      kc.loadFromFile(file);
+    } catch (e) {
+      throw new Error(`cannot read kubeconfig ${file}: ${(e as Error).message}`);
+    }
+  } else {
+    if (!process.env.KUBERNETES_SERVICE_HOST) {
+      throw new Error("no --kubeconfig given and not running in a pod (KUBERNETES_SERVICE_HOST is unset)");
+    }
+    kc.loadFromCluster();
+  }
+  if (!kc.getCurrentCluster()?.server) throw new Error(`kubeconfig ${file ?? "(in-cluster)"} names no cluster server`);
   return kc;
 }
 
@@ -44,6 +56,22 @@ export class Kube {
   ) {
     this.objects = kc.makeApiClient(CustomObjectsApi);
     this.coordination = kc.makeApiClient(CoordinationV1Api);
+  }
+
+  /** One call that needs the API server, the CRDs and our rights: fails early with what to fix. */
+  async check(): Promise<void> {
+    try {
+      await this.objects.listNamespacedCustomObject({ ...this.ref("sandboxes"), limit: 1 });
+    } catch (e) {
+      const s = statusOf(e);
+      const why =
+        s === 404
+          ? "the Mitos CRDs are not installed (kubectl apply -f deploy/crds), or the namespace does not exist"
+          : s === 401 || s === 403
+            ? `the credentials may not list sandboxes.mitos.run in ${this.namespace} (deploy/rbac.yaml)`
+            : `the API server did not answer: ${(e as Error).message}`;
+      throw new Error(`cannot use the Kubernetes API at ${this.kc.getCurrentCluster()?.server}: ${why}`);
+    }
   }
 
   private ref(plural: Plural) {

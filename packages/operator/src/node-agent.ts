@@ -65,6 +65,7 @@ export class NodeAgent {
   }
 
   async start(): Promise<void> {
+    await this.o.kube.check();
     await this.readLabels();
     await this.renew();
     this.sandboxes = this.o.kube.sandboxCache();

@@ -45,6 +45,16 @@ export function readSecret(name: string, file: string | undefined, what: string)
   }
 }
 
+/** Runs a command's start, or exits 1 with its reason on one line (bad kubeconfig, CRDs missing, …). */
+export async function startOrExit<T>(name: string, start: () => Promise<T>): Promise<T> {
+  try {
+    return await start();
+  } catch (err) {
+    console.error(`${name}: ${(err as Error).message}`);
+    process.exit(1);
+  }
+}
+
 export function logger(component: string) {
   return (msg: string, fields: Record<string, unknown> = {}) =>
     console.error(JSON.stringify({ time: new Date().toISOString(), component, msg, ...fields }));

@@ -2,7 +2,7 @@
 // mitos-controller: places pools and sandboxes on node agents (docs/kubernetes.md).
 import { Controller } from "../controller.js";
 import { Kube, loadKubeConfig } from "../kube.js";
-import { logger, parseFlags } from "./args.js";
+import { logger, parseFlags, startOrExit } from "./args.js";
 
 const HELP = `mitos-controller: schedules Mitos Sandboxes and SandboxPools to node agents
 
@@ -13,8 +13,11 @@ Stateless: it rebuilds everything from the API on start, so a restart changes no
 
 const f = parseFlags("mitos-controller", HELP, { namespace: { default: "mitos-system" }, kubeconfig: {} });
 const log = logger("controller");
-const controller = new Controller({ kube: new Kube(loadKubeConfig(f.kubeconfig), f.namespace ?? "mitos-system"), log });
-await controller.start();
+const controller = await startOrExit("mitos-controller", async () => {
+  const c = new Controller({ kube: new Kube(loadKubeConfig(f.kubeconfig), f.namespace ?? "mitos-system"), log });
+  await c.start();
+  return c;
+});
 log("mitos-controller running", { namespace: f.namespace });
 for (const sig of ["SIGINT", "SIGTERM"] as const) {
   process.once(sig, () => {

@@ -2,7 +2,7 @@
 // mitos-gateway: mitosd's API for a whole cluster (docs/kubernetes.md).
 import { Gateway } from "../gateway.js";
 import { Kube, loadKubeConfig } from "../kube.js";
-import { logger, parseFlags, readSecret } from "./args.js";
+import { logger, parseFlags, readSecret, startOrExit } from "./args.js";
 
 const HELP = `mitos-gateway: one URL for every sandbox of a Mitos cluster
 
@@ -29,19 +29,24 @@ if (!Number.isInteger(port) || port < 0 || port > 65535) {
   process.exit(2);
 }
 const log = logger("gateway");
-const gateway = new Gateway({
-  kube: new Kube(loadKubeConfig(f.kubeconfig), f.namespace ?? "mitos-system"),
-  tokens: [readSecret("mitos-gateway", f["token-file"], "--token-file")],
-  nodeToken: readSecret("mitos-gateway", f["node-token-file"], "--node-token-file"),
-  host: f.host ?? "127.0.0.1",
-  port,
-  log,
+const tokens = [readSecret("mitos-gateway", f["token-file"], "--token-file")];
+const nodeToken = readSecret("mitos-gateway", f["node-token-file"], "--node-token-file");
+let gateway: Gateway | undefined;
+const url = await startOrExit("mitos-gateway", async () => {
+  gateway = new Gateway({
+    kube: new Kube(loadKubeConfig(f.kubeconfig), f.namespace ?? "mitos-system"),
+    tokens,
+    nodeToken,
+    host: f.host ?? "127.0.0.1",
+    port,
+    log,
+  });
+  return gateway.start();
 });
-const url = await gateway.start();
 console.error(`mitos-gateway ${url}`);
 for (const sig of ["SIGINT", "SIGTERM"] as const) {
   process.once(sig, () => {
-    gateway.stop().then(
+    (gateway?.stop() ?? Promise.resolve()).then(
       () => process.exit(0),
       () => process.exit(1),
     );
