@@ -36,6 +36,12 @@ export class Controller {
   private running: Promise<void> | undefined;
   private again = false;
   private stopped = false;
+  /**
+   * Every watched cache has its first list. Before that a pass would see
+   * some objects but not others (sandboxes without the leases that make
+   * their nodes live) and act on a half-picture.
+   */
+  private synced = false;
   private readonly log: NonNullable<ControllerOptions["log"]>;
   /** Passes run (tests and metrics read it). */
   passes = 0;
@@ -57,6 +63,7 @@ export class Controller {
       this.pools.start(kick, onError),
       this.leases.start(kick, onError),
     ]);
+    this.synced = true;
     this.timer = setInterval(kick, this.o.resyncMs ?? 1000);
     this.timer.unref();
     this.kick();
@@ -71,7 +78,7 @@ export class Controller {
 
   /** Runs a pass now, or right after the one in progress. */
   kick(): void {
-    if (this.stopped) return;
+    if (this.stopped || !this.synced) return;
     if (this.running) {
       this.again = true;
       return;

@@ -34,6 +34,12 @@ export class NodeAgent {
   private pools!: WatchedCache<SandboxPool>;
   private timers: NodeJS.Timeout[] = [];
   private stopped = false;
+  /**
+   * Every watched cache has its first list. Before that a pass would see
+   * some objects but not others (sandboxes without the leases that make
+   * their nodes live) and act on a half-picture.
+   */
+  private synced = false;
   private running: Promise<void> | undefined;
   private again = false;
   /** Resource name → work in flight for it. */
@@ -76,6 +82,7 @@ export class NodeAgent {
       this.kick();
     };
     await Promise.all([this.sandboxes.start(onChange, onError), this.pools.start(onChange, onError)]);
+    this.synced = true;
     const every = (ms: number, f: () => void) => {
       const t = setInterval(f, ms);
       t.unref();
@@ -99,7 +106,7 @@ export class NodeAgent {
   }
 
   kick(): void {
-    if (this.stopped) return;
+    if (this.stopped || !this.synced) return;
     if (this.running) {
       this.again = true;
       return;

@@ -175,6 +175,31 @@ describe("Mitos on Kubernetes (real apiserver, two node agents, real VMs)", { sk
     assert.equal(child.parentId, "s1");
   });
 
+  it("a pool of a new template is built on every node, and its sandboxes run it", async () => {
+    cp.kubectl(
+      ["apply", "-n", NS, "-f", "-"],
+      JSON.stringify({
+        apiVersion: "mitos.run/v1",
+        kind: "SandboxPool",
+        metadata: { name: "tools" },
+        spec: { template: { image: "base", init: ["echo built-by-pool > /etc/mitos-pool"] }, min: 0 },
+      }),
+    );
+    await until(
+      "the tools template on both nodes",
+      async () => {
+        const p = JSON.parse(cp.kubectl(["get", "-n", NS, "sandboxpool", "tools", "-o", "json"])) as SandboxPool;
+        return p.status?.nodes?.length === 2 && p.status.nodes.every((n) => n.ready) ? true : undefined;
+      },
+      300_000,
+    );
+    const client = new SandboxServer({ baseUrl: env.MITOS_BASE_URL, apiKey: clientToken });
+    const sb = await client.fork("tools");
+    assert.equal((await sb.exec("cat /etc/mitos-pool")).stdout.trim(), "built-by-pool");
+    await sb.terminate();
+    cp.kubectl(["delete", "-n", NS, "sandboxpool", "tools"]);
+  });
+
   it("a Sandbox from a checkpoint lands on the node that holds the checkpoint", async () => {
     const s1 = (await sandbox("s1")) as SandboxResource;
     const node = s1.status?.node as string;
