@@ -161,6 +161,18 @@ describe("lifecycle API", () => {
   it("reports pools, metering and Prometheus metrics", async () => {
     const pools = (await (await api("GET", "/v1/pools")).json()) as Array<{ template: string; target: number }>;
     assert.ok(pools.some((p) => p.template === "python" && p.target === 1));
+    // A target set through the API: kept warm (even idle), then back to 1; unknown templates and bad targets refused.
+    const set = await api("PUT", "/v1/pools/python", { target: 2 });
+    assert.equal(set.status, 200);
+    assert.equal(((await set.json()) as { target: number }).target, 2);
+    assert.equal((await api("PUT", "/v1/pools/python", { target: 1 })).status, 200);
+    const unknown = await api("PUT", "/v1/pools/no-such-template", { target: 1 });
+    assert.equal(unknown.status, 404);
+    assert.equal(((await unknown.json()) as { error: { code: string } }).error.code, "not_found");
+    for (const bad of [{ target: -1 }, { target: "2" }, {}, { target: 1, extra: true }]) {
+      const r = await api("PUT", "/v1/pools/python", bad);
+      assert.equal(r.status, 400, JSON.stringify(bad));
+    }
     const m = (await (await api("GET", "/v1/metering")).json()) as {
       sandboxes: Array<{ id: string; private_bytes: number }>;
       host: { total_bytes: number };
