@@ -20,7 +20,7 @@ export interface NodeCapacity {
   warm: Record<string, number>;
   /** Learnt per template: bytes a fork child dirties on average (its private pages). */
   forkCostBytes: Record<string, number>;
-  /** Guest RAM of each template (the cost of a fresh create). */
+  /** Nominal guest RAM of each template: what the node's caps count per sandbox, and a create's cost until a fork cost is learnt. */
   templateMemoryBytes: Record<string, number>;
   /** Sandbox ids live on the node. */
   sandboxes: string[];

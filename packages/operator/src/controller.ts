@@ -17,7 +17,7 @@ import {
   type SandboxStatus,
   sandboxProblem,
 } from "./resources.js";
-import { placePool, placeSandbox, reservations } from "./scheduler.js";
+import { pendingSlots, placePool, placeSandbox, reservations } from "./scheduler.js";
 
 export interface ControllerOptions {
   kube: Kube;
@@ -101,6 +101,7 @@ export class Controller {
     const sandboxes = this.sandboxes.list();
     const pools = this.pools.list();
     const reserved = reservations(sandboxes, byName);
+    const pending = pendingSlots(sandboxes, byName);
     await this.reconcilePools(pools, nodes, reserved);
     const index = indexSandboxes(sandboxes, nodes);
     const claimed = new Map<string, number>();
@@ -125,6 +126,7 @@ export class Controller {
           nodeOfSandbox: index.nodeOf,
           templateOfSandbox: index.templateOf,
           reserved,
+          pending,
           claimed,
         });
         if ("node" in placed) {
@@ -132,11 +134,17 @@ export class Controller {
             phase: "Scheduled",
             node: placed.node,
             reservedBytes: placed.reservedBytes,
+            reservedGuestMiB: placed.guestMib,
             scheduledAt: new Date().toISOString(),
             message: `scheduled to ${placed.node}`,
           });
           if (ok) {
             reserved.set(placed.node, (reserved.get(placed.node) ?? 0) + placed.reservedBytes);
+            const slots = pending.get(placed.node) ?? { sandboxes: 0, guestMib: 0 };
+            pending.set(placed.node, {
+              sandboxes: slots.sandboxes + placed.count,
+              guestMib: slots.guestMib + placed.guestMib,
+            });
             if (sb.spec.pool) {
               const key = `${placed.node}/${sb.spec.pool}`;
               claimed.set(key, (claimed.get(key) ?? 0) + 1);

@@ -4,4 +4,4 @@ export { Gateway, type GatewayOptions } from "./gateway.js";
 export { Kube, loadKubeConfig } from "./kube.js";
 export { NodeAgent, type NodeAgentOptions } from "./node-agent.js";
 export * from "./resources.js";
-export { placePool, placeSandbox, reservations } from "./scheduler.js";
+export { freeBytes, pendingSlots, placePool, placeSandbox, reservations } from "./scheduler.js";

@@ -74,6 +74,8 @@ export interface SandboxStatus {
   endpoint?: string;
   forkTimeMs?: number;
   reservedBytes?: number;
+  /** Nominal guest RAM promised under the node's caps until it reports the sandbox (MiB). */
+  reservedGuestMiB?: number;
   children?: string[];
   memory?: { privateBytes?: number; sharedBytes?: number };
   scheduledAt?: string;

@@ -243,7 +243,13 @@ describe("Mitos on Kubernetes (real apiserver, two node agents, real VMs)", { sk
     assert.equal(await sb.files.readText("/tmp/through-gateway.txt"), "hello cluster");
 
     let screen = "";
-    const pty = await sb.createPty({ cols: 80, rows: 24, onData: (d) => (screen += d) });
+    const pty = await sb.createPty({
+      cols: 80,
+      rows: 24,
+      onData: (d) => {
+        screen += d;
+      },
+    });
     pty.write("echo hi-$((40+2))\r");
     await until("PTY echo", () => (screen.includes("hi-42") ? true : undefined), 20_000);
     pty.resize(120, 40);
