@@ -16,6 +16,9 @@ import {
   type TemplateSpec,
 } from "./resources.js";
 
+/** Least time between two reconcile passes of a node agent (ms). */
+const PASS_GAP_MS = 50;
+
 export interface NodeAgentOptions {
   kube: Kube;
   node: string;
@@ -40,6 +43,7 @@ export class NodeAgent {
    * their nodes live) and act on a half-picture.
    */
   private synced = false;
+  private queued: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
   private again = false;
   /** Resource name → work in flight for it. */
@@ -99,27 +103,36 @@ export class NodeAgent {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    if (this.queued) clearTimeout(this.queued);
     for (const t of this.timers) clearInterval(t);
     await this.running;
     await Promise.all([...this.inflight.values()]);
     await Promise.all([this.sandboxes?.stop(), this.pools?.stop()]);
   }
 
+  /**
+   * Asks for a pass. Events of the whole namespace arrive here, so passes are
+   * coalesced: at most one runs, one more is queued, and they start at least
+   * PASS_GAP_MS apart (each lists this node's sandboxes through mitosd).
+   */
   kick(): void {
     if (this.stopped || !this.synced) return;
-    if (this.running) {
+    if (this.running || this.queued) {
       this.again = true;
       return;
     }
-    this.running = this.pass()
-      .catch((err) => this.log("node reconcile failed", { error: String(err) }))
-      .finally(() => {
-        this.running = undefined;
-        if (this.again) {
-          this.again = false;
-          this.kick();
-        }
-      });
+    this.queued = setTimeout(() => {
+      this.queued = undefined;
+      this.running = this.pass()
+        .catch((err) => this.log("node reconcile failed", { error: String(err) }))
+        .finally(() => {
+          this.running = undefined;
+          if (this.again) {
+            this.again = false;
+            this.kick();
+          }
+        });
+    }, PASS_GAP_MS);
   }
 
   // --- lease and capacity ---
@@ -242,8 +255,8 @@ export class NodeAgent {
       // Done here, but the watch has not delivered our own status write yet: never make it twice.
       if (sb.status?.phase === "Scheduled" && this.realized.get(name) === sb.metadata.uid) continue;
       if (sb.status?.phase !== "Scheduled") this.realized.delete(name);
-      if (sb.status?.phase === "Scheduled") this.track(name, this.realize(sb, local));
-      else if (sb.status?.phase === "Ready") this.track(name, this.refresh(sb, local));
+      if (sb.status?.phase === "Scheduled") this.track(name, this.realize(sb, local), true);
+      else if (sb.status?.phase === "Ready") this.track(name, this.refresh(sb, local), false);
     }
     // Sandboxes this agent made whose resource is gone (deleted while the agent was down).
     const claimed = new Set(this.sandboxes.list().flatMap(sandboxIds));
@@ -255,12 +268,21 @@ export class NodeAgent {
     }
   }
 
-  private track(name: string, work: Promise<void>): void {
+  /**
+   * Runs one resource's work, one at a time per resource. Only work that
+   * changed something asks for another pass at once (`again`); a refresh that
+   * found nothing new waits for the next event or tick, or passes would follow
+   * each other back to back, each listing mitosd's sandboxes.
+   */
+  private track(name: string, work: Promise<void>, again: boolean): void {
     const p = work
-      .catch((err) => this.log("sandbox work failed", { sandbox: name, error: String(err) }))
+      .catch((err) => {
+        // Deleted while we worked on it: its delete event cleans up.
+        if (statusOf(err) !== 404) this.log("sandbox work failed", { sandbox: name, error: String(err) });
+      })
       .finally(() => {
         this.inflight.delete(name);
-        this.kick();
+        if (again) this.kick();
       });
     this.inflight.set(name, p);
   }
