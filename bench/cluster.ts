@@ -29,6 +29,7 @@ import { removeDataDir, tempDataDir } from "../test-support/data-dir.js";
 import { type ControlPlane, keepNodeReady, kubeAvailable, startControlPlane } from "../test-support/kube.js";
 import { type Daemon, startMitosd } from "../test-support/mitosd.js";
 import { fmt, type RecordOptions, record, type Series, stats } from "./record.js";
+import { until } from "../test-support/until.js";
 
 const quick = process.argv.includes("--quick");
 const N = quick ? 3 : 10;
@@ -46,26 +47,6 @@ if (!kubeAvailable()) {
 const t00 = performance.now();
 const progress = (msg: string) => console.error(`[${((performance.now() - t00) / 1000).toFixed(1)} s] ${msg}`);
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
-async function until<T>(
-  what: string,
-  f: () => Promise<T | undefined> | T | undefined,
-  ms = 120_000,
-  every = 100,
-): Promise<T> {
-  const deadline = Date.now() + ms;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await f();
-      if (v !== undefined && v !== false) return v;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ""}`);
-    await sleep(every);
-  }
-}
 
 interface Node {
   name: string;

@@ -16,27 +16,13 @@ import { removeDataDir, tempDataDir } from "../../../test-support/data-dir.js";
 import { type ControlPlane, keepNodeReady, kubeAvailable, startControlPlane } from "../../../test-support/kube.js";
 import { type Daemon, repoRoot, startMitosd } from "../../../test-support/mitosd.js";
 import { Controller, Gateway, Kube, loadKubeConfig, type SandboxPool, type SandboxResource } from "../src/index.js";
+import { until } from "../../../test-support/until.js";
 
 const run = promisify(execFile);
 const NS = "mitos-system";
 const LEASE_SECONDS = 10;
 const skip =
   !kubeAvailable() && process.env.CI !== "true" ? "kube binaries not built (bash scripts/build-kube.sh)" : false;
-
-async function until<T>(what: string, f: () => Promise<T | undefined> | T | undefined, ms = 120_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await f();
-      if (v !== undefined && v !== false) return v;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ""}`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
 
 describe("Mitos on Kubernetes (real apiserver, two node agents, real VMs)", { skip, timeout: 1_200_000 }, () => {
   let cp: ControlPlane;

@@ -18,6 +18,7 @@ import { Kube, loadKubeConfig } from "../src/kube.js";
 import { nodeViews } from "../src/nodes.js";
 import { GROUP, type SandboxPool, type SandboxResource, type SandboxStatus, VERSION } from "../src/resources.js";
 import { freeBytes, HOST_SHARE } from "../src/scheduler.js";
+import { until } from "../../../test-support/until.js";
 
 const NS = "mitos-test";
 const MiB = 2 ** 20;
@@ -30,21 +31,6 @@ const skip =
   !available && process.env.CI !== "true"
     ? `no kube-apiserver in ${KUBE_BIN} or no etcd: build them with scripts/build-kube.sh`
     : false;
-
-async function until<T>(what: string, f: () => Promise<T | undefined | false> | T | undefined | false, ms = 15_000) {
-  const deadline = Date.now() + ms;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await f();
-      if (v !== undefined && v !== false) return v as T;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ""}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
