@@ -26,10 +26,16 @@ import {
 } from "../packages/operator/src/index.js";
 import { type Sandbox, SandboxServer } from "../packages/sdk/src/index.js";
 import { removeDataDir, tempDataDir } from "../test-support/data-dir.js";
-import { type ControlPlane, keepNodeReady, kubeAvailable, startControlPlane } from "../test-support/kube.js";
-import { type Daemon, startMitosd } from "../test-support/mitosd.js";
-import { fmt, type RecordOptions, record, type Series, stats } from "./record.js";
+import {
+  type ControlPlane,
+  keepNodeReady,
+  kubeAvailable,
+  startControlPlane,
+  startNodeAgent,
+} from "../test-support/kube.js";
+import type { Daemon } from "../test-support/mitosd.js";
 import { until } from "../test-support/until.js";
+import { fmt, type RecordOptions, record, type Series, stats } from "./record.js";
 
 const quick = process.argv.includes("--quick");
 const N = quick ? 3 : 10;
@@ -251,20 +257,13 @@ try {
     progress(`starting mitosd --node ${n.name}`);
     n.ready = await keepNodeReady(cp, n.name, { "mitos.run/sandbox-host": "true" });
     n.dataDir = tempDataDir(`bench-cluster-${n.name}`);
-    n.starting = startMitosd(n.dataDir, [
-      "--node",
-      n.name,
-      "--kubeconfig",
-      cp.kubeconfigPath,
-      "--namespace",
-      NS,
-      "--lease-seconds",
-      String(LEASE_SECONDS),
-      "--gateway-token-file",
+    n.starting = startNodeAgent(n.dataDir, {
+      node: n.name,
+      cp,
+      namespace: NS,
+      leaseSeconds: LEASE_SECONDS,
       gatewayTokenFile,
-      "--shutdown",
-      "terminate",
-    ]);
+    });
     n.daemon = await n.starting;
     n.local = new SandboxServer({ baseUrl: n.daemon.url, apiKey: n.daemon.token, maxRetries: 0 });
   }

@@ -18,7 +18,7 @@ import {
   setHeaderOptions,
   V1MicroTime,
 } from "@kubernetes/client-node";
-import { repoRoot } from "./mitosd.js";
+import { type Daemon, repoRoot, startMitosd } from "./mitosd.js";
 
 export const KUBE_BIN = process.env.MITOS_KUBE_DIR ?? "/var/cache/mitos-kube";
 
@@ -281,4 +281,25 @@ export async function keepNodeReady(
   const t = setInterval(() => void ready().catch(() => {}), 10_000);
   t.unref();
   return { stop: () => clearInterval(t) };
+}
+
+/** A real mitosd as the node agent of `node` (terminating its sandboxes when stopped). */
+export function startNodeAgent(
+  dataDir: string,
+  o: { node: string; cp: ControlPlane; namespace: string; leaseSeconds: number; gatewayTokenFile: string },
+): Promise<Daemon> {
+  return startMitosd(dataDir, [
+    "--node",
+    o.node,
+    "--kubeconfig",
+    o.cp.kubeconfigPath,
+    "--namespace",
+    o.namespace,
+    "--lease-seconds",
+    String(o.leaseSeconds),
+    "--gateway-token-file",
+    o.gatewayTokenFile,
+    "--shutdown",
+    "terminate",
+  ]);
 }

@@ -13,10 +13,16 @@ import { after, before, describe, it } from "node:test";
 import { promisify } from "node:util";
 import { SandboxServer } from "@mitos/sdk";
 import { removeDataDir, tempDataDir } from "../../../test-support/data-dir.js";
-import { type ControlPlane, keepNodeReady, kubeAvailable, startControlPlane } from "../../../test-support/kube.js";
-import { type Daemon, repoRoot, startMitosd } from "../../../test-support/mitosd.js";
-import { Controller, Gateway, Kube, loadKubeConfig, type SandboxPool, type SandboxResource } from "../src/index.js";
+import {
+  type ControlPlane,
+  keepNodeReady,
+  kubeAvailable,
+  startControlPlane,
+  startNodeAgent,
+} from "../../../test-support/kube.js";
+import { type Daemon, repoRoot } from "../../../test-support/mitosd.js";
 import { until } from "../../../test-support/until.js";
+import { Controller, Gateway, Kube, loadKubeConfig, type SandboxPool, type SandboxResource } from "../src/index.js";
 
 const run = promisify(execFile);
 const NS = "mitos-system";
@@ -39,22 +45,16 @@ describe("Mitos on Kubernetes (real apiserver, two node agents, real VMs)", { sk
   };
 
   const startNode = async (name: string, dataDir: string) => {
-    return startMitosd(dataDir, [
-      "--node",
-      name,
-      "--kubeconfig",
-      cp.kubeconfigPath,
-      "--namespace",
-      NS,
-      "--lease-seconds",
-      String(LEASE_SECONDS),
-      "--gateway-token-file",
-      path.join(tmp, "gateway-token"),
-      "--shutdown",
-      "terminate",
-    ]);
+    return startNodeAgent(dataDir, {
+      node: name,
+      cp,
+      namespace: NS,
+      leaseSeconds: LEASE_SECONDS,
+      gatewayTokenFile: path.join(tmp, "gateway-token"),
+    });
   };
   const sandbox = (name: string) => kube.getSandbox(name);
+  const apply = (o: object) => cp.kubectl(["apply", "-n", NS, "-f", "-"], JSON.stringify(o));
   const local = (node: string) => {
     const n = nodes[node];
     if (!n) throw new Error(`no node ${node}`);
@@ -92,15 +92,12 @@ describe("Mitos on Kubernetes (real apiserver, two node agents, real VMs)", { sk
   });
 
   it("a SandboxPool with min 1 per node gets a warm VM on each node", async () => {
-    cp.kubectl(
-      ["apply", "-n", NS, "-f", "-"],
-      JSON.stringify({
-        apiVersion: "mitos.run/v1",
-        kind: "SandboxPool",
-        metadata: { name: "python" },
-        spec: { template: { image: "python" }, min: 1, nodeSelector: { "mitos.run/sandbox-host": "true" } },
-      }),
-    );
+    apply({
+      apiVersion: "mitos.run/v1",
+      kind: "SandboxPool",
+      metadata: { name: "python" },
+      spec: { template: { image: "python" }, min: 1, nodeSelector: { "mitos.run/sandbox-host": "true" } },
+    });
     const pool = await until(
       "the pool warm on both nodes",
       async () => {
@@ -120,15 +117,12 @@ describe("Mitos on Kubernetes (real apiserver, two node agents, real VMs)", { sk
   });
 
   it("a Sandbox from the pool becomes Ready with an endpoint, and forkOf {count: 4} lands on its node", async () => {
-    cp.kubectl(
-      ["apply", "-n", NS, "-f", "-"],
-      JSON.stringify({
-        apiVersion: "mitos.run/v1",
-        kind: "Sandbox",
-        metadata: { name: "s1" },
-        spec: { pool: "python", timeoutSeconds: 1800 },
-      }),
-    );
+    apply({
+      apiVersion: "mitos.run/v1",
+      kind: "Sandbox",
+      metadata: { name: "s1" },
+      spec: { pool: "python", timeoutSeconds: 1800 },
+    });
     const s1 = await until("s1 Ready", async () =>
       (await sandbox("s1"))?.status?.phase === "Ready" ? sandbox("s1") : undefined,
     );
@@ -139,15 +133,12 @@ describe("Mitos on Kubernetes (real apiserver, two node agents, real VMs)", { sk
     assert.equal((await direct.exec("echo ready-$((6*7))")).stdout.trim(), "ready-42");
 
     const uid = s1?.metadata.uid as string;
-    cp.kubectl(
-      ["apply", "-n", NS, "-f", "-"],
-      JSON.stringify({
-        apiVersion: "mitos.run/v1",
-        kind: "Sandbox",
-        metadata: { name: "f1", ownerReferences: [{ apiVersion: "mitos.run/v1", kind: "Sandbox", name: "s1", uid }] },
-        spec: { forkOf: { sandbox: "s1", count: 4 } },
-      }),
-    );
+    apply({
+      apiVersion: "mitos.run/v1",
+      kind: "Sandbox",
+      metadata: { name: "f1", ownerReferences: [{ apiVersion: "mitos.run/v1", kind: "Sandbox", name: "s1", uid }] },
+      spec: { forkOf: { sandbox: "s1", count: 4 } },
+    });
     const f1 = (await until("f1 Ready", async () =>
       (await sandbox("f1"))?.status?.phase === "Ready" ? sandbox("f1") : undefined,
     )) as SandboxResource;
@@ -162,15 +153,12 @@ describe("Mitos on Kubernetes (real apiserver, two node agents, real VMs)", { sk
   });
 
   it("a pool of a new template is built on every node, and its sandboxes run it", async () => {
-    cp.kubectl(
-      ["apply", "-n", NS, "-f", "-"],
-      JSON.stringify({
-        apiVersion: "mitos.run/v1",
-        kind: "SandboxPool",
-        metadata: { name: "tools" },
-        spec: { template: { image: "base", init: ["echo built-by-pool > /etc/mitos-pool"] }, min: 0 },
-      }),
-    );
+    apply({
+      apiVersion: "mitos.run/v1",
+      kind: "SandboxPool",
+      metadata: { name: "tools" },
+      spec: { template: { image: "base", init: ["echo built-by-pool > /etc/mitos-pool"] }, min: 0 },
+    });
     await until(
       "the tools template on both nodes",
       async () => {
@@ -192,15 +180,12 @@ describe("Mitos on Kubernetes (real apiserver, two node agents, real VMs)", { sk
     const source = await local(node).get("s1");
     await source.exec("echo saved > /root/mark");
     const saved = await source.checkpoint({ name: "k8s" });
-    cp.kubectl(
-      ["apply", "-n", NS, "-f", "-"],
-      JSON.stringify({
-        apiVersion: "mitos.run/v1",
-        kind: "Sandbox",
-        metadata: { name: "c1" },
-        spec: { checkpoint: saved.id },
-      }),
-    );
+    apply({
+      apiVersion: "mitos.run/v1",
+      kind: "Sandbox",
+      metadata: { name: "c1" },
+      spec: { checkpoint: saved.id },
+    });
     const c1 = (await until("c1 Ready", async () =>
       (await sandbox("c1"))?.status?.phase === "Ready" ? sandbox("c1") : undefined,
     )) as SandboxResource;

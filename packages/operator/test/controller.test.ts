@@ -12,13 +12,13 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { V1MicroTime, Watch } from "@kubernetes/client-node";
 import { type ControlPlane, KUBE_BIN, kubeAvailable, startControlPlane } from "../../../test-support/kube.js";
+import { until } from "../../../test-support/until.js";
 import { CAPACITY_ANNOTATION, LEASE_PREFIX, type NodeCapacity, type NodeView } from "../src/capacity.js";
 import { Controller } from "../src/controller.js";
 import { Kube, loadKubeConfig } from "../src/kube.js";
 import { nodeViews } from "../src/nodes.js";
 import { GROUP, type SandboxPool, type SandboxResource, type SandboxStatus, VERSION } from "../src/resources.js";
 import { freeBytes, HOST_SHARE } from "../src/scheduler.js";
-import { until } from "../../../test-support/until.js";
 
 const NS = "mitos-test";
 const MiB = 2 ** 20;
