@@ -12,6 +12,8 @@ import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { promisify } from "node:util";
 import { SandboxServer } from "@mitos/sdk";
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
 import { removeDataDir, tempDataDir } from "../../../test-support/data-dir.js";
 import {
   type ControlPlane,
@@ -258,6 +260,36 @@ describe("Mitos on Kubernetes (real apiserver, two node agents, real VMs)", { sk
       py.stdout.split("\n").filter((l) => l.trim() !== ""),
       squares,
     );
+  });
+
+  it("mitos-mcp, pointed at the gateway by its environment alone, creates, forks and runs", async () => {
+    const mcp = new Client({ name: "cluster-test", version: "0.0.1" });
+    await mcp.connect(
+      new StdioClientTransport({
+        command: process.execPath,
+        args: [path.join(repoRoot, "packages/mcp/dist/bin/mitos-mcp.js")],
+        env: env as Record<string, string>,
+        cwd: repoRoot,
+      }),
+    );
+    try {
+      const call = async <T>(name: string, args: Record<string, unknown>): Promise<T> => {
+        const r = (await mcp.callTool({ name, arguments: args })) as {
+          isError?: boolean;
+          content: Array<{ text?: string }>;
+        };
+        assert.ok(!r.isError, `${name}: ${r.content[0]?.text}`);
+        return JSON.parse(r.content[0]?.text ?? "null") as T;
+      };
+      const sb = await call<{ id: string }>("sandbox_create", { template: "python" });
+      const { children } = await call<{ children: string[] }>("sandbox_fork", { sandbox_id: sb.id, count: 2 });
+      assert.equal(children.length, 2);
+      const out = await call<{ stdout: string }>("sandbox_exec", { sandbox_id: children[1], command: "echo via-mcp" });
+      assert.equal(out.stdout.trim(), "via-mcp");
+      for (const id of [...children, sb.id]) await call("sandbox_terminate", { sandbox_id: id });
+    } finally {
+      await mcp.close();
+    }
   });
 
   it("mitos sandbox ls through the gateway lists the sandboxes of both nodes", async () => {
