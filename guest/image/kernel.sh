@@ -30,7 +30,7 @@ die() { printf 'kernel.sh: error: %s\n' "$*" >&2; exit 1; }
 OUTDIR=$1
 META=${MITOS_KERNEL_PACKAGE:-linux-image-cloud-amd64}
 # Module names as the kernel spells them (dash and underscore are equivalent).
-MODULES="virtio_ring virtio virtio_mmio virtio_console virtio_blk virtio_rng overlay ${MITOS_EXTRA_MODULES:-}"
+MODULES="virtio_ring virtio virtio_mmio virtio_console virtio_blk virtio_rng virtio_net overlay ${MITOS_EXTRA_MODULES:-}"
 
 for tool in apt-get apt-cache dpkg-deb lz4 grep od; do
   command -v "$tool" >/dev/null || die "missing tool: $tool"

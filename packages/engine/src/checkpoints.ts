@@ -7,10 +7,11 @@ import fs from "node:fs";
 import path from "node:path";
 import type { CheckpointManifest } from "./checkpoint-store.js";
 import type { SharedGroup } from "./confine.js";
-import { type EngineContext, randomHex } from "./context.js";
+import { applyNetwork, type EngineContext, randomHex } from "./context.js";
 import { MitosError, shmSpaceRemediation } from "./errors.js";
 import { activateAll, captureRunning, compactLater, restoreAll } from "./fork.js";
 import type { Sandbox, SandboxInfo, SandboxTable } from "./lifecycle.js";
+import { DEFAULT_POLICY } from "./network/policy.js";
 import type { Snapshot, Vm } from "./vm.js";
 
 /** Checkpoint bases kept materialized in the shm dir at once. */
@@ -125,7 +126,13 @@ export class Checkpoints {
     const timeout = table.checkTimeout(opts.timeoutSeconds);
     const started = Date.now();
     const env = { ...m.env, ...(opts.env ?? {}) };
-    const placeholders = ids.map((id) => table.reserve(id, m.templateId, null, timeout, env, m.machine.memMiB));
+    // A networked checkpoint's sandboxes start with its template's policy (deny all when it has none).
+    const network = m.machine.network
+      ? (ctx.journal.templates[m.templateId]?.spec?.network ?? DEFAULT_POLICY)
+      : undefined;
+    const placeholders = ids.map((id) =>
+      table.reserve(id, m.templateId, null, timeout, env, m.machine.memMiB, network),
+    );
     try {
       const results = await this.restore(m, count);
       const { children, errors } = await activateAll(ctx, table, results, placeholders, started);
@@ -166,6 +173,7 @@ export class Checkpoints {
     const [r] = await this.restore(this.ctx.checkpoints.get(cp), 1);
     if (!r || r.status === "rejected") throw r?.reason ?? new Error("restore failed");
     try {
+      await applyNetwork(this.ctx, r.value, s.network);
       await r.value.activate(s.id);
     } catch (err) {
       await r.value.destroy();

@@ -236,9 +236,22 @@ export function shareSocket(socketPath: string, runAs: RunAs | undefined): void 
 /**
  * The command that starts QEMU as `runAs`: util-linux setpriv sets the ids,
  * the groups (node's spawn can set no supplementary group, which KVM needs)
- * and no_new_privs, then execs QEMU, so the pid is QEMU's.
+ * and no_new_privs, then execs QEMU, so the pid is QEMU's. A networked VM
+ * starts in its slot's namespace (nsenter, which execs too, before the
+ * privileges are dropped).
  */
 export function qemuCommand(
+  qemuBinary: string,
+  args: string[],
+  runAs: RunAs | undefined,
+  netnsPath?: string,
+): { command: string; args: string[] } {
+  const cmd = confinedCommand(qemuBinary, args, runAs);
+  if (netnsPath === undefined) return cmd;
+  return { command: "nsenter", args: [`--net=${netnsPath}`, "--", cmd.command, ...cmd.args] };
+}
+
+function confinedCommand(
   qemuBinary: string,
   args: string[],
   runAs: RunAs | undefined,

@@ -8,6 +8,9 @@ import type { Confinement, RunAs } from "./confine.js";
 import type { Disks } from "./disk.js";
 import type { Journal } from "./journal.js";
 import type { SpendCaps } from "./limits.js";
+import type { Network } from "./network/network.js";
+import { DEFAULT_POLICY, type NetworkPolicy } from "./network/policy.js";
+import type { Pin } from "./network/ruleset.js";
 import type { Accel } from "./qemu/accel.js";
 import type { Vm } from "./vm.js";
 
@@ -35,6 +38,8 @@ export interface EngineContext {
   readonly checkpoints: CheckpointStore;
   /** Workspace disk layers (disk.ts). */
   readonly disks: Disks;
+  /** Network slots, policies and the resolver (network/). */
+  readonly network: Network;
   readonly log: Log;
   readonly fault: (step: FaultStep, vm: Vm) => void | Promise<void>;
   /** Spread into every Vm launch. */
@@ -61,6 +66,61 @@ export function journalUntilExit(ctx: EngineContext, vm: Vm, files: string[] = [
   vm.exited
     .then(() => ctx.journal.deleteVm(vm.id))
     .catch((err: Error) => ctx.log("journal update failed", { vm: vm.id, error: err.message }));
+}
+
+/** What a VM needs on the host besides QEMU: a disk layer over `chain`, a network slot. */
+export interface VmResources {
+  chain: string[] | undefined;
+  runAs: RunAs | undefined;
+  /** The machine has a NIC: the VM launches in a slot of its own (policy: deny all until applyNetwork). */
+  network?: boolean;
+}
+
+/**
+ * Launches a VM with what its machine needs (withDisk), in a network slot
+ * of its own when it has a NIC; the slot goes when the VM exits.
+ */
+export async function withResources(
+  ctx: EngineContext,
+  r: VmResources,
+  launch: (
+    vmId: string,
+    runAs: RunAs | undefined,
+    disk: string[] | undefined,
+    netns: string | undefined,
+  ) => Promise<Vm>,
+): Promise<Vm> {
+  if (!r.network) return withDisk(ctx, r.chain, r.runAs, (id, runAs, disk) => launch(id, runAs, disk, undefined));
+  return withDisk(ctx, r.chain, r.runAs, async (id, runAs, disk) => {
+    let slot: { netnsPath: string };
+    try {
+      slot = await ctx.network.attach(id, runAs);
+    } catch (err) {
+      runAs?.release();
+      throw err;
+    }
+    try {
+      const vm = await launch(id, runAs, disk, slot.netnsPath);
+      vm.exited
+        .then(() => ctx.network.detach(id))
+        .catch((err: Error) => ctx.log("network: slot removal failed", { vm: id, error: err.message }));
+      return vm;
+    } catch (err) {
+      await ctx.network.detach(id).catch(() => {});
+      throw err;
+    }
+  });
+}
+
+/** Gives a networked VM its sandbox's policy (and a fork's inherited pins) before the guest runs as that sandbox. */
+export async function applyNetwork(
+  ctx: EngineContext,
+  vm: Vm,
+  policy: NetworkPolicy | undefined,
+  pins: Pin[] = [],
+): Promise<void> {
+  if (!vm.machine.network) return;
+  await ctx.network.setPolicy(vm.id, policy ?? DEFAULT_POLICY, pins);
 }
 
 /**

@@ -13,7 +13,7 @@ import { type CheckpointManifest, CheckpointStore } from "./checkpoint-store.js"
 import { Checkpoints } from "./checkpoints.js";
 import { defaultDataDir, shmDirFor } from "./config.js";
 import { Confinement } from "./confine.js";
-import { type EngineContext, type FaultStep, journalUntilExit, type Log } from "./context.js";
+import { applyNetwork, type EngineContext, type FaultStep, journalUntilExit, type Log } from "./context.js";
 import { DataDirLock } from "./dir-lock.js";
 import { Disks } from "./disk.js";
 import { MitosError } from "./errors.js";
@@ -23,6 +23,8 @@ import { Journal, type TemplateRecord, type TemplateSpec } from "./journal.js";
 import { checkId, type SandboxInfo, SandboxTable } from "./lifecycle.js";
 import { type Limits, resolveLimits, SpendCaps, type Usage } from "./limits.js";
 import { hostTotals, readVmMemory, type VmMemory } from "./metering.js";
+import { Network } from "./network/network.js";
+import { checkPolicy, DEFAULT_POLICY, type NetworkPolicy } from "./network/policy.js";
 import { WarmPool } from "./pool.js";
 import { type Accel, chooseAccel } from "./qemu/accel.js";
 import { recover } from "./recovery.js";
@@ -63,6 +65,8 @@ export interface EngineOptions {
   hibernateIdleSeconds?: number;
   /** Keep at most this many checkpoints per sandbox, dropping the oldest (default: all, up to the disk cap). */
   checkpointRetention?: number;
+  /** Networked sandboxes: the slot range, the claim registry and the resolver's upstream servers (docs/network.md). */
+  network?: { range?: string; registry?: string; upstream?: string[] };
   /** Test hook for fault injection: awaited at each named step with the VM involved. */
   faults?: (step: FaultStep, vm: Vm) => void | Promise<void>;
 }
@@ -118,6 +122,13 @@ export class Engine {
         caps: this.caps,
         checkpoints: this.checkpoints,
         disks: new Disks(this.dataDir, this.confinement.uids),
+        network: new Network({
+          dataDir: this.dataDir,
+          log,
+          ...(options.network?.range ? { range: options.network.range } : {}),
+          ...(options.network?.registry ? { registry: options.network.registry } : {}),
+          ...(options.network?.upstream ? { upstream: options.network.upstream } : {}),
+        }),
         log,
         fault: options.faults ?? (() => {}),
         agentOpts: options.agentTimeoutMs === undefined ? {} : { agentTimeoutMs: options.agentTimeoutMs },
@@ -320,9 +331,10 @@ export class Engine {
   /** A new sandbox from a template: a warm VM when one is ready, else a fresh restore. */
   async create(
     templateId: string,
-    opts: { id?: string; timeoutSeconds?: number; env?: Record<string, string> } = {},
+    opts: { id?: string; timeoutSeconds?: number; env?: Record<string, string>; network?: NetworkPolicy } = {},
   ): Promise<SandboxInfo> {
     this.assertOpen();
+    const asked = opts.network === undefined ? undefined : checkPolicy(opts.network);
     const id = this.table.newId(opts.id);
     const timeout = this.table.checkTimeout(opts.timeoutSeconds);
     const started = Date.now();
@@ -330,13 +342,24 @@ export class Engine {
     this.caps.admit(this.usage(), 1, 0);
     const template = this.ctx.journal.templates[templateId] ?? (await this.templates.builtin(templateId));
     this.caps.admit(this.usage(), 1, template.machine.memMiB);
-    const placeholder = this.table.reserve(id, templateId, null, timeout, opts.env ?? {}, template.machine.memMiB);
+    if (asked && !template.machine.network) throw noNic(templateId);
+    const network = template.machine.network ? (asked ?? template.spec?.network ?? DEFAULT_POLICY) : undefined;
+    const placeholder = this.table.reserve(
+      id,
+      templateId,
+      null,
+      timeout,
+      opts.env ?? {},
+      template.machine.memMiB,
+      network,
+    );
     try {
       const pool =
         this.pools.get(templateId) ?? (this.ctx.poolTargets[templateId] ? this.poolFor(templateId) : undefined);
       const vm = pool?.take() ?? (await this.templates.restore(template));
       try {
         await this.ctx.fault("create:restored", vm);
+        await applyNetwork(this.ctx, vm, network);
         // Identity is the sandbox id, not the VM's directory name.
         await vm.activate(id);
         await this.ctx.fault("create:activated", vm);
@@ -360,6 +383,24 @@ export class Engine {
   fork(sourceId: string, opts: ForkOptions = {}): Promise<{ children: SandboxInfo[]; forkTimeMs: number }> {
     this.assertOpen();
     return this.forks.fork(sourceId, opts);
+  }
+
+  /** Replaces a running sandbox's network policy; it takes effect at once (connections already open stay). */
+  async setNetwork(id: string, policy: unknown): Promise<SandboxInfo> {
+    this.assertOpen();
+    const checked = checkPolicy(policy);
+    const s = this.table.running(id);
+    if (!s.vm.machine.network) throw noNic(s.templateId);
+    await this.ctx.network.setPolicy(s.vm.id, checked);
+    s.network = checked;
+    this.table.persist(s);
+    this.ctx.log("network policy changed", {
+      sandbox: id,
+      egress: checked.egress,
+      allow: checked.allow_out.length,
+      deny: checked.deny_out.length,
+    });
+    return this.table.info(s);
   }
 
   // --- checkpoints ---
@@ -551,8 +592,9 @@ export class Engine {
     this.table.disarmAll();
     if (opts.killSandboxes) await Promise.all([...this.table.values()].map((s) => this.table.kill(s, "terminated")));
     else this.table.detachAll();
-    // Layers of sandboxes left running stay for the next run.
+    // Layers and network slots of sandboxes left running stay for the next run.
     this.ctx.disks.close();
+    await this.ctx.network.close();
     this.lock.release();
   }
 
@@ -561,6 +603,14 @@ export class Engine {
       throw new MitosError("unavailable", "the engine is shutting down", { remediation: "Retry once mitosd is back." });
     }
   }
+}
+
+/** A network policy for a sandbox of a template built without a NIC. */
+function noNic(templateId: string): MitosError {
+  return new MitosError("invalid_input", `template ${templateId} has no network device`, {
+    remediation: `Network is chosen when a template is built: create a template with "network" (e.g. {"id": "${templateId}-net", "image": "${templateId}", "network": {"egress": "deny"}}) and create sandboxes from it; their policy can then be set per sandbox.`,
+    context: { template: templateId },
+  });
 }
 
 function vmMemory(vm: Vm): VmMemory {

@@ -7,10 +7,11 @@ import fs from "node:fs";
 import path from "node:path";
 import { baseFileOf, digHoles } from "./base-file.js";
 import type { SharedGroup } from "./confine.js";
-import { type EngineContext, journalUntilExit, newVmId, randomHex, withDisk } from "./context.js";
+import { applyNetwork, type EngineContext, journalUntilExit, newVmId, randomHex, withResources } from "./context.js";
 import { MAX_CHAIN } from "./disk.js";
 import { MitosError } from "./errors.js";
 import type { RunningSandbox, Sandbox, SandboxInfo, SandboxTable } from "./lifecycle.js";
+import type { Pin } from "./network/ruleset.js";
 import { captureLive } from "./snapshot.js";
 import { SpareVms } from "./spares.js";
 import { type MachineSpec, type Snapshot, Vm } from "./vm.js";
@@ -81,7 +82,9 @@ export class Forks {
     // Spares already wait on an empty base file: capture into it and load them.
     // (Not with a workspace disk: a child's disk layer is known only after the capture.)
     const hasDisk = source.vm.disk !== undefined;
-    const spare = hasDisk ? undefined : this.spares.take(source.vm.machine, count);
+    // Nor with a NIC: a spare would need its network slot from before the fork.
+    const noSpares = hasDisk || Boolean(source.vm.machine.network);
+    const spare = noSpares ? undefined : this.spares.take(source.vm.machine, count);
     const ramFile = spare?.ramFile ?? path.join(ctx.shmDir, `mitos-base-${key}.ram`);
     const stateFile = path.join(ctx.dataDir, "bases", `${key}.state`);
     // The base's own group: only this fork's children can open it (the spares' one when there are spares).
@@ -90,8 +93,10 @@ export class Forks {
     const sourceVm = source.vm;
     ctx.journal.vmFiles(sourceVm.id, [ramFile, stateFile], true);
     const placeholders = ids.map((id) =>
-      table.reserve(id, source.templateId, source.id, timeout, source.env, source.memMiB),
+      table.reserve(id, source.templateId, source.id, timeout, source.env, source.memMiB, source.network),
     );
+    // Children get the parent's policy and its resolver pins (apps keep the addresses they resolved).
+    const pins = ctx.network.pinsOf(sourceVm.id);
     let captured = false;
     try {
       const { tPaused, disk } = await captureRunning(ctx, source, ramFile, stateFile, "fork");
@@ -106,7 +111,7 @@ export class Forks {
       fs.rmSync(ramFile, { force: true });
       fs.rmSync(stateFile, { force: true });
       const tRestored = Date.now();
-      const { children, errors } = await activateAll(ctx, table, results, placeholders, started);
+      const { children, errors } = await activateAll(ctx, table, results, placeholders, started, pins);
       if (errors.length === count) {
         throw new MitosError("fork_failed", `all ${count} children failed to start: ${errors[0]?.message}`, {
           remediation: "The source sandbox is unchanged. Retry; if it repeats, check host memory and /dev/shm space.",
@@ -139,7 +144,7 @@ export class Forks {
       for (const vm of spare?.vms ?? []) void vm.destroy(); // the fork failed before loading them
       // Spares for the next fork start a moment later, not while the children run their first commands.
       const machine = sourceVm.machine;
-      if (!hasDisk) setTimeout(() => this.spares.prime(machine), 1000).unref();
+      if (!noSpares) setTimeout(() => this.spares.prime(machine), 1000).unref();
       if (captured) this.reclaimBase(sourceVm);
       fs.rmSync(ramFile, { force: true });
       fs.rmSync(stateFile, { force: true });
@@ -271,7 +276,8 @@ export function restoreAll(
         return vm;
       }
       // Each child writes a layer of its own over the frozen disk.
-      return withDisk(ctx, disk, ctx.confinement.runAs(group, ctx.accel), (id, runAs, d) =>
+      const runAs = ctx.confinement.runAs(group, ctx.accel);
+      return withResources(ctx, { chain: disk, runAs, network: snapshot.machine.network }, (id, runAs, d, netns) =>
         Vm.restore({
           id,
           dataDir: ctx.dataDir,
@@ -279,6 +285,7 @@ export function restoreAll(
           paused: true,
           ...(runAs ? { runAs } : {}),
           ...(d ? { disk: d } : {}),
+          ...(netns ? { netns } : {}),
           ...ctx.agentOpts,
         }),
       );
@@ -293,6 +300,7 @@ export async function activateAll(
   results: PromiseSettledResult<Vm>[],
   placeholders: Sandbox[],
   started: number,
+  pins: Pin[] = [],
 ): Promise<{ children: SandboxInfo[]; errors: Error[] }> {
   const children: SandboxInfo[] = [];
   const errors: Error[] = [];
@@ -306,6 +314,7 @@ export async function activateAll(
       }
       try {
         await ctx.fault("fork:child-restored", r.value);
+        await applyNetwork(ctx, r.value, p.network, pins);
         await r.value.activate(p.id);
         children[i] = table.adopt(p, r.value, Date.now() - started);
       } catch (err) {

@@ -20,6 +20,8 @@ export { BUILTIN_RECIPES, ensureImages } from "./image/build.js";
 export type { Limits, Usage } from "./limits.js";
 export { defaultLimits, LIMIT_NAMES, resolveLimits, SpendCaps } from "./limits.js";
 export type { HostMemory, VmMemory } from "./metering.js";
+export type { Egress, NetworkPolicy } from "./network/policy.js";
+export { checkPolicy } from "./network/policy.js";
 export type { Accel, AccelChoice } from "./qemu/accel.js";
 export { chooseAccel } from "./qemu/accel.js";
 export type { BootOptions, MachineSpec, Snapshot, VmExit } from "./vm.js";

@@ -7,6 +7,7 @@
 
 import fs from "node:fs";
 import path from "node:path";
+import type { NetworkPolicy } from "./network/policy.js";
 import type { MachineSpec } from "./vm.js";
 
 export interface TemplateSpec {
@@ -23,6 +24,8 @@ export interface TemplateSpec {
   initTimeoutSeconds?: number;
   /** A workspace disk of this size at /workspace (a host copy-on-write disk, docs/disks.md); unset: /workspace is in guest RAM. */
   diskSizeMib?: number;
+  /** A network device, and the policy its sandboxes start with (docs/network.md); unset: no NIC. */
+  network?: NetworkPolicy;
 }
 
 export interface TemplateRecord {
@@ -75,6 +78,8 @@ export interface SandboxRecord {
   hibernation?: string;
   /** Hibernated by the idle timer: woken by the next runtime call. */
   idleHibernated?: boolean;
+  /** Its network policy (networked sandboxes only). */
+  network?: NetworkPolicy;
 }
 
 export interface JournalData {

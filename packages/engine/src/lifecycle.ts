@@ -7,6 +7,7 @@ import { randomHex } from "./context.js";
 import { MitosError } from "./errors.js";
 import type { SandboxRecord } from "./journal.js";
 import type { Usage } from "./limits.js";
+import type { NetworkPolicy } from "./network/policy.js";
 import type { Accel } from "./qemu/accel.js";
 import { ID_RE, type Vm } from "./vm.js";
 
@@ -25,6 +26,8 @@ export interface SandboxInfo {
   pid: number;
   /** Paused with its RAM freed (saved to a checkpoint); resume restores it. */
   hibernated: boolean;
+  /** Its network policy; unset: no network device. */
+  network?: NetworkPolicy;
 }
 
 export interface Sandbox {
@@ -48,6 +51,8 @@ export interface Sandbox {
   /** When an API call last touched it (unix ms), and the streams open to it now. */
   lastActive: number;
   streams: number;
+  /** Network policy of a sandbox whose machine has a NIC. */
+  network?: NetworkPolicy;
 }
 
 /** A sandbox known to have a VM (checked by `running`). */
@@ -78,6 +83,7 @@ export class SandboxTable {
     timeoutSeconds: number,
     env: Record<string, string>,
     memMiB: number,
+    network?: NetworkPolicy,
   ): Sandbox {
     const s: Sandbox = {
       id,
@@ -93,6 +99,7 @@ export class SandboxTable {
       memMiB,
       lastActive: Date.now(),
       streams: 0,
+      ...(network ? { network } : {}),
     };
     this.map.set(id, s);
     return s;
@@ -171,6 +178,7 @@ export class SandboxTable {
       ...(s.vm && !s.hibernation ? { vmId: s.vm.id } : {}),
       ...(s.hibernation ? { hibernation: s.hibernation } : {}),
       ...(s.idleHibernated ? { idleHibernated: true } : {}),
+      ...(s.network ? { network: s.network } : {}),
     };
     this.ctx.journal.putSandbox(rec);
   }
@@ -297,6 +305,7 @@ export class SandboxTable {
       accel: this.ctx.accel,
       pid: s.hibernation ? -1 : (s.vm?.pid ?? -1),
       hibernated: s.hibernation !== undefined,
+      ...(s.network ? { network: s.network } : {}),
     };
   }
 

@@ -11,6 +11,7 @@ import type { EngineContext } from "./context.js";
 import { ensureImages } from "./image/build.js";
 import type { SandboxRecord, VmRecord } from "./journal.js";
 import type { Sandbox, SandboxTable } from "./lifecycle.js";
+import { DEFAULT_POLICY } from "./network/policy.js";
 import { qemuPidsOf } from "./qemu/processes.js";
 import type { Templates } from "./templates.js";
 import { processStartTime, Vm } from "./vm.js";
@@ -53,6 +54,8 @@ export async function recover(ctx: EngineContext, templates: Templates, table: S
   }
   // From now on an adopted VM's gid is freed when its last VM exits.
   ctx.confinement.endAdoption();
+  // Network slots of VMs that were not re-adopted (their namespaces, veths, rules).
+  await ctx.network.reclaim(new Set());
   // QEMUs started but not yet journaled when the previous run died (a
   // restore in flight): found by their runtime paths under <dataDir>/vms/.
   for (const pid of qemuPidsOf(ctx.dataDir)) {
@@ -141,6 +144,15 @@ async function readopt(ctx: EngineContext, v: VmRecord, rec: SandboxRecord): Pro
     ...(v.disk ? { disk: v.disk } : {}),
     ...ctx.agentOpts,
   });
+  if (v.machine.network) {
+    const index = [...ctx.network.claims()].find(([, vmId]) => vmId === v.vmId)?.[0];
+    const kept = index !== undefined && (await ctx.network.adopt(vm.id, index, rec.network ?? DEFAULT_POLICY));
+    if (!kept) {
+      await vm.destroy();
+      throw new Error("its network slot is gone");
+    }
+    vm.exited.then(() => ctx.network.detach(vm.id)).catch(() => {});
+  }
   if (v.disk) {
     // Its layers stay while it runs; the frozen ones get groups of this run
     // (the VM has them open; children of its next fork must open them too).
@@ -179,6 +191,7 @@ function sandboxOf(rec: SandboxRecord, vm: Vm | undefined): Sandbox {
     forkTimeMs: rec.forkTimeMs,
     env: rec.env,
     memMiB: rec.memMiB,
+    ...(rec.network ? { network: rec.network } : {}),
     ...(rec.hibernation && !vm ? { hibernation: rec.hibernation } : {}),
     ...(rec.idleHibernated && !vm ? { idleHibernated: true } : {}),
     lastActive: Date.now(),

@@ -5,12 +5,14 @@
 import fs from "node:fs";
 import path from "node:path";
 import type { SharedGroup } from "./confine.js";
-import { type EngineContext, randomHex, withDisk } from "./context.js";
+import { type EngineContext, randomHex, withResources } from "./context.js";
 import { Disks } from "./disk.js";
 import { MitosError, shmSpaceRemediation } from "./errors.js";
 import { BUILTIN_RECIPES, ensureImages } from "./image/build.js";
 import type { TemplateRecord, TemplateSpec } from "./journal.js";
 import { checkId } from "./lifecycle.js";
+import { checkPolicy, DEFAULT_POLICY, type NetworkPolicy } from "./network/policy.js";
+import type { Slot } from "./network/slots.js";
 import { saveState } from "./snapshot.js";
 import { type Snapshot, Vm } from "./vm.js";
 
@@ -25,6 +27,8 @@ export interface TemplateInfo {
   /** Guest RAM and vCPUs of every sandbox made from it. */
   memSizeMib: number;
   vcpuCount: number;
+  /** Its sandboxes' default network policy; unset: no network device. */
+  network?: NetworkPolicy;
 }
 
 const PYTHON_WARMUP = "python3 -c 'import json, os, sys, subprocess, re, math, random' && true";
@@ -37,6 +41,7 @@ export function templateInfo(t: TemplateRecord): TemplateInfo {
     creationTimeMs: t.creationTimeMs,
     memSizeMib: t.machine.memMiB,
     vcpuCount: t.machine.vcpus,
+    ...(t.machine.network ? { network: t.spec?.network ?? DEFAULT_POLICY } : {}),
   };
 }
 
@@ -98,7 +103,8 @@ export class Templates {
 
   /** A paused VM restored from a template, running as a uid of its own in the template's group (with a disk layer of its own over the template's). */
   restore(t: TemplateRecord): Promise<Vm> {
-    return withDisk(this.ctx, t.disk, this.ctx.confinement.runAs(this.group(t), this.ctx.accel), (id, runAs, disk) =>
+    const runAs = this.ctx.confinement.runAs(this.group(t), this.ctx.accel);
+    return withResources(this.ctx, { chain: t.disk, runAs, network: t.machine.network }, (id, runAs, disk, netns) =>
       Vm.restore({
         id,
         dataDir: this.ctx.dataDir,
@@ -106,6 +112,7 @@ export class Templates {
         paused: true,
         ...(runAs ? { runAs } : {}),
         ...(disk ? { disk } : {}),
+        ...(netns ? { netns } : {}),
         ...this.ctx.agentOpts,
       }),
     );
@@ -154,6 +161,7 @@ export class Templates {
     const vcpus = spec.resources?.vcpuCount ?? 1;
     const diskMib = spec.diskSizeMib;
     if (diskMib !== undefined) Disks.checkSize(diskMib);
+    const network = spec.network === undefined ? undefined : checkPolicy(spec.network);
     const initWait = spec.initWaitSeconds ?? 0;
     const initTimeout = spec.initTimeoutSeconds ?? TEMPLATE_WAITS.defaultInitTimeoutSeconds;
     if (!Number.isInteger(initWait) || initWait < 0 || initWait > TEMPLATE_WAITS.maxInitWaitSeconds) {
@@ -193,8 +201,18 @@ export class Templates {
     const group = this.ctx.confinement.group();
     const diskKey = `build:${vmId}`;
     let disk: string[] | undefined;
+    let slot: Slot | undefined;
     const vm = await (async () => {
       const runAs = this.ctx.confinement.runAs(group, this.ctx.accel);
+      // A networked template boots in a slot with its own policy (init may fetch what it allows).
+      if (network) {
+        try {
+          slot = await this.ctx.network.attach(vmId, runAs, network);
+        } catch (err) {
+          runAs?.release();
+          throw err;
+        }
+      }
       if (diskMib !== undefined) {
         // A fresh ext4 disk, and the layer the build writes (init may fill /workspace).
         const base = await this.ctx.disks.createBase(diskMib, group);
@@ -214,13 +232,16 @@ export class Templates {
         timeoutMs: 120_000,
         ...(runAs ? { runAs } : {}),
         ...(disk ? { disk, diskMib } : {}),
+        ...(slot ? { network: true, netns: slot.netnsPath } : {}),
         ...this.ctx.agentOpts,
       });
-    })().catch((err) => {
+    })().catch(async (err) => {
+      if (slot) await this.ctx.network.detach(vmId).catch(() => {});
       this.ctx.disks.release(diskKey);
       group?.release();
       throw err;
     });
+    if (slot) vm.exited.then(() => this.ctx.network.detach(vmId)).catch(() => {});
     this.ctx.journal.putVm({
       vmId,
       pid: vm.pid,
@@ -255,7 +276,7 @@ export class Templates {
       await vm.destroy();
       const record: TemplateRecord = {
         id,
-        spec,
+        spec: network ? { ...spec, network } : spec,
         recipe: { packages, init, env },
         machine: vm.machine,
         ramFile,

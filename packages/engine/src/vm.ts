@@ -11,6 +11,7 @@ import { createRamFile, prepareVmDir, qemuCommand, type RunAs, reclaimVmDir } fr
 import { MitosError } from "./errors.js";
 import type { ImageSet } from "./image/build.js";
 import { readVmMemory } from "./metering.js";
+import { GUEST } from "./network/ruleset.js";
 import { type Accel, chooseAccel } from "./qemu/accel.js";
 import { type MemoryBacking, qemuArgs, type VmPaths, WORKSPACE_DRIVE } from "./qemu/command.js";
 import { QmpClient } from "./qemu/qmp.js";
@@ -25,6 +26,8 @@ export interface MachineSpec {
   accel: Accel;
   /** Size of the workspace disk (disk.ts); unset: /workspace lives in guest RAM. */
   diskMib?: number;
+  /** A virtio-net device (network/): the VM must launch in a network slot. */
+  network?: boolean;
 }
 
 /** A frozen VM: RAM file (base) plus device state (migration stream without guest RAM). */
@@ -47,6 +50,8 @@ export interface LaunchOptions {
   runAs?: RunAs;
   /** The workspace disk's chain, its writable layer first (machines with diskMib). */
   disk?: string[];
+  /** The network namespace QEMU starts in (machines with network). */
+  netns?: string;
 }
 
 export interface BootOptions extends LaunchOptions {
@@ -58,6 +63,7 @@ export interface BootOptions extends LaunchOptions {
   /** Keep the RAM file (share=on) after boot: a template build snapshots it. */
   keepRamFile?: boolean;
   diskMib?: number;
+  network?: boolean;
 }
 
 export interface RestoreOptions extends LaunchOptions {
@@ -151,6 +157,7 @@ export class Vm {
       vcpus: opts.vcpus ?? 1,
       accel: opts.accel ?? chooseAccel().accel,
       ...(opts.diskMib !== undefined ? { diskMib: opts.diskMib } : {}),
+      ...(opts.network ? { network: true } : {}),
     };
     checkVmId(opts);
     const ramFile = path.join(opts.shmDir, `mitos-${opts.id}.ram`);
@@ -364,6 +371,10 @@ export class Vm {
       opts.runAs?.release();
       throw new Error(`VM ${opts.id}: a workspace disk must be given exactly when the machine has one`);
     }
+    if (Boolean(machine.network) !== (opts.netns !== undefined)) {
+      opts.runAs?.release();
+      throw new Error(`VM ${opts.id}: a network namespace must be given exactly when the machine has a NIC`);
+    }
     prepareVmDir(dir, opts.runAs);
     for (const p of [paths.agentSocket, paths.qmpSocket, paths.migrationSocket]) fs.rmSync(p, { force: true });
     const args = qemuArgs({
@@ -378,11 +389,12 @@ export class Vm {
       cmdline: [`mitos.hostname=${opts.id}`],
       incoming,
       ...(opts.disk?.[0] !== undefined ? { disk: opts.disk[0] } : {}),
+      ...(machine.network ? { network: { tap: GUEST.tap, mac: GUEST.mac } } : {}),
     });
     const log = fs.openSync(paths.qemuLog, "w", 0o600);
     let cmd: { command: string; args: string[] };
     try {
-      cmd = qemuCommand(opts.qemuBinary ?? "qemu-system-x86_64", args, opts.runAs);
+      cmd = qemuCommand(opts.qemuBinary ?? "qemu-system-x86_64", args, opts.runAs, opts.netns);
     } catch (err) {
       fs.closeSync(log);
       opts.runAs?.release();

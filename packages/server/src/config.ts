@@ -35,6 +35,8 @@ const OTHER_KEYS = [
   "advertise_url",
   "gateway_token_file",
   "lease_seconds",
+  "net_range",
+  "dns_upstream",
 ] as const;
 /** Keys that only mean something with `node` (a Kubernetes node agent). */
 const CLUSTER_KEYS = ["kubeconfig", "namespace", "advertise_url", "gateway_token_file", "lease_seconds"];
@@ -57,6 +59,10 @@ export const HELP = `mitosd: the Mitos daemon (HTTP lifecycle API + Connect runt
   --checkpoint-retention N keep the N newest checkpoints of each sandbox, delete older ones (default: keep all)
   --hibernate-idle-seconds N  hibernate a sandbox no API call has touched for N seconds; the next
                            runtime call wakes it (default: never; docs/checkpoints.md)
+  --net-range CIDR addresses of networked sandboxes' host links, a /31 each (default 10.201.0.0/16;
+                   must not overlap a network the host uses; docs/network.md)
+  --dns-upstream S DNS servers the sandboxes' resolver asks, comma separated ip[:port]
+                   (default: the nameservers of /etc/resolv.conf)
   --shutdown MODE  keep (default): on SIGTERM/SIGINT sandboxes keep running and the next mitosd
                    re-adopts them (docs/restarts.md); terminate: they are terminated (env MITOS_SHUTDOWN)
 
@@ -161,6 +167,26 @@ export function loadDaemonConfig(argv: string[], env: NodeJS.ProcessEnv = proces
       if (typeof value !== "string" || value === "")
         throw new ConfigError(`${where}: ${key} must be a non-empty string`);
       cluster[key] = value;
+      continue;
+    }
+    if (key === "net_range" || key === "dns_upstream") {
+      if (typeof value !== "string" || value === "")
+        throw new ConfigError(`${where}: ${key} must be a non-empty string`);
+      const network = { ...options.network };
+      if (key === "net_range") {
+        if (!/^\d{1,3}(\.\d{1,3}){3}\/\d{1,2}$/.test(value))
+          throw new ConfigError(`${where}: net_range must be an IPv4 CIDR, got ${JSON.stringify(value)}`);
+        network.range = value;
+      } else {
+        const servers = value.split(",").map((s) => s.trim());
+        if (servers.some((s) => !/^\d{1,3}(\.\d{1,3}){3}(:\d{1,5})?$/.test(s))) {
+          throw new ConfigError(
+            `${where}: dns_upstream must be ip[:port] entries separated by commas, got ${JSON.stringify(value)}`,
+          );
+        }
+        network.upstream = servers;
+      }
+      options.network = network;
       continue;
     }
     if (key === "auth") {

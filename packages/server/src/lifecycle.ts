@@ -1,7 +1,7 @@
 // Lifecycle routes (API.md "Lifecycle"): JSON in and out, snake_case.
 
 import type { CheckpointManifest, Engine, SandboxInfo, TemplateInfo } from "@mitos/engine";
-import { LIMIT_NAMES, type Limits, MitosError } from "@mitos/engine";
+import { checkPolicy, LIMIT_NAMES, type Limits, MitosError } from "@mitos/engine";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { invalid } from "./errors.js";
 import type { IdempotencyCache } from "./idempotency.js";
@@ -45,6 +45,7 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
       accel: s.accel,
       memory,
       hibernated: s.hibernated,
+      network: s.network ?? null,
     };
   };
   const templateJson = (t: TemplateInfo) => ({
@@ -53,6 +54,7 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
     created_at: t.createdAt,
     creation_time_ms: t.creationTimeMs,
     resources: { vcpu_count: t.vcpuCount, mem_size_mib: t.memSizeMib },
+    network: t.network ?? null,
   });
   const checkpointJson = (c: CheckpointManifest) => ({
     id: c.id,
@@ -92,6 +94,7 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
         ...optional("initWaitSeconds", int(b, "init_wait_seconds")),
         ...optional("initTimeoutSeconds", int(b, "init_timeout_seconds")),
         ...optional("diskSizeMib", int(b, "disk_size_mib")),
+        ...optional("network", b.network === undefined || b.network === null ? undefined : checkPolicy(b.network)),
         resources: {
           ...optional("vcpuCount", resources ? int(resources, "vcpu_count") : undefined),
           ...optional("memSizeMib", resources ? int(resources, "mem_size_mib") : undefined),
@@ -106,13 +109,21 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
   );
 
   const createSandbox = idempotent(async (req) => {
-    const b = body(req, ["template", "pool", "id", "timeout_seconds", "env", "checkpoint"]);
+    const b = body(req, ["template", "pool", "id", "timeout_seconds", "env", "checkpoint", "network"]);
+    const network = b.network === undefined || b.network === null ? undefined : checkPolicy(b.network);
     const given = [str(b, "template"), str(b, "pool")].filter((x) => x !== undefined);
     if (given.length === 2 && given[0] !== given[1]) {
       throw invalid("template and pool name different templates", 'Pass one of "template" or "pool" (synonyms).');
     }
     const checkpoint = str(b, "checkpoint");
     if (checkpoint !== undefined) {
+      if (network) {
+        throw invalid(
+          "network cannot be given with checkpoint",
+          "A checkpoint's sandboxes start with its template's policy: create from the checkpoint, then PUT /v1/sandboxes/{id}/network.",
+          { field: "network" },
+        );
+      }
       if (given.length > 0) {
         throw invalid(
           "checkpoint and template both given",
@@ -136,6 +147,7 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
       ...optional("id", str(b, "id")),
       ...optional("timeoutSeconds", int(b, "timeout_seconds")),
       ...optional("env", strMap(b, "env")),
+      ...optional("network", network),
     });
     o.metrics.claimSeconds.observe((Date.now() - started) / 1000);
     return sandboxJson(s);
@@ -146,6 +158,9 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
   app.get("/v1/sandboxes", { schema: routeSchemas.listSandboxes }, async () => engine.list().map(sandboxJson));
   app.get<{ Params: { id: string } }>("/v1/sandboxes/:id", { schema: routeSchemas.getSandbox }, async (req) =>
     sandboxJson(engine.get(req.params.id)),
+  );
+  app.put<{ Params: { id: string } }>("/v1/sandboxes/:id/network", { schema: routeSchemas.setNetwork }, async (req) =>
+    sandboxJson(await engine.setNetwork(req.params.id, req.body ?? {})),
   );
 
   app.post<{ Params: { id: string } }>(
@@ -298,11 +313,11 @@ const TEMPLATE_KEYS = [
   "init_wait_seconds",
   "init_timeout_seconds",
   "disk_size_mib",
+  "network",
 ];
 
 /** Keys other servers accept that mitosd cannot honour yet: refused with the reason, never dropped. */
 const NOT_YET: Record<string, string> = {
-  network: "sandboxes have no network device yet (issue 15 adds opt-in egress)",
   workload: "mitosd has no workload classes; size a template with resources.{vcpu_count, mem_size_mib}",
 };
 

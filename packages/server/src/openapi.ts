@@ -27,6 +27,17 @@ const errorEnvelope = {
   },
 } as const;
 
+const network = {
+  type: "object",
+  description:
+    "network policy (docs/network.md); rules: IPv4 CIDR or address, name, *.suffix, each with optional :port",
+  properties: {
+    egress: { type: "string", enum: ["deny", "allow"] },
+    allow_out: { type: "array", items: str },
+    deny_out: { type: "array", items: str },
+  },
+} as const;
+
 const sandbox = {
   type: "object",
   properties: {
@@ -41,12 +52,20 @@ const sandbox = {
     accel: { type: "string", enum: ["kvm", "tcg"] },
     memory: { type: "object", properties: { private_bytes: int, shared_bytes: int } },
     hibernated: { type: "boolean", description: "paused with its RAM freed (POST /v1/pause {hibernate: true})" },
+    network: { ...network, type: ["object", "null"], description: "its network policy; null: no network device" },
   },
 } as const;
 
 const template = {
   type: "object",
-  properties: { id: str, ready: { type: "boolean" }, created_at: str, creation_time_ms: int },
+  properties: {
+    id: str,
+    ready: { type: "boolean" },
+    created_at: str,
+    creation_time_ms: int,
+    resources: { type: "object", properties: { vcpu_count: int, mem_size_mib: int } },
+    network: { ...network, type: ["object", "null"], description: "its sandboxes' default policy; null: no NIC" },
+  },
 } as const;
 
 const errors = { "4xx": errorEnvelope, "5xx": errorEnvelope };
@@ -79,7 +98,7 @@ const limits = {
 } as const;
 const createBody = {
   type: "object",
-  properties: { template: str, pool: str, checkpoint: str, id, timeout_seconds: int, env },
+  properties: { template: str, pool: str, checkpoint: str, id, timeout_seconds: int, env, network },
 } as const;
 
 export const routeSchemas = {
@@ -119,6 +138,7 @@ export const routeSchemas = {
           description:
             "a workspace disk of this size at /workspace, on the host (64 MiB to 1 TiB; default: /workspace in guest RAM)",
         },
+        network: { ...network, description: "a network device, and its sandboxes' default policy (default: no NIC)" },
       },
     },
     response: { 200: template, ...errors },
@@ -236,6 +256,12 @@ export const routeSchemas = {
       200: { type: "object", properties: { template: str, warm: int, target: int, claimed: int } },
       ...errors,
     },
+  },
+  setNetwork: {
+    summary: "Replace a running sandbox's network policy (takes effect at once)",
+    params: idParams,
+    body: network,
+    response: { 200: sandbox, ...errors },
   },
   limits: {
     summary: "Spend caps in force (quota_exceeded names the one hit) and current usage",

@@ -16,8 +16,9 @@ export interface ImageRecipe {
 }
 
 export const BUILTIN_RECIPES: Record<string, ImageRecipe> = {
-  base: { packages: [] },
-  python: { packages: ["python3"] },
+  // What a networked sandbox needs out of the box (docs/network.md).
+  base: { packages: ["ca-certificates", "iproute2", "curl"] },
+  python: { packages: ["ca-certificates", "iproute2", "curl", "python3"] },
 };
 
 export interface ImageSet {

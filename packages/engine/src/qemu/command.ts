@@ -30,6 +30,8 @@ export interface QemuConfig {
   incoming?: boolean;
   /** The workspace disk's writable qcow2 layer (disk.ts); the guest mounts it at /workspace. */
   disk?: string;
+  /** A virtio-net device on the tap of the namespace QEMU starts in (network/slots.ts); else no NIC. */
+  network?: { tap: string; mac: string };
 }
 
 /** The QMP device name of the workspace disk's drive (block jobs and live snapshots name it). */
@@ -69,9 +71,15 @@ export function qemuArgs(c: QemuConfig): string[] {
     "-machine",
     "memory-backend=mem",
     "-nodefaults",
-    // No network device: a guest has only its loopback (docs/security.md).
-    "-nic",
-    "none",
+    // No network device unless asked: a guest has only its loopback (docs/security.md, docs/network.md).
+    ...(c.network
+      ? [
+          "-netdev",
+          `tap,id=net0,ifname=${c.network.tap},script=no,downscript=no`,
+          "-device",
+          `virtio-net-device,netdev=net0,mac=${c.network.mac}`,
+        ]
+      : ["-nic", "none"]),
     "-no-user-config",
     ...SECCOMP_ARGS,
     "-no-reboot",
