@@ -54,6 +54,11 @@ export function leaks(o: Owned, liveVmDirs: string[] = []): string[] {
   for (const f of [...list(o.shmDir), ...list(path.join(o.dataDir, "vms")), ...list(path.join(o.dataDir, "bases"))]) {
     if (!owned.has(f)) out.push(`leaked file ${f}`);
   }
+  // A slot's claim names its VM: one of a journaled VM is in use, any other is a leak.
+  const journaled = new Set(vms.map((v) => v.vmId));
+  out.push(
+    ...networkLeaks(o.dataDir).filter((l) => !/for VM (\S+)$/.test(l) || !journaled.has(l.split(" ").at(-1) as string)),
+  );
   return out;
 }
 
@@ -91,4 +96,32 @@ export async function waitGone(pid: number, ms = 10_000): Promise<void> {
     if (Date.now() > until) throw new Error(`pid ${pid} still exists after ${ms} ms`);
     await new Promise((r) => setTimeout(r, 20));
   }
+}
+
+/**
+ * Network slots left on the host: claims of this data dir in the slot
+ * registry, and any slot namespace or host veth no claim accounts for
+ * (nftables rules and taps live in the namespaces and go with them).
+ */
+export function networkLeaks(dataDir: string, registry = "/run/mitos/net-slots"): string[] {
+  const out: string[] = [];
+  const claims = new Set<string>();
+  for (const f of list(registry)) {
+    claims.add(path.basename(f));
+    try {
+      const c = JSON.parse(fs.readFileSync(f, "utf8")) as { dataDir?: string; vmId?: string };
+      if (c.dataDir === dataDir) out.push(`slot ${path.basename(f)} still claimed for VM ${c.vmId}`);
+    } catch {
+      out.push(`unreadable slot claim ${f}`);
+    }
+  }
+  for (const n of list("/run/netns").map((f) => path.basename(f))) {
+    const m = /^mitos-(\d+)$/.exec(n);
+    if (m && !claims.has(m[1] as string)) out.push(`namespace ${n} without a claim`);
+  }
+  for (const n of list("/sys/class/net").map((f) => path.basename(f))) {
+    const m = /^mitos(\d+)$/.exec(n);
+    if (m && !claims.has(m[1] as string)) out.push(`veth ${n} without a claim`);
+  }
+  return out;
 }

@@ -3,7 +3,7 @@
 
 import { readFileSync } from "node:fs";
 import path from "node:path";
-import { resolveConfig, type Sandbox, SandboxServer, type TemplateSpec } from "@mitos/sdk";
+import { type NetworkPolicy, resolveConfig, type Sandbox, SandboxServer, type TemplateSpec } from "@mitos/sdk";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { runServer, up } from "./daemon.js";
 import { formatChecks, runChecks } from "./doctor.js";
@@ -47,6 +47,35 @@ export function collectEnv(value: string, prev: Record<string, string> = {}): Re
   const i = value.indexOf("=");
   if (i <= 0) throw new InvalidArgumentError(`expected KEY=VALUE, got "${value}".`);
   return { ...prev, [value.slice(0, i)]: value.slice(i + 1) };
+}
+
+/** Flags that shape a network policy (docs/network.md). */
+interface NetworkFlags {
+  network?: string;
+  allowOut?: string[];
+  denyOut?: string[];
+}
+
+/** The policy the flags ask for; undefined when none was given. Rules alone imply egress deny. */
+export function networkOf(o: NetworkFlags): NetworkPolicy | undefined {
+  if (o.network === undefined && o.allowOut === undefined && o.denyOut === undefined) return undefined;
+  const egress = o.network ?? "deny";
+  if (egress !== "deny" && egress !== "allow") throw new UsageError(`--network must be deny or allow, got "${egress}"`);
+  return { egress, ...(o.allowOut ? { allowOut: o.allowOut } : {}), ...(o.denyOut ? { denyOut: o.denyOut } : {}) };
+}
+
+function networkOptions(c: Command): Command {
+  return c
+    .option(
+      "--network <egress>",
+      "network policy: egress deny (only --allow-out passes) or allow (the template needs a NIC)",
+    )
+    .option(
+      "--allow-out <rule>",
+      "allow: CIDR, address, name or *.suffix, each with optional :port (repeatable)",
+      collect,
+    )
+    .option("--deny-out <rule>", "deny (wins over allow; same forms as --allow-out; repeatable)", collect);
 }
 
 export function collect(value: string, prev: string[] = []): string[] {
@@ -197,8 +226,7 @@ Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 124 timeout; \`sandbox exec\` e
     .enablePositionalOptions();
 
   addGlobals(
-    sandbox
-      .command("create")
+    networkOptions(sandbox.command("create"))
       .description("create a sandbox from a template (from its warm pool when one is warm) and print its id")
       .argument("[template]", "template to start from (same as --pool)")
       .option("--pool <template>", "template (pool) to start from, e.g. python")
@@ -212,6 +240,7 @@ Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 124 timeout; \`sandbox exec\` e
       "after",
       examples(
         "mitos sandbox create --pool python",
+        "mitos sandbox create web --network deny --allow-out pypi.org:443 --allow-out '*.pythonhosted.org:443'",
         "SB=$(mitos sandbox create --pool python --timeout 600)",
         "mitos sandbox create --template base --json",
       ),
@@ -226,9 +255,10 @@ Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 124 timeout; \`sandbox exec\` e
           id?: string;
           env?: Record<string, string>;
           json?: boolean;
-        },
+        } & NetworkFlags,
         cmd: Command,
       ) => {
+        const network = networkOf(opts);
         const given = [positional, opts.pool, opts.template].filter((t): t is string => t !== undefined);
         if (given.length === 0) throw new UsageError("name the template: --pool <template> (e.g. --pool python)");
         if (new Set(given).size > 1) throw new UsageError(`conflicting templates: ${given.join(", ")}`);
@@ -236,6 +266,7 @@ Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 124 timeout; \`sandbox exec\` e
           ...(opts.id ? { id: opts.id } : {}),
           ...(opts.timeout !== undefined ? { timeoutSeconds: opts.timeout } : {}),
           ...(opts.env ? { env: opts.env } : {}),
+          ...(network ? { network } : {}),
         });
         io.out(opts.json ? json(sb) : `${sb.id}\n`);
       },
@@ -341,6 +372,32 @@ ${examples("mitos sandbox shell sb-1a2b3c4d", "mitos sandbox shell sb-1a2b3c4d -
     .action(async (id: string, opts: { command?: string }, cmd: Command) => {
       const sb = await serverFor(cmd).get(id);
       setCode(await runShell(sb, opts.command));
+    });
+
+  addGlobals(
+    networkOptions(sandbox.command("network"))
+      .description("show a sandbox's network policy, or replace it (takes effect at once)")
+      .argument("<id>", "sandbox id")
+      .option("--json", "print the policy as JSON"),
+  )
+    .addHelpText(
+      "after",
+      examples(
+        "mitos sandbox network sb-1a2b3c4d",
+        "mitos sandbox network sb-1a2b3c4d --network deny --allow-out api.openai.com:443",
+        "mitos sandbox network sb-1a2b3c4d --network allow --deny-out 203.0.113.0/24",
+      ),
+    )
+    .action(async (id: string, opts: NetworkFlags & { json?: boolean }, cmd: Command) => {
+      const sb = await serverFor(cmd).get(id);
+      const policy = networkOf(opts);
+      if (policy) await sb.setNetwork(policy);
+      const p = sb.network;
+      if (opts.json) return io.out(json(p ?? null));
+      if (!p) return io.out(`${id} has no network device\n`);
+      io.out(
+        `egress     ${p.egress}\nallow_out  ${(p.allowOut ?? []).join(" ") || "-"}\ndeny_out   ${(p.denyOut ?? []).join(" ") || "-"}\n`,
+      );
     });
 
   addGlobals(
@@ -499,8 +556,7 @@ ${examples("mitos sandbox shell sb-1a2b3c4d", "mitos sandbox shell sb-1a2b3c4d -
     .enablePositionalOptions();
 
   addGlobals(
-    template
-      .command("build")
+    networkOptions(template.command("build"))
       .description("build a template (boot an image, install packages, run init commands, snapshot it)")
       .argument("<id>", "template id")
       .option("--image <name>", "built-in image to start from: base or python")
@@ -543,10 +599,12 @@ ${examples("mitos sandbox shell sb-1a2b3c4d", "mitos sandbox shell sb-1a2b3c4d -
           initTimeout?: number;
           diskSize?: number;
           json?: boolean;
-        },
+        } & NetworkFlags,
         cmd: Command,
       ) => {
+        const network = networkOf(opts);
         const spec: TemplateSpec = {
+          ...(network ? { network } : {}),
           ...(opts.image ? { image: opts.image } : {}),
           ...(opts.packages ? { packages: opts.packages } : {}),
           ...(opts.init ? { init: opts.init } : {}),

@@ -32,6 +32,7 @@ export type {
   Limits,
   MemoryUsage,
   Metering,
+  NetworkPolicy,
   PoolInfo,
   ProcessInfo,
   SandboxInfo,

@@ -14,12 +14,13 @@ import type {
   ExecResult,
   FileInfo,
   MemoryUsage,
+  NetworkPolicy,
   ProcessInfo,
   SandboxInfo,
   SandboxState,
   TimeoutInfo,
 } from "./types.js";
-import { type Json, toCheckpointInfo, toForkMany, toSandboxInfo, toTimeoutInfo } from "./wire.js";
+import { type Json, networkBody, toCheckpointInfo, toForkMany, toSandboxInfo, toTimeoutInfo } from "./wire.js";
 
 /** What a Sandbox needs from its SandboxServer. */
 export interface Clients {
@@ -152,6 +153,16 @@ export class Sandbox {
   async resume(): Promise<void> {
     await this.#clients.http.post("/v1/resume", { sandbox: this.id });
     this.#info = { ...this.#info, state: "ready", hibernated: false };
+  }
+
+  /** Replaces the network policy; it takes effect at once (connections already open stay). */
+  async setNetwork(policy: NetworkPolicy): Promise<void> {
+    this.#info = toSandboxInfo(await this.#clients.http.put(`${this.path}/network`, networkBody(policy)));
+  }
+
+  /** Its network policy; undefined: no network device. */
+  get network(): NetworkPolicy | undefined {
+    return this.#info.network;
   }
 
   /** Processes running in the sandbox. */

@@ -5,10 +5,20 @@ import { type ClientOptions, type ResolvedConfig, resolveConfig } from "./config
 import { LifecycleClient } from "./http.js";
 import { RuntimeClient } from "./runtime.js";
 import { type Clients, Sandbox } from "./sandbox.js";
-import type { CheckpointInfo, Health, Limits, Metering, PoolInfo, TemplateInfo, TemplateSpec } from "./types.js";
+import type {
+  CheckpointInfo,
+  Health,
+  Limits,
+  Metering,
+  NetworkPolicy,
+  PoolInfo,
+  TemplateInfo,
+  TemplateSpec,
+} from "./types.js";
 import {
   array,
   type Json,
+  networkBody,
   templateBody,
   toCheckpointInfo,
   toForkMany,
@@ -27,6 +37,8 @@ export interface CreateSandboxOptions {
   timeoutSeconds?: number;
   /** Extra environment for commands in this sandbox. */
   env?: Record<string, string>;
+  /** Its network policy (the template must have been built with network); default: the template's. */
+  network?: NetworkPolicy;
 }
 
 export interface CreateTemplateOptions {
@@ -173,5 +185,6 @@ function createBody(base: Record<string, Json>, opts: CreateSandboxOptions): Rec
   if (opts.id !== undefined) body.id = opts.id;
   if (opts.timeoutSeconds !== undefined) body.timeout_seconds = opts.timeoutSeconds;
   if (opts.env !== undefined) body.env = opts.env;
+  if (opts.network !== undefined) body.network = networkBody(opts.network);
   return body;
 }

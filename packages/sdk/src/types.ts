@@ -27,6 +27,20 @@ export interface SandboxInfo {
   memory: MemoryUsage | undefined;
   /** Paused with its memory freed (saved to disk): `pause({ hibernate: true })`, or mitosd's idle timer. */
   hibernated: boolean;
+  /** Its network policy; undefined: no network device. */
+  network: NetworkPolicy | undefined;
+}
+
+/**
+ * Who a sandbox may reach (docs/network.md). Rules: an IPv4 CIDR or address,
+ * a name ("api.example.com") or "*.example.com", each optionally with ":port".
+ * Deny rules win; the host, other sandboxes and link-local are always denied.
+ */
+export interface NetworkPolicy {
+  /** "deny" (default): only allowOut passes; "allow": everything public but denyOut. */
+  egress: "deny" | "allow";
+  allowOut?: string[];
+  denyOut?: string[];
 }
 
 export interface TemplateSpec {
@@ -43,6 +57,8 @@ export interface TemplateSpec {
   initTimeoutSeconds?: number;
   /** A workspace disk of this size at /workspace, on the host: files may exceed guest RAM (docs/disks.md). */
   diskSizeMib?: number;
+  /** A network device, and the policy its sandboxes start with (default: no NIC). */
+  network?: NetworkPolicy;
 }
 
 export interface TemplateInfo {

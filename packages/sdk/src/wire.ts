@@ -8,6 +8,7 @@ import type {
   Health,
   Limits,
   Metering,
+  NetworkPolicy,
   PoolInfo,
   SandboxInfo,
   SandboxState,
@@ -92,7 +93,19 @@ export function toSandboxInfo(v: unknown): SandboxInfo {
     accel: accel === "kvm" || accel === "tcg" ? accel : undefined,
     memory: mem ? { privateBytes: num(mem, "privateBytes"), sharedBytes: num(mem, "sharedBytes") } : undefined,
     hibernated: o.hibernated === true,
+    network: toNetworkPolicy(o.network),
   };
+}
+
+function toNetworkPolicy(v: unknown): NetworkPolicy | undefined {
+  if (!isRecord(v)) return undefined;
+  const list = (x: unknown) => (Array.isArray(x) ? x.filter((r): r is string => typeof r === "string") : []);
+  return { egress: v.egress === "allow" ? "allow" : "deny", allowOut: list(v.allowOut), denyOut: list(v.denyOut) };
+}
+
+/** A policy as the API spells it. */
+export function networkBody(p: NetworkPolicy): Record<string, Json> {
+  return { egress: p.egress, allow_out: p.allowOut ?? [], deny_out: p.denyOut ?? [] };
 }
 
 export function toTemplateInfo(v: unknown): TemplateInfo {
@@ -177,5 +190,6 @@ export function templateBody(id: string, spec: TemplateSpec): Record<string, Jso
   if (spec.initWaitSeconds !== undefined) body.init_wait_seconds = spec.initWaitSeconds;
   if (spec.initTimeoutSeconds !== undefined) body.init_timeout_seconds = spec.initTimeoutSeconds;
   if (spec.diskSizeMib !== undefined) body.disk_size_mib = spec.diskSizeMib;
+  if (spec.network !== undefined) body.network = networkBody(spec.network);
   return body;
 }
