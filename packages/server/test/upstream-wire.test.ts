@@ -294,11 +294,16 @@ call("DELETE", "/v1/sandboxes/" + sb["id"])
 
   it("row 9: unknown or unsupported keys are refused with invalid_input naming the key", async () => {
     const cases: Array<[string, string, Record<string, unknown>, string]> = [
-      ["POST", "/v1/templates", { id: "up-net", network: { egress: "allow" } }, "network"],
+      ["POST", "/v1/templates", { id: "up-net", network: { egress: "sometimes" } }, "network"],
       ["POST", "/v1/templates", { id: "up-net", workload: "gpu" }, "workload"],
       ["POST", "/v1/templates", { id: "up-net", resources: { vcpu_count: 1, gpus: 1 } }, "resources.gpus"],
       ["POST", "/v1/sandboxes", { template: "python", timeout_secs: 60 }, "timeout_secs"],
-      ["POST", "/v1/fork", { template: "python", network: { egress: "deny" } }, "network"],
+      [
+        "POST",
+        "/v1/fork",
+        { template: "python", network: { egress: "deny", allow_out: ["no such rule!"] } },
+        "network",
+      ],
       ["POST", `/v1/sandboxes/${parent}/fork`, { count: 1, replicas: 2 }, "replicas"],
       ["POST", `/v1/sandboxes/${parent}/fork`, { template: "base" }, "template"],
       ["POST", "/v1/set_timeout", { sandbox: parent, timeout_seconds: 60, extra: 1 }, "extra"],
@@ -314,6 +319,10 @@ call("DELETE", "/v1/sandboxes/" + sb["id"])
     const ok = await api("POST", "/v1/sandboxes", { template: "python", network: null });
     assert.equal(ok.status, 200, ok.text);
     await api("DELETE", `/v1/sandboxes/${ok.json.id as string}`);
+    // A policy for a template built without a NIC: refused, naming the remedy.
+    const noNic = await api("POST", "/v1/sandboxes", { template: "python", network: { egress: "allow" } });
+    assert.equal(noNic.status, 400, noNic.text);
+    assert.match(noNic.json.error.message, /has no network device/);
   });
 
   it("row 10 (DELETE /v1/templates): conflict while used, force terminates; the RAM base is freed; then not_found", async () => {

@@ -48,10 +48,10 @@ export const PRIVATE_RANGES: readonly string[] = ["10.0.0.0/8", "100.64.0.0/10",
 const NAME_RE = /^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/;
 
 function invalid(message: string, value: unknown): MitosError {
-  return new MitosError("invalid_input", message, {
+  return new MitosError("invalid_input", message.startsWith("network") ? message : `network: ${message}`, {
     remediation:
       'Give network as {egress: "deny"|"allow", allow_out: [...], deny_out: [...]}; each rule is an IPv4 CIDR ("10.1.0.0/16"), an address, a name ("api.example.com") or "*.example.com", each optionally with ":port". See docs/network.md.',
-    context: { value },
+    context: { field: "network", value },
   });
 }
 
@@ -117,7 +117,10 @@ export function parseRule(raw: string): Rule {
   }
   const wildcard = host.startsWith("*.");
   const name = wildcard ? host.slice(2) : host;
-  if (!NAME_RE.test(name) || !name.includes(".")) throw invalid(`bad name in rule ${raw} (want a.b.c or *.b.c)`, raw);
+  // A numeric last label is a mistyped address, never a name (no top-level domain is numeric).
+  if (!NAME_RE.test(name) || !name.includes(".") || /\.\d+$/.test(name)) {
+    throw invalid(`bad name in rule ${raw} (want a.b.c or *.b.c)`, raw);
+  }
   return { kind: "name", name, wildcard, ...withPort };
 }
 
