@@ -18,6 +18,7 @@
 
 #include "exec.h"
 #include "files.h"
+#include "forward.h"
 #include "frame.h"
 #include "info.h"
 #include "init.h"
@@ -47,6 +48,9 @@ static const char *type_name(uint8_t t)
 	case T_CREDIT: return "CREDIT";
 	case T_WRITE_DATA: return "WRITE_DATA";
 	case T_WRITE_CLOSE: return "WRITE_CLOSE";
+	case T_PORT_DATA: return "PORT_DATA";
+	case T_PORT_SHUTDOWN: return "PORT_SHUTDOWN";
+	case T_PORT_CLOSE: return "PORT_CLOSE";
 	default: return "frame";
 	}
 }
@@ -57,6 +61,7 @@ static int is_request(uint8_t t)
 	case T_HELLO: case T_EXEC: case T_READ: case T_WRITE_OPEN: case T_LIST:
 	case T_STAT: case T_MKDIR: case T_REMOVE: case T_RENAME:
 	case T_FORK_NOTIFY: case T_PROCESSES: case T_KILL: case T_SET_CLOCK:
+	case T_PORT_OPEN:
 		return 1;
 	}
 	return 0;
@@ -64,7 +69,8 @@ static int is_request(uint8_t t)
 
 /* Detaches every open stream: their commands run on with their output read
  * and dropped (no frame is sent for them, their ids are free); file transfers
- * end. Returns how many streams were detached or ended. For streams whose
+ * end; port forwards close their socket (nobody is left to read or feed it).
+ * Returns how many streams were detached or ended. For streams whose
  * caller is not on the other end any more: after FORK_NOTIFY, and after a
  * HELLO with a new SESSION. */
 static int detach_streams(void)
@@ -76,6 +82,8 @@ static int detach_streams(void)
 			continue;
 		if (s->kind == S_EXEC)
 			exec_detach(s);
+		else if (s->kind == S_PORT)
+			forward_abort(s);
 		else
 			file_abort(s);
 		n++;
@@ -149,8 +157,28 @@ static void handle_request(const frame_t *fr)
 	case T_PROCESSES: info_processes(id); break;
 	case T_KILL: info_kill(id, &f); break;
 	case T_SET_CLOCK: set_clock(id, &f, vm_mode); break;
+	case T_PORT_OPEN: forward_open(id, &f); break;
 	}
 	fields_free(&f);
+}
+
+/* The kinds of stream a frame type may be sent to, and their name. */
+static int kind_ok(uint8_t type, int kind, const char **name)
+{
+	switch (type) {
+	case T_WRITE_DATA: case T_WRITE_CLOSE:
+		*name = "write";
+		return kind == S_WRITE;
+	case T_PORT_DATA: case T_PORT_SHUTDOWN: case T_PORT_CLOSE:
+		*name = "port";
+		return kind == S_PORT;
+	case T_CREDIT:
+		*name = "exec, read or port";
+		return kind == S_EXEC || kind == S_READ || kind == S_PORT;
+	default:
+		*name = "exec";
+		return kind == S_EXEC;
+	}
 }
 
 /* Frames for a stream that is already open. Errors about them go to
@@ -160,10 +188,10 @@ static void handle_stream_frame(const frame_t *fr)
 	stream_t *s = stream_find(fr->stream);
 	if (!s || fr->stream == 0)
 		return; /* late frame for a finished stream: harmless */
-	int want = (fr->type == T_WRITE_DATA || fr->type == T_WRITE_CLOSE) ? S_WRITE : S_EXEC;
-	if (s->kind != want && !(fr->type == T_CREDIT && s->kind == S_READ)) {
+	const char *want;
+	if (!kind_ok(fr->type, s->kind, &want)) {
 		send_error(0, EPROTO, "protocol: %s on stream %u, which is not a %s stream",
-			   type_name(fr->type), fr->stream, want == S_WRITE ? "write" : "exec");
+			   type_name(fr->type), fr->stream, want);
 		return;
 	}
 	fields_t f;
@@ -191,11 +219,16 @@ static void handle_stream_frame(const frame_t *fr)
 	case T_CREDIT:
 		if (!f.have[F_BYTES] || f.ival[F_BYTES] < 0)
 			send_error(0, EINVAL, "CREDIT on stream %u: need BYTES >= 0", s->id);
+		else if (s->kind == S_PORT)
+			forward_credit(s, f.ival[F_BYTES]);
 		else if (s->credit < ((int64_t)1 << 62) - f.ival[F_BYTES])
 			s->credit += f.ival[F_BYTES];
 		break;
 	case T_WRITE_DATA: file_write_data(s, fr->payload, fr->len); break;
 	case T_WRITE_CLOSE: file_write_close(s); break;
+	case T_PORT_DATA: forward_data(s, fr->payload, fr->len); break;
+	case T_PORT_SHUTDOWN: forward_shutdown(s); break;
+	case T_PORT_CLOSE: forward_close(s); break;
 	}
 	fields_free(&f);
 }
@@ -205,6 +238,7 @@ static void dispatch(const frame_t *fr)
 	switch (fr->type) {
 	case T_STDIN: case T_STDIN_CLOSE: case T_RESIZE: case T_SIGNAL:
 	case T_CREDIT: case T_WRITE_DATA: case T_WRITE_CLOSE:
+	case T_PORT_DATA: case T_PORT_SHUTDOWN: case T_PORT_CLOSE:
 		handle_stream_frame(fr);
 		return;
 	}
@@ -229,6 +263,8 @@ static void drop_connection(void)
 			continue;
 		if (s->kind == S_EXEC)
 			exec_abort(s);
+		else if (s->kind == S_PORT)
+			forward_abort(s);
 		else
 			file_abort(s);
 	}
@@ -372,8 +408,8 @@ int main(int argc, char **argv)
 			stream_t *s = stream_at(i);
 			if (s->dead)
 				continue;
-			if (s->kind == S_EXEC) {
-				int64_t d = exec_tick(s, now);
+			if (s->kind == S_EXEC || s->kind == S_PORT) {
+				int64_t d = s->kind == S_EXEC ? exec_tick(s, now) : forward_tick(s, now);
 				if (d < next)
 					next = d;
 			} else if (s->kind == S_READ && file_read_pump(s)) {
@@ -404,6 +440,14 @@ int main(int argc, char **argv)
 		int first_exec = n;
 		for (int i = 0; i < stream_count(); i++) {
 			stream_t *s = stream_at(i);
+			if (s->kind == S_PORT) {
+				short ev = forward_events(s);
+				if (ev) {
+					who[n] = s, which[n] = 4;
+					pfd[n++] = (struct pollfd){ .fd = s->fd, .events = ev };
+				}
+				continue;
+			}
 			if (s->kind != S_EXEC)
 				continue;
 			/* Out of credit: leave the pipes alone so the child blocks. */
@@ -436,7 +480,9 @@ int main(int argc, char **argv)
 		for (int i = first_exec; i < n; i++) {
 			if (!pfd[i].revents)
 				continue;
-			if (which[i] == 3)
+			if (which[i] == 4)
+				forward_ready(who[i], pfd[i].revents);
+			else if (which[i] == 3)
 				exec_writable(who[i]);
 			else
 				exec_readable(who[i], which[i]);

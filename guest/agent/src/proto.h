@@ -12,6 +12,8 @@
 #define DEFAULT_WINDOW 262144
 #define STDIN_WINDOW 262144
 #define SESSION_LEN 16           /* HELLO's SESSION field: exactly this many bytes */
+#define PORT_WINDOW 262144       /* PORT_DATA the host may send unacknowledged */
+#define PORT_CONNECT_MS 10000    /* PORT_OPEN's connect timeout without TIMEOUT_MS */
 
 enum msg_type {
 	T_HELLO = 0x01, T_EXEC = 0x02, T_STDIN = 0x03, T_STDIN_CLOSE = 0x04,
@@ -20,8 +22,10 @@ enum msg_type {
 	T_WRITE_CLOSE = 0x13, T_LIST = 0x14, T_STAT = 0x15, T_MKDIR = 0x16,
 	T_REMOVE = 0x17, T_RENAME = 0x18,
 	T_FORK_NOTIFY = 0x20, T_PROCESSES = 0x21, T_KILL = 0x22, T_SET_CLOCK = 0x23,
+	T_PORT_OPEN = 0x30, T_PORT_DATA = 0x31, T_PORT_SHUTDOWN = 0x32, T_PORT_CLOSE = 0x33,
 	T_OK = 0x81, T_STARTED = 0x82, T_STDOUT = 0x83, T_STDERR = 0x84,
-	T_EXIT = 0x85, T_STDIN_ACK = 0x86, T_DATA = 0x88, T_ENTRY = 0x8B,
+	T_EXIT = 0x85, T_STDIN_ACK = 0x86, T_DATA = 0x88, T_PORT_ACK = 0x89,
+	T_PORT_EOF = 0x8A, T_ENTRY = 0x8B,
 	T_PROC = 0x8C, T_ERROR = 0x8F,
 };
 
@@ -39,6 +43,7 @@ enum field_tag {
 	F_MEM_AVAILABLE = 53, F_BOOT_ID = 54,
 	F_ERRNO = 60, F_MESSAGE = 61,
 	F_PPID = 70, F_COMMAND = 71, F_STATE = 72, F_RSS = 73, F_CPU_PERMILLE = 74,
+	F_PORT = 80, F_ADDRESS = 81,
 };
 
 #endif

@@ -46,6 +46,7 @@ void stream_sweep(void)
 	for (int i = 0; i < count; i++) {
 		if (table[i]->dead) {
 			free(table[i]->in_buf);
+			fwd_free(&table[i]->fwd);
 			free(table[i]);
 		} else {
 			table[j++] = table[i];

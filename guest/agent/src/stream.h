@@ -1,14 +1,16 @@
 /* Table of open streams (one per in-flight request that outlives its
- * first frame: EXEC, READ, WRITE). Other requests answer at once. */
+ * first frame: EXEC, READ, WRITE, PORT_OPEN). Other requests answer at once. */
 #ifndef MITOS_STREAM_H
 #define MITOS_STREAM_H
 
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "fwd.h"
+
 #define MAX_STREAMS 1024
 
-enum stream_kind { S_EXEC = 1, S_READ, S_WRITE };
+enum stream_kind { S_EXEC = 1, S_READ, S_WRITE, S_PORT };
 
 typedef struct stream {
 	uint32_t id;
@@ -35,6 +37,12 @@ typedef struct stream {
 	int64_t done;              /* bytes sent (READ) or written (WRITE) */
 	int write_errno;           /* first failed write, reported at close */
 	char path[256];            /* for messages */
+
+	/* PORT_OPEN: fd is the socket, deadline_ms the connect timeout */
+	fwd_t fwd;
+	int port;
+	int family;                /* AF_INET, then AF_INET6 if refused there */
+	int connecting;
 } stream_t;
 
 stream_t *stream_find(uint32_t id);

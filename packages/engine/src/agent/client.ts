@@ -5,6 +5,7 @@ import { randomBytes } from "node:crypto";
 import type net from "node:net";
 import { AgentGoneError, GuestError, MitosError } from "../errors.js";
 import { connectWhenReady } from "../unix-socket.js";
+import { PortStream, portError } from "./port-stream.js";
 import {
   DEFAULT_WINDOW,
   encodeFrame,
@@ -14,12 +15,14 @@ import {
   FrameDecoder,
   MAX_PAYLOAD,
   MsgType,
+  portOpenFields,
   RESYNC_FLUSH_BYTES,
   ResyncScanner,
   SESSION_LEN,
   STDIN_WINDOW,
   Tag,
 } from "./protocol.js";
+import { InputWindow, OutputWindow } from "./windows.js";
 
 export interface AgentInfo {
   version: string;
@@ -89,6 +92,16 @@ export interface ProcessInfo {
   rssBytes: number;
   /** CPU time over the process's lifetime, as `ps` %CPU (100 = one CPU busy). */
   cpuPercent: number;
+}
+
+export interface OpenPortOptions {
+  /** Connect timeout in the guest (ms); 0 = none. Default: the agent's, 10 s. */
+  timeoutMs?: number;
+  /**
+   * Keep the writable side open after the guest program closed its side
+   * (default false: like a net.Socket, the forward then ends its side too).
+   */
+  allowHalfOpen?: boolean;
 }
 
 export interface ForkNotifyResult {
@@ -302,7 +315,7 @@ export class AgentClient {
     // Output callbacks run in order; credit goes back once each has settled.
     let chain: Promise<void> = Promise.resolve();
     const window = new OutputWindow();
-    const stdin = new StdinWindow();
+    const stdin = new InputWindow();
     const deliver = (chunk: Buffer, sink: Buffer[], cb: ExecRequest["onStdout"]) => {
       if (!window.take(chunk.length)) return this.violation(`exec stream ${id} sent output beyond its credit`);
       if (collect) sink.push(chunk);
@@ -572,6 +585,99 @@ export class AgentClient {
     return f.bigint(Tag.CLOCK_STEP_NS) ?? 0n;
   }
 
+  /**
+   * Opens a TCP connection to `port` on the guest's loopback (127.0.0.1, and
+   * ::1 if refused there), carried over the agent channel, so the guest needs
+   * no network device. Resolves once connected. The stream honours
+   * backpressure both ways; `end()` half-closes (the guest program reads EOF),
+   * `destroy()` closes the guest socket at once. Open forwards end when the
+   * sandbox is forked or its agent session is taken over (they belong to this
+   * connection). Rejects with MitosError `invalid_input` (port not in
+   * 1..65535), `unavailable` (connection refused: nothing listens; connect
+   * timed out; agent gone) or `too_many_streams`; later errors (the guest
+   * program reset the connection, the agent went away) destroy the stream
+   * with the same codes.
+   */
+  async openPort(port: number, opts: OpenPortOptions = {}): Promise<PortStream> {
+    let payload: Buffer;
+    try {
+      payload = portOpenFields({ port, timeoutMs: opts.timeoutMs });
+    } catch (err) {
+      throw new MitosError("invalid_input", (err as Error).message, {
+        remediation: "Pass a TCP port number from 1 to 65535 and a timeoutMs >= 0.",
+        context: { ...this.context, port },
+      });
+    }
+    const id = this.allocId();
+    const stream = new PortStream(
+      port,
+      {
+        send: (type, p) => {
+          this.send(type, id, p);
+        },
+        violation: (reason) => this.violation(reason),
+      },
+      opts.allowHalfOpen ?? false,
+    );
+    return await new Promise<PortStream>((resolve, reject) => {
+      let started = false;
+      const end = (err?: Error) => {
+        this.streams.delete(id);
+        if (started) stream.finished(err);
+        else
+          reject(
+            err ??
+              new MitosError("internal", `agent ended port stream ${id} before connecting`, {
+                remediation:
+                  "The guest agent broke the protocol. Retry; if it persists, check the sandbox console log.",
+                context: { ...this.context, port },
+              }),
+          );
+      };
+      this.streams.set(id, {
+        onFrame: (f) => {
+          switch (f.type) {
+            case MsgType.STARTED:
+              if (started) return;
+              started = true;
+              stream.address = Fields.parse(f.payload).str(Tag.ADDRESS) ?? "";
+              resolve(stream);
+              break;
+            case MsgType.DATA:
+              stream.received(f.payload);
+              break;
+            case MsgType.PORT_ACK:
+              stream.acked(Fields.parse(f.payload).int(Tag.BYTES) ?? -1);
+              break;
+            case MsgType.PORT_EOF:
+              stream.guestEnded();
+              break;
+            case MsgType.OK:
+              end();
+              break;
+            case MsgType.ERROR: {
+              let errno = 0;
+              let message = `port ${port}: guest agent reported an error`;
+              try {
+                const e = Fields.parse(f.payload);
+                errno = e.int(Tag.ERRNO) ?? 0;
+                message = e.str(Tag.MESSAGE) ?? message;
+              } catch {
+                message = `port ${port}: guest agent sent a malformed error frame`;
+              }
+              end(portError(errno, message, port, this.context));
+              break;
+            }
+          }
+        },
+        fail: (err) => (started ? stream.finished(err) : reject(err)),
+        abandon: () => this.send(MsgType.PORT_CLOSE, id),
+      });
+      this.watch(id);
+      this.send(MsgType.PORT_OPEN, id, payload);
+    });
+  }
+
   // --- plumbing ---
 
   private unary(
@@ -834,64 +940,4 @@ function toFileInfo(f: Fields): FileInfo {
     mode: f.int(Tag.MODE) ?? 0,
     mtime: f.int(Tag.MTIME) ?? 0,
   };
-}
-
-/**
- * Host-side output window of one stream: the agent holds `left` bytes of
- * credit and may never exceed it, so a stream buffers at most DEFAULT_WINDOW.
- */
-class OutputWindow {
-  private left = DEFAULT_WINDOW;
-  private unacked = 0;
-
-  /** Counts bytes received; false when they overran the credit. */
-  take(n: number): boolean {
-    this.left -= n;
-    return this.left >= 0;
-  }
-
-  /** Counts bytes consumed; returns the credit to grant now (0: not yet). */
-  consumed(n: number): number {
-    this.unacked += n;
-    if (this.unacked < DEFAULT_WINDOW / 4) return 0;
-    const grant = this.unacked;
-    this.unacked = 0;
-    this.left += grant;
-    return grant;
-  }
-}
-
-/** Host-side stdin window: at most STDIN_WINDOW bytes unacknowledged. */
-class StdinWindow {
-  private available = STDIN_WINDOW;
-  private waiters: Array<() => void> = [];
-  private error: Error | undefined;
-
-  async reserve(want: number): Promise<number> {
-    for (;;) {
-      if (this.error) throw this.error;
-      if (this.available > 0) {
-        const n = Math.min(want, this.available);
-        this.available -= n;
-        return n;
-      }
-      await new Promise<void>((r) => this.waiters.push(r));
-    }
-  }
-
-  ack(n: number): void {
-    this.available += n;
-    this.wake();
-  }
-
-  fail(e: Error): void {
-    this.error ??= e;
-    this.wake();
-  }
-
-  private wake(): void {
-    const w = this.waiters;
-    this.waiters = [];
-    for (const f of w) f();
-  }
 }

@@ -7,6 +7,8 @@ export const HEADER_SIZE = 12;
 export const MAX_PAYLOAD = 1 << 20;
 export const DEFAULT_WINDOW = 262_144;
 export const STDIN_WINDOW = 262_144;
+/** PORT_DATA the host may have unacknowledged on one port forward. */
+export const PORT_WINDOW = 262_144;
 /** HELLO's SESSION field: exactly this many bytes. */
 export const SESSION_LEN = 16;
 /**
@@ -37,6 +39,10 @@ export const MsgType = {
   PROCESSES: 0x21,
   KILL: 0x22,
   SET_CLOCK: 0x23,
+  PORT_OPEN: 0x30,
+  PORT_DATA: 0x31,
+  PORT_SHUTDOWN: 0x32,
+  PORT_CLOSE: 0x33,
   OK: 0x81,
   STARTED: 0x82,
   STDOUT: 0x83,
@@ -44,6 +50,8 @@ export const MsgType = {
   EXIT: 0x85,
   STDIN_ACK: 0x86,
   DATA: 0x88,
+  PORT_ACK: 0x89,
+  PORT_EOF: 0x8a,
   ENTRY: 0x8b,
   PROC: 0x8c,
   ERROR: 0x8f,
@@ -99,6 +107,8 @@ export const Tag = {
   STATE: 72,
   RSS: 73,
   CPU_PERMILLE: 74,
+  PORT: 80,
+  ADDRESS: 81,
 } as const;
 
 export interface Frame {
@@ -246,6 +256,22 @@ export class Fields {
     const v = this.bigint(tag);
     return v === undefined ? undefined : Number(v);
   }
+}
+
+/**
+ * PORT_OPEN's fields: the guest TCP port (1..65535), the initial output
+ * credit, and the connect timeout (ms; 0 = none, absent = the agent's 10 s).
+ */
+export function portOpenFields(req: { port: number; window?: number; timeoutMs?: number }): Buffer {
+  if (!Number.isInteger(req.port) || req.port < 1 || req.port > 65535) {
+    throw new RangeError(`port must be an integer in 1..65535, got ${req.port}`);
+  }
+  const w = new FieldWriter().int(Tag.PORT, req.port).int(Tag.WINDOW, req.window ?? DEFAULT_WINDOW);
+  if (req.timeoutMs !== undefined) {
+    if (!Number.isFinite(req.timeoutMs) || req.timeoutMs < 0) throw new RangeError("timeoutMs must be >= 0");
+    w.int(Tag.TIMEOUT_MS, Math.ceil(req.timeoutMs));
+  }
+  return w.build();
 }
 
 /**

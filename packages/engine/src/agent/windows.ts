@@ -1,0 +1,73 @@
+// Host-side flow-control windows shared by exec, file and port streams
+// (docs/agent-protocol.md, "Flow control").
+
+import { DEFAULT_WINDOW, STDIN_WINDOW } from "./protocol.js";
+
+/**
+ * Host-side output window of one stream: the agent holds `left` bytes of
+ * credit and may never exceed it, so a stream buffers at most DEFAULT_WINDOW.
+ */
+export class OutputWindow {
+  private left = DEFAULT_WINDOW;
+  private unacked = 0;
+
+  /** Counts bytes received; false when they overran the credit. */
+  take(n: number): boolean {
+    this.left -= n;
+    return this.left >= 0;
+  }
+
+  /** Counts bytes consumed; returns the credit to grant now (0: not yet). */
+  consumed(n: number): number {
+    this.unacked += n;
+    if (this.unacked < DEFAULT_WINDOW / 4) return 0;
+    const grant = this.unacked;
+    this.unacked = 0;
+    this.left += grant;
+    return grant;
+  }
+}
+
+/** Host-side input window (exec stdin, port data): at most `size` bytes unacknowledged. */
+export class InputWindow {
+  private available: number;
+  private waiters: Array<() => void> = [];
+  private error: Error | undefined;
+
+  constructor(readonly size = STDIN_WINDOW) {
+    this.available = size;
+  }
+
+  /** Bytes sent and not yet acknowledged. */
+  get unacked(): number {
+    return this.size - this.available;
+  }
+
+  async reserve(want: number): Promise<number> {
+    for (;;) {
+      if (this.error) throw this.error;
+      if (this.available > 0) {
+        const n = Math.min(want, this.available);
+        this.available -= n;
+        return n;
+      }
+      await new Promise<void>((r) => this.waiters.push(r));
+    }
+  }
+
+  ack(n: number): void {
+    this.available += n;
+    this.wake();
+  }
+
+  fail(e: Error): void {
+    this.error ??= e;
+    this.wake();
+  }
+
+  private wake(): void {
+    const w = this.waiters;
+    this.waiters = [];
+    for (const f of w) f();
+  }
+}
