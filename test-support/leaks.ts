@@ -107,6 +107,7 @@ export function networkLeaks(dataDir: string, registry = "/run/mitos/net-slots")
   const out: string[] = [];
   const claims = new Set<string>();
   for (const f of list(registry)) {
+    if (!/^\d+$/.test(path.basename(f))) continue; // a claim being written aside
     claims.add(path.basename(f));
     try {
       const c = JSON.parse(fs.readFileSync(f, "utf8")) as { dataDir?: string; vmId?: string };

@@ -5,6 +5,7 @@
 
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import fs from "node:fs";
 import path from "node:path";
 
 export interface World {
@@ -28,6 +29,10 @@ export interface WorldConfig {
 const sh = (args: string[]) => execFileSync("ip", args, { stdio: ["ignore", "ignore", "pipe"] });
 
 export async function startWorld(c: WorldConfig): Promise<World> {
+  // One world per host at a time (they share 198.51.100.1): one a killed test left goes first.
+  for (const stale of fs.existsSync("/run/netns") ? fs.readdirSync("/run/netns") : []) {
+    if (stale.startsWith("mitos-world-")) sh(["netns", "del", stale]);
+  }
   const tag = randomBytes(3).toString("hex");
   const netns = `mitos-world-${tag}`;
   const hostIf = `mw${tag}`;

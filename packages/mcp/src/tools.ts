@@ -45,7 +45,14 @@ async function run(fn: () => Promise<unknown>): Promise<CallToolResult> {
 }
 
 function summary(s: Sandbox) {
-  return { id: s.id, template: s.templateId, parent: s.parentId, state: s.state, deadline_unix: s.deadlineUnix };
+  return {
+    id: s.id,
+    template: s.templateId,
+    parent: s.parentId,
+    state: s.state,
+    deadline_unix: s.deadlineUnix,
+    ...(s.network ? { network: s.network } : {}),
+  };
 }
 
 const idText = "Sandbox id, as returned by sandbox_create or sandbox_fork (e.g. sb-1a2b3c4d).";
@@ -87,6 +94,17 @@ export function registerTools(mcp: McpServer, server: SandboxServer): void {
       .optional()
       .describe("The upstream Mitos name for `template`; give either one (both only if equal)."),
     timeout_seconds: timeoutSeconds.describe("Lifetime in seconds (default 300)."),
+    network: z
+      .object({
+        egress: z.enum(["deny", "allow"]).describe('"deny": only allow_out passes; "allow": all public but deny_out.'),
+        allow_out: z
+          .array(z.string())
+          .optional()
+          .describe('Rules: CIDR, address, name or "*.suffix", optional ":port".'),
+        deny_out: z.array(z.string()).optional().describe("Rules that win over allow_out."),
+      })
+      .optional()
+      .describe("Network policy; the template must have been built with network (docs/network.md)."),
   });
   mcp.registerTool(
     "sandbox_create",
@@ -100,8 +118,17 @@ export function registerTools(mcp: McpServer, server: SandboxServer): void {
     (a) =>
       checked("sandbox_create", a, createInput, async () => {
         const template = either("sandbox_create", ["template", a.template], ["pool", a.pool], true);
-        const opts = a.timeout_seconds === undefined ? undefined : { timeoutSeconds: a.timeout_seconds };
-        return summary(await server.fork(template, opts));
+        const network = a.network && {
+          egress: a.network.egress,
+          ...(a.network.allow_out ? { allowOut: a.network.allow_out } : {}),
+          ...(a.network.deny_out ? { denyOut: a.network.deny_out } : {}),
+        };
+        return summary(
+          await server.fork(template, {
+            ...(a.timeout_seconds === undefined ? {} : { timeoutSeconds: a.timeout_seconds }),
+            ...(network ? { network } : {}),
+          }),
+        );
       }),
   );
 

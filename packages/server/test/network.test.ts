@@ -4,13 +4,15 @@
 // does answer, so a test cannot pass because nothing was listening.
 
 import assert from "node:assert/strict";
+import fs from "node:fs";
 import net from "node:net";
 import os from "node:os";
+import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { shmDirFor } from "@mitos/engine";
 import { type Sandbox, SandboxServer } from "@mitos/sdk";
 import { removeDataDir, tempDataDir } from "../../../test-support/data-dir.js";
-import { assertNoLeaks, networkLeaks } from "../../../test-support/leaks.js";
+import { assertNoLeaks, networkLeaks, qemuPidsOf } from "../../../test-support/leaks.js";
 import { type Daemon, startMitosd } from "../../../test-support/mitosd.js";
 import { until } from "../../../test-support/until.js";
 import { startWorld, type World } from "../../../test-support/world.js";
@@ -219,6 +221,42 @@ except OSError as e: print(type(e).__name__)
       (err: Error & { remediation?: string }) =>
         /has no network device/.test(err.message) && /network/.test(err.remediation ?? ""),
     );
+  });
+});
+
+describe("restarts and deaths", () => {
+  it("a restarted mitosd keeps a networked sandbox's slot and policy and re-points its DNS", async () => {
+    const sb = await server.fork(TEMPLATE, { network: { egress: "deny", allowOut: [`${API}/32`] } });
+    assert.equal((await sh(sb, curl(`http://${API}/`))).code, 0);
+    await daemon.kill();
+    daemon = await startMitosd(dataDir, ["--dns-upstream", world.dnsServer]);
+    server = new SandboxServer({ baseUrl: daemon.url, apiKey: daemon.token });
+    const again = await server.get(sb.id);
+    assert.deepEqual(again.network, { egress: "deny", allowOut: [`${API}/32`], denyOut: [] });
+    assert.equal((await sh(again, curl(`http://${API}/`))).code, 0);
+    assert.equal((await sh(again, curl(`http://${SECOND}/`))).code, 7);
+    // The new run's resolver answers (its port changed; the ruleset was rewritten for it).
+    await again.setNetwork({ egress: "deny", allowOut: ["second.test.example"] });
+    const r = await sh(again, curl("http://second.test.example/"));
+    assert.equal(r.code, 0, r.out);
+    await again.terminate();
+    await until("its slot to go", () => networkLeaks(dataDir).length === 0, 15_000);
+  });
+
+  it("a QEMU that dies takes its slot with it", async () => {
+    const sb = await server.fork(TEMPLATE);
+    const claims = () => networkLeaks(dataDir).filter((l) => l.startsWith("slot"));
+    const mine = claims().length;
+    assert.ok(mine >= 1);
+    // Kill the sandbox's QEMU from outside (the journal names its pid).
+    const journal = JSON.parse(fs.readFileSync(path.join(dataDir, "journal.json"), "utf8")) as {
+      vms: Record<string, { pid: number; sandboxId?: string }>;
+    };
+    const pid = Object.values(journal.vms).find((v) => v.sandboxId === sb.id)?.pid;
+    assert.ok(pid && qemuPidsOf(dataDir).includes(pid));
+    process.kill(pid, "SIGKILL");
+    await until("the dead VM's slot to go", () => claims().length === mine - 1, 20_000);
+    await sb.terminate().catch(() => {});
   });
 });
 

@@ -41,6 +41,9 @@ class HttpClient:
     def post(self, path: str, body: Dict[str, Any], create: bool = False, idempotency_key: Optional[str] = None) -> Any:
         return self.request("POST", path, body, create=create, idempotency_key=idempotency_key)
 
+    def put(self, path: str, body: Dict[str, Any]) -> Any:
+        return self.request("PUT", path, body)
+
     def delete(self, path: str) -> Any:
         return self.request("DELETE", path)
 

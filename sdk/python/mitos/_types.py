@@ -38,6 +38,8 @@ class SandboxInfo:
     memory: Optional[MemoryUsage]
     #: Paused with its memory freed (saved to disk): pause(hibernate=True), or mitosd's idle timer.
     hibernated: bool = False
+    #: Its network policy ``{"egress", "allow_out", "deny_out"}``; None: no network device (docs/network.md).
+    network: Optional[Dict[str, Any]] = None
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,7 @@ def to_sandbox_info(v: Any) -> SandboxInfo:
         accel=accel if accel in ("kvm", "tcg") else None,
         memory=MemoryUsage(int(_num(mem, "private_bytes")), int(_num(mem, "shared_bytes"))) if isinstance(mem, dict) else None,
         hibernated=o.get("hibernated") is True,
+        network=dict(o["network"]) if isinstance(o.get("network"), dict) else None,
     )
 
 

@@ -177,6 +177,18 @@ class Sandbox:
         body: Dict[str, Any] = {} if name is None else {"name": name}
         return to_checkpoint_info(self._http.post(self._path + "/checkpoints", body, create=True))
 
+    @property
+    def network(self) -> Optional[Dict[str, Any]]:
+        """Its network policy; None: no network device."""
+        return self._info.network
+
+    def set_network(
+        self, egress: str = "deny", allow_out: Optional[Sequence[str]] = None, deny_out: Optional[Sequence[str]] = None
+    ) -> None:
+        """Replaces the network policy; it takes effect at once (connections already open stay)."""
+        body = {"egress": egress, "allow_out": list(allow_out or []), "deny_out": list(deny_out or [])}
+        self._info = to_sandbox_info(self._http.put("/v1/sandboxes/%s/network" % urllib.parse.quote(self.id, safe=""), body))
+
     def set_timeout(self, seconds: int) -> TimeoutInfo:
         """Sets the deadline to ``seconds`` from now; refused
         (TimeoutTooLargeError) above the server's ceiling, never clamped."""

@@ -57,12 +57,17 @@ class SandboxServer:
         id: Optional[str] = None,
         timeout: Optional[int] = None,
         env: Optional[Mapping[str, str]] = None,
+        network: Optional[Mapping[str, Any]] = None,
     ) -> Sandbox:
         """A new sandbox restored from ``template`` (from its warm pool when one
         is warm). ``timeout``: its deadline in seconds from now (refused with
         TimeoutTooLargeError above the server's ceiling); ``env``: extra
-        environment for its commands."""
+        environment for its commands; ``network``: its policy
+        ``{"egress": "deny"|"allow", "allow_out": [...], "deny_out": [...]}``
+        (the template must have been built with network; docs/network.md)."""
         body = _create_body({"template": template}, id, timeout, env)
+        if network is not None:
+            body["network"] = dict(network)
         return self._sandbox(self._http.post("/v1/fork", body, create=True))
 
     #: The API's name for create(): ``POST /v1/fork`` restores a sandbox from a template.
@@ -111,6 +116,7 @@ class SandboxServer:
         init_wait_seconds: Optional[int] = None,
         init_timeout_seconds: Optional[int] = None,
         disk_size_mib: Optional[int] = None,
+        network: Optional[Mapping[str, Any]] = None,
         wait: bool = True,
         poll_interval: float = 1.0,
     ) -> TemplateInfo:
@@ -119,7 +125,8 @@ class SandboxServer:
         ``init_wait_seconds``: how long the booted guest settles before ``init``
         runs; ``init_timeout_seconds``: the limit on each init command (default
         600). ``disk_size_mib``: a workspace disk of that size at /workspace on
-        the host, so files may exceed guest RAM (docs/disks.md). Waits until
+        the host, so files may exceed guest RAM (docs/disks.md). ``network``:
+        a network device and its sandboxes' default policy (docs/network.md). Waits until
         the template is ready unless ``wait=False``."""
         body: Dict[str, Any] = {"id": id}
         if image is not None:
@@ -138,6 +145,8 @@ class SandboxServer:
             body["init_timeout_seconds"] = init_timeout_seconds
         if disk_size_mib is not None:
             body["disk_size_mib"] = disk_size_mib
+        if network is not None:
+            body["network"] = dict(network)
         t = to_template_info(self._http.post("/v1/templates", body, create=True))
         while not t.ready and wait:
             time.sleep(poll_interval)

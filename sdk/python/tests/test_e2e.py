@@ -163,6 +163,25 @@ class E2ETest(unittest.TestCase):
             sb.terminate()
         self.server.delete_template("py-disk")
 
+    def test_network_policy(self):
+        self.server.create_template("py-net", image="python", network={"egress": "deny"})
+        sb = self.server.create("py-net", network={"egress": "deny", "allow_out": ["192.0.2.0/24:443"]})
+        try:
+            self.assertEqual(sb.network, {"egress": "deny", "allow_out": ["192.0.2.0/24:443"], "deny_out": []})
+            # Refused by the kernel at once (exit 7: could not connect), not after curl's 5 s.
+            t0 = time.time()
+            self.assertEqual(sb.exec("curl -sS -m 5 http://198.51.100.3/").exit_code, 7)
+            self.assertLess(time.time() - t0, 4)
+            sb.set_network("allow", deny_out=["203.0.113.0/24"])
+            self.assertEqual(self.server.get(sb.id).network["egress"], "allow")
+            with self.assertRaises(mitos.InvalidInputError):
+                sb.set_network("sometimes")
+        finally:
+            sb.terminate()
+        with self.assertRaises(mitos.InvalidInputError):
+            self.server.create("python", network={"egress": "allow"})
+        self.server.delete_template("py-net")
+
     def test_fork_children_are_distinct_vms(self):
         self.sb.files.write("/root/marker", "from parent")
         kids = self.sb.fork(3)

@@ -88,20 +88,23 @@ export class Slots {
   /** Claims a free slot number host-wide for `vmId` (round robin: a freed number is reused last). */
   claim(vmId: string): Slot {
     fs.mkdirSync(this.registry, { recursive: true, mode: 0o700 });
-    for (let i = 0; i < this.capacity; i++) {
-      const index = (this.next + i) % this.capacity;
-      const file = path.join(this.registry, String(index));
-      try {
-        fs.writeFileSync(file, JSON.stringify({ dataDir: this.dataDir, vmId } satisfies Claim), {
-          flag: "wx",
-          mode: 0o600,
-        });
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === "EEXIST") continue;
-        throw err;
+    // Written aside and linked into place: a claim is never seen half-written.
+    const tmp = path.join(this.registry, `.claim-${process.pid}-${vmId}`);
+    fs.writeFileSync(tmp, JSON.stringify({ dataDir: this.dataDir, vmId } satisfies Claim), { mode: 0o600 });
+    try {
+      for (let i = 0; i < this.capacity; i++) {
+        const index = (this.next + i) % this.capacity;
+        try {
+          fs.linkSync(tmp, path.join(this.registry, String(index)));
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code === "EEXIST") continue;
+          throw err;
+        }
+        this.next = (index + 1) % this.capacity;
+        return this.slot(index);
       }
-      this.next = (index + 1) % this.capacity;
-      return this.slot(index);
+    } finally {
+      fs.rmSync(tmp, { force: true });
     }
     throw new MitosError(
       "unavailable",
