@@ -375,6 +375,28 @@ ${examples("mitos sandbox shell sb-1a2b3c4d", "mitos sandbox shell sb-1a2b3c4d -
     });
 
   addGlobals(
+    sandbox
+      .command("port")
+      .description("print the URL at which mitosd serves a guest port (no NIC needed), with its access token")
+      .argument("<id>", "sandbox id")
+      .argument("<port>", "guest TCP port", parsePositiveInt)
+      .option("--host", "print the Host-routed URL (http://<port>-<id>.<domain>:<port>/) instead of the path URL")
+      .option("--json", "print URLs and the port's access token as JSON"),
+  )
+    .addHelpText(
+      "after",
+      examples(
+        "mitos sandbox port sb-1a2b3c4d 8000",
+        'curl -H "X-Mitos-Port-Token: $(mitos sandbox port sb-1a2b3c4d 8000 --json | jq -r .token)" "$(mitos sandbox port sb-1a2b3c4d 8000)"',
+      ),
+    )
+    .action(async (id: string, port: number, opts: { host?: boolean; json?: boolean }, cmd: Command) => {
+      const exposed = await (await serverFor(cmd).get(id)).expose(port);
+      if (opts.json) return io.out(json(exposed));
+      io.out(`${opts.host ? `http://${exposed.host}/` : exposed.url}\n`);
+    });
+
+  addGlobals(
     networkOptions(sandbox.command("network"))
       .description("show a sandbox's network policy, or replace it (takes effect at once)")
       .argument("<id>", "sandbox id")

@@ -27,6 +27,7 @@ export type {
   CheckpointInfo,
   ExecOptions,
   ExecResult,
+  ExposedPort,
   FileInfo,
   Health,
   Limits,

@@ -12,6 +12,7 @@ import type {
   CheckpointInfo,
   ExecOptions,
   ExecResult,
+  ExposedPort,
   FileInfo,
   MemoryUsage,
   NetworkPolicy,
@@ -20,7 +21,15 @@ import type {
   SandboxState,
   TimeoutInfo,
 } from "./types.js";
-import { type Json, networkBody, toCheckpointInfo, toForkMany, toSandboxInfo, toTimeoutInfo } from "./wire.js";
+import {
+  type Json,
+  networkBody,
+  toCheckpointInfo,
+  toExposedPort,
+  toForkMany,
+  toSandboxInfo,
+  toTimeoutInfo,
+} from "./wire.js";
 
 /** What a Sandbox needs from its SandboxServer. */
 export interface Clients {
@@ -163,6 +172,28 @@ export class Sandbox {
   /** Its network policy; undefined: no network device. */
   get network(): NetworkPolicy | undefined {
     return this.#info.network;
+  }
+
+  /**
+   * The `host:port` at which mitosd serves guest port `port` of this sandbox
+   * (`<port>-<id>.<domain>:<mitosd port>`; no NIC needed). Requests carry the
+   * API token, or the port's token from `expose`.
+   */
+  getHost(port: number): string {
+    const domain = this.#info.domain;
+    if (!domain) {
+      throw makeError({
+        code: "unavailable",
+        message: "the server named no port domain for this sandbox",
+        remediation: "Use the path URL from expose(port), or a mitosd that serves ports (docs/ports.md).",
+      });
+    }
+    return `${port}-${this.id}.${domain}`;
+  }
+
+  /** Makes guest port `port` reachable with a token of its own: its URLs and the token. */
+  async expose(port: number): Promise<ExposedPort> {
+    return toExposedPort(await this.#clients.http.post(`${this.path}/expose/${port}`, {}));
   }
 
   /** Processes running in the sandbox. */

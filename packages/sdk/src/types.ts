@@ -29,6 +29,20 @@ export interface SandboxInfo {
   hibernated: boolean;
   /** Its network policy; undefined: no network device. */
   network: NetworkPolicy | undefined;
+  /** `<domain>:<port>` under which guest port N is served as host `N-<id>.<domain>` (docs/ports.md). */
+  domain: string | undefined;
+}
+
+/** A guest port made reachable: `POST /v1/sandboxes/{id}/expose/{port}`. */
+export interface ExposedPort {
+  port: number;
+  /** Path-routed URL on mitosd (works wherever mitosd's address does). */
+  url: string;
+  /** Host-routed `host:port` (`<port>-<id>.<domain>:<port>`). */
+  host: string;
+  /** Access token for this port alone, sent in `tokenHeader` (instead of the API token). */
+  token: string;
+  tokenHeader: string;
 }
 
 /**

@@ -5,6 +5,7 @@
 import { makeError } from "./errors.js";
 import type {
   CheckpointInfo,
+  ExposedPort,
   Health,
   Limits,
   Metering,
@@ -94,6 +95,18 @@ export function toSandboxInfo(v: unknown): SandboxInfo {
     memory: mem ? { privateBytes: num(mem, "privateBytes"), sharedBytes: num(mem, "sharedBytes") } : undefined,
     hibernated: o.hibernated === true,
     network: toNetworkPolicy(o.network),
+    domain: optStr(o, "domain"),
+  };
+}
+
+export function toExposedPort(v: unknown): ExposedPort {
+  const o = record("exposed port", v);
+  return {
+    port: num(o, "port"),
+    url: str("exposed port", o, "url"),
+    host: str("exposed port", o, "host"),
+    token: str("exposed port", o, "token"),
+    tokenHeader: str("exposed port", o, "tokenHeader"),
   };
 }
 

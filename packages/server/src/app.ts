@@ -15,6 +15,7 @@ import { IdempotencyCache } from "./idempotency.js";
 import { registerLifecycle } from "./lifecycle.js";
 import { createMetrics } from "./metrics.js";
 import { registerOpenApi } from "./openapi.js";
+import { installPortProxy, PortTokens, registerExpose } from "./port-proxy.js";
 import { registerRuntime } from "./runtime.js";
 
 export const VERSION = "0.1.0";
@@ -40,6 +41,8 @@ export interface ServerOptions extends EngineOptions {
    */
   maxMessageBytes?: number;
   logLevel?: string;
+  /** Domain of Host-routed port URLs, `<port>-<id>.<domain>:<listen port>` (default localhost; docs/ports.md). */
+  domain?: string;
 }
 
 export interface MitosServer {
@@ -185,6 +188,7 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
     metrics,
     idempotency: new IdempotencyCache(),
     endpoint: () => url,
+    domain: () => `${domain}:${listenPort}`,
     auth: authMode,
   });
 
@@ -200,9 +204,22 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
     }),
   );
 
+  const domain = opts.domain ?? "localhost";
+  const portTokens = new PortTokens((id) => engine.list().find((s) => s.id === id)?.createdAt);
+  let listenPort = opts.port ?? 8080;
+  const portHost = (id: string, p: number) => `${p}-${id}.${domain}:${listenPort}`;
+  registerExpose(app, { engine, tokens: portTokens, url: () => url, host: portHost });
+  // In front of fastify's own request and upgrade handlers (which exist once it is ready).
+  await app.ready();
+  installPortProxy(
+    app.server,
+    { engine, allowed, domain, log: (msg, fields) => app.log.info(fields ?? {}, msg) },
+    portTokens,
+  );
   await app.listen({ host, port: opts.port ?? 8080 });
   const addr = app.server.address();
   const port = typeof addr === "object" && addr ? addr.port : (opts.port ?? 8080);
+  listenPort = port;
   url = `http://${host.includes(":") ? `[${host}]` : host}:${port}`;
   app.log.info(
     { url, auth: authMode, token_file: tokenInfo.path, data_dir: engine.dataDir, accel: engine.accel },

@@ -37,6 +37,7 @@ const OTHER_KEYS = [
   "lease_seconds",
   "net_range",
   "dns_upstream",
+  "domain",
 ] as const;
 /** Keys that only mean something with `node` (a Kubernetes node agent). */
 const CLUSTER_KEYS = ["kubeconfig", "namespace", "advertise_url", "gateway_token_file", "lease_seconds"];
@@ -59,6 +60,8 @@ export const HELP = `mitosd: the Mitos daemon (HTTP lifecycle API + Connect runt
   --checkpoint-retention N keep the N newest checkpoints of each sandbox, delete older ones (default: keep all)
   --hibernate-idle-seconds N  hibernate a sandbox no API call has touched for N seconds; the next
                            runtime call wakes it (default: never; docs/checkpoints.md)
+  --domain D       guest port N of sandbox ID is served at http://N-ID.D:<port>/ (default localhost,
+                   which resolves to this host; use a wildcard DNS name for remote clients; docs/ports.md)
   --net-range CIDR addresses of networked sandboxes' host links, a /31 each (default 10.201.0.0/16;
                    must not overlap a network the host uses; docs/network.md)
   --dns-upstream S DNS servers the sandboxes' resolver asks, comma separated ip[:port]
@@ -167,6 +170,15 @@ export function loadDaemonConfig(argv: string[], env: NodeJS.ProcessEnv = proces
       if (typeof value !== "string" || value === "")
         throw new ConfigError(`${where}: ${key} must be a non-empty string`);
       cluster[key] = value;
+      continue;
+    }
+    if (key === "domain") {
+      if (typeof value !== "string" || !/^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$/i.test(value)) {
+        throw new ConfigError(
+          `${where}: domain must be a DNS name such as sandboxes.example.com, got ${JSON.stringify(value)}`,
+        );
+      }
+      options.domain = value.toLowerCase();
       continue;
     }
     if (key === "net_range" || key === "dns_upstream") {

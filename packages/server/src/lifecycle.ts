@@ -15,6 +15,8 @@ export interface LifecycleOptions {
   idempotency: IdempotencyCache;
   /** Runtime endpoint advertised in sandbox objects. */
   endpoint: () => string;
+  /** `<domain>:<port>` of Host-routed port URLs (`<port>-<id>.<domain>:<port>`). */
+  domain: () => string;
   /** "token" (bearer token required) or "none" (the loopback-only no-auth mode). */
   auth: "token" | "none";
 }
@@ -46,6 +48,7 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
       memory,
       hibernated: s.hibernated,
       network: s.network ?? null,
+      domain: o.domain(),
     };
   };
   const templateJson = (t: TemplateInfo) => ({

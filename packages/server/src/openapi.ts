@@ -53,6 +53,7 @@ const sandbox = {
     memory: { type: "object", properties: { private_bytes: int, shared_bytes: int } },
     hibernated: { type: "boolean", description: "paused with its RAM freed (POST /v1/pause {hibernate: true})" },
     network: { ...network, type: ["object", "null"], description: "its network policy; null: no network device" },
+    domain: { type: "string", description: "guest port N is served at host N-<id>.<domain> (docs/ports.md)" },
   },
 } as const;
 

@@ -40,6 +40,8 @@ class SandboxInfo:
     hibernated: bool = False
     #: Its network policy ``{"egress", "allow_out", "deny_out"}``; None: no network device (docs/network.md).
     network: Optional[Dict[str, Any]] = None
+    #: ``<domain>:<port>``: guest port N is served as host ``N-<id>.<domain>`` (docs/ports.md).
+    domain: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,7 @@ def to_sandbox_info(v: Any) -> SandboxInfo:
         memory=MemoryUsage(int(_num(mem, "private_bytes")), int(_num(mem, "shared_bytes"))) if isinstance(mem, dict) else None,
         hibernated=o.get("hibernated") is True,
         network=dict(o["network"]) if isinstance(o.get("network"), dict) else None,
+        domain=_opt_str(o, "domain"),
     )
 
 

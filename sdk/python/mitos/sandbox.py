@@ -182,6 +182,22 @@ class Sandbox:
         """Its network policy; None: no network device."""
         return self._info.network
 
+    def get_host(self, port: int) -> str:
+        """The ``host:port`` at which mitosd serves guest port ``port``
+        (``<port>-<id>.<domain>:<mitosd port>``; no NIC needed). Requests carry
+        the API token, or the port's token from ``expose``."""
+        if not self._info.domain:
+            raise make_error(
+                "unavailable", "the server named no port domain", remediation="Use the path URL from expose(port)."
+            )
+        return "%d-%s.%s" % (port, self.id, self._info.domain)
+
+    def expose(self, port: int) -> Dict[str, Any]:
+        """Makes guest port ``port`` reachable with a token of its own:
+        ``{"url", "host", "token", "token_header", ...}``."""
+        path = "/v1/sandboxes/%s/expose/%d" % (urllib.parse.quote(self.id, safe=""), port)
+        return dict(record("exposed port", self._http.post(path, {})))
+
     def set_network(
         self, egress: str = "deny", allow_out: Optional[Sequence[str]] = None, deny_out: Optional[Sequence[str]] = None
     ) -> None:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 import unittest
+import urllib.error
+import urllib.request
 
 import mitos
 
@@ -181,6 +183,25 @@ class E2ETest(unittest.TestCase):
         with self.assertRaises(mitos.InvalidInputError):
             self.server.create("python", network={"egress": "allow"})
         self.server.delete_template("py-net")
+
+    def test_ports_through_mitosd(self):
+        self.sb.exec("mkdir -p /srv/p && echo from-python > /srv/p/x.txt")
+        self.sb.exec("cd /srv/p && nohup python3 -m http.server 8001 >/dev/null 2>&1 &")
+        host = self.sb.get_host(8001)
+        self.assertTrue(host.startswith("8001-%s." % self.sb.id), host)
+        exposed = self.sb.expose(8001)
+        for _ in range(50):
+            req = urllib.request.Request(exposed["url"] + "x.txt", headers={exposed["token_header"]: exposed["token"]})
+            try:
+                with urllib.request.urlopen(req, timeout=10) as res:
+                    self.assertEqual(res.read(), b"from-python\n")
+                    break
+            except urllib.error.HTTPError as e:
+                if e.code != 502:
+                    raise
+                time.sleep(0.2)
+        else:
+            self.fail("the guest server never answered")
 
     def test_fork_children_are_distinct_vms(self):
         self.sb.files.write("/root/marker", "from parent")
