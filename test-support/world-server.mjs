@@ -1,6 +1,7 @@
 // The "internet" of network tests, run inside a namespace the test creates
 // (test-support/world.ts): HTTP servers on given address:port pairs (each
-// answers "<address>:<port> <Host header>"), a UDP echo, and a DNS server
+// answers "<address>:<port> <Host header>", and GET /big a body of
+// bigMiB MiB), a UDP echo, and a DNS server
 // answering the zone it is given. Prints "ready" once everything listens.
 
 import dgram from "node:dgram";
@@ -12,6 +13,20 @@ const pending = [];
 
 for (const { host, port } of config.http) {
   const server = http.createServer((req, res) => {
+    if (req.url === "/big") {
+      // A body for throughput figures, written as fast as the reader takes it.
+      const chunk = Buffer.alloc(1 << 20);
+      let left = config.bigMiB;
+      res.setHeader("content-length", String(left << 20));
+      const more = () => {
+        while (left > 0) {
+          left--;
+          if (!res.write(chunk)) return void res.once("drain", more);
+        }
+        res.end();
+      };
+      return more();
+    }
     res.setHeader("content-type", "text/plain");
     res.end(`${host}:${port} ${req.headers.host ?? ""}\n`);
   });

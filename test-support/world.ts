@@ -24,6 +24,8 @@ export interface WorldConfig {
   http: Array<{ host: string; port: number }>;
   udpEcho?: Array<{ host: string; port: number }>;
   zone: Record<string, string[]>;
+  /** Size of the body every HTTP server sends for GET /big (benchmarks; default 1 MiB). */
+  bigMiB?: number;
 }
 
 const sh = (args: string[]) => execFileSync("ip", args, { stdio: ["ignore", "ignore", "pipe"] });
@@ -53,7 +55,12 @@ export async function startWorld(c: WorldConfig): Promise<World> {
       "--",
       process.execPath,
       path.join(import.meta.dirname, "world-server.mjs"),
-      JSON.stringify({ http: c.http, udpEcho: c.udpEcho ?? [], dns: { host: ips[0], zone: c.zone } }),
+      JSON.stringify({
+        http: c.http,
+        udpEcho: c.udpEcho ?? [],
+        dns: { host: ips[0], zone: c.zone },
+        bigMiB: c.bigMiB ?? 1,
+      }),
     ],
     { stdio: ["ignore", "pipe", "inherit"] },
   );

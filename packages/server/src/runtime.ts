@@ -17,6 +17,7 @@ import { invalid, toConnectError } from "./errors.js";
 import { interactiveExec } from "./interactive-exec.js";
 import { listPage } from "./list-page.js";
 import type { Metrics } from "./metrics.js";
+import { forwardPort } from "./port-forward.js";
 import { StreamQueue } from "./stream-queue.js";
 
 export interface RuntimeOptions {
@@ -35,7 +36,6 @@ const NOT_YET = {
   runCode: "the code interpreter (issue 16)",
   archive: "archive transfer",
   watch: "filesystem watches",
-  portForward: "port forwarding (issue 15, network)",
   vitals: "guest vitals",
   upload: "tar upload",
   fork: "self-service fork with per-sandbox tokens (issue 20); fork with POST /v1/sandboxes/{id}/fork",
@@ -121,6 +121,10 @@ function runtimeImpl({ engine, maxExecTimeoutSeconds, metrics }: RuntimeOptions)
     async *exec(inputs, ctx) {
       metrics.execs.inc();
       yield* interactiveExec(engine, sandboxId(ctx), inputs, maxExecTimeoutSeconds, ctx.signal);
+    },
+
+    async *portForward(inputs, ctx) {
+      yield* forwardPort(engine, sandboxId(ctx), inputs, ctx.signal);
     },
 
     async *readFile(req, ctx) {

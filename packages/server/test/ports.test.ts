@@ -6,10 +6,13 @@
 import assert from "node:assert/strict";
 import http from "node:http";
 import { after, before, describe, it } from "node:test";
+import { create } from "@bufbuild/protobuf";
+import { FrameSchema } from "@mitos/proto";
 import { type Sandbox, SandboxServer } from "@mitos/sdk";
 import WebSocket from "ws";
 import { removeDataDir, tempDataDir } from "../../../test-support/data-dir.js";
 import { type Daemon, startMitosd } from "../../../test-support/mitosd.js";
+import { runtimeClient } from "../../../test-support/runtime-client.js";
 import { until } from "../../../test-support/until.js";
 
 const dataDir = tempDataDir("test-ports");
@@ -137,6 +140,33 @@ describe("guest ports through mitosd", () => {
     }
     ws.close();
     assert.deepEqual(echoed, ["hello", "from", "the host"]);
+  });
+
+  it("the runtime's PortForward (bidi over h2c) carries an HTTP exchange; a closed port is an error", async () => {
+    const client = runtimeClient(daemon, sb.id, { httpVersion: "2" });
+    async function* frames() {
+      yield create(FrameSchema, { msg: { case: "open", value: { port: 8000 } } });
+      yield create(FrameSchema, {
+        msg: { case: "data", value: Buffer.from("GET /who.txt HTTP/1.0\r\nHost: x\r\n\r\n") },
+      });
+    }
+    let answer = "";
+    let closed = false;
+    for await (const f of client.portForward(frames())) {
+      if (f.msg.case === "data") answer += Buffer.from(f.msg.value).toString();
+      if (f.msg.case === "close") closed = true;
+    }
+    assert.match(answer, /^HTTP\/1\.0 200/);
+    assert.match(answer, /\r\n\r\nparent\n$/);
+    assert.ok(closed, "the guest's EOF arrives as a close frame");
+    async function* toClosed() {
+      yield create(FrameSchema, { msg: { case: "open", value: { port: 9 } } });
+    }
+    await assert.rejects(async () => {
+      for await (const _ of client.portForward(toClosed())) {
+        // nothing arrives
+      }
+    }, /unavailable|refused/i);
   });
 
   it("after fork(3) each child serves its own file from the server the parent started", async () => {
