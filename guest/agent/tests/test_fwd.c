@@ -6,20 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "frame.h"
 #include "fwd.h"
 
-static int passed, failed;
-
-#define CHECK(cond)                                                          \
-	do {                                                                 \
-		if (cond) {                                                  \
-			passed++;                                            \
-		} else {                                                     \
-			failed++;                                            \
-			fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond); \
-		}                                                            \
-	} while (0)
 
 static int parse_open(fwd_open_t *o, int64_t port, int64_t window, int64_t timeout)
 {

@@ -28,6 +28,7 @@ import {
 } from "../src/agent/protocol.js";
 import { guestDir } from "../src/config.js";
 import type { MitosError } from "../src/errors.js";
+import { roundTrip } from "./port-streams.js";
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "mitos-fwd-"));
 const sock = path.join(dir, "agent.sock");
@@ -56,21 +57,6 @@ async function freePort(): Promise<number> {
   const port = (s.address() as net.AddressInfo).port;
   await new Promise<void>((r) => s.close(() => r()));
   return port;
-}
-
-/** Writes `data` honouring backpressure, ends, and reads everything back. */
-async function roundTrip(stream: PortStream, data: Buffer): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  const got = new Promise<Buffer>((resolve, reject) => {
-    stream.on("data", (c: Buffer) => chunks.push(c));
-    stream.on("end", () => resolve(Buffer.concat(chunks)));
-    stream.on("error", reject);
-  });
-  for (let off = 0; off < data.length; off += 100_000) {
-    if (!stream.write(data.subarray(off, off + 100_000))) await new Promise((r) => stream.once("drain", r));
-  }
-  stream.end();
-  return got;
 }
 
 const until = async (cond: () => boolean, ms: number, what: string) => {
@@ -110,7 +96,7 @@ describe("port forward through the agent (host test mode)", () => {
     const s = await client.openPort(echoPort);
     assert.equal(s.address, "127.0.0.1");
     const data = randomBytes(3 * 1024 * 1024 + 17);
-    assert.ok((await roundTrip(s, data)).equals(data));
+    assert.ok((await roundTrip(s, data, 100_000)).equals(data));
     await new Promise((r) => (s.closed ? r(undefined) : s.once("close", r)));
     await until(() => echoOpen.size === 0, 2000, "the server's socket to close");
   });
@@ -156,7 +142,7 @@ describe("port forward through the agent (host test mode)", () => {
       Array.from({ length: 64 }, async () => {
         const data = randomBytes(256 * 1024 + Math.floor(Math.random() * 1000));
         const s = await client.openPort(echoPort);
-        return (await roundTrip(s, data)).equals(data);
+        return (await roundTrip(s, data, 100_000)).equals(data);
       }),
     );
     assert.deepEqual(results, Array(64).fill(true));

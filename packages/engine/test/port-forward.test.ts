@@ -43,6 +43,8 @@ while True:
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 `;
 
+import { roundTrip } from "./port-streams.js";
+
 /** Open TCP connections (ESTABLISHED or CLOSE_WAIT) with ECHO_PORT at either end, listeners excluded. */
 const COUNT_PY = `
 n = 0
@@ -66,21 +68,6 @@ const sh = async (id: string, command: string) => {
 };
 
 const echoConnections = async (id: string) => Number(await sh(id, "python3 /tmp/count.py"));
-
-/** Writes `data` with backpressure, ends, and collects everything the guest sends until its EOF. */
-async function roundTrip(stream: PortStream, data: Buffer): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  const got = new Promise<Buffer>((resolve, reject) => {
-    stream.on("data", (c: Buffer) => chunks.push(c));
-    stream.on("end", () => resolve(Buffer.concat(chunks)));
-    stream.on("error", reject);
-  });
-  for (let off = 0; off < data.length; off += 128 * 1024) {
-    if (!stream.write(data.subarray(off, off + 128 * 1024))) await new Promise((r) => stream.once("drain", r));
-  }
-  stream.end();
-  return got;
-}
 
 /** Reads from a stream until `n` bytes have come. */
 function readBytes(stream: PortStream, n: number): Promise<Buffer> {

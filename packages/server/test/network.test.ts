@@ -215,6 +215,49 @@ except OSError as e: print(type(e).__name__)
     }
   });
 
+  it("a connection open at fork time is dropped in the child and goes on in the parent", async () => {
+    const parent = await server.fork(TEMPLATE, { network: { egress: "deny", allowOut: [`${API}/32`] } });
+    try {
+      // Connects, sends half a request, then waits for /tmp/go to send the rest.
+      await parent.files.write(
+        "/tmp/conn.py",
+        `import os, socket, time
+s = socket.create_connection(("${API}", 80), timeout=5)
+s.sendall(b"GET /open HTTP/1.1\\r\\n")
+open("/tmp/connected", "w").close()
+while not os.path.exists("/tmp/go"): time.sleep(0.1)
+try:
+    s.sendall(b"Host: x\\r\\nConnection: close\\r\\n\\r\\n")
+    r = s.recv(100)
+    out = r.split(b"\\r\\n")[0].decode() if r else "EOF"
+except OSError as e:
+    out = type(e).__name__
+open("/tmp/result", "w").write(out)
+`,
+      );
+      await parent.exec("nohup python3 /tmp/conn.py >/dev/null 2>&1 &");
+      await until("the connection", async () => (await parent.exec("test -e /tmp/connected")).exitCode === 0, 20_000);
+      const [child] = await parent.fork(1);
+      assert.ok(child);
+      const result = async (sb: Sandbox) => {
+        await sb.exec("touch /tmp/go");
+        return until(
+          "a result",
+          async () => {
+            const r = await sb.exec("cat /tmp/result");
+            return r.exitCode === 0 && r.stdout !== "" ? r.stdout : undefined;
+          },
+          20_000,
+        );
+      };
+      assert.match(await result(child), /^(ConnectionResetError|BrokenPipeError|EOF|TimeoutError)$/);
+      assert.match(await result(parent), /^HTTP\/1\.1 200/);
+      await child.terminate();
+    } finally {
+      await parent.terminate();
+    }
+  });
+
   it("a template without a NIC refuses a network policy with a remediation", async () => {
     await assert.rejects(
       server.fork("python", { network: { egress: "allow" } }),
