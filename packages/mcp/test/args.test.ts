@@ -86,7 +86,7 @@ describe("tools, without mitosd", () => {
       return t.inputSchema;
     };
     const keys = (name: string) => Object.keys(props(name).properties ?? {}).sort();
-    assert.deepEqual(keys("sandbox_create"), ["pool", "template", "timeout_seconds"]);
+    assert.deepEqual(keys("sandbox_create"), ["network", "pool", "template", "timeout_seconds"]);
     assert.deepEqual(keys("sandbox_exec"), ["command", "sandbox", "sandbox_id", "timeout_seconds"]);
     assert.deepEqual(keys("sandbox_fork"), ["count", "replicas", "sandbox", "sandbox_id"]);
     assert.deepEqual(keys("sandbox_read_file"), ["path", "sandbox", "sandbox_id"]);

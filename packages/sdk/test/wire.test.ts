@@ -14,6 +14,8 @@ const wireSandbox = {
   fork_time_ms: 41,
   accel: "kvm",
   memory: { private_bytes: 1024, shared_bytes: 4096 },
+  network: { egress: "deny", allow_out: ["api.example.com:443"], deny_out: [] },
+  domain: "localhost:8080",
 };
 
 describe("snake_case → camelCase", () => {
@@ -37,10 +39,13 @@ describe("snake_case → camelCase", () => {
       accel: "kvm",
       memory: { privateBytes: 1024, sharedBytes: 4096 },
       hibernated: false,
+      network: { egress: "deny", allowOut: ["api.example.com:443"], denyOut: [] },
+      domain: "localhost:8080",
     });
-    const bare = toSandboxInfo({ id: "x", template_id: "t", parent_id: null });
+    const bare = toSandboxInfo({ id: "x", template_id: "t", parent_id: null, network: null });
     assert.equal(bare.parentId, null);
     assert.equal(bare.memory, undefined);
+    assert.equal(bare.network, undefined);
     assert.equal(toSandboxInfo({ ...wireSandbox, hibernated: true }).hibernated, true);
   });
 
