@@ -53,6 +53,13 @@ try {
   await server.createTemplate("python", {});
   await server.createTemplate("net", { image: "python", network: { egress: "deny" } });
   const policy = { egress: "deny" as const, allowOut: [`${API}/32`] };
+  // Both templates claim from a warm pool (python has one by default): a warm networked VM holds its slot already.
+  await server.setPoolTarget("net", 2);
+  await until(
+    "the net pool to be warm",
+    async () => (await server.pools()).find((p) => p.template === "net")?.warm === 2,
+    300_000,
+  );
 
   const claimNet = add("networked claim → first HTTP answer from outside", "ms");
   const claimPlain = add("baseline: plain claim → first exec", "ms");
@@ -113,7 +120,8 @@ try {
   }
   progress("forks done");
   const notes = [
-    'Networked sandboxes: template "net" (python, egress deny), each claim with policy allow_out 198.51.100.3/32; the "outside" is a server in a test namespace (test-support/world.ts) reached through the slot\'s NAT.',
+    'Networked sandboxes: template "net" (python, egress deny) with a warm pool of 2 (as python has), each claim with policy allow_out 198.51.100.3/32 (applied at claim: one nft transaction); the "outside" is a server in a test namespace (test-support/world.ts) reached through the slot\'s NAT. The networked claim row includes a curl process in the guest (the plain row runs `true`).',
+    "fork(8) rows: a networked fork builds 8 slots (namespace, veth, tap, ruleset with the parent's pins) and cannot use spare VMs (a spare would need its slot before the fork).",
     "Proxy rows: path-routed GET of `python3 -m http.server` in the guest, through the agent channel's port-forward stream (no NIC used).",
   ];
   const accel = (await server.health()).accel ?? "?";
