@@ -19,6 +19,7 @@
 
 #define CGROUP_ROOT "/sys/fs/cgroup/mitos"
 #define DRAIN_MS 100
+#define KILL_WAIT_MS 2000 /* how long a killed command may take to empty its cgroup */
 
 static int use_cgroups;
 
@@ -97,6 +98,24 @@ static void kill_group(stream_t *s)
 	/* Also the process group: covers kernels without cgroup.kill. */
 	if (s->pid > 0)
 		kill(-s->pid, SIGKILL);
+}
+
+/* 1 while the command's cgroup still holds a live task. */
+static int cgroup_populated(stream_t *s)
+{
+	if (!s->cgroup)
+		return 0;
+	char p[128], buf[256];
+	cgroup_path(s->cgroup_n, "cgroup.events", p, sizeof p);
+	int fd = open(p, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	ssize_t n = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = 0;
+	return strstr(buf, "populated 1") != NULL;
 }
 
 static void close_fd(int *fd)
@@ -580,6 +599,10 @@ int64_t exec_tick(stream_t *s, int64_t now)
 		}
 		return INT64_MAX;
 	}
+	/* A timed-out command is reported only once everything it started is
+	 * gone (bounded): "killed at its timeout" must mean no process left. */
+	if (s->timed_out && now < s->deadline_ms + KILL_WAIT_MS && cgroup_populated(s))
+		return now + 10;
 	int open_out = s->out_fd >= 0 || s->err_fd >= 0;
 	if (open_out && s->credit <= 0)
 		s->drain_ms = now + DRAIN_MS; /* waiting on the host, not on data */

@@ -33,6 +33,7 @@ static int vm_mode = 1;
 static int fd_mode;          /* --fd: exit when the host goes away */
 static int listen_fd = -1;
 static int sig_fd = -1;
+static void reap(void);
 static int64_t port_retry_at; /* VM mode: no host connected until then */
 static int host_up;           /* VM mode: for logging transitions only */
 static uint8_t inbuf[FRAME_HEADER + MAX_PAYLOAD];
@@ -154,7 +155,10 @@ static void handle_request(const frame_t *fr)
 			have_session = 0;
 		}
 		break;
-	case T_PROCESSES: info_processes(id); break;
+	case T_PROCESSES:
+		reap(); /* dead orphans are ours to reap, not processes left */
+		info_processes(id);
+		break;
 	case T_KILL: info_kill(id, &f); break;
 	case T_SET_CLOCK: set_clock(id, &f, vm_mode); break;
 	case T_PORT_OPEN: forward_open(id, &f); break;

@@ -8,7 +8,7 @@ import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } f
 import { authorized, ensureToken } from "./auth.js";
 import { isLoopback } from "./config.js";
 import { unknownConnectMethod } from "./connect-fallback.js";
-import { envelope, HTTP_STATUS, toConnectError, toMitosError } from "./errors.js";
+import { envelope, fieldOf, HTTP_STATUS, toConnectError, toMitosError } from "./errors.js";
 import { registerExecSocket } from "./exec-socket.js";
 import { serveH2c } from "./h2c.js";
 import { IdempotencyCache } from "./idempotency.js";
@@ -102,9 +102,10 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
     } else if (err.code === "FST_ERR_CTP_EMPTY_JSON_BODY") {
       m = new MitosError("invalid_json", "the request body is empty", { remediation: "Send a JSON object, e.g. {}." });
     } else if (err.validation) {
-      m = new MitosError("invalid_input", `invalid request: ${err.message}`, {
+      const problems = err.validation.map((v) => `${fieldOf(v) ?? "body"} ${v.message ?? ""}`.trim());
+      m = new MitosError("invalid_input", `invalid request: ${problems.join("; ")}`, {
         remediation: "Fix the named field; GET /openapi.json describes every route's body.",
-        context: { problems: err.validation.map((v) => `${v.instancePath || "body"} ${v.message ?? ""}`.trim()) },
+        context: { field: err.validation[0] ? fieldOf(err.validation[0]) : undefined, problems },
       });
     } else if (err.code === "FST_ERR_CTP_INVALID_MEDIA_TYPE") {
       m = new MitosError("invalid_input", "unsupported Content-Type", {

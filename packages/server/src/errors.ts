@@ -95,3 +95,11 @@ export function toConnectError(err: unknown): ConnectError {
 export function invalid(message: string, remediation: string, context: Record<string, unknown> = {}): MitosError {
   return new MitosError("invalid_input", message, { remediation, context });
 }
+
+/** The field a JSON-schema failure is about, dotted from the body's top ("network", "resources.gpus"). */
+export function fieldOf(v: { instancePath?: string; params?: Record<string, unknown> }): string | undefined {
+  const parts = (v.instancePath ?? "").split("/").filter((p) => p !== "" && !/^\d+$/.test(p));
+  const extra = v.params?.additionalProperty;
+  if (typeof extra === "string") parts.push(extra);
+  return parts.length > 0 ? parts.join(".") : undefined;
+}

@@ -99,7 +99,15 @@ const limits = {
 } as const;
 const createBody = {
   type: "object",
-  properties: { template: str, pool: str, checkpoint: str, id, timeout_seconds: int, env, network },
+  properties: {
+    template: str,
+    pool: str,
+    checkpoint: str,
+    id,
+    timeout_seconds: int,
+    env,
+    network: { ...network, type: ["object", "null"], description: "its network policy (null: the template's)" },
+  },
 } as const;
 
 export const routeSchemas = {
@@ -139,7 +147,11 @@ export const routeSchemas = {
           description:
             "a workspace disk of this size at /workspace, on the host (64 MiB to 1 TiB; default: /workspace in guest RAM)",
         },
-        network: { ...network, description: "a network device, and its sandboxes' default policy (default: no NIC)" },
+        network: {
+          ...network,
+          type: ["object", "null"],
+          description: "a network device, and its sandboxes' default policy (default or null: no NIC)",
+        },
       },
     },
     response: { 200: template, ...errors },

@@ -294,7 +294,7 @@ call("DELETE", "/v1/sandboxes/" + sb["id"])
 
   it("row 9: unknown or unsupported keys are refused with invalid_input naming the key", async () => {
     const cases: Array<[string, string, Record<string, unknown>, string]> = [
-      ["POST", "/v1/templates", { id: "up-net", network: { egress: "sometimes" } }, "network"],
+      ["POST", "/v1/templates", { id: "up-net", network: { egress: "sometimes" } }, "network.egress"],
       ["POST", "/v1/templates", { id: "up-net", workload: "gpu" }, "workload"],
       ["POST", "/v1/templates", { id: "up-net", resources: { vcpu_count: 1, gpus: 1 } }, "resources.gpus"],
       ["POST", "/v1/sandboxes", { template: "python", timeout_secs: 60 }, "timeout_secs"],
