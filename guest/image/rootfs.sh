@@ -17,6 +17,8 @@
 #                        deb.debian.org + updates + security.
 #   MITOS_KEEP_DOCS=1    keep /usr/share/{doc,man,info,locale} (dropped by default)
 #   MITOS_ROOTFS_MARGIN_MB  free space left in the image (default 16)
+#   MITOS_ROOTFS_OVERLAY  a directory copied over the root after the packages
+#                        (owned by root; e.g. guest/interpreter/rootfs)
 #
 # Needs root (mmdebstrap root mode; mkfs.ext4 -d keeps the tree's owners).
 set -euo pipefail
@@ -72,7 +74,10 @@ fi
 for m in "${MIRRORS[@]}"; do log "apt source: $m"; done
 
 # --- mmdebstrap ----------------------------------------------------------------
-ARGS=(--mode=root --variant=minbase --format=directory)
+# Only what was asked for and its hard dependencies (as `apt-get install
+# --no-install-recommends` in a Dockerfile): recommends would pull compilers,
+# SciPy and Boost headers into a code-interpreter image.
+ARGS=(--mode=root --variant=minbase --format=directory --aptopt='APT::Install-Recommends "false"')
 if [ ${#PACKAGES[@]} -gt 0 ]; then
   ARGS+=("--include=$(IFS=,; echo "${PACKAGES[*]}")")
 fi
@@ -91,6 +96,12 @@ ARGS+=(--customize-hook='echo mitos > "$1/etc/hostname"'
        --customize-hook='mkdir -p "$1/etc/mitos"; { echo "suite='"$SUITE"'"; echo "packages='"${PACKAGES[*]:-}"'"; echo "built=$(date -u +%Y-%m-%dT%H:%M:%SZ)"; } > "$1/etc/mitos/image"'
        --customize-hook='rm -rf "$1"/var/cache/apt/*.bin "$1"/var/log/apt/* "$1"/var/log/dpkg.log "$1"/var/log/alternatives.log')
 
+if [ -n "${MITOS_ROOTFS_OVERLAY:-}" ]; then
+  [ -d "$MITOS_ROOTFS_OVERLAY" ] || die "MITOS_ROOTFS_OVERLAY is not a directory: $MITOS_ROOTFS_OVERLAY"
+  case "$MITOS_ROOTFS_OVERLAY" in *"'"*) die "MITOS_ROOTFS_OVERLAY must not contain a quote" ;; esac
+  ARGS+=(--customize-hook="cp -R --no-preserve=ownership '$MITOS_ROOTFS_OVERLAY'/. \"\$1\"/")
+  log "overlay: $MITOS_ROOTFS_OVERLAY"
+fi
 log "mmdebstrap $SUITE (minbase${PACKAGES[*]:+ + ${PACKAGES[*]}})"
 # stdin from /dev/null: mmdebstrap must never wait on a terminal; apt/dpkg are
 # non-interactive (mmdebstrap sets DEBIAN_FRONTEND=noninteractive itself).

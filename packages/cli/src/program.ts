@@ -3,8 +3,17 @@
 
 import { readFileSync } from "node:fs";
 import path from "node:path";
-import { type NetworkPolicy, resolveConfig, type Sandbox, SandboxServer, type TemplateSpec } from "@mitos/sdk";
+import {
+  type ExecutionError,
+  type NetworkPolicy,
+  type Result,
+  resolveConfig,
+  type Sandbox,
+  SandboxServer,
+  type TemplateSpec,
+} from "@mitos/sdk";
 import { Command, InvalidArgumentError, Option } from "commander";
+import { renderResult } from "./cells.js";
 import { runServer, up } from "./daemon.js";
 import { formatChecks, runChecks } from "./doctor.js";
 import { EXIT, exitCodeFor, formatError, UsageError } from "./errors.js";
@@ -122,6 +131,13 @@ function serverFor(cmd: Command): SandboxServer {
     ...(o.url ? { baseUrl: o.url } : {}),
     ...(o.apiKey ? { apiKey: o.apiKey } : {}),
   });
+}
+
+async function readStdin(): Promise<string> {
+  if (process.stdin.isTTY) throw new UsageError("no code given: pass --code '…', --file <path>, or pipe it on stdin");
+  const chunks: Buffer[] = [];
+  for await (const c of process.stdin) chunks.push(c as Buffer);
+  return Buffer.concat(chunks).toString("utf8");
 }
 
 function examples(...lines: string[]): string {
@@ -343,6 +359,79 @@ ${examples(
             signal: abort.signal,
           });
           if (r.error) io.err(`mitos: ${r.error}\n`);
+          setCode(r.exitCode < 0 ? EXIT.error : r.exitCode);
+        } catch (e) {
+          if (abort.signal.aborted) {
+            setCode(130);
+            return;
+          }
+          throw e;
+        } finally {
+          process.off("SIGINT", onInt);
+        }
+      },
+    );
+
+  addGlobals(
+    sandbox
+      .command("run")
+      .description(
+        "run Python in the sandbox's Jupyter kernel (variables persist); exits 0, 1 if it raised, 124 on timeout",
+      )
+      .argument("<id>", "sandbox id")
+      .option("--code <code>", "the cell's source (default: --file, else stdin)")
+      .option("--file <path>", "read the cell from a local file")
+      .option("--context <id>", "run in this context (default: the sandbox's default context)")
+      .option("--timeout <seconds>", "interrupt the cell after this many seconds (it then exits 124)", parseSeconds)
+      .option("-e, --env <KEY=VALUE>", "environment variable for this cell (repeatable)", collectEnv)
+      .option("--save-images <dir>", "write image results (PNG, JPEG, SVG) to files in this directory")
+      .option("--json", "print the whole execution (results with every MIME type, logs, error) as JSON"),
+  )
+    .addHelpText(
+      "after",
+      examples(
+        "mitos sandbox run sb-1a2b3c4d --code 'x = 41'",
+        "mitos sandbox run sb-1a2b3c4d --code 'x + 1'                      # prints 42",
+        "mitos sandbox run sb-1a2b3c4d --file plot.py --save-images ./out",
+        "echo 'import sys; sys.version' | mitos sandbox run sb-1a2b3c4d",
+      ),
+    )
+    .action(
+      async (
+        id: string,
+        opts: {
+          code?: string;
+          file?: string;
+          context?: string;
+          timeout?: number;
+          env?: Record<string, string>;
+          saveImages?: string;
+          json?: boolean;
+        },
+        cmd: Command,
+      ) => {
+        const code = opts.code ?? (opts.file ? readFileSync(opts.file, "utf8") : await readStdin());
+        const sb = await serverFor(cmd).get(id);
+        const abort = new AbortController();
+        const onInt = () => abort.abort();
+        process.once("SIGINT", onInt);
+        let n = 0;
+        try {
+          const r = await sb.runCode(code, {
+            ...(opts.context ? { context: opts.context } : {}),
+            ...(opts.timeout !== undefined ? { timeoutSeconds: opts.timeout } : {}),
+            ...(opts.env ? { envs: opts.env } : {}),
+            ...(opts.json
+              ? {}
+              : {
+                  onStdout: (t: string) => io.out(t),
+                  onStderr: (t: string) => io.err(t),
+                  onResult: (res: Result) => io.out(renderResult(res, ++n, opts.saveImages)),
+                  onError: (e: ExecutionError) => io.err(`${e.traceback || `${e.name}: ${e.value}`}\n`),
+                }),
+            signal: abort.signal,
+          });
+          if (opts.json) io.out(json(r));
           setCode(r.exitCode < 0 ? EXIT.error : r.exitCode);
         } catch (e) {
           if (abort.signal.aborted) {

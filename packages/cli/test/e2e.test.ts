@@ -3,7 +3,8 @@
 
 import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { removeDataDir, tempDataDir } from "../../../test-support/data-dir.js";
@@ -96,6 +97,38 @@ describe("mitos CLI against mitosd", () => {
   it("exits 124 when a command hits --timeout", async () => {
     const r = await mitos(["sandbox", "exec", "--timeout", "1", forks[2] ?? "", "sleep 20"]);
     assert.equal(r.code, 124, r.stderr);
+  });
+
+  it("runs Python in the kernel with `sandbox run`: state kept, exit codes, images saved", async () => {
+    const id = forks[4] ?? "";
+    assert.equal((await mitos(["sandbox", "run", id, "--code", "x = 41"])).code, 0);
+    const r = await mitos(["sandbox", "run", id, "--code", "print('out')\nx + 1"]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, "out\n42\n");
+    const bad = await mitos(["sandbox", "run", id, "--code", "1/0"]);
+    assert.equal(bad.code, 1);
+    assert.match(bad.stderr, /ZeroDivisionError: division by zero/);
+    const dir = mkdtempSync(path.join(os.tmpdir(), "mitos-run-"));
+    try {
+      const plot = await mitos([
+        "sandbox",
+        "run",
+        id,
+        "--save-images",
+        dir,
+        "--code",
+        "import matplotlib.pyplot as plt\nplt.plot([3, 1, 2])\nplt.show()",
+      ]);
+      assert.equal(plot.code, 0, plot.stderr);
+      assert.match(plot.stdout, /\[image\/png, \d+ bytes: .*result-1\.png\]/);
+      assert.deepEqual([...readFileSync(path.join(dir, "result-1.png")).subarray(0, 4)], [0x89, 0x50, 0x4e, 0x47]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+    const j = await mitos(["sandbox", "run", id, "--json", "--code", "x"]);
+    assert.equal((JSON.parse(j.stdout) as { text: string }).text, "41");
+    const slow = await mitos(["sandbox", "run", id, "--timeout", "2", "--code", "while True: pass"]);
+    assert.equal(slow.code, 124, slow.stderr);
   });
 
   it("exits 3 for an unknown sandbox, with code and fix on stderr", async () => {

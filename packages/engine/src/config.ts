@@ -29,4 +29,6 @@ export const guestDir = {
   root: repoRoot,
   agent: path.join(repoRoot, "guest", "agent"),
   image: path.join(repoRoot, "guest", "image"),
+  /** Files copied over the root of images that run the code interpreter. */
+  interpreter: path.join(repoRoot, "guest", "interpreter", "rootfs"),
 };

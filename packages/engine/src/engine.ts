@@ -19,6 +19,7 @@ import { Disks } from "./disk.js";
 import { MitosError } from "./errors.js";
 import { type ForkOptions, Forks } from "./fork.js";
 import { IdleHibernation } from "./idle.js";
+import { Interpreter, startInterpreter } from "./interpreter.js";
 import { Journal, type TemplateRecord, type TemplateSpec } from "./journal.js";
 import { checkId, type SandboxInfo, SandboxTable } from "./lifecycle.js";
 import { type Limits, resolveLimits, SpendCaps, type Usage } from "./limits.js";
@@ -451,6 +452,19 @@ export class Engine {
   /** The agent of a running sandbox (for exec and files). */
   agent(id: string): AgentClient {
     return this.table.running(id).vm.agent;
+  }
+
+  /** The code interpreter of a running sandbox (docs/code-interpreter.md). */
+  interpreter(id: string): Interpreter {
+    const s = this.table.running(id);
+    const agent = s.vm.agent;
+    const served = this.templateRecord(s.templateId)?.recipe.interpreter === true;
+    return new Interpreter(
+      agent,
+      id,
+      s.env,
+      served ? () => startInterpreter(agent, s.env, `sandbox ${id}`) : undefined,
+    );
   }
 
   /** Exec with the sandbox's default env merged in. */

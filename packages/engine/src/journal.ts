@@ -32,7 +32,7 @@ export interface TemplateRecord {
   id: string;
   /** What it was built from: a template dropped at start (files gone after a reboot) is rebuilt from it on demand. */
   spec?: TemplateSpec;
-  recipe: { packages: string[]; init: string[]; env: Record<string, string> };
+  recipe: { packages: string[]; init: string[]; env: Record<string, string>; interpreter?: boolean };
   machine: MachineSpec;
   ramFile: string;
   stateFile: string;

@@ -9,6 +9,7 @@ import { type EngineContext, randomHex, withResources } from "./context.js";
 import { Disks } from "./disk.js";
 import { MitosError, shmSpaceRemediation } from "./errors.js";
 import { BUILTIN_RECIPES, ensureImages } from "./image/build.js";
+import { startInterpreter } from "./interpreter.js";
 import type { TemplateRecord, TemplateSpec } from "./journal.js";
 import { checkId } from "./lifecycle.js";
 import { checkPolicy, DEFAULT_POLICY, type NetworkPolicy } from "./network/policy.js";
@@ -196,7 +197,11 @@ export class Templates {
       );
     }
     this.ctx.log("template build started", { template: id, packages, init: init.length });
-    const images = await ensureImages({ packages }, { cacheDir: this.ctx.imagesDir });
+    const interpreter = baseRecipe.interpreter === true;
+    const images = await ensureImages(
+      { packages, ...(baseRecipe.overlay ? { overlay: baseRecipe.overlay } : {}) },
+      { cacheDir: this.ctx.imagesDir },
+    );
     const vmId = `tpl-${id.slice(0, 40)}-${randomHex(4)}`;
     const group = this.ctx.confinement.group();
     const diskKey = `build:${vmId}`;
@@ -268,6 +273,9 @@ export class Templates {
           );
         }
       }
+      // After init (which may install what the kernel imports): every sandbox of
+      // this template then starts with a warm kernel (docs/code-interpreter.md).
+      if (interpreter) await startInterpreter(vm.agent, env, `template ${id}`);
       const info = await vm.agent.hello();
       await vm.pause();
       const stateFile = path.join(this.ctx.dataDir, "templates", `${id}.state`);
@@ -277,7 +285,7 @@ export class Templates {
       const record: TemplateRecord = {
         id,
         spec: network ? { ...spec, network } : spec,
-        recipe: { packages, init, env },
+        recipe: { packages, init, env, ...(interpreter ? { interpreter } : {}) },
         machine: vm.machine,
         ramFile,
         stateFile,

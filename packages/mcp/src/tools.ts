@@ -3,7 +3,7 @@
 // the public Mitos project's argument names (pool, sandbox, replicas; see
 // args.ts) and answers in its result shapes where it defines one.
 
-import { MitosError, type Sandbox, type SandboxServer } from "@mitos/sdk";
+import { MitosError, type Result, type Sandbox, type SandboxServer } from "@mitos/sdk";
 import type { McpServer } from "@modelcontextprotocol/sdk/server/mcp.js";
 import type { CallToolResult } from "@modelcontextprotocol/sdk/types.js";
 import { z } from "zod";
@@ -42,6 +42,19 @@ async function run(fn: () => Promise<unknown>): Promise<CallToolResult> {
   } catch (err) {
     return { isError: true, content: [{ type: "text", text: JSON.stringify(toolError(err), null, 2) }] };
   }
+}
+
+/** Plots and other images of a cell, as MCP image content. */
+function imagesOf(results: Result[]): CallToolResult["content"] {
+  const out: CallToolResult["content"] = [];
+  for (const r of results) {
+    if (r.png !== undefined) out.push({ type: "image", data: r.png, mimeType: "image/png" });
+    else if (r.jpeg !== undefined) out.push({ type: "image", data: r.jpeg, mimeType: "image/jpeg" });
+    else if (r.svg !== undefined) {
+      out.push({ type: "image", data: Buffer.from(r.svg).toString("base64"), mimeType: "image/svg+xml" });
+    }
+  }
+  return out;
 }
 
 function summary(s: Sandbox) {
@@ -156,6 +169,54 @@ export function registerTools(mcp: McpServer, server: SandboxServer): void {
         // Exactly upstream's keys.
         return { exit_code: r.exitCode, stdout: r.stdout, stderr: r.stderr };
       }),
+  );
+
+  const runCodeInput = input({
+    ...sandboxIds,
+    code: z
+      .string()
+      .describe(
+        "Python source of one cell, e.g. \"import pandas as pd\\ndf = pd.read_csv('/workspace/d.csv')\\ndf.describe()\".",
+      ),
+    context: z.string().optional().describe("Context (kernel) id; default: the sandbox's default context."),
+    timeout_seconds: timeoutSeconds.describe("Interrupt the cell after this many seconds; its variables stay."),
+  });
+  mcp.registerTool(
+    "run_code",
+    {
+      title: "Run Python in a live kernel",
+      description:
+        "Run Python in the sandbox's Jupyter kernel (python template). Variables, imports and loaded data persist " +
+        "between calls, and forks of the sandbox inherit them. The last expression's value is the result. Returns " +
+        "JSON {exit_code, text, stdout, stderr, results, error} and any plots as images. exit_code: 0 ok, 1 raised, " +
+        "124 interrupted at timeout_seconds.",
+      inputSchema: runCodeInput,
+    },
+    async (a) => {
+      const value: { result?: CallToolResult } = {};
+      const text = await checked("run_code", a, runCodeInput, async () => {
+        const sb = await sandboxOf("run_code", a);
+        const r = await sb.runCode(a.code, {
+          ...(a.context ? { context: a.context } : {}),
+          ...(a.timeout_seconds === undefined ? {} : { timeoutSeconds: a.timeout_seconds }),
+        });
+        value.result = { content: imagesOf(r.results) };
+        return {
+          exit_code: r.exitCode,
+          text: r.text ?? null,
+          stdout: r.logs.stdout.join(""),
+          stderr: r.logs.stderr.join(""),
+          results: r.results.map((x) => ({
+            is_main_result: x.isMainResult,
+            formats: Object.keys(x.data),
+            ...(x.text !== undefined ? { text: x.text } : {}),
+            ...(x.html !== undefined && x.html.length <= 20_000 ? { html: x.html } : {}),
+          })),
+          error: r.error ?? null,
+        };
+      });
+      return { ...text, content: [...text.content, ...(value.result?.content ?? [])] };
+    },
   );
 
   const forkInput = input({

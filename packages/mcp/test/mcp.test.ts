@@ -52,6 +52,7 @@ describe("mitos-mcp", () => {
   it("lists its tools with descriptions and input schemas", async () => {
     const { tools } = await client.listTools();
     assert.deepEqual(tools.map((t) => t.name).sort(), [
+      "run_code",
       "sandbox_checkpoint",
       "sandbox_create",
       "sandbox_exec",
@@ -65,6 +66,30 @@ describe("mitos-mcp", () => {
     for (const t of tools) {
       assert.ok((t.description ?? "").length > 30, `${t.name} needs a description`);
       assert.equal(t.inputSchema.type, "object");
+    }
+  });
+
+  it("run_code keeps state in the kernel and returns plots as image content", async () => {
+    const sb = await call<{ id: string }>("sandbox_create", { template: "python" });
+    try {
+      await call("run_code", { sandbox_id: sb.id, code: "x = 41" });
+      const r = await call<{ exit_code: number; text: string }>("run_code", { sandbox: sb.id, code: "x + 1" });
+      assert.deepEqual([r.exit_code, r.text], [0, "42"]);
+      const plot = (await client.callTool({
+        name: "run_code",
+        arguments: { sandbox_id: sb.id, code: "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.show()" },
+      })) as { isError?: boolean; content: Array<{ type: string; text?: string; data?: string; mimeType?: string }> };
+      assert.ok(!plot.isError, plot.content[0]?.text);
+      const img = plot.content.find((c) => c.type === "image");
+      assert.equal(img?.mimeType, "image/png");
+      assert.deepEqual([...Buffer.from(img?.data ?? "", "base64").subarray(0, 4)], [0x89, 0x50, 0x4e, 0x47]);
+      const err = await call<{ exit_code: number; error: { name: string } }>("run_code", {
+        sandbox_id: sb.id,
+        code: "1/0",
+      });
+      assert.deepEqual([err.exit_code, err.error.name], [1, "ZeroDivisionError"]);
+    } finally {
+      await call("sandbox_terminate", { sandbox_id: sb.id });
     }
   });
 

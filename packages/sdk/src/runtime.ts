@@ -9,7 +9,7 @@ import { type FileInfo as FileInfoMsg, Sandbox as SandboxService, type WriteFile
 import type { ResolvedConfig } from "./config.js";
 import { errorFromConnect, makeError, streamLost } from "./errors.js";
 import { USER_AGENT } from "./http.js";
-import type { ExecOptions, ExecResult, FileInfo, ProcessInfo } from "./types.js";
+import type { ExecOptions, ExecResult, Execution, FileInfo, ProcessInfo, Result, RunCodeOptions } from "./types.js";
 
 export const SANDBOX_ID_HEADER = "x-sandbox-id";
 
@@ -84,6 +84,46 @@ export class RuntimeClient {
       code: "internal",
       message: "exec stream ended without an exit status",
       context: { sandboxId, stdout: out.end(), stderr: err.end() },
+    });
+  }
+
+  async runCode(sandboxId: string, code: string, opts: RunCodeOptions = {}): Promise<Execution> {
+    const out: Execution = { results: [], logs: { stdout: [], stderr: [] }, exitCode: -1 };
+    const request = {
+      code,
+      language: opts.language ?? "",
+      timeoutSeconds: BigInt(opts.timeoutSeconds ?? 0),
+      contextId: typeof opts.context === "string" ? opts.context : (opts.context?.id ?? ""),
+      env: Object.entries(opts.envs ?? {}).map(([key, value]) => ({ key, value })),
+    };
+    const decoder = new TextDecoder();
+    try {
+      for await (const msg of this.client.runCodeStream(request, this.opts(sandboxId, opts.signal))) {
+        const m = msg.msg;
+        if (m.case === "stdout" || m.case === "stderr") {
+          const text = decoder.decode(m.value);
+          out.logs[m.case].push(text);
+          (m.case === "stdout" ? opts.onStdout : opts.onStderr)?.(text);
+        } else if (m.case === "result") {
+          const result = toResult(m.value.data, m.value.text);
+          out.results.push(result);
+          if (result.isMainResult && result.text !== undefined) out.text = result.text;
+          opts.onResult?.(result);
+        } else if (m.case === "error") {
+          out.error = { name: m.value.name, value: m.value.value, traceback: m.value.traceback.join("\n") };
+          opts.onError?.(out.error);
+        } else if (m.case === "exitCode") {
+          out.exitCode = m.value;
+          return out;
+        }
+      }
+    } catch (e) {
+      this.fail(e);
+    }
+    throw makeError({
+      code: "internal",
+      message: "run_code stream ended without an exit code",
+      context: { sandboxId, stdout: out.logs.stdout.join(""), stderr: out.logs.stderr.join("") },
     });
   }
 
@@ -173,6 +213,31 @@ export class RuntimeClient {
       this.fail(e);
     }
   }
+}
+
+const RESULT_KEYS = {
+  "text/plain": "text",
+  "text/html": "html",
+  "text/markdown": "markdown",
+  "image/svg+xml": "svg",
+  "image/png": "png",
+  "image/jpeg": "jpeg",
+  "text/latex": "latex",
+  "application/json": "json",
+} as const satisfies Record<string, keyof Result>;
+
+/** A result frame: upstream marks the main result by a non-empty text. */
+function toResult(raw: Record<string, Uint8Array>, text: string): Result {
+  const data: Record<string, string> = {};
+  const r: Result = { isMainResult: text !== "", data };
+  const decoder = new TextDecoder();
+  for (const [mime, bytes] of Object.entries(raw)) {
+    const v = decoder.decode(bytes);
+    data[mime] = v;
+    const key = RESULT_KEYS[mime as keyof typeof RESULT_KEYS];
+    if (key) r[key] = v;
+  }
+  return r;
 }
 
 function toFileInfo(m: FileInfoMsg): FileInfo {

@@ -10,13 +10,16 @@ import type { RuntimeClient } from "./runtime.js";
 import type {
   Accel,
   CheckpointInfo,
+  CodeContext,
   ExecOptions,
   ExecResult,
+  Execution,
   ExposedPort,
   FileInfo,
   MemoryUsage,
   NetworkPolicy,
   ProcessInfo,
+  RunCodeOptions,
   SandboxInfo,
   SandboxState,
   TimeoutInfo,
@@ -25,6 +28,7 @@ import {
   type Json,
   networkBody,
   toCheckpointInfo,
+  toCodeContext,
   toExposedPort,
   toForkMany,
   toSandboxInfo,
@@ -104,6 +108,40 @@ export class Sandbox {
   /** Runs `cmd` with `/bin/sh -c` (or directly with `opts.args`) and waits for it to exit. */
   exec(cmd: string, opts: ExecOptions = {}): Promise<ExecResult> {
     return this.#clients.runtime.exec(this.id, cmd, opts);
+  }
+
+  /**
+   * Runs a cell in the sandbox's Jupyter kernel (python template): variables
+   * persist between calls, and a fork's children inherit them.
+   */
+  runCode(code: string, opts: RunCodeOptions = {}): Promise<Execution> {
+    return this.#clients.runtime.runCode(this.id, code, opts);
+  }
+
+  /** Starts another kernel in this sandbox, with variables of its own. */
+  async createCodeContext(opts: { language?: string; cwd?: string } = {}): Promise<CodeContext> {
+    const body: Record<string, Json> = {};
+    if (opts.language) body.language = opts.language;
+    if (opts.cwd) body.cwd = opts.cwd;
+    return toCodeContext(await this.#clients.http.request("POST", `${this.path}/contexts`, body));
+  }
+
+  async listCodeContexts(): Promise<CodeContext[]> {
+    const list = await this.#clients.http.request("GET", `${this.path}/contexts`, undefined);
+    return Array.isArray(list) ? list.map(toCodeContext) : [];
+  }
+
+  /** A fresh kernel under the same id: the context's variables are gone. */
+  async restartCodeContext(context: string | CodeContext): Promise<void> {
+    await this.#clients.http.request("POST", `${this.contextPath(context)}/restart`, {});
+  }
+
+  async removeCodeContext(context: string | CodeContext): Promise<void> {
+    await this.#clients.http.request("DELETE", this.contextPath(context), undefined);
+  }
+
+  private contextPath(context: string | CodeContext): string {
+    return `${this.path}/contexts/${encodeURIComponent(typeof context === "string" ? context : context.id)}`;
   }
 
   /** Starts `cmd` and returns at once; output still reaches onStdout/onStderr. */

@@ -185,3 +185,63 @@ export interface ExecOptions {
   onStderr?: (chunk: string) => void;
   signal?: AbortSignal;
 }
+
+/** One output of a cell: the main result (the cell's value) or a display (a plot, a table). */
+export interface Result {
+  /** True for the cell's value (`Out[n]`), false for displays such as plots. */
+  isMainResult: boolean;
+  /** Every representation, by MIME type; images are base64 text. */
+  data: Record<string, string>;
+  text?: string;
+  html?: string;
+  markdown?: string;
+  svg?: string;
+  /** Base64 PNG. */
+  png?: string;
+  /** Base64 JPEG. */
+  jpeg?: string;
+  latex?: string;
+  /** application/json, as JSON text. */
+  json?: string;
+}
+
+export interface ExecutionError {
+  /** The exception's class, e.g. ZeroDivisionError; TimeoutError when the cell hit its timeout. */
+  name: string;
+  value: string;
+  traceback: string;
+}
+
+/** A cell's outcome, shaped as E2B's code interpreter returns it. */
+export interface Execution {
+  results: Result[];
+  logs: { stdout: string[]; stderr: string[] };
+  error?: ExecutionError;
+  /** The main result's text (the cell's value), if it had one. */
+  text?: string;
+  /** 0 ok, 1 the code raised, 124 interrupted at its timeout, 127 no kernel in this sandbox. */
+  exitCode: number;
+}
+
+export interface RunCodeOptions {
+  /** "python" (the default). */
+  language?: string;
+  /** Run in this context (see createCodeContext); default: the sandbox's default context. */
+  context?: string | CodeContext;
+  /** The cell is interrupted after this long (the context keeps its variables); default: the server's ceiling. */
+  timeoutSeconds?: number;
+  /** Environment variables for this cell only. */
+  envs?: Record<string, string>;
+  onStdout?: (text: string) => void;
+  onStderr?: (text: string) => void;
+  onResult?: (result: Result) => void;
+  onError?: (error: ExecutionError) => void;
+  signal?: AbortSignal;
+}
+
+/** An independent kernel in a sandbox: its own variables and imports. */
+export interface CodeContext {
+  id: string;
+  language: string;
+  cwd: string;
+}

@@ -5,6 +5,7 @@
 import { makeError } from "./errors.js";
 import type {
   CheckpointInfo,
+  CodeContext,
   ExposedPort,
   Health,
   Limits,
@@ -107,6 +108,15 @@ export function toExposedPort(v: unknown): ExposedPort {
     host: str("exposed port", o, "host"),
     token: str("exposed port", o, "token"),
     tokenHeader: str("exposed port", o, "tokenHeader"),
+  };
+}
+
+export function toCodeContext(v: unknown): CodeContext {
+  const o = record("code context", v);
+  return {
+    id: str("code context", o, "id"),
+    language: str("code context", o, "language"),
+    cwd: str("code context", o, "cwd"),
   };
 }
 

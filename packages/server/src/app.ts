@@ -8,6 +8,7 @@ import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } f
 import { authorized, ensureToken } from "./auth.js";
 import { isLoopback } from "./config.js";
 import { unknownConnectMethod } from "./connect-fallback.js";
+import { registerContexts } from "./contexts.js";
 import { envelope, fieldOf, HTTP_STATUS, toConnectError, toMitosError } from "./errors.js";
 import { registerExecSocket } from "./exec-socket.js";
 import { serveH2c } from "./h2c.js";
@@ -210,6 +211,7 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
   let listenPort = opts.port ?? 8080;
   const portHost = (id: string, p: number) => `${p}-${id}.${domain}:${listenPort}`;
   registerExpose(app, { engine, tokens: portTokens, url: () => url, host: portHost });
+  registerContexts(app, engine);
   // In front of fastify's own request and upgrade handlers (which exist once it is ready).
   await app.ready();
   installPortProxy(

@@ -3,6 +3,7 @@
 import type { CheckpointManifest, Engine, SandboxInfo, TemplateInfo } from "@mitos/engine";
 import { checkPolicy, LIMIT_NAMES, type Limits, MitosError } from "@mitos/engine";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import { type Body, bool, int, obj, optional, readBody, refuseUnknown, str, strList, strMap } from "./body.js";
 import { invalid } from "./errors.js";
 import type { IdempotencyCache } from "./idempotency.js";
 import type { Metrics } from "./metrics.js";
@@ -20,8 +21,6 @@ export interface LifecycleOptions {
   /** "token" (bearer token required) or "none" (the loopback-only no-auth mode). */
   auth: "token" | "none";
 }
-
-type Body = Record<string, unknown>;
 
 export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): void {
   const { engine } = o;
@@ -325,99 +324,5 @@ const NOT_YET: Record<string, string> = {
 };
 
 function body(req: FastifyRequest, known: string[]): Body {
-  const b = req.body ?? {};
-  if (typeof b !== "object" || Array.isArray(b)) throw invalid("the body must be a JSON object", "Send a JSON object.");
-  refuseUnknown(b as Body, known, "");
-  return b as Body;
-}
-
-/** A key that is neither known nor null is invalid_input naming it: a request is never half honoured. */
-function refuseUnknown(b: Body, known: string[], prefix: string): void {
-  for (const [k, v] of Object.entries(b)) {
-    if (known.includes(k) || v === null) continue;
-    const why = prefix === "" ? NOT_YET[k] : undefined;
-    throw new MitosError(
-      "invalid_input",
-      why ? `${prefix}${k} is not supported: ${why}` : `unknown key ${JSON.stringify(prefix + k)}`,
-      {
-        remediation: why
-          ? `Remove "${prefix}${k}" from the request.`
-          : `Remove it or fix its spelling; this route takes ${known.map((x) => prefix + x).join(", ")}.`,
-        context: { field: prefix + k },
-      },
-    );
-  }
-}
-
-function str(b: Body, k: string, required: true): string;
-function str(b: Body, k: string, required?: false): string | undefined;
-function str(b: Body, k: string, required = false): string | undefined {
-  const v = b[k];
-  if (v === undefined || v === null) {
-    if (required) throw invalid(`${k} is required`, `Pass "${k}" as a string.`, { field: k });
-    return undefined;
-  }
-  if (typeof v !== "string") throw invalid(`${k} must be a string`, `Pass "${k}" as a string.`, { field: k });
-  noNul(k, v);
-  return v;
-}
-
-function int(b: Body, k: string, required: true): number;
-function int(b: Body, k: string, required?: false): number | undefined;
-function int(b: Body, k: string, required = false): number | undefined {
-  const v = b[k];
-  if (v === undefined || v === null) {
-    if (required) throw invalid(`${k} is required`, `Pass "${k}" as a whole number.`, { field: k });
-    return undefined;
-  }
-  if (typeof v !== "number" || !Number.isSafeInteger(v)) {
-    throw invalid(`${k} must be a whole number`, `Pass "${k}" as a whole number.`, { field: k });
-  }
-  return v;
-}
-
-function bool(b: Body, k: string): boolean | undefined {
-  const v = b[k];
-  if (v === undefined || v === null) return undefined;
-  if (typeof v !== "boolean") throw invalid(`${k} must be true or false`, `Pass "${k}" as a boolean.`, { field: k });
-  return v;
-}
-
-function obj(b: Body, k: string): Body | undefined {
-  const v = b[k];
-  if (v === undefined || v === null) return undefined;
-  if (typeof v !== "object" || Array.isArray(v)) throw invalid(`${k} must be an object`, `Pass "${k}" as an object.`);
-  return v as Body;
-}
-
-function strList(b: Body, k: string): string[] | undefined {
-  const v = b[k];
-  if (v === undefined || v === null) return undefined;
-  if (!Array.isArray(v) || v.some((x) => typeof x !== "string")) {
-    throw invalid(`${k} must be a list of strings`, `Pass "${k}" as ["…", …].`, { field: k });
-  }
-  for (const x of v as string[]) noNul(k, x);
-  return v as string[];
-}
-
-function strMap(b: Body, k: string): Record<string, string> | undefined {
-  const v = obj(b, k);
-  if (!v) return undefined;
-  for (const [key, val] of Object.entries(v)) {
-    if (typeof val !== "string") throw invalid(`${k}.${key} must be a string`, `Give every "${k}" value as a string.`);
-    noNul(k, key);
-    noNul(k, val);
-  }
-  return v as Record<string, string>;
-}
-
-/** Strings end up in guest argv/env, where NUL cannot travel. */
-function noNul(k: string, v: string): void {
-  if (v.includes("\0"))
-    throw invalid(`${k} cannot contain NUL bytes`, "Remove the NUL (\\0) characters.", { field: k });
-}
-
-/** `{[k]: v}` when v is defined, else `{}` (keeps exactOptionalPropertyTypes-style objects clean). */
-function optional<K extends string, V>(k: K, v: V | undefined): { [P in K]?: V } {
-  return (v === undefined ? {} : { [k]: v }) as { [P in K]?: V };
+  return readBody(req, known, NOT_YET);
 }

@@ -97,6 +97,15 @@ const limits = {
     usage: { type: "object", properties: { sandboxes: int, guest_memory_mib: int } },
   },
 } as const;
+const codeContext = {
+  type: "object",
+  properties: { id: str, language: str, cwd: str },
+} as const;
+const contextParams = {
+  type: "object",
+  properties: { id: str, context: str },
+} as const;
+
 const createBody = {
   type: "object",
   properties: {
@@ -275,6 +284,33 @@ export const routeSchemas = {
     params: idParams,
     body: network,
     response: { 200: sandbox, ...errors },
+  },
+  listContexts: {
+    summary: "The code interpreter's contexts (kernels) in a sandbox; 'default' always exists",
+    params: idParams,
+    response: { 200: { type: "array", items: codeContext }, ...errors },
+  },
+  createContext: {
+    summary: "Start another kernel: variables and imports of its own (takes seconds: a fresh kernel)",
+    params: idParams,
+    body: {
+      type: ["object", "null"],
+      properties: {
+        language: { type: "string", description: "python (the default) is the one served" },
+        cwd: { type: "string", description: "its working directory (default /workspace)" },
+      },
+    },
+    response: { 200: codeContext, ...errors },
+  },
+  restartContext: {
+    summary: "A fresh kernel under the same context id: its variables are gone",
+    params: contextParams,
+    response: { 204: { type: "null" }, ...errors },
+  },
+  removeContext: {
+    summary: "Stop a context's kernel (the default context cannot be removed)",
+    params: contextParams,
+    response: { 204: { type: "null" }, ...errors },
   },
   limits: {
     summary: "Spend caps in force (quota_exceeded names the one hit) and current usage",

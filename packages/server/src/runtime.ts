@@ -18,6 +18,7 @@ import { interactiveExec } from "./interactive-exec.js";
 import { listPage } from "./list-page.js";
 import type { Metrics } from "./metrics.js";
 import { forwardPort } from "./port-forward.js";
+import { runCell, toCell } from "./run-code.js";
 import { StreamQueue } from "./stream-queue.js";
 
 export interface RuntimeOptions {
@@ -32,8 +33,6 @@ type RuntimeImpl = ServiceImpl<typeof Sandbox>;
 
 /** Methods declared in the proto (upstream's service) and not served yet, with the issue that brings each. */
 const NOT_YET = {
-  runCodeStream: "the code interpreter (issue 16)",
-  runCode: "the code interpreter (issue 16)",
   archive: "archive transfer",
   watch: "filesystem watches",
   vitals: "guest vitals",
@@ -121,6 +120,26 @@ function runtimeImpl({ engine, maxExecTimeoutSeconds, metrics }: RuntimeOptions)
     async *exec(inputs, ctx) {
       metrics.execs.inc();
       yield* interactiveExec(engine, sandboxId(ctx), inputs, maxExecTimeoutSeconds, ctx.signal);
+    },
+
+    async *runCodeStream(req, ctx) {
+      yield* runCell(engine, sandboxId(ctx), toCell(req, maxExecTimeoutSeconds), ctx.signal);
+    },
+
+    async *runCode(inputs, ctx) {
+      const it = inputs[Symbol.asyncIterator]();
+      const first = await it.next();
+      if (first.done || first.value.msg.case !== "open") {
+        throw invalid("RunCode must start with {open:{code, …}}", "Send the open message first, then stdin.");
+      }
+      const cell = toCell(first.value.msg.value, maxExecTimeoutSeconds);
+      async function* stdin(): AsyncIterable<Uint8Array> {
+        for (let n = await it.next(); !n.done; n = await it.next()) {
+          if (n.value.msg.case === "stdin") yield n.value.msg.value;
+          else throw invalid("RunCode got a second open message", "Send one open, then only stdin messages.");
+        }
+      }
+      yield* runCell(engine, sandboxId(ctx), cell, ctx.signal, stdin());
     },
 
     async *portForward(inputs, ctx) {

@@ -10,7 +10,21 @@
 from __future__ import annotations
 
 from ._config import DEFAULT_BASE_URL, Config, resolve_config, token_file_path
-from ._types import CheckpointInfo, ExecResult, FileInfo, Health, MemoryUsage, SandboxInfo, TemplateInfo, TimeoutInfo
+from ._types import (
+    CheckpointInfo,
+    CodeContext,
+    Execution,
+    ExecutionError,
+    ExecResult,
+    FileInfo,
+    Health,
+    Logs,
+    MemoryUsage,
+    Result,
+    SandboxInfo,
+    TemplateInfo,
+    TimeoutInfo,
+)
 from .errors import (
     STATUS_BY_CODE,
     BodyTooLargeError,
@@ -41,6 +55,11 @@ __all__ = [
     "Sandbox",
     "SandboxFiles",
     "ExecResult",
+    "Execution",
+    "ExecutionError",
+    "Logs",
+    "Result",
+    "CodeContext",
     "FileInfo",
     "Health",
     "MemoryUsage",

@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optio
 
 from ._config import Config
 from ._http import USER_AGENT, open_url, parse_body
+from ._types import Execution, ExecutionError, Result
 from .errors import MitosError, error_from_connect, error_from_envelope, make_error, network_error
 
 SERVICE = "sandbox.v1.Sandbox"
@@ -287,6 +288,61 @@ class ConnectClient:
             "internal",
             "exec stream ended without an exit status",
             context={"sandboxId": sandbox_id, "stdout": out.end(), "stderr": err.end()},
+        )
+
+    def run_code(
+        self,
+        sandbox_id: str,
+        code: str,
+        language: Optional[str] = None,
+        context_id: Optional[str] = None,
+        timeout: Optional[int] = None,
+        envs: Optional[Mapping[str, str]] = None,
+        on_stdout: Optional[Callable[[str], Any]] = None,
+        on_stderr: Optional[Callable[[str], Any]] = None,
+        on_result: Optional[Callable[[Result], Any]] = None,
+        on_error: Optional[Callable[[ExecutionError], Any]] = None,
+    ) -> Execution:
+        request = {
+            "code": code,
+            "language": language or "",
+            "timeoutSeconds": int(timeout or 0),
+            "contextId": context_id or "",
+            "env": [{"key": str(k), "value": str(v)} for k, v in (envs or {}).items()],
+        }
+        out = Execution()
+        for msg in self.server_stream("RunCodeStream", sandbox_id, request):
+            if msg.get("stdout") is not None or msg.get("stderr") is not None:
+                name = "stdout" if msg.get("stdout") is not None else "stderr"
+                text = b64decode(msg[name]).decode("utf-8", "replace")
+                getattr(out.logs, name).append(text)
+                cb = on_stdout if name == "stdout" else on_stderr
+                if cb is not None:
+                    cb(text)
+            elif isinstance(msg.get("result"), dict):
+                r = msg["result"]
+                raw = r.get("data") if isinstance(r.get("data"), dict) else {}
+                data = {str(m): b64decode(v).decode("utf-8", "replace") for m, v in raw.items()}
+                # Upstream's rule: a non-empty text marks the cell's value.
+                result = Result.from_data(data, bool(r.get("text")))
+                out.results.append(result)
+                if on_result is not None:
+                    on_result(result)
+            elif isinstance(msg.get("error"), dict):
+                e = msg["error"]
+                tb = e.get("traceback") if isinstance(e.get("traceback"), list) else []
+                out.error = ExecutionError(
+                    name=str(e.get("name") or ""), value=str(e.get("value") or ""), traceback="\n".join(map(str, tb))
+                )
+                if on_error is not None:
+                    on_error(out.error)
+            elif "exitCode" in msg:
+                out.exit_code = int(msg.get("exitCode") or 0)
+                return out
+        raise make_error(
+            "internal",
+            "run_code stream ended without an exit code",
+            context={"sandboxId": sandbox_id, "stdout": "".join(out.logs.stdout), "stderr": "".join(out.logs.stderr)},
         )
 
     def read_file(self, sandbox_id: str, path: str) -> bytes:

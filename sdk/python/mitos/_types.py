@@ -106,6 +106,94 @@ class ExecResult:
     error: Optional[str] = field(default=None)
 
 
+#: MIME types with an attribute of their own on Result (as E2B names them).
+RESULT_KEYS = {
+    "text/plain": "text",
+    "text/html": "html",
+    "text/markdown": "markdown",
+    "image/svg+xml": "svg",
+    "image/png": "png",
+    "image/jpeg": "jpeg",
+    "application/pdf": "pdf",
+    "text/latex": "latex",
+    "application/json": "json",
+    "application/javascript": "javascript",
+}
+
+
+@dataclass
+class Result:
+    """One output of a cell: its value (``is_main_result``) or a display such as a plot."""
+
+    is_main_result: bool
+    #: Every representation by MIME type; images are base64 text.
+    data: Dict[str, str]
+    text: Optional[str] = None
+    html: Optional[str] = None
+    markdown: Optional[str] = None
+    svg: Optional[str] = None
+    #: Base64 PNG.
+    png: Optional[str] = None
+    #: Base64 JPEG.
+    jpeg: Optional[str] = None
+    pdf: Optional[str] = None
+    latex: Optional[str] = None
+    #: application/json, as JSON text.
+    json: Optional[str] = None
+    javascript: Optional[str] = None
+
+    def formats(self) -> List[str]:
+        """The MIME types this result carries."""
+        return list(self.data)
+
+    @classmethod
+    def from_data(cls, data: Dict[str, str], is_main_result: bool) -> "Result":
+        named = {RESULT_KEYS[m]: v for m, v in data.items() if m in RESULT_KEYS}
+        return cls(is_main_result=is_main_result, data=data, **named)
+
+
+@dataclass
+class ExecutionError:
+    #: The exception's class, e.g. "ZeroDivisionError"; "TimeoutError" at the cell's timeout.
+    name: str
+    value: str
+    traceback: str
+
+
+@dataclass
+class Logs:
+    stdout: List[str] = field(default_factory=list)
+    stderr: List[str] = field(default_factory=list)
+
+
+@dataclass
+class Execution:
+    """A cell's outcome, shaped as E2B's code interpreter returns it."""
+
+    results: List[Result] = field(default_factory=list)
+    logs: Logs = field(default_factory=Logs)
+    error: Optional[ExecutionError] = None
+    #: 0 ok, 1 the code raised, 124 interrupted at its timeout, 127 no kernel in this sandbox.
+    exit_code: int = -1
+
+    @property
+    def text(self) -> Optional[str]:
+        """The cell's value as text (its main result), if it had one."""
+        for r in self.results:
+            if r.is_main_result:
+                return r.text
+        return None
+
+
+@dataclass(frozen=True)
+class CodeContext:
+    """An independent kernel in a sandbox."""
+
+    id: str
+    language: str
+    cwd: str
+
+
 def bad(what: str, value: Any) -> MitosError:
     try:
         text = json.dumps(value)[:300]
@@ -228,3 +316,11 @@ def to_file_info(v: Any) -> FileInfo:
         mode=i64("mode"),
         modified_at_unix=i64("modifiedAtUnix"),
     )
+
+
+def to_code_context(v: Any) -> CodeContext:
+    o = record("code context", v)
+    try:
+        return CodeContext(id=str(o["id"]), language=str(o["language"]), cwd=str(o["cwd"]))
+    except KeyError:
+        raise bad("code context", v) from None

@@ -10,14 +10,19 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, 
 
 from ._types import (
     CheckpointInfo,
+    CodeContext,
     ExecResult,
+    Execution,
+    ExecutionError,
     FileInfo,
     MemoryUsage,
+    Result,
     SandboxInfo,
     TimeoutInfo,
     array,
     record,
     to_checkpoint_info,
+    to_code_context,
     to_file_info,
     to_sandbox_info,
     to_timeout_info,
@@ -136,6 +141,61 @@ class Sandbox:
             on_stderr=on_stderr,
         )
         return ExecResult(**r)
+
+    def run_code(
+        self,
+        code: str,
+        language: Optional[str] = None,
+        context: Union[str, CodeContext, None] = None,
+        timeout: Optional[int] = None,
+        envs: Optional[Mapping[str, str]] = None,
+        on_stdout: Optional[Callable[[str], Any]] = None,
+        on_stderr: Optional[Callable[[str], Any]] = None,
+        on_result: Optional[Callable[[Result], Any]] = None,
+        on_error: Optional[Callable[[ExecutionError], Any]] = None,
+    ) -> Execution:
+        """Runs a cell in the sandbox's Jupyter kernel (python template).
+
+        Variables persist between calls, and forks inherit them. The last
+        expression's value is ``execution.text``; plots come as results with
+        ``png``. ``timeout`` interrupts the cell (exit_code 124, TimeoutError)
+        and the context keeps its variables. Never retried.
+        """
+        return self._runtime.run_code(
+            self.id,
+            code,
+            language=language,
+            context_id=context.id if isinstance(context, CodeContext) else context,
+            timeout=timeout,
+            envs=envs,
+            on_stdout=on_stdout,
+            on_stderr=on_stderr,
+            on_result=on_result,
+            on_error=on_error,
+        )
+
+    def create_code_context(self, language: Optional[str] = None, cwd: Optional[str] = None) -> CodeContext:
+        """Starts another kernel in this sandbox, with variables of its own."""
+        body: Dict[str, Any] = {}
+        if language:
+            body["language"] = language
+        if cwd:
+            body["cwd"] = cwd
+        return to_code_context(self._http.post(self._path + "/contexts", body))
+
+    def list_code_contexts(self) -> List[CodeContext]:
+        return [to_code_context(c) for c in array("contexts", self._http.get(self._path + "/contexts"))]
+
+    def restart_code_context(self, context: Union[str, CodeContext]) -> None:
+        """A fresh kernel under the same id: the context's variables are gone."""
+        self._http.post(self._context_path(context) + "/restart", {})
+
+    def remove_code_context(self, context: Union[str, CodeContext]) -> None:
+        self._http.delete(self._context_path(context))
+
+    def _context_path(self, context: Union[str, CodeContext]) -> str:
+        cid = context.id if isinstance(context, CodeContext) else context
+        return self._path + "/contexts/" + urllib.parse.quote(cid, safe="")
 
     def processes(self) -> List[Dict[str, Any]]:
         """Processes in the guest: ``[{pid, ppid, command, state, rssBytes}]``."""

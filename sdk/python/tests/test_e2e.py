@@ -3,6 +3,7 @@
 packages/sdk/test/python-sdk.test.ts starts a mitosd and runs this suite.
 """
 
+import base64
 import os
 import subprocess
 import sys
@@ -92,6 +93,36 @@ class E2ETest(unittest.TestCase):
         self.assertEqual(chunks[0][1], "first\n")
         self.assertEqual("".join(c for _, c in chunks), "first\nsecond\n")
         self.assertGreaterEqual(chunks[-1][0] - chunks[0][0], 1.0, chunks)
+
+    def test_run_code(self):
+        self.assertEqual(self.sb.run_code("x = 41").exit_code, 0)
+        e = self.sb.run_code("x + 1")
+        self.assertEqual((e.text, e.exit_code, e.error), ("42", 0, None))
+        seen = []
+        e = self.sb.run_code("print('hi')\n1/0", on_stdout=seen.append)
+        self.assertEqual(seen, ["hi\n"])
+        self.assertEqual(e.logs.stdout, ["hi\n"])
+        self.assertEqual((e.exit_code, e.error.name, e.error.value), (1, "ZeroDivisionError", "division by zero"))
+        self.assertIn("ZeroDivisionError", e.error.traceback)
+        e = self.sb.run_code("import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()")
+        png = [r for r in e.results if r.png]
+        self.assertEqual(len(png), 1, e.results)
+        self.assertEqual(base64.b64decode(png[0].png)[:8], b"\x89PNG\r\n\x1a\n")
+        self.assertFalse(png[0].is_main_result)
+        self.assertIn("image/png", png[0].formats())
+        ctx = self.sb.create_code_context()
+        self.assertEqual(self.sb.run_code("x", context=ctx).error.name, "NameError")
+        self.assertIn(ctx.id, [c.id for c in self.sb.list_code_contexts()])
+        self.sb.remove_code_context(ctx)
+        with self.assertRaises(mitos.NotFoundError):
+            self.sb.run_code("1", context=ctx.id)
+        e = self.sb.run_code("while True: pass", timeout=2)
+        self.assertEqual((e.exit_code, e.error.name), (124, "TimeoutError"))
+        child = self.sb.fork(1)[0]
+        try:
+            self.assertEqual(child.run_code("x").text, "41")
+        finally:
+            child.terminate()
 
     def test_files_round_trip(self):
         data = os.urandom(1 << 20)

@@ -13,12 +13,35 @@ import { withDirLock } from "./lock.js";
 export interface ImageRecipe {
   /** Extra Debian packages on top of minbase. */
   packages: string[];
+  /** A directory whose files are copied over the root (e.g. the code interpreter). */
+  overlay?: string;
 }
 
-export const BUILTIN_RECIPES: Record<string, ImageRecipe> = {
+/** A built-in image; `interpreter` images start the code interpreter at template build. */
+export interface BuiltinRecipe extends ImageRecipe {
+  interpreter?: boolean;
+}
+
+/** Debian's Jupyter kernel and the data stack a code interpreter is expected to have (docs/code-interpreter.md). */
+export const INTERPRETER_PACKAGES = [
+  "python3-ipykernel",
+  "python3-jupyter-client",
+  "python3-numpy",
+  "python3-pandas",
+  "python3-matplotlib",
+  // fonttools (for matplotlib) needs SciPy or munkres: without this apt picks
+  // SciPy, whose Pythran pulls in g++ and the Boost headers (+600 MiB).
+  "python3-munkres",
+];
+
+export const BUILTIN_RECIPES: Record<string, BuiltinRecipe> = {
   // What a networked sandbox needs out of the box (docs/network.md).
   base: { packages: ["ca-certificates", "iproute2", "curl"] },
-  python: { packages: ["ca-certificates", "iproute2", "curl", "python3"] },
+  python: {
+    packages: ["ca-certificates", "iproute2", "curl", "python3", ...INTERPRETER_PACKAGES],
+    overlay: guestDir.interpreter,
+    interpreter: true,
+  },
 };
 
 export interface ImageSet {
@@ -73,9 +96,14 @@ export async function ensureImages(recipe: ImageRecipe, opts: BuildOptions): Pro
   );
 
   const packages = [...new Set(recipe.packages)].sort();
-  const rootfsKey = hash([file(path.join(guestDir.image, "rootfs.sh")), Buffer.from(packages.join("\n"))]);
+  const rootfsKey = hash([
+    file(path.join(guestDir.image, "rootfs.sh")),
+    Buffer.from(packages.join("\n")),
+    ...(recipe.overlay ? treeParts(recipe.overlay) : []),
+  ]);
+  const overlayEnv: Record<string, string> = recipe.overlay ? { MITOS_ROOTFS_OVERLAY: recipe.overlay } : {};
   const rootfs = await cached(cache, `rootfs-${rootfsKey}.img`, "rootfs", opts, (out) =>
-    runScript("rootfs", [path.join(guestDir.image, "rootfs.sh"), out, ...packages], opts),
+    runScript("rootfs", [path.join(guestDir.image, "rootfs.sh"), out, ...packages], opts, overlayEnv),
   );
 
   return {
@@ -131,15 +159,26 @@ async function cached(
   });
 }
 
-function runScript(artifact: BuildProgress["artifact"], argv: string[], opts: BuildOptions): Promise<void> {
-  return run(artifact, "bash", argv, opts);
+function runScript(
+  artifact: BuildProgress["artifact"],
+  argv: string[],
+  opts: BuildOptions,
+  env: Record<string, string> = {},
+): Promise<void> {
+  return run(artifact, "bash", argv, opts, env);
 }
 
 /** Runs a build command, turning its `==> step` lines into progress events. */
-function run(artifact: BuildProgress["artifact"], cmd: string, argv: string[], opts: BuildOptions): Promise<void> {
+function run(
+  artifact: BuildProgress["artifact"],
+  cmd: string,
+  argv: string[],
+  opts: BuildOptions,
+  env: Record<string, string> = {},
+): Promise<void> {
   const started = Date.now();
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd, argv, { stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(cmd, argv, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...env } });
     const tail: string[] = [];
     const onLine = (line: string) => {
       tail.push(line);
@@ -180,6 +219,25 @@ function run(artifact: BuildProgress["artifact"], cmd: string, argv: string[], o
         );
     });
   });
+}
+
+/** Every file under dir as (relative path, mode, content): what the image gets from it. */
+function treeParts(dir: string): Buffer[] {
+  const out: Buffer[] = [];
+  const walk = (rel: string) => {
+    for (const e of fs
+      .readdirSync(path.join(dir, rel), { withFileTypes: true })
+      .sort((a, b) => a.name.localeCompare(b.name))) {
+      const r = path.join(rel, e.name);
+      if (e.isDirectory()) walk(r);
+      else {
+        const st = fs.statSync(path.join(dir, r));
+        out.push(Buffer.from(`${r}:${(st.mode & 0o777).toString(8)}`), file(path.join(dir, r)));
+      }
+    }
+  };
+  walk("");
+  return out;
 }
 
 function file(p: string): Buffer {
