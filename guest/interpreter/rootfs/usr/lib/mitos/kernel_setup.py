@@ -32,6 +32,10 @@ def _reseed(*_):
         pass
 
 
+# kernel_launcher.py kept ipykernel from importing debugpy; let user code import it.
+if "debugpy" in sys.modules and sys.modules["debugpy"] is None:
+    del sys.modules["debugpy"]
+
 signal.signal(signal.SIGUSR2, _reseed)
 try:
     os.makedirs(NOTIFY_DIR, exist_ok=True)
