@@ -1,7 +1,7 @@
 // Lifecycle routes (API.md "Lifecycle"): JSON in and out, snake_case.
 
 import type { CheckpointManifest, Engine, SandboxInfo, TemplateInfo } from "@mitos/engine";
-import { checkPolicy, LIMIT_NAMES, type Limits, MitosError } from "@mitos/engine";
+import { checkPolicy, LIMIT_NAMES, type Limits } from "@mitos/engine";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { type Body, bool, int, obj, optional, readBody, refuseUnknown, str, strList, strMap } from "./body.js";
 import { invalid } from "./errors.js";
