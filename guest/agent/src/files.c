@@ -32,6 +32,18 @@ static int64_t mode_or(const fields_t *f, int64_t def)
 	return (f->ival[F_MODE] >= 0 && f->ival[F_MODE] <= 07777) ? f->ival[F_MODE] : -1;
 }
 
+/* The optional owner (UID, GID) of what WRITE_OPEN and MKDIR create; an
+ * absent id is -1 (left as it is). Returns -1 for an id out of range. */
+static int owner_of(const fields_t *f, int64_t *uid, int64_t *gid)
+{
+	*uid = f->have[F_UID] ? f->ival[F_UID] : -1;
+	*gid = f->have[F_GID] ? f->ival[F_GID] : -1;
+	if ((f->have[F_UID] && (*uid < 0 || *uid >= 0xFFFFFFFFLL)) ||
+	    (f->have[F_GID] && (*gid < 0 || *gid >= 0xFFFFFFFFLL)))
+		return -1;
+	return 0;
+}
+
 static void copy_path(stream_t *s, const char *p)
 {
 	snprintf(s->path, sizeof s->path, "%s", p);
@@ -126,8 +138,8 @@ int file_read_pump(stream_t *s)
 
 /* ---- WRITE ---- */
 
-/* Creates the missing directories above path (0755), as a write expects. */
-static int make_parents(const char *path)
+/* Creates the missing directories above path (0755, owned by uid:gid), as a write expects. */
+static int make_parents(const char *path, int64_t uid, int64_t gid)
 {
 	char dir[4096];
 	size_t n = strlen(path);
@@ -139,7 +151,7 @@ static int make_parents(const char *path)
 		return -1; /* a file directly under / : nothing to create */
 	*slash = 0;
 	int saved = errno;
-	int r = mkdir_p(dir, 0755);
+	int r = mkdir_p_owned(dir, 0755, uid, gid);
 	errno = r < 0 ? errno : saved;
 	return r;
 }
@@ -149,16 +161,23 @@ void file_write_open(uint32_t id, const fields_t *f)
 	const char *path = need_path(id, f, F_PATH, "write");
 	if (!path)
 		return;
-	int64_t mode = mode_or(f, 0644);
-	if (mode < 0) {
-		send_error(id, EINVAL, "write %s: MODE out of range", path);
+	int64_t mode = mode_or(f, 0644), uid, gid;
+	if (mode < 0 || owner_of(f, &uid, &gid) < 0) {
+		send_error(id, EINVAL, "write %s: MODE, UID or GID out of range", path);
 		return;
 	}
 	int flags = O_WRONLY | O_CREAT | O_CLOEXEC;
 	flags |= f->ival[F_APPEND] == 1 ? O_APPEND : O_TRUNC;
 	int fd = open(path, flags, (mode_t)mode);
-	if (fd < 0 && errno == ENOENT && make_parents(path) == 0)
+	if (fd < 0 && errno == ENOENT && make_parents(path, uid, gid) == 0)
 		fd = open(path, flags, (mode_t)mode);
+	/* The file becomes the owner's, new or not (as envd's upload does). */
+	if (fd >= 0 && (uid >= 0 || gid >= 0) && fchown(fd, (uid_t)uid, (gid_t)gid) < 0) {
+		int e = errno;
+		close(fd);
+		fd = -1;
+		errno = e;
+	}
 	if (fd < 0) {
 		/* Final now: the host stops sending; later frames are ignored. */
 		send_error(id, errno, "write %s: %s", path, strerror(errno));
@@ -210,7 +229,8 @@ void file_abort(stream_t *s)
 
 /* ---- metadata ---- */
 
-static void put_entry(fbuf_t *b, const char *name, const char *path, const struct stat *st)
+/* One entry's fields; a symlink's TARGET is read at (dfd, at). */
+static void put_entry(fbuf_t *b, const char *name, const char *path, const struct stat *st, int dfd, const char *at)
 {
 	int type = S_ISREG(st->st_mode) ? 1 : S_ISDIR(st->st_mode) ? 2 : S_ISLNK(st->st_mode) ? 3 : 4;
 	fb_str(b, F_NAME, name);
@@ -219,6 +239,18 @@ static void put_entry(fbuf_t *b, const char *name, const char *path, const struc
 	fb_int(b, F_SIZE, st->st_size);
 	fb_int(b, F_MODE, st->st_mode & 07777);
 	fb_int(b, F_MTIME, st->st_mtim.tv_sec);
+	fb_int(b, F_MTIME_NSEC, st->st_mtim.tv_nsec);
+	fb_int(b, F_UID, st->st_uid);
+	fb_int(b, F_GID, st->st_gid);
+	if (type == 3) {
+		char target[4096];
+		ssize_t n = readlinkat(dfd, at, target, sizeof target);
+		/* n == sizeof target may be cut short: then send no TARGET. */
+		if (n >= 0 && (size_t)n < sizeof target) {
+			target[n] = 0;
+			fb_str(b, F_TARGET, target);
+		}
+	}
 }
 
 void file_list(uint32_t id, const fields_t *f)
@@ -250,7 +282,7 @@ void file_list(uint32_t id, const fields_t *f)
 			break;
 		}
 		fb_reset(&b);
-		put_entry(&b, e->d_name, full, &st);
+		put_entry(&b, e->d_name, full, &st, dirfd(d), e->d_name);
 		send_fields(T_ENTRY, id, &b);
 	}
 	int e2 = errno;
@@ -287,7 +319,7 @@ void file_stat(uint32_t id, const fields_t *f)
 		snprintf(name, sizeof name, "%.*s", (int)(end - start), path + start);
 	fbuf_t b;
 	fb_init(&b);
-	put_entry(&b, name, path, &st);
+	put_entry(&b, name, path, &st, AT_FDCWD, path);
 	send_ok(id, &b);
 	fb_free(&b);
 }
@@ -297,12 +329,12 @@ void file_mkdir(uint32_t id, const fields_t *f)
 	const char *path = need_path(id, f, F_PATH, "mkdir");
 	if (!path)
 		return;
-	int64_t mode = mode_or(f, 0755);
-	if (mode < 0) {
-		send_error(id, EINVAL, "mkdir %s: MODE out of range", path);
+	int64_t mode = mode_or(f, 0755), uid, gid;
+	if (mode < 0 || owner_of(f, &uid, &gid) < 0) {
+		send_error(id, EINVAL, "mkdir %s: MODE, UID or GID out of range", path);
 		return;
 	}
-	if (mkdir_p(path, (mode_t)mode) < 0)
+	if (mkdir_p_owned(path, (mode_t)mode, uid, gid) < 0)
 		send_error(id, errno, "mkdir %s: %s", path, strerror(errno));
 	else
 		send_ok(id, NULL);

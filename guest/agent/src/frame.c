@@ -153,6 +153,7 @@ static int tag_kind(uint8_t tag)
 	case F_CMD: case F_CWD: case F_PATH: case F_TO: case F_NAME:
 	case F_SANDBOX_ID: case F_HOSTNAME: case F_VERSION: case F_BOOT_ID:
 	case F_MESSAGE: case F_COMMAND: case F_STATE: case F_ADDRESS:
+	case F_TARGET:
 		return K_STR;
 	case F_ARG: case F_ENV:
 		return K_LIST;
@@ -167,7 +168,7 @@ static int tag_kind(uint8_t tag)
 	case F_APPEND: case F_TYPE: case F_SIZE: case F_MTIME: case F_TIME_NS:
 	case F_RESEEDED: case F_NOTIFIED: case F_CLOCK_STEP_NS: case F_UPTIME_MS:
 	case F_MEM_TOTAL: case F_MEM_AVAILABLE: case F_ERRNO: case F_PPID:
-	case F_RSS: case F_CPU_PERMILLE: case F_PORT:
+	case F_RSS: case F_CPU_PERMILLE: case F_PORT: case F_MTIME_NSEC:
 		return K_INT;
 	default:
 		return K_UNKNOWN;

@@ -60,6 +60,11 @@ ssize_t read_small(const char *path, char *buf, size_t cap)
 
 int mkdir_p(const char *path, mode_t mode)
 {
+	return mkdir_p_owned(path, mode, -1, -1);
+}
+
+int mkdir_p_owned(const char *path, mode_t mode, int64_t uid, int64_t gid)
+{
 	char tmp[4096];
 	size_t n = strlen(path);
 	if (n == 0 || n >= sizeof tmp) {
@@ -75,7 +80,10 @@ int mkdir_p(const char *path, mode_t mode)
 			continue; /* repeated slashes */
 		char c = tmp[i];
 		tmp[i] = 0;
-		if (mkdir(tmp, mode) < 0) {
+		if (mkdir(tmp, mode) == 0) {
+			if ((uid >= 0 || gid >= 0) && lchown(tmp, (uid_t)uid, (gid_t)gid) < 0)
+				return -1;
+		} else {
 			int e = errno;
 			struct stat st;
 			if (stat(tmp, &st) < 0 || !S_ISDIR(st.st_mode)) {

@@ -17,6 +17,9 @@ ssize_t read_small(const char *path, char *buf, size_t cap);
 
 /* mkdir -p; existing directories are fine. Returns 0 or -1 with errno. */
 int mkdir_p(const char *path, mode_t mode);
+/* mkdir -p that gives each directory it creates the owner uid:gid (-1
+ * leaves that id as it is), so a user's new parents are theirs. */
+int mkdir_p_owned(const char *path, mode_t mode, int64_t uid, int64_t gid);
 
 /* Write all of buf to a blocking-or-not fd; retries EINTR, waits out EAGAIN. */
 int write_all(int fd, const void *buf, size_t n);

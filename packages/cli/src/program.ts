@@ -9,13 +9,14 @@ import {
   type Result,
   resolveConfig,
   type Sandbox,
-  SandboxServer,
   type TemplateSpec,
 } from "@mitos/sdk";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { renderResult } from "./cells.js";
+import { addGlobals, examples, type GlobalOpts, json, serverFor } from "./command-kit.js";
 import { runServer, up } from "./daemon.js";
 import { formatChecks, runChecks } from "./doctor.js";
+import { registerE2bCommands } from "./e2b-commands.js";
 import { EXIT, exitCodeFor, formatError, UsageError } from "./errors.js";
 import { formatBytes, formatDuration, formatElapsed, type SandboxRow, sandboxTable, table } from "./format.js";
 import { type Io, processIo } from "./io.js";
@@ -114,38 +115,11 @@ export function splitCommand(words: string[]): { command: string; args: string[]
 
 // ---- helpers
 
-interface GlobalOpts {
-  url?: string;
-  apiKey?: string;
-}
-
-function addGlobals(cmd: Command): Command {
-  return cmd
-    .option("--url <url>", "mitosd address (default: $MITOS_BASE_URL, else http://127.0.0.1:8080)")
-    .option("--api-key <token>", "API token (default: $MITOS_API_KEY, else $MITOS_DATA_DIR/token)");
-}
-
-function serverFor(cmd: Command): SandboxServer {
-  const o = cmd.optsWithGlobals<GlobalOpts>();
-  return new SandboxServer({
-    ...(o.url ? { baseUrl: o.url } : {}),
-    ...(o.apiKey ? { apiKey: o.apiKey } : {}),
-  });
-}
-
 async function readStdin(): Promise<string> {
   if (process.stdin.isTTY) throw new UsageError("no code given: pass --code '…', --file <path>, or pipe it on stdin");
   const chunks: Buffer[] = [];
   for await (const c of process.stdin) chunks.push(c as Buffer);
   return Buffer.concat(chunks).toString("utf8");
-}
-
-function examples(...lines: string[]): string {
-  return `\nExamples:\n${lines.map((l) => `  $ ${l}`).join("\n")}\n`;
-}
-
-function json(value: unknown): string {
-  return `${JSON.stringify(value, null, 2)}\n`;
 }
 
 function rowOf(s: Sandbox): SandboxRow {
@@ -779,6 +753,8 @@ ${examples("mitos sandbox shell sb-1a2b3c4d", "mitos sandbox shell sb-1a2b3c4d -
         io.out(`deleted ${id}\n`);
       }
     });
+
+  registerE2bCommands(program, io);
 
   // ---- mitos pool …
 

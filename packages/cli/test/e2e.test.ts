@@ -162,6 +162,27 @@ describe("mitos CLI against mitosd", () => {
     assert.equal((await mitos(["checkpoint", "rm", id])).code, 3, "gone: not_found");
   });
 
+  it("e2b key create / ls --json / rm: the printed environment reaches the E2B API", async () => {
+    const made = await mitos(["e2b", "key", "create", "--name", "cli"]);
+    assert.equal(made.code, 0, made.stderr);
+    const envs = Object.fromEntries(
+      [...made.stdout.matchAll(/^export (E2B_\w+)=(\S+)$/gm)].map((m) => [m[1] as string, m[2] as string]),
+    );
+    assert.match(envs.E2B_API_KEY ?? "", /^e2b_[0-9a-f]+$/);
+    assert.equal(envs.E2B_API_URL, env.MITOS_BASE_URL);
+    assert.equal(envs.E2B_SANDBOX_URL, env.MITOS_BASE_URL);
+    const list = async () =>
+      (await fetch(`${envs.E2B_API_URL}/v2/sandboxes`, { headers: { "X-API-KEY": envs.E2B_API_KEY as string } }))
+        .status;
+    assert.equal(await list(), 200);
+    const ls = JSON.parse((await mitos(["e2b", "key", "ls", "--json"])).stdout) as Array<{ id: string; name: string }>;
+    const mine = ls.find((k) => k.name === "cli");
+    assert.ok(mine, JSON.stringify(ls));
+    assert.equal((await mitos(["e2b", "key", "rm", mine.id])).code, 0);
+    assert.equal(await list(), 401, "a revoked key is refused at once");
+    assert.equal((await mitos(["e2b", "key", "rm", mine.id])).code, 3, "gone: not_found");
+  });
+
   it("template rm: not_found exits 3, a template in use is refused, --force frees it", async () => {
     const none = await mitos(["template", "rm", "no-such-template"]);
     assert.equal(none.code, 3, none.stderr);

@@ -4,6 +4,7 @@ export type {
   ExecRequest,
   ExecResult,
   FileInfo,
+  FileOwner,
   FileType,
   ForkNotifyResult,
   ProcessInfo,

@@ -133,8 +133,9 @@ describe("live fork", () => {
     const tpl = engine.templateRecord("python")!;
     const allocated = () => fs.statSync(tpl.ramFile).blocks * 512;
     const { children } = await engine.fork(parent, { count: 1 });
-    // QEMU read all 512 MiB to find zero pages; only the non-zero ones may stay.
-    await waitFor(() => allocated() < 256 * 1024 * 1024, 30_000);
+    // QEMU read all 512 MiB to find zero pages; only the non-zero ones may stay
+    // (about 290 MiB: the python template holds a kernel with numpy, pandas and matplotlib loaded).
+    await waitFor(() => allocated() < 384 * 1024 * 1024, 30_000);
     const child = children[0]!;
     assert.equal(await sh(child.id, "cat /root/state.txt"), "parent-state\n");
     assert.equal(await sh(parent, "python3 -c 'print(6*7)'"), "42\n");
@@ -332,7 +333,8 @@ describe("live fork", () => {
     );
     assert.equal(hostTotals(rows).sharedBytes, base, "the base is counted once");
     assert.ok(base >= Math.max(...rows.map((r) => r.sharedBytes)), "the base holds what the children map");
-    assert.ok(base < 256 * 1024 * 1024, `the base is sparse (non-zero pages only): ${base} bytes for 512 MiB of RAM`);
+    // The python template's kernel (numpy, pandas, matplotlib loaded) makes about 290 MiB non-zero.
+    assert.ok(base < 384 * 1024 * 1024, `the base is sparse (non-zero pages only): ${base} bytes for 512 MiB of RAM`);
     await Promise.all(children.map((c) => engine.terminate(c.id)));
   });
 

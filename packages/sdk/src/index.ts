@@ -26,6 +26,7 @@ export type {
   Accel,
   CheckpointInfo,
   CodeContext,
+  E2bKey,
   ExecOptions,
   ExecResult,
   Execution,

@@ -7,6 +7,7 @@ import { RuntimeClient } from "./runtime.js";
 import { type Clients, Sandbox } from "./sandbox.js";
 import type {
   CheckpointInfo,
+  E2bKey,
   Health,
   Limits,
   Metering,
@@ -21,6 +22,7 @@ import {
   networkBody,
   templateBody,
   toCheckpointInfo,
+  toE2bKey,
   toForkMany,
   toHealth,
   toLimits,
@@ -93,6 +95,19 @@ export class SandboxServer {
   /** Deletes a checkpoint; chunks other checkpoints share stay. */
   async deleteCheckpoint(id: string): Promise<void> {
     await this.#clients.http.delete(`/v1/checkpoints/${encodeURIComponent(id)}`);
+  }
+
+  /** A new E2B API key (docs/e2b.md): its value is in `key`, shown this once. */
+  async createE2bKey(name = ""): Promise<E2bKey> {
+    return toE2bKey(await this.#clients.http.post("/v1/e2b/keys", { name }));
+  }
+
+  async listE2bKeys(): Promise<E2bKey[]> {
+    return array("E2B key list", await this.#clients.http.get("/v1/e2b/keys")).map(toE2bKey);
+  }
+
+  async revokeE2bKey(id: string): Promise<void> {
+    await this.#clients.http.delete(`/v1/e2b/keys/${encodeURIComponent(id)}`);
   }
 
   /** A handle on an existing sandbox (GET /v1/sandboxes/{id}). */

@@ -108,6 +108,16 @@ export interface CheckpointInfo {
   addedBytes: number;
 }
 
+/** An E2B API key of this server (docs/e2b.md); `key` only in the answer that created it. */
+export interface E2bKey {
+  id: string;
+  name: string;
+  /** Its first characters, to tell keys apart. */
+  prefix: string;
+  createdAt: string;
+  key?: string;
+}
+
 export interface Health {
   status: string;
   version: string;

@@ -6,6 +6,7 @@ import { makeError } from "./errors.js";
 import type {
   CheckpointInfo,
   CodeContext,
+  E2bKey,
   ExposedPort,
   Health,
   Limits,
@@ -168,6 +169,18 @@ export function toCheckpointInfo(v: unknown): CheckpointInfo {
     createdAt: optStr(o, "createdAt") ?? "",
     bytes: num(o, "bytes"),
     addedBytes: num(o, "addedBytes"),
+  };
+}
+
+export function toE2bKey(v: unknown): E2bKey {
+  const o = record("E2B key", v);
+  const key = optStr(o, "key");
+  return {
+    id: str("E2B key", o, "id"),
+    name: optStr(o, "name") ?? "",
+    prefix: optStr(o, "prefix") ?? "",
+    createdAt: optStr(o, "createdAt") ?? "",
+    ...(key ? { key } : {}),
   };
 }
 

@@ -9,6 +9,11 @@ import { authorized, ensureToken } from "./auth.js";
 import { isLoopback } from "./config.js";
 import { unknownConnectMethod } from "./connect-fallback.js";
 import { registerContexts } from "./contexts.js";
+import { e2bNotFound, isE2bControlPath, registerE2bControl } from "./e2b/control.js";
+import { registerE2bKeys } from "./e2b/key-routes.js";
+import { E2bKeys } from "./e2b/keys.js";
+import { installE2bPlane } from "./e2b/plane.js";
+import { E2bRegistry } from "./e2b/registry.js";
 import { envelope, fieldOf, HTTP_STATUS, toConnectError, toMitosError } from "./errors.js";
 import { registerExecSocket } from "./exec-socket.js";
 import { serveH2c } from "./h2c.js";
@@ -121,6 +126,7 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
   app.setNotFoundHandler((req, reply) => {
     // A Connect call to a method mitosd does not serve: Connect's own unimplemented error.
     if (unknownConnectMethod(req, reply)) return;
+    if (isE2bControlPath(req.url)) return e2bNotFound(req, reply);
     const m = new MitosError("not_found", `no route ${req.method} ${req.url.split("?")[0]}`, {
       remediation: "See the API reference: lifecycle routes live under /v1/, runtime calls under /sandbox.v1.Sandbox/.",
     });
@@ -131,7 +137,8 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
   // Connect interceptor, so errors come back in the Connect format.
   app.addHook("onRequest", async (req, reply) => {
     const connectCall = req.method === "POST" && req.url.startsWith("/sandbox.v1.Sandbox/");
-    if (req.url === "/v1/health" || connectCall) return;
+    // The E2B control plane checks its own keys (e2b/control.ts).
+    if (req.url === "/v1/health" || connectCall || isE2bControlPath(req.url)) return;
     if (!allowed(req.headers.authorization)) {
       const m = new MitosError("unauthorized", "missing or wrong bearer token", {
         remediation: `Send Authorization: Bearer <token>; the token is in ${tokenInfo.path} (or set MITOS_API_KEY).`,
@@ -212,6 +219,15 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
   const portHost = (id: string, p: number) => `${p}-${id}.${domain}:${listenPort}`;
   registerExpose(app, { engine, tokens: portTokens, url: () => url, host: portHost });
   registerContexts(app, engine);
+  const e2bKeys = new E2bKeys(engine.dataDir);
+  const e2bRegistry = new E2bRegistry(engine.dataDir, engine);
+  registerE2bKeys(app, e2bKeys);
+  await registerE2bControl(app, {
+    engine,
+    keys: e2bKeys,
+    registry: e2bRegistry,
+    domain: () => `${domain}:${listenPort}`,
+  });
   // In front of fastify's own request and upgrade handlers (which exist once it is ready).
   await app.ready();
   installPortProxy(
@@ -219,6 +235,14 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
     { engine, allowed, domain, log: (msg, fields) => app.log.info(fields ?? {}, msg) },
     portTokens,
   );
+  // In front of the port proxy: E2B's sandbox plane names sandboxes its own way.
+  installE2bPlane(app.server, {
+    engine,
+    registry: e2bRegistry,
+    domain,
+    allowed,
+    log: (msg, fields) => app.log.info(fields ?? {}, msg),
+  });
   await app.listen({ host, port: opts.port ?? 8080 });
   const addr = app.server.address();
   const port = typeof addr === "object" && addr ? addr.port : (opts.port ?? 8080);

@@ -89,8 +89,12 @@ export function installPortProxy(server: http.Server, o: PortProxyOptions, token
       }
       const done =
         event === "request"
-          ? proxyRequest(o, tokens, target, req, rest[0] as http.ServerResponse)
-          : proxyUpgrade(o, tokens, target, req, rest[0] as Duplex, rest[1] as Buffer);
+          ? proxyRequest(o.engine, target, req, rest[0] as http.ServerResponse, () =>
+              checkAccess(o, tokens, target, req),
+            )
+          : proxyUpgrade(o.engine, target, req, rest[0] as Duplex, rest[1] as Buffer, () =>
+              checkAccess(o, tokens, target, req),
+            );
       done.catch((err: Error) =>
         o.log("port proxy failed", { sandbox: target.sandbox, port: target.port, error: err.message }),
       );
@@ -98,13 +102,8 @@ export function installPortProxy(server: http.Server, o: PortProxyOptions, token
   }
 }
 
-/** The guest stream for a target, after auth and a port check; throws MitosError. */
-async function open(
-  o: PortProxyOptions,
-  tokens: PortTokens,
-  t: PortTarget,
-  req: http.IncomingMessage,
-): Promise<Duplex> {
+/** Whether a request may reach a port: the API token, or the port's own token. Throws MitosError. */
+function checkAccess(o: PortProxyOptions, tokens: PortTokens, t: PortTarget, req: http.IncomingMessage): void {
   const bearer = /^Bearer (.+)$/.exec(req.headers.authorization ?? "")?.[1];
   const portToken = (req.headers[PORT_TOKEN_HEADER] as string | undefined) ?? bearer;
   if (!o.allowed(req.headers.authorization) && !tokens.check(t.sandbox, t.port, portToken)) {
@@ -112,13 +111,17 @@ async function open(
       remediation: `Send Authorization: Bearer <API token>, or the port's token (POST /v1/sandboxes/${t.sandbox}/expose/${t.port}) in ${PORT_TOKEN_HEADER}.`,
     });
   }
+}
+
+/** The guest stream for a target whose access was checked; throws MitosError. */
+async function open(engine: Engine, t: PortTarget): Promise<Duplex> {
   if (t.port < 1 || t.port > 65535) {
     throw new MitosError("invalid_input", `port ${t.port} is out of range`, {
       remediation: "Use a port from 1 to 65535.",
     });
   }
-  await o.engine.awake(t.sandbox);
-  return o.engine.agent(t.sandbox).openPort(t.port);
+  await engine.awake(t.sandbox);
+  return engine.agent(t.sandbox).openPort(t.port);
 }
 
 /** Request headers for the guest: ours (credentials) removed, the Host kept. */
@@ -126,6 +129,9 @@ function guestHeaders(req: http.IncomingMessage): http.OutgoingHttpHeaders {
   const h: http.OutgoingHttpHeaders = { ...req.headers };
   delete h.authorization;
   delete h[PORT_TOKEN_HEADER];
+  // The E2B front door's sandbox credentials (e2b/plane.ts) stay with mitosd too.
+  delete h["x-access-token"];
+  delete h["e2b-traffic-access-token"];
   return h;
 }
 
@@ -143,16 +149,18 @@ function fail(res: http.ServerResponse, err: Error, t: PortTarget): void {
   res.end(JSON.stringify(envelope(m)));
 }
 
-async function proxyRequest(
-  o: PortProxyOptions,
-  tokens: PortTokens,
+/** Carries an HTTP request to a guest port; `authorize` throws when the caller may not. */
+export async function proxyRequest(
+  engine: Engine,
   t: PortTarget,
   req: http.IncomingMessage,
   res: http.ServerResponse,
+  authorize: () => void,
 ): Promise<void> {
   let stream: Duplex;
   try {
-    stream = await open(o, tokens, t, req);
+    authorize();
+    stream = await open(engine, t);
   } catch (err) {
     req.resume();
     return fail(res, err as Error, t);
@@ -172,18 +180,20 @@ async function proxyRequest(
   req.pipe(preq);
 }
 
-async function proxyUpgrade(
-  o: PortProxyOptions,
-  tokens: PortTokens,
+/** Carries an upgrade (WebSocket) to a guest port; `authorize` throws when the caller may not. */
+export async function proxyUpgrade(
+  engine: Engine,
   t: PortTarget,
   req: http.IncomingMessage,
   socket: Duplex,
   head: Buffer,
+  authorize: () => void,
 ): Promise<void> {
   socket.on("error", () => {});
   let stream: Duplex;
   try {
-    stream = await open(o, tokens, t, req);
+    authorize();
+    stream = await open(engine, t);
   } catch (err) {
     const m =
       err instanceof MitosError ? err : new MitosError("unavailable", (err as Error).message, { remediation: "" });

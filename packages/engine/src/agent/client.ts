@@ -80,8 +80,22 @@ export interface FileInfo {
   path: string;
   type: FileType;
   size: number;
+  /** Permission bits with setuid, setgid and sticky (st_mode & 0o7777). */
   mode: number;
+  /** Modification time, unix seconds. */
   mtime: number;
+  /** The nanoseconds part of the modification time. */
+  mtimeNsec: number;
+  uid: number;
+  gid: number;
+  /** A symlink's target as stored in the link (may be relative to its directory). */
+  target?: string;
+}
+
+/** Who owns what WRITE_OPEN and MKDIR create (the agent runs as root). */
+export interface FileOwner {
+  uid: number;
+  gid: number;
 }
 
 export interface ProcessInfo {
@@ -443,15 +457,21 @@ export class AgentClient {
     });
   }
 
-  /** Writes a file from a buffer or a stream of chunks; resolves with bytes written. */
+  /**
+   * Writes a file from a buffer or a stream of chunks; resolves with bytes
+   * written. Missing parent directories are created; with `owner`, they and
+   * the file belong to that uid:gid. If `data` throws, what was written stays
+   * and the error is rethrown.
+   */
   async writeFile(
     path: string,
     data: Buffer | string | AsyncIterable<Buffer>,
-    opts: { mode?: number; append?: boolean } = {},
+    opts: { mode?: number; append?: boolean; owner?: FileOwner } = {},
   ): Promise<number> {
     const w = new FieldWriter().str(Tag.PATH, path);
     if (opts.mode !== undefined) w.int(Tag.MODE, opts.mode);
     if (opts.append) w.int(Tag.APPEND, 1);
+    if (opts.owner) w.int(Tag.UID, opts.owner.uid).int(Tag.GID, opts.owner.gid);
     const id = this.allocId();
     let failed: Error | undefined;
     const final = new Promise<Fields>((resolve, reject) => {
@@ -475,11 +495,18 @@ export class AgentClient {
     this.send(MsgType.WRITE_OPEN, id, w.build());
     const chunks: AsyncIterable<Buffer> | Iterable<Buffer> =
       typeof data === "string" || Buffer.isBuffer(data) ? [Buffer.from(data)] : data;
-    for await (const chunk of chunks) {
-      for (let off = 0; off < chunk.length && !failed; off += WRITE_CHUNK) {
-        await this.sendAndDrain(MsgType.WRITE_DATA, id, chunk.subarray(off, off + WRITE_CHUNK));
+    try {
+      for await (const chunk of chunks) {
+        for (let off = 0; off < chunk.length && !failed; off += WRITE_CHUNK) {
+          await this.sendAndDrain(MsgType.WRITE_DATA, id, chunk.subarray(off, off + WRITE_CHUNK));
+        }
+        if (failed) break;
       }
-      if (failed) break;
+    } catch (err) {
+      // The source failed: close the guest file rather than leave it open.
+      if (!failed && !this.gone) this.send(MsgType.WRITE_CLOSE, id);
+      await final.catch(() => {});
+      throw err;
     }
     if (!failed) this.send(MsgType.WRITE_CLOSE, id);
     const fields = await final;
@@ -500,9 +527,11 @@ export class AgentClient {
     );
   }
 
-  async mkdir(path: string, mode?: number): Promise<void> {
+  /** mkdir -p; an existing directory is fine. With `owner`, what it creates belongs to that uid:gid. */
+  async mkdir(path: string, mode?: number, owner?: FileOwner): Promise<void> {
     const w = new FieldWriter().str(Tag.PATH, path);
     if (mode !== undefined) w.int(Tag.MODE, mode);
+    if (owner) w.int(Tag.UID, owner.uid).int(Tag.GID, owner.gid);
     await this.unary(MsgType.MKDIR, w.build(), "file", undefined, { path });
   }
 
@@ -932,6 +961,7 @@ function resync(
 }
 
 function toFileInfo(f: Fields): FileInfo {
+  const target = f.str(Tag.TARGET);
   return {
     name: f.str(Tag.NAME) ?? "",
     path: f.str(Tag.PATH) ?? "",
@@ -939,5 +969,9 @@ function toFileInfo(f: Fields): FileInfo {
     size: f.int(Tag.SIZE) ?? 0,
     mode: f.int(Tag.MODE) ?? 0,
     mtime: f.int(Tag.MTIME) ?? 0,
+    mtimeNsec: f.int(Tag.MTIME_NSEC) ?? 0,
+    uid: f.int(Tag.UID) ?? 0,
+    gid: f.int(Tag.GID) ?? 0,
+    ...(target !== undefined ? { target } : {}),
   };
 }

@@ -87,6 +87,10 @@ export const Tag = {
   TYPE: 31,
   SIZE: 32,
   MTIME: 33,
+  /** A symlink's target, as readlink gives it (ENTRY, STAT). */
+  TARGET: 34,
+  /** The nanoseconds part of MTIME (ENTRY, STAT). */
+  MTIME_NSEC: 35,
   ENTROPY: 40,
   TIME_NS: 41,
   SANDBOX_ID: 42,
