@@ -4,6 +4,7 @@
 // files, PTY, lifecycle, fork, pause and connect, and runCode.
 
 import assert from "node:assert/strict";
+import http from "node:http";
 import { after, before, describe, it } from "node:test";
 import { Sandbox as CodeSandbox } from "@e2b/code-interpreter";
 import { CommandExitError, FileType, NotFoundError, Sandbox, TimeoutError } from "e2b";
@@ -22,6 +23,11 @@ async function until(what: string, cond: () => boolean | Promise<boolean>, ms = 
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 100));
   }
+}
+
+/** The sandbox's envd access token, which the SDK keeps to itself (protected). */
+function envdToken(s: Sandbox): string {
+  return (s as unknown as { envdAccessToken: string }).envdAccessToken;
 }
 
 /** The guest's process command lines (from /proc: the images have no ps). */
@@ -245,6 +251,68 @@ describe("e2b SDK: lifecycle", () => {
     assert.equal(await sbx.isRunning(), true);
   });
 
+  it("lists page by page with X-Next-Token", async () => {
+    const extra = await Sandbox.create("base");
+    const seen: string[] = [];
+    const pages = Sandbox.list({ limit: 1 });
+    while (pages.hasNext) seen.push(...(await pages.nextItems()).map((s) => s.sandboxId));
+    assert.ok(seen.length >= 2, seen.join(","));
+    assert.equal(new Set(seen).size, seen.length, "no sandbox twice");
+    assert.ok(seen.includes(extra.sandboxId) && seen.includes(sbx.sandboxId));
+    await extra.kill();
+  });
+
+  it("getHost(port) reaches a server in the sandbox with the traffic token, and only with it", async () => {
+    await sbx.commands.run("cd /tmp && python3 -m http.server 8000 >/dev/null 2>&1", { background: true });
+    const host = sbx.getHost(8000);
+    assert.equal(host, `8000-${sbx.sandboxId}.localhost:${new URL(daemon.url).port}`);
+    // Node cannot resolve *.localhost: connect to mitosd and send the Host getHost gave.
+    const get = (headers: Record<string, string>) =>
+      new Promise<{ status: number; body: string }>((resolve, reject) => {
+        const req = http.request(
+          { host: "127.0.0.1", port: new URL(daemon.url).port, path: "/", headers: { host, ...headers } },
+          (res) => {
+            let body = "";
+            res.on("data", (d: Buffer) => {
+              body += d.toString();
+            });
+            res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
+          },
+        );
+        req.on("error", reject);
+        req.end();
+      });
+    const token = sbx.trafficAccessToken as string;
+    assert.ok(token);
+    await until("the server to listen", async () => (await get({ "e2b-traffic-access-token": token })).status === 200);
+    assert.match((await get({ "e2b-traffic-access-token": token })).body, /Directory listing/);
+    assert.equal((await get({})).status, 401);
+    assert.equal((await get({ "e2b-traffic-access-token": "ta_wrong" })).status, 401);
+  });
+
+  it("sends keepalive events at the interval the client asks for", async () => {
+    const msg = Buffer.from(JSON.stringify({ process: { cmd: "/bin/bash", args: ["-c", "sleep 2.5"] }, stdin: false }));
+    const head = Buffer.alloc(5);
+    head.writeUInt32BE(msg.length, 1);
+    const res = await fetch(`${daemon.url}/process.Process/Start`, {
+      method: "POST",
+      headers: {
+        "e2b-sandbox-id": sbx.sandboxId,
+        "e2b-sandbox-port": "49983",
+        "x-access-token": envdToken(sbx),
+        "content-type": "application/connect+json",
+        "connect-protocol-version": "1",
+        "keepalive-ping-interval": "1",
+      },
+      body: Buffer.concat([head, msg]),
+    });
+    assert.equal(res.status, 200);
+    const text = Buffer.from(await res.arrayBuffer()).toString("latin1");
+    const keepalives = text.split('"keepalive"').length - 1;
+    assert.ok(keepalives >= 1, `keepalives in ${text}`);
+    assert.match(text, /"end"/);
+  });
+
   it("fork({count: 3}): children see the parent's files and processes, then diverge", async () => {
     await sbx.files.write("/workspace/state.txt", "parent");
     const bg = await sbx.commands.run("sleep 1000", { background: true });
@@ -295,7 +363,9 @@ describe("e2b SDK: lifecycle", () => {
 
 describe("@e2b/code-interpreter", () => {
   it("runCode('x = 41') then runCode('x + 1') is 42", async () => {
-    const ci = await CodeSandbox.create("python");
+    // E2B's default code-interpreter template (code-interpreter-v1) is the python template here.
+    const ci = await CodeSandbox.create();
+    assert.equal((await ci.getInfo()).templateId, "code-interpreter-v1");
     await ci.runCode("x = 41");
     const r = await ci.runCode("x + 1");
     assert.equal(r.text, "42");
