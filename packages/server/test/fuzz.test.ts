@@ -6,7 +6,9 @@
 // service), and a sandbox created before the run must still work after it.
 //
 // The server allows one sandbox (held by the keeper), so creates and forks
-// drawn by the fuzzer hit quota_exceeded instead of booting VMs.
+// drawn by the fuzzer hit quota_exceeded instead of booting VMs. E2B's routes
+// (docs/e2b.md) are fuzzed too: their errors are E2B's `{code, message}`, and
+// the keeper's id is not E2B-shaped, so the sandbox plane never reaches it.
 
 import assert from "node:assert/strict";
 import path from "node:path";
@@ -27,6 +29,7 @@ const RUNS = Number(process.env.MITOS_FUZZ_RUNS ?? 500);
 const KEEPER = "fuzz-keeper";
 const dataDir = tempDataDir("test-fuzz");
 let server: MitosServer;
+let e2bKey = "";
 const uncaught: unknown[] = [];
 
 before(async () => {
@@ -45,6 +48,12 @@ before(async () => {
     body: JSON.stringify({ template: "python", id: KEEPER, timeout_seconds: 1800 }),
   });
   assert.equal(r.status, 200, await r.text());
+  const k = await fetch(`${server.url}/v1/e2b/keys`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${server.token}`, "content-type": "application/json" },
+    body: "{}",
+  });
+  e2bKey = ((await k.json()) as { key: string }).key;
 });
 
 after(async () => {
@@ -154,7 +163,34 @@ const request = fc.record({
     { weight: 6, arbitrary: fc.constantFrom("lifecycle" as const) },
     { weight: 4, arbitrary: fc.constantFrom("runtime" as const) },
     { weight: 1, arbitrary: fc.constantFrom("junk" as const) },
+    { weight: 3, arbitrary: fc.constantFrom("e2b" as const) },
   ),
+  e2bPath: fc.constantFrom(
+    "/sandboxes",
+    "/v2/sandboxes",
+    "/sandboxes/{id}",
+    "/sandboxes/{id}/connect",
+    "/v2/sandboxes/{id}/connect",
+    "/sandboxes/{id}/timeout",
+    "/sandboxes/{id}/pause",
+    "/sandboxes/{id}/resume",
+    "/sandboxes/{id}/fork",
+    "/sandboxes/{id}/snapshots",
+    "/sandboxes/{id}/metrics",
+    "/sandboxes/{id}/network",
+    "/snapshots",
+    "/templates/{id}",
+    "/process.Process/Start",
+    "/process.Process/List",
+    "/filesystem.Filesystem/Stat",
+    "/filesystem.Filesystem/WatchDir",
+    "/files",
+    "/health",
+    "/execute",
+  ),
+  e2bSandbox: fc.option(fc.oneof(anyId, fc.constantFrom("sbdeadbeef", "fuzzkeeper")), { nil: undefined }),
+  e2bPort: fc.constantFrom("49983", "49999", "8000", "0", "99999", "x"),
+  e2bAuth: fc.constantFrom("good", "none", "e2b_00", "Bearer"),
   lifecyclePath: fc.constantFrom(
     "/v1/health",
     "/v1/templates",
@@ -205,6 +241,7 @@ function target(r: Req): { url: string; runtimeCall: boolean } {
   let p: string;
   if (r.route === "lifecycle") p = r.lifecyclePath.replace("{id}", encodeURIComponent(r.id));
   else if (r.route === "runtime") p = `/sandbox.v1.Sandbox/${r.rpc}`;
+  else if (r.route === "e2b") p = r.e2bPath.replace("{id}", encodeURIComponent(r.id));
   else p = r.junkPath || "/";
   return { url: `${server.url}${p}${r.query ?? ""}`, runtimeCall: r.route === "runtime" };
 }
@@ -242,6 +279,15 @@ function requestInit(r: Req, runtimeCall: boolean): RequestInit {
   if (r.contentType !== undefined) headers["content-type"] = r.contentType;
   if (r.idempotencyKey !== undefined) headers["idempotency-key"] = r.idempotencyKey;
   if (runtimeCall) headers["x-sandbox-id"] = r.sandboxHeader;
+  if (r.route === "e2b") {
+    delete headers.authorization;
+    if (r.e2bAuth === "good") headers["x-api-key"] = e2bKey;
+    else if (r.e2bAuth !== "none") headers["x-api-key"] = r.e2bAuth;
+    if (r.e2bSandbox !== undefined) {
+      headers["e2b-sandbox-id"] = r.e2bSandbox;
+      headers["e2b-sandbox-port"] = r.e2bPort;
+    }
+  }
   if (r.connectProtocolVersion !== undefined) headers["connect-protocol-version"] = r.connectProtocolVersion;
   let body: string | Uint8Array | undefined;
   const streaming = runtimeCall && streamingMethods.has(r.rpc) && r.contentType?.startsWith("application/connect+");
@@ -333,9 +379,26 @@ function checkConnectError(
   }
 }
 
+/** An E2B answer: its own error shape, `{code: <the HTTP status>, message}`, or a Connect error on envd's RPCs. */
+function checkE2b(r: Req, status: number, text: string, where: string): void {
+  if (r.method === "HEAD" || (status >= 200 && status < 300)) return;
+  assert.notEqual(status, 500, `${where}: ${text.slice(0, 300)}`);
+  let json: { code?: unknown; message?: unknown; error?: unknown };
+  try {
+    json = JSON.parse(text);
+  } catch {
+    assert.fail(`${where}: error body is not JSON: ${text.slice(0, 200)}`);
+  }
+  if (typeof json.code === "string") return checkConnectError(status, json, null, where);
+  if ("error" in json) return checkEnvelope(status, text, where);
+  assert.equal(json.code, status, `${where}: ${text.slice(0, 200)}`);
+  assert.ok(typeof json.message === "string" && json.message.length > 0, where);
+}
+
 async function checkResponse(r: Req, res: Response, runtimeCall: boolean): Promise<void> {
   const where = `${r.method} ${new URL(res.url).pathname} -> ${res.status}`;
   const text = Buffer.from(await res.arrayBuffer());
+  if (r.route === "e2b") return checkE2b(r, res.status, text.toString(), where);
   if (r.method === "HEAD") return;
   const ct = res.headers.get("content-type") ?? "";
   // The Connect protocol's own refusals of a wrong method or content type carry no body to check.
