@@ -55,3 +55,16 @@ export function envdError(err: unknown): ConnectError {
   }
   return new ConnectError((err as Error).message ?? String(err), Code.Internal);
 }
+
+/** A unary handler whose errors reach the client in envd's codes. */
+export function unary<I, O>(
+  f: (req: I, ctx: HandlerContext) => Promise<O>,
+): (req: I, ctx: HandlerContext) => Promise<O> {
+  return async (req, ctx) => {
+    try {
+      return await f(req, ctx);
+    } catch (err) {
+      throw envdError(err);
+    }
+  };
+}

@@ -11,7 +11,7 @@ import type { FileInfo } from "@mitos/engine";
 import { envdFilesystem as pb } from "@mitos/proto/envd";
 import { StreamQueue } from "../stream-queue.js";
 import { type DirEvent, DirWatch } from "./dir-watch.js";
-import { callSandbox, callUser, type EnvdDeps, envdError } from "./envd-context.js";
+import { callSandbox, callUser, type EnvdDeps, envdError, unary } from "./envd-context.js";
 import { entryInfo, type FsAgent, GuestNames, isMissing, ownerOf, statFollow, walk } from "./envd-entries.js";
 import { PollWatchers } from "./poll-watchers.js";
 import { type GuestUser, resolvePath } from "./users.js";
@@ -172,12 +172,3 @@ export function registerFilesystem(router: ConnectRouter, deps: EnvdDeps): void 
 }
 
 /** A unary handler whose errors reach the client in envd's codes. */
-function unary<I, O>(f: (req: I, ctx: HandlerContext) => Promise<O>): (req: I, ctx: HandlerContext) => Promise<O> {
-  return async (req, ctx) => {
-    try {
-      return await f(req, ctx);
-    } catch (err) {
-      throw envdError(err);
-    }
-  };
-}

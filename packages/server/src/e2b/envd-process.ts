@@ -8,7 +8,7 @@ import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@co
 import type { ExecHandle, ExecResult } from "@mitos/engine";
 import { envdProcess as pb } from "@mitos/proto/envd";
 import { StreamQueue } from "../stream-queue.js";
-import { callSandbox, callUser, type EnvdDeps, envdError } from "./envd-context.js";
+import { callSandbox, callUser, type EnvdDeps, envdError, unary } from "./envd-context.js";
 import { resolvePath } from "./users.js";
 
 const QUEUE_BYTES = 1 << 20;
@@ -70,17 +70,8 @@ class ProcessTable {
 
 export function registerProcess(router: ConnectRouter, deps: EnvdDeps): void {
   const table = new ProcessTable();
-  const guard = <A extends unknown[], R>(f: (...a: A) => Promise<R>) =>
-    (async (...a: A) => {
-      try {
-        return await f(...a);
-      } catch (err) {
-        throw envdError(err);
-      }
-    }) as (...a: A) => Promise<R>;
-
   router.service(pb.Process, {
-    list: guard(async (_req: pb.ListRequest, ctx: HandlerContext) => {
+    list: unary(async (_req: pb.ListRequest, ctx: HandlerContext) => {
       const id = callSandbox(ctx);
       return create(pb.ListResponseSchema, {
         processes: table.list(id).map((p) => ({ pid: p.pid, config: p.config, ...(p.tag ? { tag: p.tag } : {}) })),
@@ -153,7 +144,7 @@ export function registerProcess(router: ConnectRouter, deps: EnvdDeps): void {
       yield* follow(proc, sub, ctx);
     },
 
-    update: guard(async (req: pb.UpdateRequest, ctx: HandlerContext) => {
+    update: unary(async (req: pb.UpdateRequest, ctx: HandlerContext) => {
       const p = table.find(callSandbox(ctx), req.process);
       const size = req.pty?.size;
       if (size) {
@@ -163,7 +154,7 @@ export function registerProcess(router: ConnectRouter, deps: EnvdDeps): void {
       return create(pb.UpdateResponseSchema);
     }),
 
-    streamInput: guard(async (inputs: AsyncIterable<pb.StreamInputRequest>, ctx: HandlerContext) => {
+    streamInput: unary(async (inputs: AsyncIterable<pb.StreamInputRequest>, ctx: HandlerContext) => {
       const id = callSandbox(ctx);
       let p: Proc | undefined;
       for await (const m of inputs) {
@@ -176,12 +167,12 @@ export function registerProcess(router: ConnectRouter, deps: EnvdDeps): void {
       return create(pb.StreamInputResponseSchema);
     }),
 
-    sendInput: guard(async (req: pb.SendInputRequest, ctx: HandlerContext) => {
+    sendInput: unary(async (req: pb.SendInputRequest, ctx: HandlerContext) => {
       await writeInput(table.find(callSandbox(ctx), req.process), req.input);
       return create(pb.SendInputResponseSchema);
     }),
 
-    sendSignal: guard(async (req: pb.SendSignalRequest, ctx: HandlerContext) => {
+    sendSignal: unary(async (req: pb.SendSignalRequest, ctx: HandlerContext) => {
       const p = table.find(callSandbox(ctx), req.process);
       if (req.signal !== pb.Signal.SIGKILL && req.signal !== pb.Signal.SIGTERM) {
         throw new ConnectError(`signal ${req.signal} is not supported (SIGKILL or SIGTERM)`, Code.InvalidArgument);
@@ -190,7 +181,7 @@ export function registerProcess(router: ConnectRouter, deps: EnvdDeps): void {
       return create(pb.SendSignalResponseSchema);
     }),
 
-    closeStdin: guard(async (req: pb.CloseStdinRequest, ctx: HandlerContext) => {
+    closeStdin: unary(async (req: pb.CloseStdinRequest, ctx: HandlerContext) => {
       table.find(callSandbox(ctx), req.process).handle.closeStdin();
       return create(pb.CloseStdinResponseSchema);
     }),

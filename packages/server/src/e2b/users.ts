@@ -14,6 +14,8 @@ export interface GuestUser {
   home: string;
 }
 
+const MAX_PASSWD_BYTES = 1 << 20;
+
 export const DEFAULT_USER: GuestUser = { name: "root", uid: 0, gid: 0, home: "/workspace" };
 
 /** The username from `Authorization: Basic base64(user:)`, or undefined for the default user. */
@@ -52,7 +54,8 @@ export function idNames(text: string): Map<number, string> {
 export async function guestUser(agent: AgentClient, header: string | undefined | null): Promise<GuestUser | undefined> {
   const name = basicUser(header);
   if (name === undefined || name === "root") return DEFAULT_USER;
-  const passwd = (await agent.readFile("/etc/passwd")).toString("utf8");
+  // Bounded: the guest's /etc/passwd is the guest's to make huge.
+  const passwd = (await agent.readFile("/etc/passwd", { length: MAX_PASSWD_BYTES })).toString("utf8");
   return parsePasswd(passwd, name);
 }
 
