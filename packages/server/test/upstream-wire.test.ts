@@ -435,11 +435,11 @@ describe("UPSTREAM-WIRE runtime rows", () => {
   });
 
   it("row 8: unknown and declared-but-unserved Connect methods answer unimplemented in Connect's format", async () => {
-    // Declared upstream (RunCodeStream): a server stream, the error in the end-of-stream message.
+    // Declared upstream (Watch): a server stream, the error in the end-of-stream message.
     const stream = await connect(
-      "RunCodeStream",
+      "Watch",
       parent,
-      envelope(0, Buffer.from(JSON.stringify({ code: "print(1)" }))),
+      envelope(0, Buffer.from(JSON.stringify({ path: "/workspace" }))),
       "application/connect+json",
     );
     assert.equal(stream.status, 200);
@@ -447,7 +447,7 @@ describe("UPSTREAM-WIRE runtime rows", () => {
     assert.equal(end?.flag, 2);
     const err = JSON.parse(end?.data.toString() ?? "{}") as { error: { code: string; message: string } };
     assert.equal(err.error.code, "unimplemented");
-    assert.match(err.error.message, /issue 16/);
+    assert.match(err.error.message, /not implemented by mitosd yet: filesystem watches/);
     // Not declared at all: unary and streaming both.
     const unary = await connect("NoSuchMethod", parent, Buffer.from("{}"), "application/json");
     assert.equal(unary.status, codeToHttpStatus(Code.Unimplemented));
