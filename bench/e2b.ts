@@ -41,6 +41,10 @@ try {
 
   const e2bFirst = add("E2B SDK: Sandbox.create('python') → first commands.run('echo hi') returned", "ms");
   const ownFirst = add("baseline: Mitos SDK: fork('python') (create) → first exec('echo hi') returned", "ms");
+  const ownLogin = add(
+    "baseline: Mitos SDK: create → first exec of what E2B runs (`/bin/bash -l -c 'echo hi'`) returned",
+    "ms",
+  );
   for (let i = 0; i <= N; i++) {
     let t0 = performance.now();
     const e = await E2bSandbox.create("python");
@@ -54,6 +58,13 @@ try {
     if (x.stdout !== "hi\n") throw new Error(`Mitos exec: ${JSON.stringify(x)}`);
     if (i > 0) ownFirst.values.push(performance.now() - t0);
     await m.terminate();
+    // The E2B SDK always runs `bash -l -c`: a login shell reads /etc/profile first.
+    t0 = performance.now();
+    const l = await server.fork("python");
+    const y = await l.exec("/bin/bash", { args: ["-l", "-c", "echo hi"] });
+    if (y.stdout !== "hi\n") throw new Error(`Mitos exec bash -l: ${JSON.stringify(y)}`);
+    if (i > 0) ownLogin.values.push(performance.now() - t0);
+    await l.terminate();
     if (i % 5 === 0) progress(`create → first command: ${i}/${N}`);
   }
 

@@ -15,6 +15,7 @@ import { checkId } from "./lifecycle.js";
 import { checkPolicy, DEFAULT_POLICY, type NetworkPolicy } from "./network/policy.js";
 import type { Slot } from "./network/slots.js";
 import { saveState } from "./snapshot.js";
+import { type CacheInputs, TemplateCache } from "./template-cache.js";
 import { type Snapshot, Vm } from "./vm.js";
 
 /** Bounds of TemplateSpec's waits (seconds). */
@@ -50,12 +51,15 @@ export class Templates {
   /** The gid each template's RAM base is shared with (undefined: no uid switching). */
   private readonly groups = new Map<string, SharedGroup | undefined>();
   private readonly builds = new Map<string, Promise<TemplateRecord>>();
+  private readonly cache: TemplateCache;
 
   constructor(
     private readonly ctx: EngineContext,
     /** Called when a build is done (the engine starts its warm pool). */
     private readonly onReady: (id: string) => void,
-  ) {}
+  ) {
+    this.cache = new TemplateCache(path.join(ctx.imagesDir, "templates"));
+  }
 
   list(): TemplateInfo[] {
     return Object.values(this.ctx.journal.templates).map(templateInfo);
@@ -141,6 +145,67 @@ export class Templates {
     this.groups.delete(t.id);
   }
 
+  /**
+   * A template from the shared cache: its files copied, then one VM restored
+   * from them and run to its agent before the template is recorded, so an
+   * entry that does not restore is dropped and the build goes on as usual.
+   */
+  private async fromCache(
+    id: string,
+    spec: TemplateSpec,
+    recipe: TemplateRecord["recipe"],
+    vmId: string,
+    key: string,
+    started: number,
+  ): Promise<TemplateRecord | undefined> {
+    const ramFile = path.join(this.ctx.shmDir, `mitos-${vmId}.ram`);
+    const stateFile = path.join(this.ctx.dataDir, "templates", `${id}.state`);
+    const meta = await this.cache.take(key, ramFile, stateFile);
+    if (!meta) return undefined;
+    const record: TemplateRecord = {
+      id,
+      spec,
+      recipe,
+      machine: meta.machine,
+      ramFile,
+      stateFile,
+      createdAt: new Date().toISOString(),
+      creationTimeMs: Date.now() - started,
+      uptimeMs: meta.uptimeMs,
+      bootId: meta.bootId,
+    };
+    try {
+      const vm = await this.restore(record);
+      try {
+        await vm.activate(vm.id, 20_000);
+      } finally {
+        await vm.destroy();
+      }
+    } catch (err) {
+      this.ctx.log("cached template did not restore; building it", {
+        template: id,
+        key,
+        error: (err as Error).message,
+      });
+      this.cache.drop(key);
+      this.groups.get(id)?.release();
+      this.groups.delete(id);
+      fs.rmSync(ramFile, { force: true });
+      fs.rmSync(stateFile, { force: true });
+      return undefined;
+    }
+    record.creationTimeMs = Date.now() - started;
+    this.ctx.journal.putTemplate(record);
+    this.ctx.log("template ready (from the template cache)", {
+      template: id,
+      ms: record.creationTimeMs,
+      built_in_ms: meta.buildMs,
+      cache: path.join(this.ctx.imagesDir, "templates", key),
+    });
+    this.onReady(id);
+    return record;
+  }
+
   /** Waits for builds in flight (each owns a VM) to finish or fail. */
   async settle(): Promise<void> {
     await Promise.allSettled([...this.builds.values()]);
@@ -203,6 +268,26 @@ export class Templates {
       { cacheDir: this.ctx.imagesDir },
     );
     const vmId = `tpl-${id.slice(0, 40)}-${randomHex(4)}`;
+    const recipe = { packages, init, env, ...(interpreter ? { interpreter } : {}) };
+    // Templates with a disk or a NIC hold data-dir paths and slots: never shared.
+    const cacheKey =
+      diskMib === undefined && !network
+        ? this.cache.key({
+            images,
+            packages,
+            init,
+            env,
+            memMiB,
+            vcpus,
+            accel: this.ctx.accel,
+            interpreter,
+            initWaitSeconds: initWait,
+          } satisfies CacheInputs)
+        : undefined;
+    if (cacheKey) {
+      const cached = await this.fromCache(id, spec, recipe, vmId, cacheKey, started);
+      if (cached) return cached;
+    }
     const group = this.ctx.confinement.group();
     const diskKey = `build:${vmId}`;
     let disk: string[] | undefined;
@@ -285,7 +370,7 @@ export class Templates {
       const record: TemplateRecord = {
         id,
         spec: network ? { ...spec, network } : spec,
-        recipe: { packages, init, env, ...(interpreter ? { interpreter } : {}) },
+        recipe,
         machine: vm.machine,
         ramFile,
         stateFile,
@@ -303,6 +388,14 @@ export class Templates {
       this.groups.set(id, group);
       this.ctx.journal.deleteVm(vmId);
       this.ctx.log("template ready", { template: id, ms: record.creationTimeMs });
+      if (cacheKey) {
+        await this.cache.put(cacheKey, ramFile, stateFile, {
+          machine: record.machine,
+          uptimeMs: record.uptimeMs,
+          bootId: record.bootId,
+          buildMs: record.creationTimeMs,
+        });
+      }
       this.onReady(id);
       return record;
     } catch (err) {

@@ -19,6 +19,10 @@ interface Exchange {
     body?: unknown;
     /** A Connect server-stream request message (one envelope). */
     stream?: unknown;
+    /** A multipart/form-data body, as httpx sends files. */
+    multipart?: Array<{ name: string; filename: string; data: string }>;
+    /** Repeat the request until the expectation holds or this many ms pass (a poll). */
+    pollMs?: number;
   };
   expect: {
     status: number;
@@ -32,6 +36,9 @@ interface Exchange {
     contentType?: string;
     events?: string[];
     stdout?: string;
+    text?: string;
+    eventNamed?: string;
+    connectError?: string;
   };
 }
 
@@ -109,19 +116,39 @@ function envelopes(buf: Buffer): Array<{ flags: number; json: Record<string, unk
 describe("E2B Python SDK 2.45.1 requests, replayed", () => {
   for (const x of fixture.exchanges) {
     it(x.name, async () => {
-      const headers = fillDeep(x.request.headers ?? {}) as Record<string, string>;
-      let body: string | Buffer | undefined;
-      if (x.request.stream !== undefined) {
-        const msg = Buffer.from(JSON.stringify(fillDeep(x.request.stream)));
-        const head = Buffer.alloc(5);
-        head.writeUInt32BE(msg.length, 1);
-        body = Buffer.concat([head, msg]);
-      } else if (x.request.body !== undefined) {
-        body = JSON.stringify(fillDeep(x.request.body));
-        headers["Content-Type"] ??= "application/json";
+      const send = async () => {
+        const headers = fillDeep(x.request.headers ?? {}) as Record<string, string>;
+        let body: string | Buffer | FormData | undefined;
+        if (x.request.stream !== undefined) {
+          const msg = Buffer.from(JSON.stringify(fillDeep(x.request.stream)));
+          const head = Buffer.alloc(5);
+          head.writeUInt32BE(msg.length, 1);
+          body = Buffer.concat([head, msg]);
+        } else if (x.request.multipart !== undefined) {
+          const form = new FormData();
+          for (const part of x.request.multipart) form.append(part.name, new Blob([part.data]), part.filename);
+          body = form;
+        } else if (x.request.body !== undefined) {
+          body = JSON.stringify(fillDeep(x.request.body));
+          headers["Content-Type"] ??= "application/json";
+        }
+        const res = await fetch(`${daemon.url}${fill(x.request.path)}`, { method: x.request.method, headers, body });
+        return { res, raw: Buffer.from(await res.arrayBuffer()) };
+      };
+      let { res, raw } = await send();
+      const events: Array<{ name?: string }> = [];
+      const collect = () => {
+        if (res.status === 200 && x.expect.eventNamed) {
+          events.push(...((JSON.parse(raw.toString("utf8")) as { events?: Array<{ name?: string }> }).events ?? []));
+        }
+      };
+      collect();
+      const until = Date.now() + (x.request.pollMs ?? 0);
+      while (x.expect.eventNamed && !events.some((ev) => ev.name === x.expect.eventNamed) && Date.now() < until) {
+        await new Promise((r) => setTimeout(r, 200));
+        ({ res, raw } = await send());
+        collect();
       }
-      const res = await fetch(`${daemon.url}${fill(x.request.path)}`, { method: x.request.method, headers, body });
-      const raw = Buffer.from(await res.arrayBuffer());
       assert.equal(res.status, x.expect.status, `${x.name}: ${raw.toString("utf8").slice(0, 500)}`);
       const e = x.expect;
       if (e.contentType) assert.equal(res.headers.get("content-type"), e.contentType);
@@ -139,6 +166,19 @@ describe("E2B Python SDK 2.45.1 requests, replayed", () => {
           .map((b64) => Buffer.from(b64, "base64").toString("utf8"))
           .join("");
         if (e.stdout !== undefined) assert.equal(stdout, e.stdout);
+        return;
+      }
+      if (e.text !== undefined) {
+        assert.equal(raw.toString("utf8"), e.text);
+        return;
+      }
+      if (e.eventNamed)
+        assert.ok(
+          events.some((ev) => ev.name === e.eventNamed),
+          JSON.stringify(events),
+        );
+      if (e.connectError) {
+        assert.equal((JSON.parse(raw.toString("utf8")) as { code?: string }).code, e.connectError);
         return;
       }
       if (raw.length === 0) {

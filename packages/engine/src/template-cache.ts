@@ -1,0 +1,138 @@
+// Frozen templates shared between data dirs: a template built once (its RAM
+// file and device state) is kept beside the image cache under a key of
+// everything that decides what the frozen guest is — the images' content
+// keys, packages, init steps, env, machine size, accelerator, the interpreter
+// flag and the QEMU binary. The next build with the same key copies the files
+// (sparse, so only the guest's non-zero pages are written) instead of booting
+// and initialising a VM: seconds instead of a minute under TCG for the python
+// template, whose kernel import dominates. Templates with a workspace disk or
+// a network device are not cached (their files name data-dir paths and
+// slots). A bounded number of entries is kept, least recently used first out.
+
+import { execFile } from "node:child_process";
+import { createHash, randomBytes } from "node:crypto";
+import fs from "node:fs";
+import path from "node:path";
+import { promisify } from "node:util";
+import type { ImageSet } from "./image/build.js";
+import type { MachineSpec } from "./vm.js";
+
+/** Entries kept; each is a template's non-zero RAM (about 300 MiB for python). */
+const MAX_ENTRIES = 6;
+
+export interface CacheInputs {
+  images: ImageSet;
+  packages: string[];
+  init: string[];
+  env: Record<string, string>;
+  memMiB: number;
+  vcpus: number;
+  accel: string;
+  interpreter: boolean;
+  initWaitSeconds: number;
+}
+
+/** What a cached build recorded besides its files. */
+export interface CachedMeta {
+  machine: MachineSpec;
+  uptimeMs: number;
+  bootId: string;
+  /** How long the original build took. */
+  buildMs: number;
+}
+
+export class TemplateCache {
+  constructor(private readonly dir: string) {}
+
+  key(inputs: CacheInputs): string {
+    const qemu = qemuIdentity();
+    const parts = { ...inputs, images: inputs.images.keys, qemu, format: 1 };
+    return createHash("sha256").update(JSON.stringify(parts)).digest("hex").slice(0, 32);
+  }
+
+  /** Copies a cached template's files to `ramFile` and `stateFile`; undefined when there is none. */
+  async take(key: string, ramFile: string, stateFile: string): Promise<CachedMeta | undefined> {
+    const entry = path.join(this.dir, key);
+    let meta: CachedMeta;
+    try {
+      meta = JSON.parse(fs.readFileSync(path.join(entry, "meta.json"), "utf8")) as CachedMeta;
+    } catch {
+      return undefined;
+    }
+    try {
+      await sparseCopy(path.join(entry, "ram"), ramFile);
+      fs.mkdirSync(path.dirname(stateFile), { recursive: true });
+      fs.copyFileSync(path.join(entry, "state"), stateFile);
+      const now = new Date();
+      fs.utimesSync(path.join(entry, "meta.json"), now, now);
+      return meta;
+    } catch {
+      fs.rmSync(ramFile, { force: true });
+      fs.rmSync(stateFile, { force: true });
+      return undefined;
+    }
+  }
+
+  /** Keeps a freshly built template's files under `key` (best effort: a full disk only costs the next build). */
+  async put(key: string, ramFile: string, stateFile: string, meta: CachedMeta): Promise<void> {
+    const entry = path.join(this.dir, key);
+    if (fs.existsSync(path.join(entry, "meta.json"))) return;
+    const tmp = path.join(this.dir, `.tmp-${key}-${randomBytes(4).toString("hex")}`);
+    try {
+      fs.mkdirSync(tmp, { recursive: true, mode: 0o700 });
+      await sparseCopy(ramFile, path.join(tmp, "ram"));
+      fs.copyFileSync(stateFile, path.join(tmp, "state"));
+      fs.writeFileSync(path.join(tmp, "meta.json"), JSON.stringify(meta));
+      fs.renameSync(tmp, entry);
+      this.evict();
+    } catch {
+      fs.rmSync(tmp, { recursive: true, force: true });
+    }
+  }
+
+  /** Drops an entry that did not restore. */
+  drop(key: string): void {
+    fs.rmSync(path.join(this.dir, key), { recursive: true, force: true });
+  }
+
+  private evict(): void {
+    const entries = fs
+      .readdirSync(this.dir)
+      .filter((n) => !n.startsWith("."))
+      .map((n) => ({ n, t: statTime(path.join(this.dir, n, "meta.json")) }))
+      .sort((a, b) => b.t - a.t);
+    for (const e of entries.slice(MAX_ENTRIES)) this.drop(e.n);
+  }
+}
+
+/** Copies leaving holes where the source is zero: a template's RAM file is mostly never-touched pages. */
+async function sparseCopy(from: string, to: string): Promise<void> {
+  await promisify(execFile)("cp", ["--sparse=always", from, to]);
+}
+
+function statTime(file: string): number {
+  try {
+    return fs.statSync(file).mtimeMs;
+  } catch {
+    return 0;
+  }
+}
+
+let qemuId: string | undefined;
+
+/** The QEMU binary on PATH, by size and modification time: a new QEMU may not read an old device state. */
+function qemuIdentity(): string {
+  if (qemuId !== undefined) return qemuId;
+  for (const dir of (process.env.PATH ?? "").split(":")) {
+    const p = path.join(dir || ".", "qemu-system-x86_64");
+    try {
+      const st = fs.statSync(p);
+      qemuId = `${fs.realpathSync(p)}:${st.size}:${st.mtimeMs}`;
+      return qemuId;
+    } catch {
+      // not in this dir
+    }
+  }
+  qemuId = "none";
+  return qemuId;
+}
