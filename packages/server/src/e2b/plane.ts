@@ -54,8 +54,10 @@ export function planeTarget(req: http.IncomingMessage, domain: string, o?: Plane
     const url = new URL(req.url ?? "/", "http://x");
     for (const s of o.engine.list()) {
       const e2bId = toE2bId(s.id);
-      if (!e2bId || s.state !== "ready") continue;
-      if (signatureMatches(url, req.method ?? "GET", o.registry.record(s).envdAccessToken)) {
+      // Only sandboxes E2B clients have reached hold a token to sign with.
+      const r = e2bId && s.state === "ready" ? o.registry.existing(s) : undefined;
+      if (!e2bId || !r) continue;
+      if (signatureMatches(url, req.method ?? "GET", r.envdAccessToken)) {
         return { e2bId, port: ENVD_PORT, sandbox: s };
       }
     }
@@ -72,6 +74,14 @@ export function installE2bPlane(server: http.Server, o: PlaneOptions): void {
       registerFilesystem(router, deps);
     },
     jsonOptions: { ignoreUnknownFields: true },
+    // envd's own answer for a path it does not serve: a JSON error, as every envd error is.
+    fallback: (req, res) => {
+      req.resume();
+      res.writeHead(404, { "content-type": "application/json" });
+      res.end(
+        JSON.stringify({ code: 404, message: `envd has no route ${req.method} ${(req.url ?? "/").split("?")[0]}` }),
+      );
+    },
   });
   for (const event of ["request", "upgrade"] as const) {
     const others = server.listeners(event) as Array<(...args: unknown[]) => void>;

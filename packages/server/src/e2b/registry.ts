@@ -39,6 +39,7 @@ export class E2bRegistry {
   record(s: SandboxInfo, init: Partial<Pick<E2bSandboxRecord, "metadata" | "templateId">> = {}): E2bSandboxRecord {
     const r = this.records[s.id];
     if (r && r.createdAt === s.createdAt) return r;
+    this.prune();
     const fresh: E2bSandboxRecord = {
       createdAt: s.createdAt,
       envdAccessToken: `ea_${randomBytes(20).toString("hex")}`,
@@ -49,6 +50,12 @@ export class E2bRegistry {
     this.records[s.id] = fresh;
     this.save();
     return fresh;
+  }
+
+  /** The record of a sandbox E2B clients have reached, without making one. */
+  existing(s: SandboxInfo): E2bSandboxRecord | undefined {
+    const r = this.records[s.id];
+    return r && r.createdAt === s.createdAt ? r : undefined;
   }
 
   /** Whether `given` is the sandbox's envd access token (constant time). */
@@ -62,8 +69,8 @@ export class E2bRegistry {
     return given !== undefined && (same(r.trafficAccessToken, given) || same(r.envdAccessToken, given));
   }
 
-  /** Drops records of sandboxes that no longer exist. */
-  prune(): void {
+  /** Drops records of sandboxes that no longer exist (called as records are made). */
+  private prune(): void {
     const live = new Map(this.engine.list().map((s) => [s.id, s.createdAt]));
     let changed = false;
     for (const [id, r] of Object.entries(this.records)) {
