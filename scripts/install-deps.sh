@@ -4,7 +4,9 @@ set -euo pipefail
 PKGS=(qemu-system-x86 qemu-utils mmdebstrap e2fsprogs erofs-utils busybox-static cpio lz4 zstd
       make gcc libc6-dev clang libclang-rt-14-dev python3 ca-certificates curl
       util-linux   # setpriv and nsenter: each QEMU as its own uid, networked ones in their namespace
-      iproute2 nftables)  # network slots and their rulesets (docs/network.md)
+      iproute2 nftables   # network slots and their rulesets (docs/network.md)
+      skopeo umoci        # templates from OCI images (pull, flatten)
+      docker-registry)    # the registry the OCI tests push to and pull from
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

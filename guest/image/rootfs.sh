@@ -30,7 +30,6 @@ die() { printf 'rootfs.sh: error: %s\n' "$*" >&2; exit 1; }
 OUT=$1; shift
 PACKAGES=("$@")
 SUITE=${MITOS_SUITE:-bookworm}
-MARGIN_MB=${MITOS_ROOTFS_MARGIN_MB:-16}
 
 [ "$(id -u)" = 0 ] || die "must run as root"
 for tool in mmdebstrap mkfs.ext4 du find; do
@@ -108,38 +107,4 @@ log "mmdebstrap $SUITE (minbase${PACKAGES[*]:+ + ${PACKAGES[*]}})"
 DEBIAN_FRONTEND=noninteractive mmdebstrap --quiet "${ARGS[@]}" "$SUITE" "$TMP/root" "${MIRRORS[@]}" </dev/null >&2
 
 # --- ext4 image -----------------------------------------------------------------
-CONTENT_KB=$(du -s -k --apparent-size "$TMP/root" | cut -f1)
-BLOCKS_KB=$(du -s -k "$TMP/root" | cut -f1)
-INODES=$(find "$TMP/root" -xdev | wc -l)
-log "tree: $((CONTENT_KB / 1024)) MiB apparent, $((BLOCKS_KB / 1024)) MiB in blocks, $INODES inodes"
-
-# Blocks used + 10% for ext4 metadata/indirection + margin; retry larger if
-# mkfs.ext4 -d runs out of space. No journal (the image is never written),
-# the read-only feature set so the guest kernel refuses a rw mount.
-SIZE_MB=$(( (BLOCKS_KB * 11 / 10) / 1024 + MARGIN_MB ))
-NINODES=$(( INODES + INODES / 10 + 1024 ))
-IMG="$TMP/root.img"
-for attempt in 1 2 3 4 5; do
-  rm -f "$IMG"
-  log "mkfs.ext4 -d ($SIZE_MB MiB, $NINODES inodes, attempt $attempt)"
-  if mkfs.ext4 -q -F -L mitos-root -b 4096 -m 0 -N "$NINODES" \
-       -O ^has_journal,^resize_inode -E lazy_itable_init=0 \
-       -d "$TMP/root" "$IMG" "${SIZE_MB}M" >"$TMP/mkfs.err" 2>&1; then
-    break
-  fi
-  if [ "$attempt" -eq 5 ] || ! grep -qiE 'no space|could not allocate|too small|No free space' "$TMP/mkfs.err"; then
-    cat "$TMP/mkfs.err" >&2
-    die "mkfs.ext4 failed"
-  fi
-  SIZE_MB=$(( SIZE_MB * 5 / 4 + 16 ))
-done
-# The "read-only" ext4 feature cannot be set by mke2fs; tune2fs can. With it the
-# guest kernel refuses any read-write mount of the shared image.
-tune2fs -O read-only "$IMG" >/dev/null
-if command -v e2fsck >/dev/null; then
-  e2fsck -fn "$IMG" >/dev/null 2>&1 || die "e2fsck found errors in the new image"
-fi
-
-log "installing $OUT"
-mv -f "$IMG" "$OUT"
-log "done: $OUT $(du -k --apparent-size "$OUT" | cut -f1) KiB (allocated $(du -k "$OUT" | cut -f1) KiB)"
+bash "$(dirname "$0")/ext4-image.sh" "$TMP/root" "$OUT"

@@ -644,7 +644,10 @@ ${examples("mitos sandbox shell sb-1a2b3c4d", "mitos sandbox shell sb-1a2b3c4d -
     networkOptions(template.command("build"))
       .description("build a template (boot an image, install packages, run init commands, snapshot it)")
       .argument("<id>", "template id")
-      .option("--image <name>", "built-in image to start from: base or python")
+      .option(
+        "--image <name>",
+        "image to start from: base, python, or an OCI image (registry/repo:tag, oci-archive:PATH, docker-archive:PATH)",
+      )
       .option("--packages <list>", "packages to install, comma-separated (repeatable)", collectList)
       .option("--init <cmd>", "shell command run once before the snapshot (repeatable, in order)", collect)
       .option("-e, --env <KEY=VALUE>", "environment baked into the template (repeatable)", collectEnv)

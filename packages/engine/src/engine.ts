@@ -350,7 +350,7 @@ export class Engine {
       templateId,
       null,
       timeout,
-      opts.env ?? {},
+      { ...(template.defaults?.env ?? {}), ...(opts.env ?? {}) },
       template.machine.memMiB,
       network,
     );
@@ -470,7 +470,14 @@ export class Engine {
   /** Exec with the sandbox's default env merged in. */
   exec(id: string, req: ExecRequest) {
     const s = this.table.running(id);
-    return s.vm.agent.exec({ ...req, env: { ...s.env, ...(req.env ?? {}) } });
+    // An OCI image's WORKDIR and USER, unless the call names its own.
+    const d = this.ctx.journal.templates[s.templateId]?.defaults;
+    return s.vm.agent.exec({
+      ...req,
+      env: { ...s.env, ...(req.env ?? {}) },
+      ...(req.cwd === undefined && d?.cwd ? { cwd: d.cwd } : {}),
+      ...(req.uid === undefined && d?.uid !== undefined ? { uid: d.uid, gid: d.gid ?? d.uid } : {}),
+    });
   }
 
   /**

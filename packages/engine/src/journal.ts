@@ -11,7 +11,10 @@ import type { NetworkPolicy } from "./network/policy.js";
 import type { MachineSpec } from "./vm.js";
 
 export interface TemplateSpec {
-  /** Built-in image to start from: "base" (minimal Debian) or "python" (default). */
+  /**
+   * The root to start from: a built-in one, "base" (minimal Debian) or
+   * "python" (default), or an OCI image reference (docs/templates.md).
+   */
   image?: string;
   packages?: string[];
   /** Shell commands run once in the booted template before it is frozen. */
@@ -43,6 +46,17 @@ export interface TemplateRecord {
   bootId: string;
   /** Its workspace disk's frozen chain (the build's layer first), when the spec asked for one. */
   disk?: string[];
+  /** The OCI image it was built from, pinned by digest. */
+  image?: { reference: string; digest: string };
+  /** What its sandboxes start with unless a call says otherwise (an OCI image's ENV, WORKDIR and USER). */
+  defaults?: TemplateDefaults;
+}
+
+export interface TemplateDefaults {
+  env: Record<string, string>;
+  cwd?: string;
+  uid?: number;
+  gid?: number;
 }
 
 export interface VmRecord {

@@ -15,10 +15,11 @@ import fs from "node:fs";
 import path from "node:path";
 import { promisify } from "node:util";
 import type { ImageSet } from "./image/build.js";
+import type { TemplateRecord } from "./journal.js";
 import type { MachineSpec } from "./vm.js";
 
-/** Entries kept; each is a template's non-zero RAM (about 300 MiB for python). */
-const MAX_ENTRIES = 6;
+/** Entries kept; each is a template's non-zero RAM (about 300 MiB for python, less for base). */
+const MAX_ENTRIES = 12;
 
 export interface CacheInputs {
   images: ImageSet;
@@ -39,6 +40,8 @@ export interface CachedMeta {
   bootId: string;
   /** How long the original build took. */
   buildMs: number;
+  image?: TemplateRecord["image"];
+  defaults?: TemplateRecord["defaults"];
 }
 
 export class TemplateCache {

@@ -8,9 +8,10 @@ import type { SharedGroup } from "./confine.js";
 import { type EngineContext, randomHex, withResources } from "./context.js";
 import { Disks } from "./disk.js";
 import { MitosError, shmSpaceRemediation } from "./errors.js";
-import { BUILTIN_RECIPES, ensureImages } from "./image/build.js";
+import { BUILTIN_RECIPES, ensureBootImages, ensureImages, type ImageSet } from "./image/build.js";
+import { ensureOciRoot, isOciReference, type OciRoot } from "./image/oci.js";
 import { startInterpreter } from "./interpreter.js";
-import type { TemplateRecord, TemplateSpec } from "./journal.js";
+import type { TemplateDefaults, TemplateRecord, TemplateSpec } from "./journal.js";
 import { checkId } from "./lifecycle.js";
 import { checkPolicy, DEFAULT_POLICY, type NetworkPolicy } from "./network/policy.js";
 import type { Slot } from "./network/slots.js";
@@ -31,6 +32,8 @@ export interface TemplateInfo {
   vcpuCount: number;
   /** Its sandboxes' default network policy; unset: no network device. */
   network?: NetworkPolicy;
+  /** The OCI image it was built from, pinned by digest. */
+  image?: { reference: string; digest: string };
 }
 
 const PYTHON_WARMUP = "python3 -c 'import json, os, sys, subprocess, re, math, random' && true";
@@ -44,6 +47,7 @@ export function templateInfo(t: TemplateRecord): TemplateInfo {
     memSizeMib: t.machine.memMiB,
     vcpuCount: t.machine.vcpus,
     ...(t.machine.network ? { network: t.spec?.network ?? DEFAULT_POLICY } : {}),
+    ...(t.image ? { image: t.image } : {}),
   };
 }
 
@@ -173,6 +177,9 @@ export class Templates {
       creationTimeMs: Date.now() - started,
       uptimeMs: meta.uptimeMs,
       bootId: meta.bootId,
+      // The same digest may be named another way (a registry tag, an archive): keep this build's name.
+      ...(meta.image ? { image: { ...meta.image, reference: spec.image ?? meta.image.reference } } : {}),
+      ...(meta.defaults ? { defaults: meta.defaults } : {}),
     };
     try {
       const vm = await this.restore(record);
@@ -214,13 +221,20 @@ export class Templates {
   private async build(id: string, spec: TemplateSpec): Promise<TemplateRecord> {
     const started = Date.now();
     const imageName = spec.image ?? (id in BUILTIN_RECIPES ? id : "python");
-    const baseRecipe = BUILTIN_RECIPES[imageName];
-    if (!baseRecipe) {
+    const oci = isOciReference(imageName);
+    const baseRecipe = oci ? undefined : BUILTIN_RECIPES[imageName];
+    if (!oci && !baseRecipe) {
       throw new MitosError("invalid_input", `unknown image ${JSON.stringify(imageName)}`, {
-        remediation: `Use one of the built-in images: ${Object.keys(BUILTIN_RECIPES).join(", ")}; add packages with "packages".`,
+        remediation: `Use a built-in image (${Object.keys(BUILTIN_RECIPES).join(", ")}) or an OCI image reference such as docker.io/library/python:3.12-slim.`,
       });
     }
-    const packages = [...baseRecipe.packages, ...(spec.packages ?? [])];
+    if (oci && (spec.packages?.length ?? 0) > 0) {
+      throw new MitosError("invalid_input", "packages cannot be added to an OCI image yet", {
+        remediation: 'Install them with an init step (e.g. "apt-get install -y git" or "apk add git").',
+        context: { field: "packages" },
+      });
+    }
+    const packages = [...(baseRecipe?.packages ?? []), ...(spec.packages ?? [])];
     const init = spec.init ?? (imageName === "python" ? [PYTHON_WARMUP] : []);
     const env = spec.env ?? {};
     const memMiB = spec.resources?.memSizeMib ?? 512;
@@ -262,11 +276,17 @@ export class Templates {
       );
     }
     this.ctx.log("template build started", { template: id, packages, init: init.length });
-    const interpreter = baseRecipe.interpreter === true;
-    const images = await ensureImages(
-      { packages, ...(baseRecipe.overlay ? { overlay: baseRecipe.overlay } : {}) },
-      { cacheDir: this.ctx.imagesDir },
-    );
+    const interpreter = baseRecipe?.interpreter === true;
+    const root = oci ? await ensureOciRoot(imageName, { cacheDir: this.ctx.imagesDir }) : undefined;
+    const images = root
+      ? await ociImageSet(root, this.ctx.imagesDir)
+      : await ensureImages(
+          { packages, ...(baseRecipe?.overlay ? { overlay: baseRecipe.overlay } : {}) },
+          { cacheDir: this.ctx.imagesDir },
+        );
+    // The image's ENV under the template's own; init runs in its WORKDIR.
+    const initEnv = { ...(root?.config.env ?? {}), ...env };
+    const initCwd = root?.config.workdir || undefined;
     const vmId = `tpl-${id.slice(0, 40)}-${randomHex(4)}`;
     const recipe = { packages, init, env, ...(interpreter ? { interpreter } : {}) };
     // Templates with a disk or a NIC hold data-dir paths and slots: never shared.
@@ -342,7 +362,12 @@ export class Templates {
       // The agent answering means the guest is up; the wait is for what else it starts.
       if (initWait > 0) await new Promise((r) => setTimeout(r, initWait * 1000));
       for (const [step, cmd] of init.entries()) {
-        const r = await vm.agent.exec({ command: cmd, env, timeoutMs: initTimeout * 1000 }).result;
+        const r = await vm.agent.exec({
+          command: cmd,
+          env: initEnv,
+          ...(initCwd ? { cwd: initCwd } : {}),
+          timeoutMs: initTimeout * 1000,
+        }).result;
         if (r.exitCode !== 0) {
           const timedOut = r.timedOut ? ` (killed after init_timeout_seconds=${initTimeout})` : "";
           throw new MitosError(
@@ -361,6 +386,7 @@ export class Templates {
       // After init (which may install what the kernel imports): every sandbox of
       // this template then starts with a warm kernel (docs/code-interpreter.md).
       if (interpreter) await startInterpreter(vm.agent, env, `template ${id}`);
+      const owner = root?.config.user ? await imageUser(vm, root.config.user, imageName) : undefined;
       const info = await vm.agent.hello();
       await vm.pause();
       const stateFile = path.join(this.ctx.dataDir, "templates", `${id}.state`);
@@ -379,6 +405,7 @@ export class Templates {
         uptimeMs: info.uptimeMs,
         bootId: info.bootId,
         ...(disk ? { disk } : {}),
+        ...(root ? ociFields(root, owner) : {}),
       };
       // The build's layer is the template's now: frozen, readable by its sandboxes.
       for (const layer of disk ?? []) this.ctx.disks.freeze(layer, group);
@@ -394,6 +421,8 @@ export class Templates {
           uptimeMs: record.uptimeMs,
           bootId: record.bootId,
           buildMs: record.creationTimeMs,
+          ...(record.image ? { image: record.image } : {}),
+          ...(record.defaults ? { defaults: record.defaults } : {}),
         });
       }
       this.onReady(id);
@@ -407,4 +436,46 @@ export class Templates {
       throw err;
     }
   }
+}
+
+/** The boot images with an OCI image's root. */
+async function ociImageSet(root: OciRoot, cacheDir: string): Promise<ImageSet> {
+  const boot = await ensureBootImages({ cacheDir });
+  return { ...boot, rootfs: root.rootfs, keys: { ...boot.keys, rootfs: root.key } };
+}
+
+/** What a template built from an OCI image records: the pinned reference and its sandboxes' defaults. */
+function ociFields(root: OciRoot, owner: { uid: number; gid: number } | undefined): Partial<TemplateRecord> {
+  const defaults: TemplateDefaults = {
+    env: root.config.env,
+    ...(root.config.workdir ? { cwd: root.config.workdir } : {}),
+    ...(owner ?? {}),
+  };
+  return { image: { reference: root.reference, digest: root.digest }, defaults };
+}
+
+/** An image's USER (`name`, `uid`, `name:group`, `uid:gid`) as numbers, looked up in the booted image. */
+async function imageUser(vm: Vm, user: string, image: string): Promise<{ uid: number; gid: number }> {
+  const [u = "", g] = user.split(":");
+  const lookup = async (args: string[]) => {
+    const r = await vm.agent.exec({ args: ["id", ...args], timeoutMs: 10_000 }).result;
+    const n = Number(r.stdout.toString().trim());
+    if (r.exitCode !== 0 || !Number.isInteger(n)) {
+      throw new MitosError("invalid_input", `${image}: USER ${user} is not a user of the image`, {
+        remediation: "Use a USER the image's /etc/passwd names, or a numeric uid:gid.",
+        cause: r.stderr.toString().slice(-500),
+      });
+    }
+    return n;
+  };
+  const uid = /^\d+$/.test(u) ? Number(u) : await lookup(["-u", u]);
+  const gid =
+    g === undefined
+      ? /^\d+$/.test(u)
+        ? uid
+        : await lookup(["-g", u])
+      : /^\d+$/.test(g)
+        ? Number(g)
+        : await lookup(["-g", g]);
+  return { uid, gid };
 }

@@ -58,7 +58,7 @@ export interface NetworkPolicy {
 }
 
 export interface TemplateSpec {
-  /** Built-in image to start from, e.g. "base" or "python". */
+  /** Image to start from: "base", "python", or an OCI image reference (docs/templates.md). */
   image?: string;
   packages?: string[];
   /** Shell commands run once in the booted template before it is frozen. */
@@ -82,6 +82,8 @@ export interface TemplateInfo {
   creationTimeMs: number;
   /** Absent from servers that do not report them. */
   resources?: { vcpuCount: number; memSizeMib: number };
+  /** The OCI image it was built from, pinned by digest. */
+  image?: { reference: string; digest: string };
 }
 
 /** Spend caps in force and what is in use (GET /v1/limits). */

@@ -142,6 +142,14 @@ export function toTemplateInfo(v: unknown): TemplateInfo {
     ...(isRecord(o.resources)
       ? { resources: { vcpuCount: num(o.resources, "vcpuCount"), memSizeMib: num(o.resources, "memSizeMib") } }
       : {}),
+    ...(isRecord(o.image)
+      ? {
+          image: {
+            reference: str("template image", o.image, "reference"),
+            digest: str("template image", o.image, "digest"),
+          },
+        }
+      : {}),
   };
 }
 

@@ -57,6 +57,7 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
     creation_time_ms: t.creationTimeMs,
     resources: { vcpu_count: t.vcpuCount, mem_size_mib: t.memSizeMib },
     network: t.network ?? null,
+    image: t.image ?? null,
   });
   const checkpointJson = (c: CheckpointManifest) => ({
     id: c.id,

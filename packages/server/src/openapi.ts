@@ -66,6 +66,11 @@ const template = {
     creation_time_ms: int,
     resources: { type: "object", properties: { vcpu_count: int, mem_size_mib: int } },
     network: { ...network, type: ["object", "null"], description: "its sandboxes' default policy; null: no NIC" },
+    image: {
+      type: ["object", "null"],
+      description: "the OCI image it was built from, pinned by digest; null: a built-in image",
+      properties: { reference: str, digest: str },
+    },
   },
 } as const;
 
@@ -144,7 +149,7 @@ export const routeSchemas = {
       required: ["id"],
       properties: {
         id,
-        image: str,
+        image: { type: "string", description: "base, python, or an OCI image reference (docs/templates.md)" },
         packages: { type: "array", items: str },
         init: { type: "array", items: str },
         env,

@@ -53,7 +53,7 @@ export interface ImageSet {
 }
 
 export interface BuildProgress {
-  artifact: "agent" | "kernel" | "initrd" | "rootfs";
+  artifact: "agent" | "kernel" | "initrd" | "rootfs" | "oci";
   /** A `==> step` line from a build script, or "cached"/"done". */
   step: string;
   elapsedMs: number;
@@ -76,10 +76,31 @@ export async function ensureImages(recipe: ImageRecipe, opts: BuildOptions): Pro
       });
     }
   }
+  const boot = await ensureBootImages(opts);
+  const cache = opts.cacheDir;
+
+  const packages = [...new Set(recipe.packages)].sort();
+  const rootfsKey = hash([
+    file(path.join(guestDir.image, "rootfs.sh")),
+    file(path.join(guestDir.image, "ext4-image.sh")),
+    Buffer.from(packages.join("\n")),
+    ...(recipe.overlay ? treeParts(recipe.overlay) : []),
+  ]);
+  const overlayEnv: Record<string, string> = recipe.overlay ? { MITOS_ROOTFS_OVERLAY: recipe.overlay } : {};
+  const rootfs = await cached(cache, `rootfs-${rootfsKey}.img`, "rootfs", opts, (out) =>
+    runScript("rootfs", [path.join(guestDir.image, "rootfs.sh"), out, ...packages], opts, overlayEnv),
+  );
+
+  return { ...boot, rootfs, keys: { ...boot.keys, rootfs: rootfsKey } };
+}
+
+/** The kernel and initramfs (with the agent) every root image boots with. */
+export async function ensureBootImages(
+  opts: BuildOptions,
+): Promise<{ kernel: string; initrd: string; keys: { kernel: string; initrd: string } }> {
   const cache = opts.cacheDir;
   fs.mkdirSync(cache, { recursive: true });
   const agentBin = await buildAgent(opts);
-
   const kernelKey = hash([file(path.join(guestDir.image, "kernel.sh"))]);
   const kernelDir = await cached(cache, `kernel-${kernelKey}`, "kernel", opts, (out) =>
     runScript("kernel", [path.join(guestDir.image, "kernel.sh"), out], opts),
@@ -94,24 +115,7 @@ export async function ensureImages(recipe: ImageRecipe, opts: BuildOptions): Pro
   const initrd = await cached(cache, `initrd-${initrdKey}.cpio`, "initrd", opts, (out) =>
     runScript("initrd", [path.join(guestDir.image, "initramfs.sh"), kernelDir, agentBin, out], opts),
   );
-
-  const packages = [...new Set(recipe.packages)].sort();
-  const rootfsKey = hash([
-    file(path.join(guestDir.image, "rootfs.sh")),
-    Buffer.from(packages.join("\n")),
-    ...(recipe.overlay ? treeParts(recipe.overlay) : []),
-  ]);
-  const overlayEnv: Record<string, string> = recipe.overlay ? { MITOS_ROOTFS_OVERLAY: recipe.overlay } : {};
-  const rootfs = await cached(cache, `rootfs-${rootfsKey}.img`, "rootfs", opts, (out) =>
-    runScript("rootfs", [path.join(guestDir.image, "rootfs.sh"), out, ...packages], opts, overlayEnv),
-  );
-
-  return {
-    kernel: path.join(kernelDir, "vmlinux"),
-    initrd,
-    rootfs,
-    keys: { kernel: kernelKey, initrd: initrdKey, rootfs: rootfsKey },
-  };
+  return { kernel: path.join(kernelDir, "vmlinux"), initrd, keys: { kernel: kernelKey, initrd: initrdKey } };
 }
 
 /** Builds the static guest agent (make is a no-op when it is up to date). */
@@ -131,7 +135,7 @@ async function buildAgent(opts: BuildOptions): Promise<string> {
  * writes to a temporary path renamed into place, under a lock so concurrent
  * builders of the same key wait for one another instead of racing.
  */
-async function cached(
+export async function cached(
   cache: string,
   name: string,
   artifact: BuildProgress["artifact"],
@@ -169,7 +173,7 @@ function runScript(
 }
 
 /** Runs a build command, turning its `==> step` lines into progress events. */
-function run(
+export function run(
   artifact: BuildProgress["artifact"],
   cmd: string,
   argv: string[],
@@ -240,11 +244,11 @@ function treeParts(dir: string): Buffer[] {
   return out;
 }
 
-function file(p: string): Buffer {
+export function file(p: string): Buffer {
   return fs.readFileSync(p);
 }
 
-function hash(parts: Array<Buffer | string>): string {
+export function hash(parts: Array<Buffer | string>): string {
   const h = createHash("sha256");
   for (const p of parts) {
     const b = typeof p === "string" ? Buffer.from(p) : p;
