@@ -323,6 +323,9 @@ describe("e2b SDK: lifecycle", () => {
       return k;
     });
     assert.equal(new Set(children.map((c) => c.sandboxId)).size, 3);
+    // Each child has its own access token: the parent's holder cannot drive the children.
+    const tokens = new Set([sbx, ...children].map(envdToken));
+    assert.equal(tokens.size, 4);
     for (const [i, c] of children.entries()) {
       assert.equal(await c.files.read("/workspace/state.txt"), "parent");
       assert.ok((await procs(c)).includes("sleep 1000"), "the parent's process runs in the child");
