@@ -462,7 +462,7 @@ describe("UPSTREAM-WIRE runtime rows", () => {
     for (const useBinaryFormat of [false, true]) {
       const rt = runtimeClient(server, parent, { useBinaryFormat });
       const e = await (async () => {
-        for await (const _ of rt.runCodeStream({ code: "1" })) void _;
+        for await (const _ of rt.watch({ path: "/workspace" })) void _;
       })().catch((x: unknown) => x);
       assert.ok(e instanceof ConnectError && e.code === Code.Unimplemented, String(e));
       const b = await rt.budget({}).catch((x: unknown) => x);
