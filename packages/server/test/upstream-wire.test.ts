@@ -268,6 +268,8 @@ call("DELETE", "/v1/sandboxes/" + sb["id"])
       resources: { mem_size_mib: 256 },
       init_wait_seconds: 1,
       init: ["sleep 3", "pwd > /workspace/where.txt"],
+      // A spec of this run alone: a template cache hit would skip the waits this measures.
+      env: { UPSTREAM_RUN: `${process.pid}-${Date.now()}` },
     });
     assert.equal(r.status, 200, r.text);
     assert.ok(Date.now() - t0 > 4000, "the settle time and the 3 s step both ran");
