@@ -17,24 +17,18 @@ import path from "node:path";
 import { type Sandbox, SandboxServer } from "../packages/sdk/src/index.js";
 import { removeDataDir, tempDataDir } from "../test-support/data-dir.js";
 import { startMitosd } from "../test-support/mitosd.js";
-import { record, type Series } from "./record.js";
+import { progressLogger, record, seriesList } from "./record.js";
 
 const quick = process.argv.includes("--quick");
 const N = quick ? 3 : 10;
 const FORK_N = quick ? 2 : 5;
 const MiB = 2 ** 20;
-const t00 = performance.now();
-const progress = (msg: string) => console.error(`[${((performance.now() - t00) / 1000).toFixed(1)} s] ${msg}`);
+const progress = progressLogger();
 
 const dataDir = tempDataDir("bench-code-interpreter");
 const daemon = await startMitosd(dataDir);
 const server = new SandboxServer({ baseUrl: daemon.url, apiKey: daemon.token });
-const series: Series[] = [];
-const add = (name: string, unit: string) => {
-  const s: Series = { name, unit, values: [] };
-  series.push(s);
-  return s;
-};
+const { series, add } = seriesList();
 const ok = async (sb: Sandbox, code: string, want?: string) => {
   const r = await sb.runCode(code);
   if (r.exitCode !== 0) throw new Error(`${code}: ${r.error?.name}: ${r.error?.value}`);

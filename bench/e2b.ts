@@ -13,23 +13,17 @@ import { Sandbox as E2bSandbox } from "e2b";
 import { SandboxServer } from "../packages/sdk/src/index.js";
 import { removeDataDir, tempDataDir } from "../test-support/data-dir.js";
 import { startMitosd } from "../test-support/mitosd.js";
-import { record, type Series } from "./record.js";
+import { progressLogger, record, seriesList } from "./record.js";
 
 const quick = process.argv.includes("--quick");
 const N = quick ? 3 : 20;
 const FORK_N = quick ? 2 : 5;
-const t00 = performance.now();
-const progress = (msg: string) => console.error(`[${((performance.now() - t00) / 1000).toFixed(1)} s] ${msg}`);
+const progress = progressLogger();
 
 const dataDir = tempDataDir("bench-e2b");
 const daemon = await startMitosd(dataDir);
 const server = new SandboxServer({ baseUrl: daemon.url, apiKey: daemon.token });
-const series: Series[] = [];
-const add = (name: string, unit: string) => {
-  const s: Series = { name, unit, values: [] };
-  series.push(s);
-  return s;
-};
+const { series, add } = seriesList();
 
 try {
   const key = await server.createE2bKey("bench");

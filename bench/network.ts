@@ -18,12 +18,11 @@ import { removeDataDir, tempDataDir } from "../test-support/data-dir.js";
 import { startMitosd } from "../test-support/mitosd.js";
 import { until } from "../test-support/until.js";
 import { startWorld } from "../test-support/world.js";
-import { record, type Series } from "./record.js";
+import { progressLogger, record, seriesList } from "./record.js";
 
 const quick = process.argv.includes("--quick");
 const N = quick ? 3 : 10;
-const t00 = performance.now();
-const progress = (msg: string) => console.error(`[${((performance.now() - t00) / 1000).toFixed(1)} s] ${msg}`);
+const progress = progressLogger();
 const API = "198.51.100.3";
 const BIG_MIB = 64;
 
@@ -36,12 +35,7 @@ const world = await startWorld({
 const dataDir = tempDataDir("bench-network");
 const daemon = await startMitosd(dataDir, ["--dns-upstream", world.dnsServer]);
 const server = new SandboxServer({ baseUrl: daemon.url, apiKey: daemon.token });
-const series: Series[] = [];
-const add = (name: string, unit: string) => {
-  const s: Series = { name, unit, values: [] };
-  series.push(s);
-  return s;
-};
+const { series, add } = seriesList();
 const timed = async (f: () => Promise<unknown>) => {
   const t0 = performance.now();
   await f();

@@ -13,6 +13,25 @@ export interface Series {
   values: number[];
 }
 
+/** A progress line on stderr, with the seconds since the bench started. */
+export function progressLogger(): (msg: string) => void {
+  const t0 = performance.now();
+  return (msg) => console.error(`[${((performance.now() - t0) / 1000).toFixed(1)} s] ${msg}`);
+}
+
+/** The series a bench records, and `add` to open a new one. */
+export function seriesList(): { series: Series[]; add: (name: string, unit: string) => Series } {
+  const series: Series[] = [];
+  return {
+    series,
+    add: (name, unit) => {
+      const s: Series = { name, unit, values: [] };
+      series.push(s);
+      return s;
+    },
+  };
+}
+
 export interface Stats {
   n: number;
   p50: number;
