@@ -10,20 +10,12 @@ import { Sandbox as CodeSandbox } from "@e2b/code-interpreter";
 import { CommandExitError, FileType, NotFoundError, Sandbox, TimeoutError } from "e2b";
 import { removeDataDir, tempDataDir } from "../../../test-support/data-dir.js";
 import { type Daemon, startMitosd } from "../../../test-support/mitosd.js";
+import { until } from "../../../test-support/until.js";
 
 const dataDir = tempDataDir("test-e2b");
 let daemon: Daemon;
 let sbx: Sandbox;
 let apiKey: string;
-
-/** Waits for a condition the guest reaches asynchronously (output arriving, a file event). */
-async function until(what: string, cond: () => boolean | Promise<boolean>, ms = 20_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 /** The sandbox's envd access token, which the SDK keeps to itself (protected). */
 function envdToken(s: Sandbox): string {
