@@ -137,7 +137,7 @@ describe("@mitos/sdk against mitosd", () => {
       server.createTemplate("disk-too-small", { diskSizeMib: 10 }),
       (e: unknown) => e instanceof InvalidInputError && /disk_size_mib 10/.test(e.message) && /64/.test(e.remediation),
     );
-    await server.createTemplate("sdk-disk", { image: "python", diskSizeMib: 256 });
+    await server.createTemplate("sdk-disk", { image: "base", diskSizeMib: 256 });
     const d = await server.fork("sdk-disk");
     try {
       const df = (await d.exec("df -k /workspace | tail -1")).stdout.split(/\s+/);

@@ -180,7 +180,7 @@ class E2ETest(unittest.TestCase):
             sb.terminate()
 
     def test_workspace_disk_template(self):
-        self.server.create_template("py-disk", image="python", disk_size_mib=128)
+        self.server.create_template("py-disk", image="base", disk_size_mib=128)
         sb = self.server.create("py-disk")
         try:
             dev = sb.exec("df -k /workspace | tail -1").stdout.split()[0]
@@ -197,7 +197,7 @@ class E2ETest(unittest.TestCase):
         self.server.delete_template("py-disk")
 
     def test_network_policy(self):
-        self.server.create_template("py-net", image="python", network={"egress": "deny"})
+        self.server.create_template("py-net", image="base", network={"egress": "deny"})
         sb = self.server.create("py-net", network={"egress": "deny", "allow_out": ["192.0.2.0/24:443"]})
         try:
             self.assertEqual(sb.network, {"egress": "deny", "allow_out": ["192.0.2.0/24:443"], "deny_out": []})
