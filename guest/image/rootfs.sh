@@ -89,10 +89,13 @@ if [ "${MITOS_KEEP_DOCS:-0}" != 1 ]; then
          --dpkgopt='path-include=/usr/share/locale/locale.alias')
 fi
 # Files the guest expects; the agent sets the real hostname at boot/fork.
+# A sandbox is disposable: `pip install` works as in Docker's python images
+# (no PEP 668 marker), so agents need no --break-system-packages.
 ARGS+=(--customize-hook='echo mitos > "$1/etc/hostname"'
        --customize-hook='printf "127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\tmitos\n" > "$1/etc/hosts"'
        --customize-hook='rm -f "$1/etc/resolv.conf"; : > "$1/etc/resolv.conf"'
        --customize-hook='mkdir -p "$1/etc/mitos"; { echo "suite='"$SUITE"'"; echo "packages='"${PACKAGES[*]:-}"'"; echo "built=$(date -u +%Y-%m-%dT%H:%M:%SZ)"; } > "$1/etc/mitos/image"'
+       --customize-hook='rm -f "$1"/usr/lib/python3*/EXTERNALLY-MANAGED'
        --customize-hook='rm -rf "$1"/var/cache/apt/*.bin "$1"/var/log/apt/* "$1"/var/log/dpkg.log "$1"/var/log/alternatives.log')
 
 if [ -n "${MITOS_ROOTFS_OVERLAY:-}" ]; then

@@ -1,6 +1,7 @@
 // Plain-text output: borderless tables (easy to read and to grep), byte
 // sizes and deadlines in human units.
 
+import type { TemplateBuildEvent } from "@mitos/sdk";
 import Table from "cli-table3";
 
 const NO_BORDERS = {
@@ -98,4 +99,18 @@ export function sandboxRows(rows: SandboxRow[], nowMs = Date.now()): string[][] 
 export function sandboxTable(rows: SandboxRow[], nowMs = Date.now()): string {
   if (rows.length === 0) return "no sandboxes\n";
   return table(SANDBOX_HEAD, sandboxRows(rows, nowMs));
+}
+
+/** One event of `mitos template build --follow`, as a line (or a piece of a step's output). */
+export function formatBuildEvent(e: TemplateBuildEvent): string {
+  switch (e.type) {
+    case "phase":
+      return `==> ${e.message}\n`;
+    case "step":
+      return `[${e.step}/${e.of}] ${e.command}${e.cached ? "  (cached)" : ""}\n`;
+    case "output":
+      return e.data;
+    case "step_done":
+      return `[${e.step}] exit ${e.exitCode} in ${formatElapsed(e.ms)}\n`;
+  }
 }

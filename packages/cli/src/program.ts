@@ -18,7 +18,15 @@ import { runServer, up } from "./daemon.js";
 import { formatChecks, runChecks } from "./doctor.js";
 import { registerE2bCommands } from "./e2b-commands.js";
 import { EXIT, exitCodeFor, formatError, UsageError } from "./errors.js";
-import { formatBytes, formatDuration, formatElapsed, type SandboxRow, sandboxTable, table } from "./format.js";
+import {
+  formatBuildEvent,
+  formatBytes,
+  formatDuration,
+  formatElapsed,
+  type SandboxRow,
+  sandboxTable,
+  table,
+} from "./format.js";
 import { type Io, processIo } from "./io.js";
 import { runShell } from "./shell.js";
 import { startSpinner } from "./spinner.js";
@@ -664,12 +672,14 @@ ${examples("mitos sandbox shell sb-1a2b3c4d", "mitos sandbox shell sb-1a2b3c4d -
         "a workspace disk of this size at /workspace, on the host (files may exceed guest RAM; default: in RAM)",
         parsePositiveInt,
       )
+      .option("--follow", "print the build log as it happens: image, boot, each step (cached or run) and its output")
       .option("--json", "print the template object as JSON"),
   )
     .addHelpText(
       "after",
       examples(
         "mitos template build py-data --image python --packages numpy,pandas",
+        "mitos template build app --image 127.0.0.1:5000/team/app:1 --init 'pip install -r /app/req.txt' --follow",
         "mitos template build web --image base --packages nodejs --init 'mkdir -p /srv/app'",
       ),
     )
@@ -686,6 +696,7 @@ ${examples("mitos sandbox shell sb-1a2b3c4d", "mitos sandbox shell sb-1a2b3c4d -
           initWait?: number;
           initTimeout?: number;
           diskSize?: number;
+          follow?: boolean;
           json?: boolean;
         } & NetworkFlags,
         cmd: Command,
@@ -710,6 +721,15 @@ ${examples("mitos sandbox shell sb-1a2b3c4d", "mitos sandbox shell sb-1a2b3c4d -
             : {}),
         };
         const t0 = Date.now();
+        if (opts.follow) {
+          // The log goes to stderr, so stdout stays the id (or the JSON) for scripts.
+          const t = await serverFor(cmd).createTemplate(id, spec, { onEvent: (e) => io.err(formatBuildEvent(e)) });
+          io.err(
+            `template ${id} ready (${formatElapsed(Date.now() - t0)}${t.version ? `, version ${t.version}` : ""})\n`,
+          );
+          io.out(opts.json ? json(t) : `${t.id}\n`);
+          return;
+        }
         const spin = startSpinner(`building template ${id}`);
         try {
           const t = await serverFor(cmd).createTemplate(id, spec);
@@ -734,8 +754,16 @@ ${examples("mitos sandbox shell sb-1a2b3c4d", "mitos sandbox shell sb-1a2b3c4d -
     if (list.length === 0) return io.out("no templates\n");
     io.out(
       table(
-        ["ID", "READY", "CREATED", "BUILD TIME"],
-        list.map((t) => [t.id, t.ready ? "yes" : "no", t.createdAt, formatDuration(t.creationTimeMs / 1000)]),
+        ["ID", "VERSION", "IMAGE", "STEPS", "READY", "CREATED", "BUILD TIME"],
+        list.map((t) => [
+          t.id,
+          t.version ?? "-",
+          t.image ? `${t.image.reference}@${t.image.digest.slice(0, 19)}` : "built-in",
+          String(t.steps ?? "-"),
+          t.ready ? "yes" : "no",
+          t.createdAt,
+          formatDuration(t.creationTimeMs / 1000),
+        ]),
       ),
     );
   });

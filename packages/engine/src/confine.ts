@@ -227,6 +227,12 @@ export function createRamFile(file: string, bytes: number, runAs: RunAs | undefi
   }
 }
 
+/** Gives an existing RAM file (a build continued from the step cache) the owner a booting VM's would have. */
+export function ownRamFile(file: string, runAs: RunAs | undefined): void {
+  fs.chmodSync(file, runAs ? 0o660 : 0o600);
+  if (runAs) fs.chownSync(file, 0, runAs.gid);
+}
+
 /** Lets a VM's QEMU connect to a socket mitosd listens on (an outgoing migration). */
 export function shareSocket(socketPath: string, runAs: RunAs | undefined): void {
   fs.chmodSync(socketPath, 0o600);

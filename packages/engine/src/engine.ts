@@ -9,6 +9,7 @@ import os from "node:os";
 import path from "node:path";
 import type { AgentClient, ExecRequest } from "./agent/client.js";
 import { RAM_FILE_RE } from "./base-file.js";
+import type { BuildEvent } from "./build-log.js";
 import { type CheckpointManifest, CheckpointStore } from "./checkpoint-store.js";
 import { Checkpoints } from "./checkpoints.js";
 import { defaultDataDir, shmDirFor } from "./config.js";
@@ -185,9 +186,13 @@ export class Engine {
 
   // --- templates ---
 
-  /** Builds a template (or returns the existing one with that id). */
-  async createTemplate(id: string, spec: TemplateSpec = {}): Promise<TemplateInfo> {
-    return templateInfo(await this.templates.ensure(id, spec));
+  /** Builds a template (or returns the existing one with that id); `onEvent` follows the build's log. */
+  async createTemplate(
+    id: string,
+    spec: TemplateSpec = {},
+    opts: { onEvent?: (e: BuildEvent) => void } = {},
+  ): Promise<TemplateInfo> {
+    return templateInfo(await this.templates.ensure(id, spec, opts.onEvent));
   }
 
   listTemplates(): TemplateInfo[] {

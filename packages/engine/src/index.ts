@@ -10,6 +10,7 @@ export type {
   ProcessInfo,
 } from "./agent/client.js";
 export { AgentClient } from "./agent/client.js";
+export type { BuildEvent, BuildPhase } from "./build-log.js";
 export type { CheckpointManifest } from "./checkpoint-store.js";
 export { defaultDataDir, defaultShmDir, shmDirFor } from "./config.js";
 export type { EngineOptions, SandboxInfo, SandboxState, TemplateInfo, TemplateSpec } from "./engine.js";

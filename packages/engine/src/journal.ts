@@ -48,6 +48,8 @@ export interface TemplateRecord {
   disk?: string[];
   /** The OCI image it was built from, pinned by digest. */
   image?: { reference: string; digest: string };
+  /** The template cache's key of everything that shaped it, shortened (docs/templates.md "Versions"). */
+  version?: string;
   /** What its sandboxes start with unless a call says otherwise (an OCI image's ENV, WORKDIR and USER). */
   defaults?: TemplateDefaults;
 }

@@ -5,9 +5,12 @@
 // flag and the QEMU binary. The next build with the same key copies the files
 // (sparse, so only the guest's non-zero pages are written) instead of booting
 // and initialising a VM: seconds instead of a minute under TCG for the python
-// template, whose kernel import dominates. Templates with a workspace disk or
-// a network device are not cached (their files name data-dir paths and
-// slots). A bounded number of entries is kept, least recently used first out.
+// template, whose kernel import dominates. A build with init steps also keeps
+// the guest after its boot and after each step, keyed by a chain (BuildKeys),
+// so a build whose step k changed continues from step k-1's guest. Templates
+// with a workspace disk or a network device are not cached (their files name
+// data-dir paths and slots). A bounded number of entries is kept, least
+// recently used first out.
 
 import { execFile } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
@@ -18,19 +21,35 @@ import type { ImageSet } from "./image/build.js";
 import type { TemplateRecord } from "./journal.js";
 import type { MachineSpec } from "./vm.js";
 
-/** Entries kept; each is a template's non-zero RAM (about 300 MiB for python, less for base). */
-const MAX_ENTRIES = 12;
+/**
+ * Entries kept; each is a guest's non-zero RAM (about 300 MiB for python,
+ * less for base). Builds with steps keep one per step (the step cache).
+ */
+const MAX_ENTRIES = 24;
 
+/** Everything that decides the booted guest a build starts its steps in. */
 export interface CacheInputs {
   images: ImageSet;
   packages: string[];
-  init: string[];
   env: Record<string, string>;
   memMiB: number;
   vcpus: number;
   accel: string;
-  interpreter: boolean;
   initWaitSeconds: number;
+  /** Not cached (data-dir paths, slots), but part of the version. */
+  diskMib?: number;
+  network?: unknown;
+}
+
+/**
+ * A build's keys, chained as a container build's layers are: the booted
+ * guest, then each step on the key before it, then the frozen template
+ * (with its interpreter started). Changing step k changes the keys from k on.
+ */
+export interface BuildKeys {
+  boot: string;
+  steps: string[];
+  final: string;
 }
 
 /** What a cached build recorded besides its files. */
@@ -38,7 +57,7 @@ export interface CachedMeta {
   machine: MachineSpec;
   uptimeMs: number;
   bootId: string;
-  /** How long the original build took. */
+  /** How long the original build took (up to this step, for a step's entry). */
   buildMs: number;
   image?: TemplateRecord["image"];
   defaults?: TemplateRecord["defaults"];
@@ -47,10 +66,20 @@ export interface CachedMeta {
 export class TemplateCache {
   constructor(private readonly dir: string) {}
 
-  key(inputs: CacheInputs): string {
+  keys(inputs: CacheInputs, steps: string[], interpreter: boolean): BuildKeys {
     const qemu = qemuIdentity();
-    const parts = { ...inputs, images: inputs.images.keys, qemu, format: 1 };
-    return createHash("sha256").update(JSON.stringify(parts)).digest("hex").slice(0, 32);
+    const boot = digest(JSON.stringify({ ...inputs, images: inputs.images.keys, qemu, format: 2 }));
+    const chain: string[] = [];
+    let prev = boot;
+    for (const step of steps) {
+      prev = digest(JSON.stringify({ after: prev, step }));
+      chain.push(prev);
+    }
+    return { boot, steps: chain, final: digest(JSON.stringify({ after: prev, interpreter })) };
+  }
+
+  has(key: string): boolean {
+    return fs.existsSync(path.join(this.dir, key, "meta.json"));
   }
 
   /** Copies a cached template's files to `ramFile` and `stateFile`; undefined when there is none. */
@@ -106,6 +135,10 @@ export class TemplateCache {
       .sort((a, b) => b.t - a.t);
     for (const e of entries.slice(MAX_ENTRIES)) this.drop(e.n);
   }
+}
+
+function digest(text: string): string {
+  return createHash("sha256").update(text).digest("hex").slice(0, 32);
 }
 
 /** Copies leaving holes where the source is zero: a template's RAM file is mostly never-touched pages. */

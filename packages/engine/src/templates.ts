@@ -4,7 +4,8 @@
 
 import fs from "node:fs";
 import path from "node:path";
-import type { SharedGroup } from "./confine.js";
+import { type BuildListener, BuildLog } from "./build-log.js";
+import { ownRamFile, type SharedGroup } from "./confine.js";
 import { type EngineContext, randomHex, withResources } from "./context.js";
 import { Disks } from "./disk.js";
 import { MitosError, shmSpaceRemediation } from "./errors.js";
@@ -16,7 +17,7 @@ import { checkId } from "./lifecycle.js";
 import { checkPolicy, DEFAULT_POLICY, type NetworkPolicy } from "./network/policy.js";
 import type { Slot } from "./network/slots.js";
 import { saveState } from "./snapshot.js";
-import { type CacheInputs, TemplateCache } from "./template-cache.js";
+import { type BuildKeys, TemplateCache } from "./template-cache.js";
 import { type Snapshot, Vm } from "./vm.js";
 
 /** Bounds of TemplateSpec's waits (seconds). */
@@ -34,6 +35,10 @@ export interface TemplateInfo {
   network?: NetworkPolicy;
   /** The OCI image it was built from, pinned by digest. */
   image?: { reference: string; digest: string };
+  /** A key of everything that shaped it (images, packages, steps, env, machine): a changed input is a new version. */
+  version?: string;
+  /** Its init steps. */
+  steps: number;
 }
 
 const PYTHON_WARMUP = "python3 -c 'import json, os, sys, subprocess, re, math, random' && true";
@@ -48,13 +53,15 @@ export function templateInfo(t: TemplateRecord): TemplateInfo {
     vcpuCount: t.machine.vcpus,
     ...(t.machine.network ? { network: t.spec?.network ?? DEFAULT_POLICY } : {}),
     ...(t.image ? { image: t.image } : {}),
+    ...(t.version ? { version: t.version } : {}),
+    steps: t.recipe.init.length,
   };
 }
 
 export class Templates {
   /** The gid each template's RAM base is shared with (undefined: no uid switching). */
   private readonly groups = new Map<string, SharedGroup | undefined>();
-  private readonly builds = new Map<string, Promise<TemplateRecord>>();
+  private readonly builds = new Map<string, { done: Promise<TemplateRecord>; log: BuildLog }>();
   private readonly cache: TemplateCache;
 
   constructor(
@@ -77,17 +84,28 @@ export class Templates {
     return this.builds.has(id);
   }
 
-  /** The template with that id, built first if there is none (one build per id at a time). */
-  ensure(id: string, spec: TemplateSpec): Promise<TemplateRecord> {
+  /**
+   * The template with that id, built first if there is none (one build per
+   * id at a time). `onEvent` follows the build's log (docs/templates.md),
+   * from its start even when this call joins a build already running.
+   */
+  async ensure(id: string, spec: TemplateSpec, onEvent?: BuildListener): Promise<TemplateRecord> {
     checkId(id, "template");
     const existing = this.ctx.journal.templates[id];
-    if (existing) return Promise.resolve(existing);
+    if (existing) return existing;
     let build = this.builds.get(id);
     if (!build) {
-      build = this.build(id, spec).finally(() => this.builds.delete(id));
+      const log = new BuildLog();
+      const done = this.build(id, spec, log).finally(() => this.builds.delete(id));
+      build = { done, log };
       this.builds.set(id, build);
     }
-    return build;
+    const stop = onEvent ? build.log.follow(onEvent) : undefined;
+    try {
+      return await build.done;
+    } finally {
+      stop?.();
+    }
   }
 
   /** A template create may name without building it first: a built-in one, or one dropped at start. */
@@ -161,6 +179,7 @@ export class Templates {
     vmId: string,
     key: string,
     started: number,
+    version: string,
   ): Promise<TemplateRecord | undefined> {
     const ramFile = path.join(this.ctx.shmDir, `mitos-${vmId}.ram`);
     const stateFile = path.join(this.ctx.dataDir, "templates", `${id}.state`);
@@ -177,6 +196,7 @@ export class Templates {
       creationTimeMs: Date.now() - started,
       uptimeMs: meta.uptimeMs,
       bootId: meta.bootId,
+      version,
       // The same digest may be named another way (a registry tag, an archive): keep this build's name.
       ...(meta.image ? { image: { ...meta.image, reference: spec.image ?? meta.image.reference } } : {}),
       ...(meta.defaults ? { defaults: meta.defaults } : {}),
@@ -215,10 +235,10 @@ export class Templates {
 
   /** Waits for builds in flight (each owns a VM) to finish or fail. */
   async settle(): Promise<void> {
-    await Promise.allSettled([...this.builds.values()]);
+    await Promise.allSettled([...this.builds.values()].map((b) => b.done));
   }
 
-  private async build(id: string, spec: TemplateSpec): Promise<TemplateRecord> {
+  private async build(id: string, spec: TemplateSpec, log: BuildLog): Promise<TemplateRecord> {
     const started = Date.now();
     const imageName = spec.image ?? (id in BUILTIN_RECIPES ? id : "python");
     const oci = isOciReference(imageName);
@@ -277,6 +297,13 @@ export class Templates {
     }
     this.ctx.log("template build started", { template: id, packages, init: init.length });
     const interpreter = baseRecipe?.interpreter === true;
+    log.emit({
+      type: "phase",
+      phase: "image",
+      message: oci
+        ? `pulling ${imageName}`
+        : `root image ${imageName}${packages.length ? ` (${packages.join(" ")})` : ""}`,
+    });
     const root = oci ? await ensureOciRoot(imageName, { cacheDir: this.ctx.imagesDir }) : undefined;
     const images = root
       ? await ociImageSet(root, this.ctx.imagesDir)
@@ -290,67 +317,84 @@ export class Templates {
     const vmId = `tpl-${id.slice(0, 40)}-${randomHex(4)}`;
     const recipe = { packages, init, env, ...(interpreter ? { interpreter } : {}) };
     // Templates with a disk or a NIC hold data-dir paths and slots: never shared.
-    const cacheKey =
-      diskMib === undefined && !network
-        ? this.cache.key({
-            images,
-            packages,
-            init,
-            env,
-            memMiB,
-            vcpus,
-            accel: this.ctx.accel,
-            interpreter,
-            initWaitSeconds: initWait,
-          } satisfies CacheInputs)
-        : undefined;
-    if (cacheKey) {
-      const cached = await this.fromCache(id, spec, recipe, vmId, cacheKey, started);
-      if (cached) return cached;
+    const cacheable = diskMib === undefined && !network;
+    const keys = this.cache.keys(
+      {
+        images,
+        packages,
+        env,
+        memMiB,
+        vcpus,
+        accel: this.ctx.accel,
+        initWaitSeconds: initWait,
+        ...(diskMib !== undefined ? { diskMib } : {}),
+        ...(network ? { network } : {}),
+      },
+      init,
+      interpreter,
+    );
+    const version = keys.final.slice(0, 12);
+    if (cacheable) {
+      const cached = await this.fromCache(id, spec, recipe, vmId, keys.final, started, version);
+      if (cached) {
+        log.emit({
+          type: "phase",
+          phase: "cache",
+          message: `template ${id} version ${version} from the template cache`,
+        });
+        return cached;
+      }
     }
     const group = this.ctx.confinement.group();
     const diskKey = `build:${vmId}`;
     let disk: string[] | undefined;
     let slot: Slot | undefined;
-    const vm = await (async () => {
-      const runAs = this.ctx.confinement.runAs(group, this.ctx.accel);
-      // A networked template boots in a slot with its own policy (init may fetch what it allows).
-      if (network) {
-        try {
-          slot = await this.ctx.network.attach(vmId, runAs, network);
-        } catch (err) {
-          runAs?.release();
-          throw err;
+    // A build with steps goes on from the newest guest the step cache kept.
+    const resumed = cacheable && init.length > 0 ? await this.fromStepCache(keys, vmId, group, log) : undefined;
+    const done = resumed?.done ?? 0;
+    if (!resumed)
+      log.emit({ type: "phase", phase: "boot", message: `booting ${imageName} (${memMiB} MiB, ${vcpus} vCPU)` });
+    const vm =
+      resumed?.vm ??
+      (await (async () => {
+        const runAs = this.ctx.confinement.runAs(group, this.ctx.accel);
+        // A networked template boots in a slot with its own policy (init may fetch what it allows).
+        if (network) {
+          try {
+            slot = await this.ctx.network.attach(vmId, runAs, network);
+          } catch (err) {
+            runAs?.release();
+            throw err;
+          }
         }
-      }
-      if (diskMib !== undefined) {
-        // A fresh ext4 disk, and the layer the build writes (init may fill /workspace).
-        const base = await this.ctx.disks.createBase(diskMib, group);
-        this.ctx.disks.hold(diskKey, [base]);
-        disk = [await this.ctx.disks.overlay([base], runAs), base];
-        this.ctx.disks.hold(diskKey, disk);
-      }
-      return Vm.boot({
-        id: vmId,
-        images,
-        dataDir: this.ctx.dataDir,
-        shmDir: this.ctx.shmDir,
-        memMiB,
-        vcpus,
-        accel: this.ctx.accel,
-        keepRamFile: true,
-        timeoutMs: 120_000,
-        ...(runAs ? { runAs } : {}),
-        ...(disk ? { disk, diskMib } : {}),
-        ...(slot ? { network: true, netns: slot.netnsPath } : {}),
-        ...this.ctx.agentOpts,
-      });
-    })().catch(async (err) => {
-      if (slot) await this.ctx.network.detach(vmId).catch(() => {});
-      this.ctx.disks.release(diskKey);
-      group?.release();
-      throw err;
-    });
+        if (diskMib !== undefined) {
+          // A fresh ext4 disk, and the layer the build writes (init may fill /workspace).
+          const base = await this.ctx.disks.createBase(diskMib, group);
+          this.ctx.disks.hold(diskKey, [base]);
+          disk = [await this.ctx.disks.overlay([base], runAs), base];
+          this.ctx.disks.hold(diskKey, disk);
+        }
+        return Vm.boot({
+          id: vmId,
+          images,
+          dataDir: this.ctx.dataDir,
+          shmDir: this.ctx.shmDir,
+          memMiB,
+          vcpus,
+          accel: this.ctx.accel,
+          keepRamFile: true,
+          timeoutMs: 120_000,
+          ...(runAs ? { runAs } : {}),
+          ...(disk ? { disk, diskMib } : {}),
+          ...(slot ? { network: true, netns: slot.netnsPath } : {}),
+          ...this.ctx.agentOpts,
+        });
+      })().catch(async (err) => {
+        if (slot) await this.ctx.network.detach(vmId).catch(() => {});
+        this.ctx.disks.release(diskKey);
+        group?.release();
+        throw err;
+      }));
     if (slot) vm.exited.then(() => this.ctx.network.detach(vmId)).catch(() => {});
     this.ctx.journal.putVm({
       vmId,
@@ -359,35 +403,37 @@ export class Templates {
       files: [path.join(this.ctx.shmDir, `mitos-${vmId}.ram`)],
     });
     try {
-      // The agent answering means the guest is up; the wait is for what else it starts.
-      if (initWait > 0) await new Promise((r) => setTimeout(r, initWait * 1000));
-      for (const [step, cmd] of init.entries()) {
+      if (!resumed) {
+        // The agent answering means the guest is up; the wait is for what else it starts.
+        if (initWait > 0) await new Promise((r) => setTimeout(r, initWait * 1000));
+        if (cacheable && init.length > 0) await this.keepStep(vm, keys.boot, started, log);
+      }
+      for (const [k, command] of init.entries()) {
+        const step = k + 1;
+        log.emit({ type: "step", step, of: init.length, command, cached: k < done });
+        if (k < done) continue;
+        const t0 = Date.now();
         const r = await vm.agent.exec({
-          command: cmd,
+          command,
           env: initEnv,
           ...(initCwd ? { cwd: initCwd } : {}),
           timeoutMs: initTimeout * 1000,
+          onStdout: (d) => log.emit({ type: "output", step, stream: "stdout", data: d.toString() }),
+          onStderr: (d) => log.emit({ type: "output", step, stream: "stderr", data: d.toString() }),
         }).result;
-        if (r.exitCode !== 0) {
-          const timedOut = r.timedOut ? ` (killed after init_timeout_seconds=${initTimeout})` : "";
-          throw new MitosError(
-            "invalid_input",
-            `template init step ${step} failed with exit ${r.exitCode}${timedOut}: ${cmd}`,
-            {
-              remediation: r.timedOut
-                ? "Raise init_timeout_seconds, or make the step faster."
-                : "Fix the init command; its output is in cause.",
-              cause: `${r.stdout.toString().slice(-2000)}${r.stderr.toString().slice(-2000)}`,
-              context: { template: id },
-            },
-          );
-        }
+        log.emit({ type: "step_done", step, exit_code: r.exitCode, ms: Date.now() - t0 });
+        if (r.exitCode !== 0) throw stepFailed(id, step, init.length, command, r, initTimeout);
+        if (cacheable) await this.keepStep(vm, keys.steps[k] as string, started, log);
       }
       // After init (which may install what the kernel imports): every sandbox of
       // this template then starts with a warm kernel (docs/code-interpreter.md).
-      if (interpreter) await startInterpreter(vm.agent, env, `template ${id}`);
+      if (interpreter) {
+        log.emit({ type: "phase", phase: "interpreter", message: "starting the code interpreter's kernel" });
+        await startInterpreter(vm.agent, env, `template ${id}`);
+      }
       const owner = root?.config.user ? await imageUser(vm, root.config.user, imageName) : undefined;
       const info = await vm.agent.hello();
+      log.emit({ type: "phase", phase: "snapshot", message: `freezing template ${id} version ${version}` });
       await vm.pause();
       const stateFile = path.join(this.ctx.dataDir, "templates", `${id}.state`);
       await saveState(vm.qmp, vm.paths.migrationSocket, stateFile, 60_000, vm.runAs);
@@ -404,6 +450,7 @@ export class Templates {
         creationTimeMs: Date.now() - started,
         uptimeMs: info.uptimeMs,
         bootId: info.bootId,
+        version,
         ...(disk ? { disk } : {}),
         ...(root ? ociFields(root, owner) : {}),
       };
@@ -414,9 +461,9 @@ export class Templates {
       this.ctx.journal.putTemplate(record);
       this.groups.set(id, group);
       this.ctx.journal.deleteVm(vmId);
-      this.ctx.log("template ready", { template: id, ms: record.creationTimeMs });
-      if (cacheKey) {
-        await this.cache.put(cacheKey, ramFile, stateFile, {
+      this.ctx.log("template ready", { template: id, version, ms: record.creationTimeMs, steps_cached: done });
+      if (cacheable) {
+        await this.cache.put(keys.final, ramFile, stateFile, {
           machine: record.machine,
           uptimeMs: record.uptimeMs,
           bootId: record.bootId,
@@ -436,6 +483,103 @@ export class Templates {
       throw err;
     }
   }
+
+  /**
+   * The newest guest the step cache kept for this build (after its boot or
+   * after step k), restored with its RAM file its own and running; undefined
+   * when there is none or none restores (such an entry is dropped).
+   */
+  private async fromStepCache(
+    keys: BuildKeys,
+    vmId: string,
+    group: SharedGroup | undefined,
+    log: BuildLog,
+  ): Promise<{ vm: Vm; done: number } | undefined> {
+    const chain = [keys.boot, ...keys.steps];
+    for (let done = keys.steps.length; done >= 0; done--) {
+      const key = chain[done] as string;
+      if (!this.cache.has(key)) continue;
+      const ramFile = path.join(this.ctx.shmDir, `mitos-${vmId}.ram`);
+      const stateFile = path.join(this.ctx.dataDir, "vms", `${vmId}.step-state`);
+      const meta = await this.cache.take(key, ramFile, stateFile);
+      if (!meta) continue;
+      const runAs = this.ctx.confinement.runAs(group, this.ctx.accel);
+      try {
+        ownRamFile(ramFile, runAs);
+        const vm = await Vm.continueBuild({
+          id: vmId,
+          dataDir: this.ctx.dataDir,
+          snapshot: { machine: meta.machine, ramFile, stateFile, ignoreShared: true },
+          ...(runAs ? { runAs } : {}),
+          ...this.ctx.agentOpts,
+        });
+        try {
+          await vm.activate(vmId, 30_000);
+        } catch (err) {
+          await vm.destroy();
+          throw err;
+        }
+        log.emit({
+          type: "phase",
+          phase: "restore",
+          message: done === 0 ? "booted guest from the step cache" : `continuing after step ${done} (step cache)`,
+        });
+        return { vm, done };
+      } catch (err) {
+        this.ctx.log("step cache entry did not restore; dropping it", { key, error: (err as Error).message });
+        this.cache.drop(key);
+        fs.rmSync(ramFile, { force: true });
+      } finally {
+        fs.rmSync(stateFile, { force: true });
+      }
+    }
+    return undefined;
+  }
+
+  /** Keeps the build's guest as it is now under `key` (the step cache), then lets it run on. */
+  private async keepStep(vm: Vm, key: string, started: number, log: BuildLog): Promise<void> {
+    if (this.cache.has(key)) return;
+    const info = await vm.agent.hello();
+    const stateFile = path.join(this.ctx.dataDir, "vms", `${vm.id}.step-state`);
+    await vm.pause();
+    try {
+      await saveState(vm.qmp, vm.paths.migrationSocket, stateFile, 60_000, vm.runAs);
+      await this.cache.put(key, path.join(this.ctx.shmDir, `mitos-${vm.id}.ram`), stateFile, {
+        machine: vm.machine,
+        uptimeMs: info.uptimeMs,
+        bootId: info.bootId,
+        buildMs: Date.now() - started,
+      });
+    } finally {
+      fs.rmSync(stateFile, { force: true });
+      await vm.qmp.execute("cont");
+    }
+    log.emit({ type: "phase", phase: "cache", message: `kept step ${key.slice(0, 12)} in the step cache` });
+  }
+}
+
+/** A failed init step: its 1-based index, exit code and the tail of its output, for the caller to act on. */
+function stepFailed(
+  template: string,
+  step: number,
+  of: number,
+  command: string,
+  r: { exitCode: number; timedOut?: boolean; stdout: Buffer; stderr: Buffer },
+  timeoutSeconds: number,
+): MitosError {
+  const timedOut = r.timedOut ? ` (killed after init_timeout_seconds=${timeoutSeconds})` : "";
+  const stderr = r.stderr.toString().slice(-2000);
+  return new MitosError(
+    "invalid_input",
+    `template init step ${step} of ${of} failed with exit ${r.exitCode}${timedOut}: ${command}`,
+    {
+      remediation: r.timedOut
+        ? "Raise init_timeout_seconds, or make the step faster."
+        : "Fix the init command; its output is in cause (steps before it are kept in the step cache).",
+      cause: `${r.stdout.toString().slice(-2000)}${stderr}`,
+      context: { template, step, of, exit_code: r.exitCode, command, stderr },
+    },
+  );
 }
 
 /** The boot images with an OCI image's root. */

@@ -190,6 +190,22 @@ export class Vm {
   }
 
   /**
+   * Continues a template build from a guest the step cache kept: restored as
+   * `restore` does, but with the RAM file mapped shared and owned by the VM,
+   * so the build's next snapshot is that file again (as after `boot` with
+   * keepRamFile). Left paused; `activate` runs it.
+   */
+  static async continueBuild(opts: RestoreOptions): Promise<Vm> {
+    const { machine, ramFile } = opts.snapshot;
+    const vm = Vm.launch(opts, machine, { path: ramFile, share: true }, true, ramFile);
+    await vm.startup(opts.timeoutMs ?? 60_000, async (deadline) => {
+      vm.qmp = await QmpClient.connect(vm.paths.qmpSocket, deadline);
+    });
+    await vm.load(opts.snapshot, { ...opts, paused: true });
+    return vm;
+  }
+
+  /**
    * The first half of a restore: QEMU started and waiting for a device state
    * (`-incoming defer`), guest RAM mapped privately from `ramFile`. Until the
    * VM runs, QEMU leaves that mapping untouched, so the file may still be

@@ -75,6 +75,48 @@ export class LifecycleClient {
   }
 }
 
+/**
+ * A POST whose answer is streamed as JSON lines (`application/x-ndjson`):
+ * each line is handed to `onLine` as it arrives. Not retried (a build log
+ * cannot be replayed); an error before the stream starts is thrown as usual.
+ */
+export async function postLines(
+  client: LifecycleClient,
+  path: string,
+  body: Record<string, Json>,
+  onLine: (v: unknown) => void,
+  signal?: AbortSignal,
+): Promise<void> {
+  const { config } = client;
+  const headers: Record<string, string> = {
+    accept: "application/x-ndjson",
+    "content-type": "application/json",
+    "user-agent": USER_AGENT,
+  };
+  if (config.apiKey) headers.authorization = `Bearer ${config.apiKey}`;
+  let res: Response;
+  try {
+    res = await fetch(`${config.baseUrl}${path}`, { method: "POST", headers, body: JSON.stringify(body), signal });
+  } catch (err) {
+    if (signal?.aborted) throw makeError({ code: "canceled", message: `POST ${path} was canceled` });
+    throw networkError(config.baseUrl, err);
+  }
+  if (!res.ok || !res.body) throw errorFromEnvelope(res.status, await parseBody(res));
+  const decoder = new TextDecoder();
+  let pending = "";
+  for await (const chunk of res.body) {
+    pending += decoder.decode(chunk, { stream: true });
+    let nl = pending.indexOf("\n");
+    while (nl >= 0) {
+      const line = pending.slice(0, nl).trim();
+      pending = pending.slice(nl + 1);
+      if (line !== "") onLine(JSON.parse(line) as unknown);
+      nl = pending.indexOf("\n");
+    }
+  }
+  if (pending.trim() !== "") onLine(JSON.parse(pending) as unknown);
+}
+
 function retryable(error: MitosError, attempt: number, key: string | undefined): boolean {
   if (error.code === "rate_limited" || error.code === "too_many_streams") return true;
   // Our earlier attempt with this key may still be running on the server.

@@ -45,6 +45,7 @@ export type {
   SandboxInfo,
   SandboxMemory,
   SandboxState,
+  TemplateBuildEvent,
   TemplateInfo,
   TemplateSpec,
   TimeoutInfo,

@@ -2,7 +2,8 @@
 // shared Connect transport that every Sandbox it hands out reuses.
 
 import { type ClientOptions, type ResolvedConfig, resolveConfig } from "./config.js";
-import { LifecycleClient } from "./http.js";
+import { errorFromEnvelope, type MitosError, makeError, STATUS_BY_CODE } from "./errors.js";
+import { LifecycleClient, postLines } from "./http.js";
 import { RuntimeClient } from "./runtime.js";
 import { type Clients, Sandbox } from "./sandbox.js";
 import type {
@@ -13,6 +14,7 @@ import type {
   Metering,
   NetworkPolicy,
   PoolInfo,
+  TemplateBuildEvent,
   TemplateInfo,
   TemplateSpec,
 } from "./types.js";
@@ -21,6 +23,7 @@ import {
   type Json,
   networkBody,
   templateBody,
+  toBuildEvent,
   toCheckpointInfo,
   toE2bKey,
   toForkMany,
@@ -49,6 +52,11 @@ export interface CreateTemplateOptions {
   /** How often to check readiness while waiting (default 1000 ms). */
   pollIntervalMs?: number;
   signal?: AbortSignal;
+  /**
+   * Follows the build as it happens: image, boot, each init step (cached or
+   * run) with its output, the snapshot (docs/templates.md "Build log").
+   */
+  onEvent?: (e: TemplateBuildEvent) => void;
 }
 
 export class SandboxServer {
@@ -126,6 +134,7 @@ export class SandboxServer {
    * waits until it is ready, polling the template list.
    */
   async createTemplate(id: string, spec: TemplateSpec = {}, opts: CreateTemplateOptions = {}): Promise<TemplateInfo> {
+    if (opts.onEvent) return this.#followBuild(id, spec, opts.onEvent, opts.signal);
     const res = await this.#clients.http.post("/v1/templates", templateBody(id, spec), {
       create: true,
       signal: opts.signal,
@@ -138,6 +147,38 @@ export class SandboxServer {
       if (found) t = found;
     }
     return t;
+  }
+
+  async #followBuild(
+    id: string,
+    spec: TemplateSpec,
+    onEvent: (e: TemplateBuildEvent) => void,
+    signal?: AbortSignal,
+  ): Promise<TemplateInfo> {
+    let outcome: TemplateInfo | MitosError | undefined;
+    await postLines(
+      this.#clients.http,
+      "/v1/templates",
+      templateBody(id, spec),
+      (line) => {
+        const r = (typeof line === "object" && line !== null ? line : {}) as Record<string, unknown>;
+        if (r.type === "template") outcome = toTemplateInfo(r.template);
+        else if (r.type === "error") {
+          const code = (r.error as { code?: string } | undefined)?.code ?? "internal";
+          outcome = errorFromEnvelope(STATUS_BY_CODE[code as keyof typeof STATUS_BY_CODE] ?? 500, r);
+        } else onEvent(toBuildEvent(line));
+      },
+      signal,
+    );
+    if (outcome === undefined) {
+      throw makeError({
+        code: "internal",
+        message: `the build log of template ${id} ended without an outcome`,
+        remediation: "The connection was cut or mitosd stopped; list templates to see whether it is ready, or retry.",
+      });
+    }
+    if (outcome instanceof Error) throw outcome;
+    return outcome;
   }
 
   /**

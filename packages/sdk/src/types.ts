@@ -84,7 +84,19 @@ export interface TemplateInfo {
   resources?: { vcpuCount: number; memSizeMib: number };
   /** The OCI image it was built from, pinned by digest. */
   image?: { reference: string; digest: string };
+  /** A key of everything that shaped it: a changed image, package, step, env or size is a new version. */
+  version?: string;
+  /** How many init steps it ran. */
+  steps?: number;
 }
+
+/** One event of a template build as it happens (`createTemplate(..., { onEvent })`). */
+export type TemplateBuildEvent =
+  | { type: "phase"; phase: string; message: string }
+  /** Step `step` of `of` (1-based) starts; `cached`: taken from the step cache, not run. */
+  | { type: "step"; step: number; of: number; command: string; cached: boolean }
+  | { type: "output"; step: number; stream: "stdout" | "stderr"; data: string }
+  | { type: "step_done"; step: number; exitCode: number; ms: number };
 
 /** Spend caps in force and what is in use (GET /v1/limits). */
 export interface Limits {

@@ -15,6 +15,7 @@ import type {
   PoolInfo,
   SandboxInfo,
   SandboxState,
+  TemplateBuildEvent,
   TemplateInfo,
   TemplateSpec,
   TimeoutInfo,
@@ -150,7 +151,30 @@ export function toTemplateInfo(v: unknown): TemplateInfo {
           },
         }
       : {}),
+    ...(typeof o.version === "string" ? { version: o.version } : {}),
+    ...(typeof o.steps === "number" ? { steps: o.steps } : {}),
   };
+}
+
+/** One line of a streamed template build (docs/templates.md "Build log"). */
+export function toBuildEvent(v: unknown): TemplateBuildEvent {
+  const o = record("template build event", v);
+  const step = optNum(o, "step") ?? 0;
+  switch (o.type) {
+    case "step":
+      return { type: "step", step, of: num(o, "of"), command: optStr(o, "command") ?? "", cached: o.cached === true };
+    case "output":
+      return {
+        type: "output",
+        step,
+        stream: o.stream === "stderr" ? "stderr" : "stdout",
+        data: optStr(o, "data") ?? "",
+      };
+    case "step_done":
+      return { type: "step_done", step, exitCode: num(o, "exitCode"), ms: num(o, "ms") };
+    default:
+      return { type: "phase", phase: optStr(o, "phase") ?? "", message: optStr(o, "message") ?? "" };
+  }
 }
 
 export function toLimits(v: unknown): Limits {

@@ -1,10 +1,10 @@
 // Lifecycle routes (API.md "Lifecycle"): JSON in and out, snake_case.
 
-import type { CheckpointManifest, Engine, SandboxInfo, TemplateInfo } from "@mitos/engine";
+import type { CheckpointManifest, Engine, SandboxInfo, TemplateInfo, TemplateSpec } from "@mitos/engine";
 import { checkPolicy, LIMIT_NAMES, type Limits } from "@mitos/engine";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { type Body, bool, int, obj, optional, readBody, refuseUnknown, str, strList, strMap } from "./body.js";
-import { invalid } from "./errors.js";
+import { envelope, invalid, toMitosError } from "./errors.js";
 import type { IdempotencyCache } from "./idempotency.js";
 import type { Metrics } from "./metrics.js";
 import { routeSchemas } from "./openapi.js";
@@ -58,6 +58,8 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
     resources: { vcpu_count: t.vcpuCount, mem_size_mib: t.memSizeMib },
     network: t.network ?? null,
     image: t.image ?? null,
+    version: t.version ?? null,
+    steps: t.steps,
   });
   const checkpointJson = (c: CheckpointManifest) => ({
     id: c.id,
@@ -81,15 +83,14 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
     sandboxes: engine.list().length,
   }));
 
-  app.post(
-    "/v1/templates",
-    { schema: routeSchemas.createTemplate },
-    idempotent(async (req) => {
-      const b = body(req, TEMPLATE_KEYS);
-      const id = str(b, "id", true);
-      const resources = obj(b, "resources");
-      if (resources) refuseUnknown(resources, ["vcpu_count", "mem_size_mib"], "resources.");
-      const t = await engine.createTemplate(id, {
+  const templateRequest = (req: FastifyRequest): { id: string; spec: TemplateSpec } => {
+    const b = body(req, TEMPLATE_KEYS);
+    const id = str(b, "id", true);
+    const resources = obj(b, "resources");
+    if (resources) refuseUnknown(resources, ["vcpu_count", "mem_size_mib"], "resources.");
+    return {
+      id,
+      spec: {
         ...optional("image", str(b, "image")),
         ...optional("packages", strList(b, "packages")),
         ...optional("init", strList(b, "init")),
@@ -102,10 +103,32 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
           ...optional("vcpuCount", resources ? int(resources, "vcpu_count") : undefined),
           ...optional("memSizeMib", resources ? int(resources, "mem_size_mib") : undefined),
         },
-      });
-      return templateJson(t);
-    }),
-  );
+      },
+    };
+  };
+  const buildTemplate = idempotent(async (req) => {
+    const { id, spec } = templateRequest(req);
+    return templateJson(await engine.createTemplate(id, spec));
+  });
+  app.post("/v1/templates", { schema: routeSchemas.createTemplate }, async (req, reply) => {
+    if (!wantsNdjson(req)) return buildTemplate(req, reply);
+    // The build log as it happens (docs/templates.md "Build log"): one JSON
+    // event per line, then the template, or the error envelope, as the last line.
+    const { id, spec } = templateRequest(req);
+    reply.hijack();
+    const out = reply.raw;
+    out.writeHead(200, { "content-type": "application/x-ndjson", "cache-control": "no-store" });
+    const line = (v: unknown) => {
+      if (!out.destroyed) out.write(`${JSON.stringify(v)}\n`);
+    };
+    try {
+      const t = await engine.createTemplate(id, spec, { onEvent: line });
+      line({ type: "template", template: templateJson(t) });
+    } catch (err) {
+      line({ type: "error", ...envelope(toMitosError(err)) });
+    }
+    out.end();
+  });
 
   app.get("/v1/templates", { schema: routeSchemas.listTemplates }, async () =>
     engine.listTemplates().map(templateJson),
@@ -326,4 +349,9 @@ const NOT_YET: Record<string, string> = {
 
 function body(req: FastifyRequest, known: string[]): Body {
   return readBody(req, known, NOT_YET);
+}
+
+/** Whether the caller asked for a streamed answer (`Accept: application/x-ndjson`). */
+function wantsNdjson(req: FastifyRequest): boolean {
+  return (req.headers.accept ?? "").includes("application/x-ndjson");
 }

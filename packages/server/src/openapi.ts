@@ -71,6 +71,11 @@ const template = {
       description: "the OCI image it was built from, pinned by digest; null: a built-in image",
       properties: { reference: str, digest: str },
     },
+    version: {
+      type: ["string", "null"],
+      description: "a key of everything that shaped the template (images, packages, steps, env, machine)",
+    },
+    steps: { type: "integer", description: "its init steps" },
   },
 } as const;
 
@@ -144,6 +149,8 @@ export const routeSchemas = {
   },
   createTemplate: {
     summary: "Build a template (an existing id returns it)",
+    description:
+      "With Accept: application/x-ndjson the answer streams the build log, one JSON event per line, the last line {type:'template'} or {type:'error', error} (docs/templates.md).",
     body: {
       type: "object",
       required: ["id"],

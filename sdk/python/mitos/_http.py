@@ -12,7 +12,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from ._config import Config
 from .errors import MitosError, error_from_envelope, make_error, network_error
@@ -94,6 +94,36 @@ class HttpClient:
                     raise network_error(self.config.base_url, e) from None
                 time.sleep(_backoff(attempt))
                 attempt += 1
+
+
+    def post_lines(self, path: str, body: Dict[str, Any], on_line: Callable[[Any], None]) -> None:
+        """A POST whose answer streams JSON lines (``application/x-ndjson``):
+        each line goes to ``on_line`` as it arrives. Not retried (a build log
+        cannot be replayed); an error before the stream starts is raised."""
+        headers = {
+            "Accept": "application/x-ndjson",
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+        }
+        if self.config.api_key:
+            headers["Authorization"] = "Bearer " + self.config.api_key
+        req = urllib.request.Request(
+            self.config.base_url + path, data=json.dumps(body).encode("utf-8"), headers=headers, method="POST"
+        )
+        try:
+            with open_url(req, self.config.timeout) as res:
+                for raw in res:
+                    line = raw.strip()
+                    if line:
+                        on_line(json.loads(line))
+        except urllib.error.HTTPError as e:
+            try:
+                raw_body = e.read()
+            finally:
+                e.close()
+            raise error_from_envelope(e.code, parse_body(raw_body)) from None
+        except (urllib.error.URLError, OSError) as e:
+            raise network_error(self.config.base_url, e) from None
 
 
 def _retryable(error: MitosError, attempt: int, key: Optional[str]) -> bool:

@@ -50,6 +50,10 @@ class TemplateInfo:
     ready: bool
     created_at: str
     creation_time_ms: float
+    # A key of everything that shaped it: a changed input is a new version.
+    version: Optional[str] = None
+    # How many init steps it ran.
+    steps: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -281,6 +285,8 @@ def to_template_info(v: Any) -> TemplateInfo:
         ready=o.get("ready") is True,
         created_at=_opt_str(o, "created_at") or "",
         creation_time_ms=_num(o, "creation_time_ms"),
+        version=_opt_str(o, "version"),
+        steps=o["steps"] if isinstance(o.get("steps"), int) else None,
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 import urllib.parse
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from ._config import resolve_config
 from ._connect import ConnectClient
@@ -22,6 +22,7 @@ from ._types import (
     to_sandbox_info,
     to_template_info,
 )
+from .errors import STATUS_BY_CODE, MitosError, error_from_envelope, make_error
 from .sandbox import Sandbox
 
 
@@ -119,6 +120,7 @@ class SandboxServer:
         network: Optional[Mapping[str, Any]] = None,
         wait: bool = True,
         poll_interval: float = 1.0,
+        on_event: Optional[Callable[[Dict[str, Any]], None]] = None,
     ) -> TemplateInfo:
         """Creates a template (an existing id returns the existing one).
         ``resources``: ``{"vcpu_count": n, "mem_size_mib": m}``.
@@ -127,7 +129,9 @@ class SandboxServer:
         600). ``disk_size_mib``: a workspace disk of that size at /workspace on
         the host, so files may exceed guest RAM (docs/disks.md). ``network``:
         a network device and its sandboxes' default policy (docs/network.md). Waits until
-        the template is ready unless ``wait=False``."""
+        the template is ready unless ``wait=False``. ``on_event`` follows the
+        build as it happens, one dict per event: ``{"type": "phase" | "step" |
+        "output" | "step_done", ...}`` (docs/templates.md "Build log")."""
         body: Dict[str, Any] = {"id": id}
         if image is not None:
             body["image"] = image
@@ -147,6 +151,8 @@ class SandboxServer:
             body["disk_size_mib"] = disk_size_mib
         if network is not None:
             body["network"] = dict(network)
+        if on_event is not None:
+            return self._follow_build(id, body, on_event)
         t = to_template_info(self._http.post("/v1/templates", body, create=True))
         while not t.ready and wait:
             time.sleep(poll_interval)
@@ -154,6 +160,32 @@ class SandboxServer:
                 if found.id == id:
                     t = found
         return t
+
+    def _follow_build(
+        self, id: str, body: Dict[str, Any], on_event: Callable[[Dict[str, Any]], None]
+    ) -> TemplateInfo:
+        outcome: List[Any] = []
+
+        def line(v: Any) -> None:
+            kind = v.get("type") if isinstance(v, dict) else None
+            if kind == "template":
+                outcome.append(to_template_info(v.get("template")))
+            elif kind == "error":
+                code = (v.get("error") or {}).get("code", "internal")
+                outcome.append(error_from_envelope(STATUS_BY_CODE.get(code, 500), v))
+            elif isinstance(v, dict):
+                on_event(v)
+
+        self._http.post_lines("/v1/templates", body, line)
+        if not outcome:
+            raise make_error(
+                "internal",
+                "the build log of template %s ended without an outcome" % id,
+                remediation="The connection was cut or mitosd stopped; list templates to see whether it is ready, or retry.",
+            )
+        if isinstance(outcome[-1], MitosError):
+            raise outcome[-1]
+        return outcome[-1]
 
     def delete_template(self, id: str, force: bool = False) -> None:
         """Deletes a template and frees its RAM base. Refused (ConflictError)

@@ -34,14 +34,33 @@ export const INTERPRETER_PACKAGES = [
   "python3-munkres",
 ];
 
+/**
+ * What users of E2B's default `base` template find there (docs/templates.md):
+ * a shell and the everyday tools an agent reaches for, python3 and Node.js.
+ */
+export const BASE_PACKAGES = [
+  "bash",
+  "coreutils",
+  "procps",
+  "iproute2",
+  "curl",
+  "ca-certificates",
+  "git",
+  "less",
+  "tar",
+  "xz-utils",
+  "python3",
+  "nodejs",
+];
+
 export const BUILTIN_RECIPES: Record<string, BuiltinRecipe> = {
-  // What a networked sandbox needs out of the box (docs/network.md).
-  base: { packages: ["ca-certificates", "iproute2", "curl"] },
+  base: { packages: BASE_PACKAGES },
   python: {
-    packages: ["ca-certificates", "iproute2", "curl", "python3", ...INTERPRETER_PACKAGES],
+    packages: [...BASE_PACKAGES, "python3-pip", "python3-venv", ...INTERPRETER_PACKAGES],
     overlay: guestDir.interpreter,
     interpreter: true,
   },
+  node: { packages: [...BASE_PACKAGES, "npm"] },
 };
 
 export interface ImageSet {
