@@ -8,7 +8,7 @@ bash scripts/install-deps.sh
 npm run -s build
 make -s -C guest/agent test
 # Build (or find cached) guest images once, with progress, before the suites.
-npx tsx packages/engine/src/bin/build-images.ts base python
+npx tsx packages/engine/src/bin/build-images.ts base python node
 # The Kubernetes control plane the cluster suites run against (packages/operator):
 # built once from Debian's source package into a cache outside the clone.
 bash scripts/build-kube.sh

@@ -196,6 +196,39 @@ describe("mitos CLI against mitosd", () => {
     assert.match(help.stdout, /--force/);
   });
 
+  it("template build --follow prints each step and its output; a failing step exits non-zero naming it", async () => {
+    const marker = `f-${Date.now().toString(36)}`;
+    const init = ["--init", `echo ${marker}-one`, "--init", "echo two >&2"];
+    const built = await mitos(["template", "build", "cli-follow", "--image", "base", "--memory", "256", ...init, "--follow"]);
+    assert.equal(built.code, 0, built.stderr);
+    assert.equal(built.stdout, "cli-follow\n", "stdout stays the id; the log is on stderr");
+    assert.match(built.stderr, new RegExp(`\\[1/2\\] echo ${marker}-one\\n(.|\\n)*${marker}-one\\n`));
+    assert.match(built.stderr, /\[2\/2\] echo two >&2\n(.|\n)*two\n/);
+    assert.match(built.stderr, /template cli-follow ready \(.*version [0-9a-f]{12}\)/);
+    const ls = await mitos(["template", "ls"]);
+    assert.match(ls.stdout, /^ID\s+VERSION\s+IMAGE\s+STEPS/);
+    assert.match(ls.stdout, /cli-follow\s+[0-9a-f]{12}\s+built-in\s+2\s+yes/);
+
+    const failed = await mitos([
+      "template",
+      "build",
+      "cli-follow-bad",
+      "--image",
+      "base",
+      "--memory",
+      "256",
+      ...init,
+      "--init",
+      "echo no-such-thing >&2; exit 3",
+      "--follow",
+    ]);
+    assert.equal(failed.code, 1, failed.stderr);
+    assert.match(failed.stderr, /\[1\/3\] echo .*-one {2}\(cached\)/, "steps 1-2 came from the step cache");
+    assert.match(failed.stderr, /error: invalid_input: template init step 3 of 3 failed with exit 3/);
+    assert.match(failed.stderr, /no-such-thing/);
+    await mitos(["template", "rm", "cli-follow"]);
+  });
+
   it("prints listings as JSON that parses", async () => {
     const ls = await mitos(["sandbox", "ls", "--json"]);
     assert.equal(ls.code, 0, ls.stderr);

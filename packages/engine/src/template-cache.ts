@@ -19,6 +19,7 @@ import path from "node:path";
 import { promisify } from "node:util";
 import type { ImageSet } from "./image/build.js";
 import type { TemplateRecord } from "./journal.js";
+import { KERNEL_CMDLINE } from "./qemu/command.js";
 import type { MachineSpec } from "./vm.js";
 
 /**
@@ -68,7 +69,8 @@ export class TemplateCache {
 
   keys(inputs: CacheInputs, steps: string[], interpreter: boolean): BuildKeys {
     const qemu = qemuIdentity();
-    const boot = digest(JSON.stringify({ ...inputs, images: inputs.images.keys, qemu, format: 2 }));
+    const cmdline = KERNEL_CMDLINE.join(" ");
+    const boot = digest(JSON.stringify({ ...inputs, images: inputs.images.keys, qemu, cmdline, format: 2 }));
     const chain: string[] = [];
     let prev = boot;
     for (const step of steps) {

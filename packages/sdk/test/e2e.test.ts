@@ -12,6 +12,7 @@ import {
   NotFoundError,
   type Sandbox,
   SandboxServer,
+  type TemplateBuildEvent,
   TimeoutTooLargeError,
   UnauthorizedError,
 } from "../src/index.js";
@@ -129,6 +130,29 @@ describe("@mitos/sdk against mitosd", () => {
     assert.ok((await server.listTemplates()).some((tpl) => tpl.id === "python"));
     await sb.terminate();
     await assert.rejects(server.get(sb.id), NotFoundError);
+  });
+
+  it("follows a template build: onEvent gets each step and its output; the template carries a version", async () => {
+    const server = new SandboxServer({ baseUrl, apiKey });
+    const events: TemplateBuildEvent[] = [];
+    const marker = `sdk-${Date.now().toString(36)}`;
+    const t = await server.createTemplate(
+      "sdk-follow",
+      { image: "base", resources: { memSizeMib: 256 }, init: [`echo ${marker}`] },
+      { onEvent: (e) => events.push(e) },
+    );
+    assert.equal(t.id, "sdk-follow");
+    assert.match(t.version ?? "", /^[0-9a-f]{12}$/);
+    assert.equal(t.steps, 1);
+    assert.ok(events.some((e) => e.type === "step" && e.step === 1 && e.of === 1 && e.command === `echo ${marker}`));
+    assert.ok(events.some((e) => e.type === "output" && e.data.includes(marker)));
+    assert.ok(events.some((e) => e.type === "step_done" && e.exitCode === 0));
+    assert.ok(events.some((e) => e.type === "phase" && e.phase === "snapshot"));
+    await assert.rejects(
+      server.createTemplate("sdk-follow-bad", { image: "base", init: ["exit 4"] }, { onEvent: () => {} }),
+      (e: unknown) => e instanceof InvalidInputError && /step 1 of 1 failed with exit 4/.test(e.message),
+    );
+    await server.deleteTemplate("sdk-follow");
   });
 
   it("builds a template with a workspace disk: /workspace is a disk its fork children share copy-on-write", async () => {

@@ -179,6 +179,21 @@ class E2ETest(unittest.TestCase):
         finally:
             sb.terminate()
 
+    def test_template_build_log(self):
+        events = []
+        t = self.server.create_template(
+            "py-follow", image="base", resources={"mem_size_mib": 256}, init=["echo py-step-out"], on_event=events.append
+        )
+        self.assertEqual(t.id, "py-follow")
+        self.assertRegex(t.version or "", r"^[0-9a-f]{12}$")
+        self.assertEqual(t.steps, 1)
+        self.assertTrue(any(e["type"] == "step" and e["step"] == 1 and e["of"] == 1 for e in events), events)
+        self.assertTrue(any(e["type"] == "output" and "py-step-out" in e["data"] for e in events), events)
+        with self.assertRaises(mitos.InvalidInputError) as cm:
+            self.server.create_template("py-follow-bad", image="base", init=["exit 5"], on_event=events.append)
+        self.assertIn("step 1 of 1 failed with exit 5", str(cm.exception))
+        self.server.delete_template("py-follow")
+
     def test_workspace_disk_template(self):
         self.server.create_template("py-disk", image="base", disk_size_mib=128)
         sb = self.server.create("py-disk")
