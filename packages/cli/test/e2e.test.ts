@@ -199,7 +199,17 @@ describe("mitos CLI against mitosd", () => {
   it("template build --follow prints each step and its output; a failing step exits non-zero naming it", async () => {
     const marker = `f-${Date.now().toString(36)}`;
     const init = ["--init", `echo ${marker}-one`, "--init", "echo two >&2"];
-    const built = await mitos(["template", "build", "cli-follow", "--image", "base", "--memory", "256", ...init, "--follow"]);
+    const built = await mitos([
+      "template",
+      "build",
+      "cli-follow",
+      "--image",
+      "base",
+      "--memory",
+      "256",
+      ...init,
+      "--follow",
+    ]);
     assert.equal(built.code, 0, built.stderr);
     assert.equal(built.stdout, "cli-follow\n", "stdout stays the id; the log is on stderr");
     assert.match(built.stderr, new RegExp(`\\[1/2\\] echo ${marker}-one\\n(.|\\n)*${marker}-one\\n`));

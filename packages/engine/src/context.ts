@@ -6,6 +6,7 @@ import { randomBytes } from "node:crypto";
 import type { CheckpointStore } from "./checkpoint-store.js";
 import type { Confinement, RunAs } from "./confine.js";
 import type { Disks } from "./disk.js";
+import type { PullAuth } from "./image/registries.js";
 import type { Journal } from "./journal.js";
 import type { SpendCaps } from "./limits.js";
 import type { Network } from "./network/network.js";
@@ -40,6 +41,8 @@ export interface EngineContext {
   readonly disks: Disks;
   /** Network slots, policies and the resolver (network/). */
   readonly network: Network;
+  /** How OCI images are pulled (image/registries.ts). */
+  readonly pull: PullAuth;
   readonly log: Log;
   readonly fault: (step: FaultStep, vm: Vm) => void | Promise<void>;
   /** Spread into every Vm launch. */

@@ -20,6 +20,7 @@ import { Disks } from "./disk.js";
 import { MitosError } from "./errors.js";
 import { type ForkOptions, Forks } from "./fork.js";
 import { IdleHibernation } from "./idle.js";
+import { pullAuth, type RegistryOptions } from "./image/registries.js";
 import { Interpreter, startInterpreter } from "./interpreter.js";
 import { Journal, type TemplateRecord, type TemplateSpec } from "./journal.js";
 import { checkId, type SandboxInfo, SandboxTable } from "./lifecycle.js";
@@ -69,6 +70,8 @@ export interface EngineOptions {
   checkpointRetention?: number;
   /** Networked sandboxes: the slot range, the claim registry and the resolver's upstream servers (docs/network.md). */
   network?: { range?: string; registry?: string; upstream?: string[] };
+  /** Pulling OCI images: credentials and plain-HTTP registries (docs/templates.md). */
+  registries?: RegistryOptions;
   /** Test hook for fault injection: awaited at each named step with the VM involved. */
   faults?: (step: FaultStep, vm: Vm) => void | Promise<void>;
 }
@@ -124,6 +127,7 @@ export class Engine {
         caps: this.caps,
         checkpoints: this.checkpoints,
         disks: new Disks(this.dataDir, this.confinement.uids),
+        pull: pullAuth(options.registries, this.dataDir),
         network: new Network({
           dataDir: this.dataDir,
           log,

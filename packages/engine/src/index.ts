@@ -19,6 +19,7 @@ export type { ErrorCode } from "./errors.js";
 export { AgentGoneError, GuestError, MitosError } from "./errors.js";
 export type { BuildProgress, ImageRecipe, ImageSet } from "./image/build.js";
 export { BUILTIN_RECIPES, ensureImages } from "./image/build.js";
+export type { RegistryOptions } from "./image/registries.js";
 export type { CodeContext, CodeError, CodeEvent, CodeResult, RunCodeOptions, RunCodeOutcome } from "./interpreter.js";
 export { INTERPRETER_PORT, Interpreter } from "./interpreter.js";
 export type { Limits, Usage } from "./limits.js";

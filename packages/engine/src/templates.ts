@@ -304,7 +304,13 @@ export class Templates {
         ? `pulling ${imageName}`
         : `root image ${imageName}${packages.length ? ` (${packages.join(" ")})` : ""}`,
     });
-    const root = oci ? await ensureOciRoot(imageName, { cacheDir: this.ctx.imagesDir }) : undefined;
+    const root = oci
+      ? await ensureOciRoot(imageName, {
+          cacheDir: this.ctx.imagesDir,
+          insecureRegistries: this.ctx.pull.insecureRegistries,
+          ...(this.ctx.pull.authFile ? { authFile: this.ctx.pull.authFile } : {}),
+        })
+      : undefined;
     const images = root
       ? await ociImageSet(root, this.ctx.imagesDir)
       : await ensureImages(

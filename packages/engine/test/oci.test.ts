@@ -13,6 +13,7 @@ import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { removeDataDir, tempDataDir } from "../../../test-support/data-dir.js";
 import { ensureOciRoot, isOciReference, skopeoSource } from "../src/image/oci.js";
+import { pullAuth } from "../src/image/registries.js";
 import { type BuildProgress, defaultDataDir, Engine, MitosError } from "../src/index.js";
 
 const work = fs.mkdtempSync(path.join(os.tmpdir(), "mitos-oci-test-"));
@@ -135,6 +136,65 @@ describe("root images from OCI images", () => {
     assert.equal(again.rootfs, root.rootfs);
     assert.equal(steps.at(-1), "cached");
     assert.deepEqual(again.config, root.config);
+  });
+
+  it("pulls from a registry that wants credentials: refused without, pulled with the configured ones", async () => {
+    const authPort = await freePort();
+    const htpasswd = path.join(work, "htpasswd");
+    const hashed = execFileSync("python3", [
+      "-c",
+      "import crypt,sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH)))",
+      "s3cret-pw",
+    ])
+      .toString()
+      .trim();
+    fs.writeFileSync(htpasswd, `puller:${hashed}\n`);
+    const cfg = path.join(work, "registry-auth.yml");
+    fs.writeFileSync(
+      cfg,
+      `version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: ${work}/registry-auth\nhttp:\n  addr: 127.0.0.1:${authPort}\n` +
+        `auth:\n  htpasswd:\n    realm: mitos-test\n    path: ${htpasswd}\nlog:\n  level: error\n`,
+    );
+    const private_ = spawn("docker-registry", ["serve", cfg], { stdio: "ignore" });
+    try {
+      for (let i = 0; i < 100; i++) {
+        const status = await fetch(`http://127.0.0.1:${authPort}/v2/`).then(
+          (r) => r.status,
+          () => 0,
+        );
+        if (status === 401) break;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      const layout = makeImage("private", { "app/secret.txt": "only with credentials\n" });
+      const ref = `127.0.0.1:${authPort}/team/private:1`;
+      sh("skopeo", [
+        "copy",
+        "--quiet",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        "puller:s3cret-pw",
+        `oci:${layout}:1`,
+        `docker://${ref}`,
+      ]);
+      await assert.rejects(ensureOciRoot(ref, { cacheDir }), (e: unknown) => {
+        assert.ok(e instanceof MitosError);
+        assert.match(e.remediation, /registry_auth_file|registry_credentials/);
+        return true;
+      });
+      const dataDir = path.join(work, "pull-data");
+      fs.mkdirSync(dataDir);
+      const auth = pullAuth(
+        { credentials: { [`127.0.0.1:${authPort}`]: { username: "puller", password: "s3cret-pw" } } },
+        dataDir,
+      );
+      assert.ok(auth.authFile);
+      assert.equal(fs.statSync(auth.authFile).mode & 0o777, 0o600, "the auth file is its owner's only");
+      const root = await ensureOciRoot(ref, { cacheDir, authFile: auth.authFile });
+      assert.equal(catImage(root.rootfs, "/app/secret.txt"), "only with credentials\n");
+      assert.throws(() => pullAuth({ insecure: ["http://registry.example/x"] }, dataDir), /not a registry host/);
+    } finally {
+      private_.kill();
+    }
   });
 
   it("takes an oci-archive", async () => {

@@ -38,6 +38,9 @@ const OTHER_KEYS = [
   "net_range",
   "dns_upstream",
   "domain",
+  "registry_auth_file",
+  "insecure_registries",
+  "registry_credentials",
 ] as const;
 /** Keys that only mean something with `node` (a Kubernetes node agent). */
 const CLUSTER_KEYS = ["kubeconfig", "namespace", "advertise_url", "gateway_token_file", "lease_seconds"];
@@ -66,6 +69,11 @@ export const HELP = `mitosd: the Mitos daemon (HTTP lifecycle API + Connect runt
                    must not overlap a network the host uses; docs/network.md)
   --dns-upstream S DNS servers the sandboxes' resolver asks, comma separated ip[:port]
                    (default: the nameservers of /etc/resolv.conf)
+  --registry-auth-file F  Docker-style auth file for pulling OCI images from private registries
+                   (docs/templates.md); the config file's registry_credentials
+                   ({"host": {"username", "password"}}, config file only) are merged over it
+  --insecure-registries L  registries (host[:port], comma separated) reached over plain HTTP;
+                   loopback registries always are, as Docker does
   --shutdown MODE  keep (default): on SIGTERM/SIGINT sandboxes keep running and the next mitosd
                    re-adopts them (docs/restarts.md); terminate: they are terminated (env MITOS_SHUTDOWN)
 
@@ -201,6 +209,13 @@ export function loadDaemonConfig(argv: string[], env: NodeJS.ProcessEnv = proces
       options.network = network;
       continue;
     }
+    if (key === "registry_auth_file" || key === "insecure_registries" || key === "registry_credentials") {
+      options.registries = {
+        ...options.registries,
+        ...registryOption(key, value, where, key in flags || key in fromEnv),
+      };
+      continue;
+    }
     if (key === "auth") {
       if (value !== "token" && value !== "none") {
         throw new ConfigError(`${where}: auth must be "token" or "none", got ${JSON.stringify(value)}`);
@@ -243,6 +258,47 @@ export function loadDaemonConfig(argv: string[], env: NodeJS.ProcessEnv = proces
   }
   options.limits = limits;
   return { options, cluster: clusterConfig(cluster), shutdown, configFile, help: false };
+}
+
+/** One of the registry keys, checked (the engine checks the registry names themselves). */
+function registryOption(
+  key: "registry_auth_file" | "insecure_registries" | "registry_credentials",
+  value: unknown,
+  where: string,
+  fromFlag: boolean,
+): Partial<NonNullable<ServerOptions["registries"]>> {
+  if (key === "registry_auth_file") {
+    if (typeof value !== "string" || value === "") throw new ConfigError(`${where}: ${key} must be a file path`);
+    return { authFile: path.resolve(value) };
+  }
+  if (key === "insecure_registries") {
+    const list = typeof value === "string" ? value.split(",").map((r) => r.trim()) : value;
+    if (!Array.isArray(list) || list.some((r) => typeof r !== "string" || r === "")) {
+      throw new ConfigError(
+        `${where}: insecure_registries must be a list of host[:port], got ${JSON.stringify(value)}`,
+      );
+    }
+    return { insecure: list as string[] };
+  }
+  // Secrets on a command line are readable by every local user (ps): the file only.
+  if (fromFlag) throw new ConfigError(`${where}: registry_credentials is read from the config file only`);
+  const ok =
+    typeof value === "object" &&
+    value !== null &&
+    !Array.isArray(value) &&
+    Object.values(value).every(
+      (c) =>
+        typeof c === "object" &&
+        c !== null &&
+        typeof (c as { username?: unknown }).username === "string" &&
+        typeof (c as { password?: unknown }).password === "string",
+    );
+  if (!ok) {
+    throw new ConfigError(
+      `${where}: registry_credentials must be {"host[:port]": {"username": "...", "password": "..."}}`,
+    );
+  }
+  return { credentials: value as Record<string, { username: string; password: string }> };
 }
 
 function clusterConfig(c: Record<string, string | number>): ClusterConfig | undefined {

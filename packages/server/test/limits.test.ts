@@ -96,6 +96,29 @@ describe("mitosd config file and flags", () => {
     assert.equal(fromFile.cluster?.leaseSeconds, 30);
   });
 
+  it("reads how OCI images are pulled: auth file, insecure registries, credentials from the file only", () => {
+    const f = write("reg.json", {
+      registry_auth_file: "/etc/mitos/auth.json",
+      insecure_registries: ["10.0.0.5:5000"],
+      registry_credentials: { "registry.example.com": { username: "u", password: "p" } },
+    });
+    const c = loadDaemonConfig(["--config", f, "--data-dir", dir], {});
+    assert.deepEqual(c.options.registries, {
+      authFile: "/etc/mitos/auth.json",
+      insecure: ["10.0.0.5:5000"],
+      credentials: { "registry.example.com": { username: "u", password: "p" } },
+    });
+    const flags = loadDaemonConfig(["--insecure-registries", "a.example:5000, b.example", "--data-dir", dir], {});
+    assert.deepEqual(flags.options.registries, { insecure: ["a.example:5000", "b.example"] });
+    assert.throws(
+      () =>
+        loadDaemonConfig(["--registry-credentials", '{"r":{"username":"u","password":"p"}}', "--data-dir", dir], {}),
+      /read from the config file only/,
+    );
+    const bad = write("reg-bad.json", { registry_credentials: { r: { username: "u" } } });
+    assert.throws(() => loadDaemonConfig(["--config", bad, "--data-dir", dir], {}), /registry_credentials must be/);
+  });
+
   it("finds <data-dir>/mitosd.json by itself", () => {
     write("mitosd.json", { max_streams_per_sandbox: 3 });
     const c = loadDaemonConfig(["--data-dir", dir], {});

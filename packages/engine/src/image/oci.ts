@@ -275,7 +275,9 @@ function capture(cmd: string, argv: string[]): Promise<string> {
               remediation: "Install it: apt-get install -y skopeo umoci (scripts/install-deps.sh does).",
             })
           : new MitosError("invalid_input", `${cmd} ${argv[0]} failed: ${stderr.trim().slice(-400)}`, {
-              remediation: "Check the image reference, the registry's address and its credentials.",
+              remediation: /unauthorized|authentication required|denied/i.test(stderr)
+                ? "The registry wants credentials: give mitosd a Docker-style auth file (registry_auth_file) or registry_credentials in its config file (docs/templates.md)."
+                : "Check the image reference and the registry's address; a registry that is not on loopback and has no TLS must be listed in insecure_registries.",
               cause: stderr.slice(-2000),
             }),
       );
