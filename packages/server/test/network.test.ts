@@ -52,7 +52,7 @@ before(async () => {
   hostPort = (hostService.address() as net.AddressInfo).port;
   daemon = await startMitosd(dataDir, ["--dns-upstream", world.dnsServer]);
   server = new SandboxServer({ baseUrl: daemon.url, apiKey: daemon.token });
-  await server.createTemplate(TEMPLATE, { image: "python", network: { egress: "deny" } });
+  await server.createTemplate(TEMPLATE, { image: "base", network: { egress: "deny" } });
 });
 
 after(async () => {
