@@ -1,11 +1,13 @@
 // The "internet" of network tests, run inside a namespace the test creates
 // (test-support/world.ts): HTTP servers on given address:port pairs (each
 // answers "<address>:<port> <Host header>", and GET /big a body of
-// bigMiB MiB), a UDP echo, and a DNS server
+// bigMiB MiB), static file servers, a UDP echo, and a DNS server
 // answering the zone it is given. Prints "ready" once everything listens.
 
 import dgram from "node:dgram";
+import fs from "node:fs";
 import http from "node:http";
+import path from "node:path";
 import dnsPacket from "dns-packet";
 
 const config = JSON.parse(process.argv[2]);
@@ -29,6 +31,20 @@ for (const { host, port } of config.http) {
     }
     res.setHeader("content-type", "text/plain");
     res.end(`${host}:${port} ${req.headers.host ?? ""}\n`);
+  });
+  pending.push(new Promise((r) => server.listen(port, host, r)));
+}
+
+for (const { host, port, dir } of config.files ?? []) {
+  const root = path.resolve(dir);
+  const server = http.createServer((req, res) => {
+    const file = path.resolve(root, `.${decodeURIComponent(new URL(req.url, "http://x").pathname)}`);
+    if (!file.startsWith(`${root}/`) || !fs.existsSync(file) || !fs.statSync(file).isFile()) {
+      res.statusCode = 404;
+      return res.end("not found\n");
+    }
+    res.setHeader("content-length", String(fs.statSync(file).size));
+    fs.createReadStream(file).pipe(res);
   });
   pending.push(new Promise((r) => server.listen(port, host, r)));
 }

@@ -26,6 +26,8 @@ export interface WorldConfig {
   zone: Record<string, string[]>;
   /** Size of the body every HTTP server sends for GET /big (benchmarks; default 1 MiB). */
   bigMiB?: number;
+  /** Static file servers (e.g. a package repository): GET /<path> answers the file under dir. */
+  files?: Array<{ host: string; port: number; dir: string }>;
 }
 
 const sh = (args: string[]) => execFileSync("ip", args, { stdio: ["ignore", "ignore", "pipe"] });
@@ -60,6 +62,7 @@ export async function startWorld(c: WorldConfig): Promise<World> {
         udpEcho: c.udpEcho ?? [],
         dns: { host: ips[0], zone: c.zone },
         bigMiB: c.bigMiB ?? 1,
+        files: c.files ?? [],
       }),
     ],
     { stdio: ["ignore", "pipe", "inherit"] },

@@ -18,7 +18,8 @@ export type BuildEvent =
   | { type: "output"; step: number; stream: "stdout" | "stderr"; data: string }
   | { type: "step_done"; step: number; exit_code: number; ms: number };
 
-export type BuildPhase = "image" | "boot" | "restore" | "interpreter" | "snapshot" | "cache";
+/** `packages`: installing a template's packages on an OCI image (its output comes as step 0). */
+export type BuildPhase = "image" | "packages" | "boot" | "restore" | "interpreter" | "snapshot" | "cache";
 
 export type BuildListener = (e: BuildEvent) => void;
 

@@ -9,13 +9,14 @@ import { ownRamFile, type SharedGroup } from "./confine.js";
 import { type EngineContext, randomHex, withResources } from "./context.js";
 import { Disks } from "./disk.js";
 import { MitosError, shmSpaceRemediation } from "./errors.js";
-import { BUILTIN_RECIPES, ensureBootImages, ensureImages, type ImageSet } from "./image/build.js";
-import { ensureOciRoot, isOciReference, type OciRoot } from "./image/oci.js";
+import { BUILTIN_RECIPES, ensureImages } from "./image/build.js";
+import { ensureOciRoot, isOciReference, type OciRoot, ociImageSet } from "./image/oci.js";
 import { startInterpreter } from "./interpreter.js";
 import type { TemplateDefaults, TemplateRecord, TemplateSpec } from "./journal.js";
 import { checkId } from "./lifecycle.js";
 import { checkPolicy, DEFAULT_POLICY, type NetworkPolicy } from "./network/policy.js";
 import type { Slot } from "./network/slots.js";
+import { withPackages } from "./package-layer.js";
 import { saveState } from "./snapshot.js";
 import { type BuildKeys, TemplateCache } from "./template-cache.js";
 import { type Snapshot, Vm } from "./vm.js";
@@ -248,12 +249,6 @@ export class Templates {
         remediation: `Use a built-in image (${Object.keys(BUILTIN_RECIPES).join(", ")}) or an OCI image reference such as docker.io/library/python:3.12-slim.`,
       });
     }
-    if (oci && (spec.packages?.length ?? 0) > 0) {
-      throw new MitosError("invalid_input", "packages cannot be added to an OCI image yet", {
-        remediation: 'Install them with an init step (e.g. "apt-get install -y git" or "apk add git").',
-        context: { field: "packages" },
-      });
-    }
     const packages = [...(baseRecipe?.packages ?? []), ...(spec.packages ?? [])];
     const init = spec.init ?? (imageName === "python" ? [PYTHON_WARMUP] : []);
     const env = spec.env ?? {};
@@ -304,13 +299,15 @@ export class Templates {
         ? `pulling ${imageName}`
         : `root image ${imageName}${packages.length ? ` (${packages.join(" ")})` : ""}`,
     });
-    const root = oci
+    const pulled = oci
       ? await ensureOciRoot(imageName, {
           cacheDir: this.ctx.imagesDir,
           insecureRegistries: this.ctx.pull.insecureRegistries,
           ...(this.ctx.pull.authFile ? { authFile: this.ctx.pull.authFile } : {}),
         })
       : undefined;
+    // Packages on an OCI image: its own package manager, in a VM of its own (package-layer.ts).
+    const root = pulled && packages.length > 0 ? await withPackages(this.ctx, pulled, packages, log) : pulled;
     const images = root
       ? await ociImageSet(root, this.ctx.imagesDir)
       : await ensureImages(
@@ -586,12 +583,6 @@ function stepFailed(
       context: { template, step, of, exit_code: r.exitCode, command, stderr },
     },
   );
-}
-
-/** The boot images with an OCI image's root. */
-async function ociImageSet(root: OciRoot, cacheDir: string): Promise<ImageSet> {
-  const boot = await ensureBootImages({ cacheDir });
-  return { ...boot, rootfs: root.rootfs, keys: { ...boot.keys, rootfs: root.key } };
 }
 
 /** What a template built from an OCI image records: the pinned reference and its sandboxes' defaults. */

@@ -12,7 +12,7 @@ import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { removeDataDir, tempDataDir } from "../../../test-support/data-dir.js";
-import { ensureOciRoot, isOciReference, skopeoSource } from "../src/image/oci.js";
+import { distroOf, ensureOciRoot, isOciReference, skopeoSource } from "../src/image/oci.js";
 import { pullAuth } from "../src/image/registries.js";
 import { type BuildProgress, defaultDataDir, Engine, MitosError } from "../src/index.js";
 
@@ -105,6 +105,52 @@ describe("OCI references", () => {
     });
     assert.deepEqual(skopeoSource("registry.example:5000/a:1", ["registry.example:5000"]).tls, false);
     assert.deepEqual(skopeoSource("python:3.12"), { source: "docker://python:3.12", tls: true });
+  });
+});
+
+describe("package managers of unpacked roots", () => {
+  const tree = (files: Record<string, string>, links: Record<string, string> = {}) => {
+    const root = fs.mkdtempSync(path.join(work, "distro-"));
+    for (const [p, content] of Object.entries(files)) {
+      fs.mkdirSync(path.dirname(path.join(root, p)), { recursive: true });
+      fs.writeFileSync(path.join(root, p), content);
+    }
+    for (const [p, target] of Object.entries(links)) {
+      fs.mkdirSync(path.dirname(path.join(root, p)), { recursive: true });
+      fs.symlinkSync(target, path.join(root, p));
+    }
+    return root;
+  };
+
+  it("finds apt and the mirrors of one-line and deb822 sources, apk and its repositories, or neither", () => {
+    const apt = tree({
+      "usr/bin/apt-get": "",
+      "etc/apt/sources.list": "# comment\ndeb [trusted=yes] http://mirror.example/debian bookworm main\n",
+      "etc/apt/sources.list.d/debian.sources":
+        "Types: deb\nURIs: http://deb.debian.org/debian https://security.example/ds\nSuites: bookworm\n",
+    });
+    assert.deepEqual(distroOf(apt), {
+      packageManager: "apt",
+      mirrors: ["http://mirror.example/debian", "http://deb.debian.org/debian", "https://security.example/ds"],
+    });
+    const apk = tree({
+      "etc/alpine-release": "3.20.0\n",
+      "etc/apk/repositories": "https://dl-cdn.alpinelinux.org/alpine/v3.20/main\n@local /srv/repo\n",
+    });
+    assert.deepEqual(distroOf(apk), {
+      packageManager: "apk",
+      mirrors: ["https://dl-cdn.alpinelinux.org/alpine/v3.20/main"],
+    });
+    assert.deepEqual(distroOf(tree({ "bin/busybox": "" })), { mirrors: [] });
+  });
+
+  it("reads nothing through a symlink the image made (a source list linked to a host file)", () => {
+    const secret = path.join(work, "host-secret");
+    fs.writeFileSync(secret, "deb http://leaked.example/ x main\n");
+    const linked = tree({ "usr/bin/apt-get": "" }, { "etc/apt/sources.list": secret });
+    assert.deepEqual(distroOf(linked), { packageManager: "apt", mirrors: [] });
+    const dirLinked = tree({ "usr/bin/apt-get": "" }, { etc: path.dirname(secret) });
+    assert.deepEqual(distroOf(dirLinked).mirrors, []);
   });
 });
 

@@ -84,7 +84,8 @@ export interface BuildOptions {
   onProgress?: (p: BuildProgress) => void;
 }
 
-const PACKAGE_RE = /^[a-z0-9][a-z0-9+.-]*$/;
+/** A Debian (or Alpine) package name. */
+export const PACKAGE_RE = /^[a-z0-9][a-z0-9+.-]*$/;
 
 export async function ensureImages(recipe: ImageRecipe, opts: BuildOptions): Promise<ImageSet> {
   for (const p of recipe.packages) {

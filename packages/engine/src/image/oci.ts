@@ -15,7 +15,7 @@ import { pipeline } from "node:stream/promises";
 import * as tar from "tar";
 import { guestDir } from "../config.js";
 import { MitosError } from "../errors.js";
-import { type BuildOptions, cached, file, hash, run } from "./build.js";
+import { type BuildOptions, cached, ensureBootImages, file, hash, type ImageSet, run } from "./build.js";
 
 /** Largest unpacked root (apparent bytes, sparse files at their full size). */
 export const DEFAULT_MAX_ROOT_BYTES = 8 * 2 ** 30;
@@ -29,7 +29,15 @@ export interface OciConfig {
   user: string;
 }
 
-export interface OciRoot {
+/** How packages are installed in an image, found in its root (docs/templates.md). */
+export interface OciDistro {
+  /** apt for Debian and Ubuntu images, apk for Alpine ones; absent: neither is there. */
+  packageManager?: "apt" | "apk";
+  /** The package mirrors its sources name, as URLs (what a package install must reach). */
+  mirrors: string[];
+}
+
+export interface OciRoot extends OciDistro {
   /** The read-only ext4 root image. */
   rootfs: string;
   key: string;
@@ -37,7 +45,12 @@ export interface OciRoot {
   digest: string;
   reference: string;
   config: OciConfig;
+  /** Packages installed over the image (`packages` of a template on an OCI image). */
+  packages?: string[];
 }
+
+/** What is kept beside a root image (`rootfs-oci-<key>.json`). */
+type RootMeta = Omit<OciRoot, "rootfs" | "key">;
 
 export interface OciOptions extends BuildOptions {
   /** A Docker-style auth file (`{"auths": {...}}`) for private registries. */
@@ -78,40 +91,179 @@ export async function ensureOciRoot(ref: string, opts: OciOptions): Promise<OciR
       remediation: "Name an image with one platform manifest (linux/amd64), or pin it by digest.",
     });
   }
-  const key = hash([digest, file(path.join(guestDir.image, "ext4-image.sh")), "oci-root-1"]);
-  const metaFile = path.join(cache, `rootfs-oci-${key}.json`);
+  const key = hash([digest, file(path.join(guestDir.image, "ext4-image.sh")), "oci-root-2"]);
   const maxBytes = opts.maxRootBytes ?? DEFAULT_MAX_ROOT_BYTES;
-  let config: OciConfig | undefined;
+  return cachedRoot(cache, key, opts, async (work, out) => {
+    // Pinned by digest where the source is a registry, so what is checked is what was inspected.
+    const pinned = source.startsWith("docker://") ? `${source.replace(/[:@][^/]*$/, "")}@${digest}` : source;
+    progress(opts, "pull", `skopeo copy ${pinned}`);
+    await run(
+      "oci",
+      "skopeo",
+      ["copy", "--quiet", ...srcFlags(flags), "--dest-decompress", pinned, `oci:${work}/layout:img`],
+      opts,
+    );
+    const layout = readLayout(path.join(work, "layout"));
+    const distro = await unpackToImage(work, layout.layers, out, ref, maxBytes, opts);
+    return { digest, reference: ref, config: layout.config, ...distro };
+  });
+}
+
+/**
+ * A root image made from a single flattened tar of a whole root (what a
+ * package install in a build VM left, exported by the guest), with the
+ * image identity and config of `base`. The tar is checked like any layer.
+ */
+export async function rootFromTar(
+  tarFile: string,
+  base: OciRoot,
+  key: string,
+  packages: string[],
+  opts: OciOptions,
+): Promise<OciRoot> {
+  const maxBytes = opts.maxRootBytes ?? DEFAULT_MAX_ROOT_BYTES;
+  return cachedRoot(opts.cacheDir, key, opts, async (work, out) => {
+    const distro = await unpackToImage(work, [tarFile], out, base.reference, maxBytes, opts);
+    return { digest: base.digest, reference: base.reference, config: base.config, packages, ...distro };
+  });
+}
+
+/** The root image cached under `key`, if there is one. */
+export function cachedOciRoot(cacheDir: string, key: string): OciRoot | undefined {
+  const rootfs = path.join(cacheDir, `rootfs-oci-${key}.img`);
+  const metaFile = path.join(cacheDir, `rootfs-oci-${key}.json`);
+  if (!fs.existsSync(rootfs) || !fs.existsSync(metaFile)) return undefined;
+  return { ...(JSON.parse(fs.readFileSync(metaFile, "utf8")) as RootMeta), rootfs, key };
+}
+
+/** `rootfs-oci-<key>.img` and its meta, built by `make` in a work dir of its own when absent. */
+async function cachedRoot(
+  cache: string,
+  key: string,
+  opts: BuildOptions,
+  make: (work: string, out: string) => Promise<RootMeta>,
+): Promise<OciRoot> {
+  fs.mkdirSync(cache, { recursive: true });
+  const metaFile = path.join(cache, `rootfs-oci-${key}.json`);
+  let meta: RootMeta | undefined;
   const rootfs = await cached(cache, `rootfs-oci-${key}.img`, "oci", opts, async (out) => {
     const work = path.join(cache, `.oci-${key}-${randomBytes(4).toString("hex")}`);
     fs.mkdirSync(work, { recursive: true, mode: 0o700 });
     try {
-      // Pinned by digest where the source is a registry, so what is checked is what was inspected.
-      const pinned = source.startsWith("docker://") ? `${source.replace(/[:@][^/]*$/, "")}@${digest}` : source;
-      progress(opts, "pull", `skopeo copy ${pinned}`);
-      await run(
-        "oci",
-        "skopeo",
-        ["copy", "--quiet", ...srcFlags(flags), "--dest-decompress", pinned, `oci:${work}/layout:img`],
-        opts,
-      );
-      const layout = readLayout(path.join(work, "layout"));
-      progress(opts, "check", `${layout.layers.length} layers`);
-      await checkLayers(layout.layers);
-      config = layout.config;
-      progress(opts, "unpack", "umoci raw unpack");
-      await run("oci", "umoci", ["raw", "unpack", "--image", `${work}/layout:img`, `${work}/root`], opts);
-      const size = treeBytes(path.join(work, "root"), maxBytes, ref);
-      mountPoints(path.join(work, "root"));
-      progress(opts, "image", `ext4 from ${Math.ceil(size / 2 ** 20)} MiB`);
-      await run("oci", "bash", [path.join(guestDir.image, "ext4-image.sh"), path.join(work, "root"), out], opts);
-      fs.writeFileSync(metaFile, JSON.stringify({ digest, reference: ref, config }));
+      meta = await make(work, out);
+      fs.writeFileSync(metaFile, JSON.stringify(meta));
     } finally {
       fs.rmSync(work, { recursive: true, force: true });
     }
   });
-  config ??= (JSON.parse(fs.readFileSync(metaFile, "utf8")) as { config: OciConfig }).config;
-  return { rootfs, key, digest, reference: ref, config };
+  meta ??= JSON.parse(fs.readFileSync(metaFile, "utf8")) as RootMeta;
+  return { ...meta, rootfs, key };
+}
+
+/**
+ * Checks the layers, flattens them with umoci (a bare tar becomes the one
+ * layer of a fresh layout), bounds the size and makes the ext4 image `out`.
+ * Returns what the root says about its package manager.
+ */
+async function unpackToImage(
+  work: string,
+  layers: string[],
+  out: string,
+  ref: string,
+  maxBytes: number,
+  opts: BuildOptions,
+): Promise<OciDistro> {
+  progress(opts, "check", `${layers.length} layers`);
+  await checkLayers(layers);
+  let image = `${work}/layout:img`;
+  if (!fs.existsSync(path.join(work, "layout"))) {
+    // A flattened root: one layer of a layout made here.
+    image = `${work}/flat:img`;
+    await run("oci", "umoci", ["init", "--layout", `${work}/flat`], opts);
+    await run("oci", "umoci", ["new", "--image", image], opts);
+    await run("oci", "umoci", ["raw", "add-layer", "--no-history", "--image", image, layers[0] as string], opts);
+  }
+  progress(opts, "unpack", "umoci raw unpack");
+  await run("oci", "umoci", ["raw", "unpack", "--image", image, `${work}/root`], opts);
+  const root = path.join(work, "root");
+  const size = treeBytes(root, maxBytes, ref);
+  const distro = distroOf(root);
+  mountPoints(root);
+  progress(opts, "image", `ext4 from ${Math.ceil(size / 2 ** 20)} MiB`);
+  await run("oci", "bash", [path.join(guestDir.image, "ext4-image.sh"), root, out], opts);
+  return distro;
+}
+
+/**
+ * The package manager an unpacked root has and the mirrors its sources
+ * name. Read without following any symlink the image made (a source list
+ * linked to a host file must not be read on the host).
+ */
+export function distroOf(root: string): OciDistro {
+  const has = (rel: string) => isInsideFile(root, rel);
+  const text = (rel: string) => insideFile(root, rel) ?? "";
+  if (has("etc/alpine-release") || has("sbin/apk")) {
+    const mirrors = text("etc/apk/repositories")
+      .split("\n")
+      .map((l) => l.trim())
+      .filter((l) => /^https?:\/\//.test(l));
+    return { packageManager: "apk", mirrors: [...new Set(mirrors)] };
+  }
+  if (has("usr/bin/apt-get")) {
+    const lists = [
+      "etc/apt/sources.list",
+      ...insideDir(root, "etc/apt/sources.list.d").map((f) => `etc/apt/sources.list.d/${f}`),
+    ];
+    const mirrors: string[] = [];
+    for (const rel of lists) {
+      for (const line of text(rel).split("\n")) {
+        const l = line.trim();
+        // One-line sources: deb [opts] URI suite …; deb822: URIs: a b.
+        const one = /^deb(-src)?\s+(\[[^\]]*\]\s+)?(\S+)/.exec(l);
+        if (one?.[3]) mirrors.push(one[3]);
+        const many = /^URIs:\s*(.*)$/i.exec(l);
+        if (many?.[1]) mirrors.push(...many[1].split(/\s+/));
+      }
+    }
+    return { packageManager: "apt", mirrors: [...new Set(mirrors.filter((m) => /^https?:\/\//.test(m)))] };
+  }
+  return { mirrors: [] };
+}
+
+/** A regular file's text inside the root, undefined if any component is a symlink or it is not a file. */
+function insideFile(root: string, rel: string): string | undefined {
+  if (!isInsideFile(root, rel)) return undefined;
+  const st = fs.lstatSync(path.join(root, rel));
+  return st.size > 1 << 20 ? undefined : fs.readFileSync(path.join(root, rel), "utf8");
+}
+
+function isInsideFile(root: string, rel: string): boolean {
+  let p = root;
+  const parts = rel.split("/");
+  for (const [i, part] of parts.entries()) {
+    p = path.join(p, part);
+    const st = fs.lstatSync(p, { throwIfNoEntry: false });
+    if (!st || st.isSymbolicLink()) return false;
+    if (i < parts.length - 1 ? !st.isDirectory() : !st.isFile()) return false;
+  }
+  return true;
+}
+
+/** The names in a directory inside the root, none through a symlink. */
+function insideDir(root: string, rel: string): string[] {
+  let p = root;
+  for (const part of rel.split("/")) {
+    p = path.join(p, part);
+    const st = fs.lstatSync(p, { throwIfNoEntry: false });
+    if (!st?.isDirectory()) return [];
+  }
+  return fs.readdirSync(p).filter((f) => f.endsWith(".list") || f.endsWith(".sources"));
+}
+
+/** The boot images with an OCI image's root. */
+export async function ociImageSet(root: OciRoot, cacheDir: string): Promise<ImageSet> {
+  const boot = await ensureBootImages({ cacheDir });
+  return { ...boot, rootfs: root.rootfs, keys: { ...boot.keys, rootfs: root.key } };
 }
 
 /** skopeo copy names its source flags --src-…. */
