@@ -86,6 +86,14 @@ describe("template build steps", () => {
     assert.ok(again.events.some((e) => e.type === "phase" && e.phase === "cache"));
     assert.deepEqual(cachedSteps(again.events), [], "no step ran or was replayed");
     for (const id of [sa, sb]) await engine.terminate(id);
+
+    // The record survives a restart with what shaped it.
+    await engine.close();
+    engine = await Engine.open({ dataDir, shmDir, imagesDir, poolTargets: {}, spareVms: 0 });
+    const kept = engine.listTemplates().find((x) => x.id === "steps-a");
+    assert.equal(kept?.version, a.info.version);
+    assert.equal(kept?.steps, 4);
+    assert.deepEqual(engine.templateRecord("steps-a")?.recipe.init, spec("three-a").init);
   });
 
   it("a failing step returns its index, exit code and stderr; the steps before it stay cached", async () => {
