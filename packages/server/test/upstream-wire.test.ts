@@ -286,7 +286,7 @@ call("DELETE", "/v1/sandboxes/" + sb["id"])
     });
     assert.equal(slow.status, 400, slow.text);
     assert.equal(slow.json.error.code, "invalid_input");
-    assert.match(slow.json.error.message, /step 0 failed with exit 124 \(killed after init_timeout_seconds=2\)/);
+    assert.match(slow.json.error.message, /step 1 of 1 failed with exit 124 \(killed after init_timeout_seconds=2\)/);
     const bad = await api("POST", "/v1/templates", { id: "up-x", init_wait_seconds: 100_000 });
     assert.equal(bad.status, 400);
     assert.match(bad.json.error.message, /init_wait_seconds/);
