@@ -23,6 +23,7 @@ const imagesDir = path.join(defaultDataDir(), "images");
 const shmDir = "/dev/shm/mitos-test-oci-pkgs";
 const dataDir = tempDataDir("test-oci-pkgs", shmDir);
 const work = fs.mkdtempSync(path.join(os.tmpdir(), "mitos-oci-pkgs-"));
+const TEST_CACHE = "/var/cache/mitos-test";
 const REPO = "198.51.100.5";
 const REPO_PORT = 8081;
 const started = Date.now();
@@ -58,8 +59,7 @@ function makeRepo(dir: string): void {
 
 /** An OCI layout `<dir>:1` of a minimal Debian with apt whose only source is the test's repository. */
 function makeDebianImage(dir: string): string {
-  const tar = path.join(work, "debian.tar");
-  sh("mmdebstrap", [
+  const args = [
     "--quiet",
     "--variant=apt",
     "--format=tar",
@@ -68,13 +68,22 @@ function makeDebianImage(dir: string): string {
     "--customize-hook=rm -f $1/etc/apt/sources.list.d/*",
     `--customize-hook=echo "deb [trusted=yes] http://${REPO}:${REPO_PORT}/ ./" > $1/etc/apt/sources.list`,
     "bookworm",
-    tar,
-  ]);
+  ];
+  // mmdebstrap takes a minute: its tar is kept outside the clone (as the Kubernetes build is) for a week.
+  const tar = path.join(
+    TEST_CACHE,
+    `debian-apt-${createHash("sha256").update(args.join("\n")).digest("hex").slice(0, 12)}.tar`,
+  );
+  const st = fs.statSync(tar, { throwIfNoEntry: false });
+  if (!st || Date.now() - st.mtimeMs > 7 * 86_400_000) {
+    fs.mkdirSync(TEST_CACHE, { recursive: true });
+    sh("mmdebstrap", [...args, `${tar}.tmp`]);
+    fs.renameSync(`${tar}.tmp`, tar);
+  }
   sh("umoci", ["init", "--layout", dir]);
   sh("umoci", ["new", "--image", `${dir}:1`]);
   sh("umoci", ["raw", "add-layer", "--image", `${dir}:1`, tar]);
   sh("umoci", ["config", "--image", `${dir}:1`, "--config.env", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"]);
-  fs.rmSync(tar);
   return `oci:${dir}:1`;
 }
 
