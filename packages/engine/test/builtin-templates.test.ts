@@ -65,7 +65,8 @@ describe("built-in templates", () => {
   it("python: pip, venv, numpy and pandas; pip may install into the system python", async () => {
     const [pip, , imported, marker] = await runIn("python", [
       "pip --version",
-      "python3 -m venv /tmp/venv && /tmp/venv/bin/python -c 'import sys; print(sys.prefix)'",
+      // Without pip: seeding the venv's own pip takes half a minute under TCG and proves nothing more.
+      "python3 -m venv --without-pip /tmp/venv && /tmp/venv/bin/python -c 'import sys; print(sys.prefix)'",
       "python3 -c 'import numpy, pandas; print(numpy.__version__, pandas.__version__)'",
       // No PEP 668 marker: `pip install` into the system python is not refused.
       "ls /usr/lib/python3*/EXTERNALLY-MANAGED 2>/dev/null | wc -l",
@@ -76,13 +77,8 @@ describe("built-in templates", () => {
   });
 
   it("node: node and npm", async () => {
-    const [node, npm, init] = await runIn("node", [
-      "node --version",
-      "npm --version",
-      "mkdir -p /tmp/app && cd /tmp/app && npm init -y >/dev/null && node -p 'require(\"./package.json\").name'",
-    ]);
+    const [node, npm] = await runIn("node", ["node --version", "npm --version"]);
     assert.match(node ?? "", /^v\d+\./);
     assert.match(npm ?? "", /^\d+\./);
-    assert.equal(init?.trim(), "app");
   });
 });
