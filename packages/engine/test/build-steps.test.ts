@@ -6,18 +6,12 @@
 
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import fs from "node:fs";
-import path from "node:path";
-import { after, before, describe, it } from "node:test";
-import { removeDataDir, tempDataDir } from "../../../test-support/data-dir.js";
+import { describe, it } from "node:test";
+import { suiteEngine } from "../../../test-support/suite-engine.js";
 import type { BuildEvent } from "../src/build-log.js";
-import { defaultDataDir } from "../src/config.js";
-import { Engine, MitosError, type TemplateSpec } from "../src/index.js";
+import { MitosError, type TemplateSpec } from "../src/index.js";
 
-const imagesDir = path.join(defaultDataDir(), "images");
-const shmDir = "/dev/shm/mitos-test-steps";
-const dataDir = tempDataDir("test-steps", shmDir);
-let engine: Engine;
+const suite = suiteEngine("test-steps");
 
 // New in every run, so the first build's steps are not in the step cache yet.
 const marker = `m-${randomBytes(6).toString("hex")}`;
@@ -35,26 +29,16 @@ const spec = (third: string): TemplateSpec => ({
 const build = async (id: string, s: TemplateSpec) => {
   const events: BuildEvent[] = [];
   const t0 = Date.now();
-  const info = await engine.createTemplate(id, s, { onEvent: (e) => events.push(e) });
+  const info = await suite.engine.createTemplate(id, s, { onEvent: (e) => events.push(e) });
   return { info, events, ms: Date.now() - t0 };
 };
 const cachedSteps = (events: BuildEvent[]) =>
   events.flatMap((e) => (e.type === "step" ? [`${e.step}/${e.of}:${e.cached ? "cached" : "run"}`] : []));
 const sh = async (id: string, command: string) => {
-  const r = await engine.exec(id, { command, timeoutMs: 30_000 }).result;
+  const r = await suite.engine.exec(id, { command, timeoutMs: 30_000 }).result;
   assert.equal(r.exitCode, 0, `${command}: ${r.stderr.toString()}`);
   return r.stdout.toString();
 };
-
-before(async () => {
-  fs.mkdirSync(shmDir, { recursive: true });
-  engine = await Engine.open({ dataDir, shmDir, imagesDir, poolTargets: {}, spareVms: 0 });
-});
-
-after(async () => {
-  await engine?.close({ killSandboxes: true });
-  removeDataDir(dataDir, shmDir);
-});
 
 describe("template build steps", () => {
   it("rebuilding with step 3 of 4 changed reuses steps 1-2 from the step cache", async (t) => {
@@ -73,8 +57,8 @@ describe("template build steps", () => {
     assert.notEqual(a.info.version, b.info.version, "a changed step is a new version");
     t.diagnostic(`cold build ${a.ms} ms; step 3 changed ${b.ms} ms (steps 1-2 from the step cache)`);
 
-    const sa = (await engine.create("steps-a")).id;
-    const sb = (await engine.create("steps-b")).id;
+    const sa = (await suite.engine.create("steps-a")).id;
+    const sb = (await suite.engine.create("steps-b")).id;
     assert.equal(await sh(sa, "cat /tmp/all"), `${marker}\nthree-a\n`);
     assert.equal(await sh(sb, "cat /tmp/all"), `${marker}\nthree-b\n`);
     // Step 2 stamped the time: the rebuild did not run it again.
@@ -85,15 +69,14 @@ describe("template build steps", () => {
     assert.equal(again.info.version, a.info.version);
     assert.ok(again.events.some((e) => e.type === "phase" && e.phase === "cache"));
     assert.deepEqual(cachedSteps(again.events), [], "no step ran or was replayed");
-    for (const id of [sa, sb]) await engine.terminate(id);
+    for (const id of [sa, sb]) await suite.engine.terminate(id);
 
     // The record survives a restart with what shaped it.
-    await engine.close();
-    engine = await Engine.open({ dataDir, shmDir, imagesDir, poolTargets: {}, spareVms: 0 });
-    const kept = engine.listTemplates().find((x) => x.id === "steps-a");
+    const reopened = await suite.reopen();
+    const kept = reopened.listTemplates().find((x) => x.id === "steps-a");
     assert.equal(kept?.version, a.info.version);
     assert.equal(kept?.steps, 4);
-    assert.deepEqual(engine.templateRecord("steps-a")?.recipe.init, spec("three-a").init);
+    assert.deepEqual(reopened.templateRecord("steps-a")?.recipe.init, spec("three-a").init);
   });
 
   it("a failing step returns its index, exit code and stderr; the steps before it stay cached", async () => {
@@ -101,18 +84,21 @@ describe("template build steps", () => {
     broken.init = [...(broken.init ?? [])];
     broken.init[2] = "echo broken-step >&2; exit 7";
     const events: BuildEvent[] = [];
-    await assert.rejects(engine.createTemplate("steps-c", broken, { onEvent: (e) => events.push(e) }), (e: unknown) => {
-      assert.ok(e instanceof MitosError);
-      assert.equal(e.code, "invalid_input");
-      assert.match(e.message, /init step 3 of 4 failed with exit 7/);
-      assert.equal(e.context.step, 3);
-      assert.equal(e.context.exit_code, 7);
-      assert.match(String(e.context.stderr), /broken-step/);
-      return true;
-    });
+    await assert.rejects(
+      suite.engine.createTemplate("steps-c", broken, { onEvent: (e) => events.push(e) }),
+      (e: unknown) => {
+        assert.ok(e instanceof MitosError);
+        assert.equal(e.code, "invalid_input");
+        assert.match(e.message, /init step 3 of 4 failed with exit 7/);
+        assert.equal(e.context.step, 3);
+        assert.equal(e.context.exit_code, 7);
+        assert.match(String(e.context.stderr), /broken-step/);
+        return true;
+      },
+    );
     assert.deepEqual(cachedSteps(events), ["1/4:cached", "2/4:cached", "3/4:run"]);
     assert.ok(events.some((e) => e.type === "output" && e.stream === "stderr" && e.data.includes("broken-step")));
-    assert.equal(engine.templateRecord("steps-c"), undefined, "nothing half-built is left");
+    assert.equal(suite.engine.templateRecord("steps-c"), undefined, "nothing half-built is left");
     const fixed = await build("steps-c", spec("three-c"));
     assert.deepEqual(cachedSteps(fixed.events), ["1/4:cached", "2/4:cached", "3/4:run", "4/4:run"]);
   });

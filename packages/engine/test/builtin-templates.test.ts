@@ -4,41 +4,24 @@
 // the code-interpreter stack, `node` adds npm.
 
 import assert from "node:assert/strict";
-import fs from "node:fs";
-import path from "node:path";
-import { after, before, describe, it } from "node:test";
-import { removeDataDir, tempDataDir } from "../../../test-support/data-dir.js";
-import { defaultDataDir } from "../src/config.js";
-import { Engine } from "../src/index.js";
+import { describe, it } from "node:test";
+import { suiteEngine } from "../../../test-support/suite-engine.js";
 
-const imagesDir = path.join(defaultDataDir(), "images");
-const shmDir = "/dev/shm/mitos-test-builtins";
-const dataDir = tempDataDir("test-builtins", shmDir);
-let engine: Engine;
-
-before(async () => {
-  fs.mkdirSync(shmDir, { recursive: true });
-  engine = await Engine.open({ dataDir, shmDir, imagesDir, poolTargets: {}, spareVms: 0 });
-});
-
-after(async () => {
-  await engine?.close({ killSandboxes: true });
-  removeDataDir(dataDir, shmDir);
-});
+const suite = suiteEngine("test-builtins");
 
 /** Runs each command in a fresh sandbox of `template`; returns their stdout. */
 async function runIn(template: string, commands: string[]): Promise<string[]> {
-  const id = (await engine.create(template)).id;
+  const id = (await suite.engine.create(template)).id;
   try {
     const out: string[] = [];
     for (const command of commands) {
-      const r = await engine.exec(id, { command, timeoutMs: 120_000 }).result;
+      const r = await suite.engine.exec(id, { command, timeoutMs: 120_000 }).result;
       assert.equal(r.exitCode, 0, `${template}: ${command}: ${r.stderr.toString()}`);
       out.push(r.stdout.toString());
     }
     return out;
   } finally {
-    await engine.terminate(id);
+    await suite.engine.terminate(id);
   }
 }
 

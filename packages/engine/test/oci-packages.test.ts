@@ -13,22 +13,18 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
-import { removeDataDir, tempDataDir } from "../../../test-support/data-dir.js";
+import { suiteEngine } from "../../../test-support/suite-engine.js";
 import { startWorld, type World } from "../../../test-support/world.js";
 import type { BuildEvent } from "../src/build-log.js";
-import { defaultDataDir } from "../src/config.js";
-import { Engine, MitosError } from "../src/index.js";
+import { MitosError } from "../src/index.js";
 
-const imagesDir = path.join(defaultDataDir(), "images");
-const shmDir = "/dev/shm/mitos-test-oci-pkgs";
-const dataDir = tempDataDir("test-oci-pkgs", shmDir);
+const suite = suiteEngine("test-oci-pkgs");
 const work = fs.mkdtempSync(path.join(os.tmpdir(), "mitos-oci-pkgs-"));
 const TEST_CACHE = "/var/cache/mitos-test";
 const REPO = "198.51.100.5";
 const REPO_PORT = 8081;
 const started = Date.now();
 let world: World;
-let engine: Engine;
 let debian = "";
 
 const sh = (cmd: string, args: string[]) => execFileSync(cmd, args, { cwd: work, stdio: "pipe" }).toString();
@@ -96,18 +92,14 @@ before(async () => {
     files: [{ host: REPO, port: REPO_PORT, dir: path.join(work, "repo") }],
     zone: {},
   });
-  fs.mkdirSync(shmDir, { recursive: true });
-  engine = await Engine.open({ dataDir, shmDir, imagesDir, poolTargets: {}, spareVms: 0 });
 });
 
 after(async () => {
-  await engine?.close({ killSandboxes: true });
   world?.close();
-  removeDataDir(dataDir, shmDir);
   fs.rmSync(work, { recursive: true, force: true });
   // The roots this run made (its image's digest is new every run): not worth keeping.
-  for (const f of fs.readdirSync(imagesDir)) {
-    const p = path.join(imagesDir, f);
+  for (const f of fs.readdirSync(suite.imagesDir)) {
+    const p = path.join(suite.imagesDir, f);
     if (/^rootfs-oci-/.test(f) && fs.statSync(p).mtimeMs >= started) fs.rmSync(p, { force: true });
   }
 });
@@ -115,7 +107,7 @@ after(async () => {
 describe("packages on OCI images", () => {
   it("installs packages on a Debian image with its own apt, from the mirror its sources name", async () => {
     const events: BuildEvent[] = [];
-    await engine.createTemplate(
+    await suite.engine.createTemplate(
       "deb-pkgs",
       { image: debian, packages: ["mitos-hello"] },
       { onEvent: (e) => events.push(e) },
@@ -125,20 +117,20 @@ describe("packages on OCI images", () => {
       "the install VM reaches the image's mirror only",
     );
     assert.ok(events.some((e) => e.type === "output" && e.step === 0 && /mitos-hello/.test(e.data)));
-    const sb = (await engine.create("deb-pkgs")).id;
+    const sb = (await suite.engine.create("deb-pkgs")).id;
     const run = async (command: string) => {
-      const r = await engine.exec(sb, { command, timeoutMs: 30_000 }).result;
+      const r = await suite.engine.exec(sb, { command, timeoutMs: 30_000 }).result;
       assert.equal(r.exitCode, 0, `${command}: ${r.stderr.toString()}`);
       return r.stdout.toString();
     };
     assert.equal(await run("mitos-hello"), "hello from a package\n");
     assert.match(await run("dpkg -s mitos-hello"), /Status: install ok installed/);
     assert.equal(await run("ls /sys/class/net"), "lo\n", "the template itself has no network device");
-    await engine.terminate(sb);
+    await suite.engine.terminate(sb);
 
     // The same image and packages again: the root comes from the image cache.
     const again: BuildEvent[] = [];
-    await engine.createTemplate(
+    await suite.engine.createTemplate(
       "deb-pkgs-2",
       { image: debian, packages: ["mitos-hello"], env: { OTHER: "1" } },
       { onEvent: (e) => again.push(e) },
@@ -150,7 +142,7 @@ describe("packages on OCI images", () => {
 
   it("an unknown package fails with apt's output; an image without apt or apk is refused", async () => {
     await assert.rejects(
-      engine.createTemplate("deb-bad", { image: debian, packages: ["no-such-package"] }),
+      suite.engine.createTemplate("deb-bad", { image: debian, packages: ["no-such-package"] }),
       (e: unknown) => {
         assert.ok(e instanceof MitosError);
         assert.match(e.message, /installing no-such-package with apt failed/);
@@ -162,7 +154,7 @@ describe("packages on OCI images", () => {
     sh("umoci", ["init", "--layout", bare]);
     sh("umoci", ["new", "--image", `${bare}:1`]);
     await assert.rejects(
-      engine.createTemplate("bare-pkgs", { image: `oci:${bare}:1`, packages: ["git"] }),
+      suite.engine.createTemplate("bare-pkgs", { image: `oci:${bare}:1`, packages: ["git"] }),
       /has neither apt nor apk/,
     );
   });

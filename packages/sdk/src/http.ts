@@ -41,11 +41,17 @@ export class LifecycleClient {
     return this.request("DELETE", path, undefined, opts);
   }
 
+  /** What every call sends: what it accepts, who asks, the bearer token and, with a body, its type. */
+  headers(accept: string, withBody: boolean): Record<string, string> {
+    const headers: Record<string, string> = { accept, "user-agent": USER_AGENT };
+    if (this.config.apiKey) headers.authorization = `Bearer ${this.config.apiKey}`;
+    if (withBody) headers["content-type"] = "application/json";
+    return headers;
+  }
+
   async request(method: Method, path: string, body: Record<string, Json> | undefined, opts: RequestOptions = {}) {
     const url = `${this.config.baseUrl}${path}`;
-    const headers: Record<string, string> = { accept: "application/json", "user-agent": USER_AGENT };
-    if (this.config.apiKey) headers.authorization = `Bearer ${this.config.apiKey}`;
-    if (body !== undefined) headers["content-type"] = "application/json";
+    const headers = this.headers("application/json", body !== undefined);
     const key = opts.idempotencyKey ?? (opts.create ? randomUUID() : undefined);
     if (key) headers["idempotency-key"] = key;
     const payload = body === undefined ? undefined : JSON.stringify(body);
@@ -88,12 +94,7 @@ export async function postLines(
   signal?: AbortSignal,
 ): Promise<void> {
   const { config } = client;
-  const headers: Record<string, string> = {
-    accept: "application/x-ndjson",
-    "content-type": "application/json",
-    "user-agent": USER_AGENT,
-  };
-  if (config.apiKey) headers.authorization = `Bearer ${config.apiKey}`;
+  const headers = client.headers("application/x-ndjson", true);
   let res: Response;
   try {
     res = await fetch(`${config.baseUrl}${path}`, { method: "POST", headers, body: JSON.stringify(body), signal });

@@ -56,13 +56,8 @@ class HttpClient:
         idempotency_key: Optional[str] = None,
     ) -> Any:
         url = self.config.base_url + path
-        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
-        if self.config.api_key:
-            headers["Authorization"] = "Bearer " + self.config.api_key
-        payload = None
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-            payload = json.dumps(body).encode("utf-8")
+        headers = self._headers("application/json", body is not None)
+        payload = None if body is None else json.dumps(body).encode("utf-8")
         key = idempotency_key or (str(uuid.uuid4()) if create else None)
         if key:
             headers["Idempotency-Key"] = key
@@ -96,17 +91,20 @@ class HttpClient:
                 attempt += 1
 
 
+    def _headers(self, accept: str, with_body: bool) -> Dict[str, str]:
+        """What every call sends: what it accepts, who asks, the bearer token and, with a body, its type."""
+        headers = {"Accept": accept, "User-Agent": USER_AGENT}
+        if self.config.api_key:
+            headers["Authorization"] = "Bearer " + self.config.api_key
+        if with_body:
+            headers["Content-Type"] = "application/json"
+        return headers
+
     def post_lines(self, path: str, body: Dict[str, Any], on_line: Callable[[Any], None]) -> None:
         """A POST whose answer streams JSON lines (``application/x-ndjson``):
         each line goes to ``on_line`` as it arrives. Not retried (a build log
         cannot be replayed); an error before the stream starts is raised."""
-        headers = {
-            "Accept": "application/x-ndjson",
-            "Content-Type": "application/json",
-            "User-Agent": USER_AGENT,
-        }
-        if self.config.api_key:
-            headers["Authorization"] = "Bearer " + self.config.api_key
+        headers = self._headers("application/x-ndjson", True)
         req = urllib.request.Request(
             self.config.base_url + path, data=json.dumps(body).encode("utf-8"), headers=headers, method="POST"
         )
