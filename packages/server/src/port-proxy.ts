@@ -173,6 +173,9 @@ export async function proxyRequest(
   });
   preq.on("response", (pres) => {
     res.writeHead(pres.statusCode ?? 502, pres.statusMessage, pres.rawHeaders);
+    // Node holds a head back until the first body byte: a streamed answer
+    // (a long cell's NDJSON, server-sent events) must reach the client now.
+    res.flushHeaders();
     pres.pipe(res);
   });
   preq.on("error", (err) => fail(res, err, t));

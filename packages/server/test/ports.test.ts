@@ -45,6 +45,18 @@ while True:
     c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
 `;
 
+// Answers with its head at once and its body only once /srv/go exists: a
+// proxy that held the head back until the body would never let fetch resolve.
+const HEAD_FIRST = `
+import os, socket, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", 8766)); s.listen()
+while True:
+    c, _ = s.accept(); c.recv(65536)
+    c.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Type: text/plain\\r\\nConnection: close\\r\\n\\r\\n")
+    while not os.path.exists("/srv/go"): time.sleep(0.05)
+    c.sendall(b"body after the head"); c.close()
+`;
+
 before(async () => {
   daemon = await startMitosd(dataDir);
   server = new SandboxServer({ baseUrl: daemon.url, apiKey: daemon.token });
@@ -53,6 +65,8 @@ before(async () => {
   await sb.exec("cd /srv && nohup python3 -m http.server 8000 >/dev/null 2>&1 &");
   await sb.files.write("/srv/ws.py", WS_ECHO);
   await sb.exec("nohup python3 /srv/ws.py >/dev/null 2>&1 &");
+  await sb.files.write("/srv/head-first.py", HEAD_FIRST);
+  await sb.exec("nohup python3 /srv/head-first.py >/dev/null 2>&1 &");
   await until(
     "the guest's servers",
     async () => (await sb.exec("curl -sf http://127.0.0.1:8000/who.txt")).exitCode === 0,
@@ -123,6 +137,21 @@ describe("guest ports through mitosd", () => {
     assert.ok(body.error.remediation.length > 0);
     const gone = await fetch(`${daemon.url}/v1/sandboxes/sb-nope/ports/8000/`, { headers: auth() });
     assert.equal(gone.status, 404);
+  });
+
+  it("a guest's response head reaches the client before its body (streamed answers are not held back)", async () => {
+    let res: Response | undefined;
+    await until("the head-first server", async () => {
+      res = await fetch(`${daemon.url}/v1/sandboxes/${sb.id}/ports/8766/`, {
+        headers: auth(),
+        signal: AbortSignal.timeout(30_000),
+      });
+      return res.status !== 502; // not listening yet
+    });
+    assert.equal(res?.status, 200);
+    // Only now does the guest write its body.
+    await sb.exec("touch /srv/go");
+    assert.equal(await res?.text(), "body after the head");
   });
 
   it("a WebSocket echo server in the guest works through the proxy", async () => {
