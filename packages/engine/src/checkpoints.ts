@@ -114,7 +114,7 @@ export class Checkpoints {
     const m = this.visible(checkpointId);
     const count = opts.count ?? opts.ids?.length ?? 1;
     table.checkCount(count);
-    ctx.caps.admit(table.usage(), count, m.machine.memMiB);
+    table.admit(count, m.machine.memMiB, m.templateId);
     const missing = Object.values(m.machine.images).filter((f) => typeof f === "string" && !fs.existsSync(f));
     if (missing.length > 0) {
       throw new MitosError("unavailable", `the guest images checkpoint ${m.id} was taken with are gone`, {

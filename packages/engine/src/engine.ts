@@ -349,9 +349,9 @@ export class Engine {
     const timeout = this.table.checkTimeout(opts.timeoutSeconds);
     const started = Date.now();
     // The count first: a create that will be refused must not build a template.
-    this.caps.admit(this.usage(), 1, 0);
+    this.caps.admit(this.table.usage(), 1, 0);
     const template = this.ctx.journal.templates[templateId] ?? (await this.templates.builtin(templateId));
-    this.caps.admit(this.usage(), 1, template.machine.memMiB);
+    this.table.admit(1, template.machine.memMiB, templateId);
     if (asked && !template.machine.network) throw noNic(templateId);
     const network = template.machine.network ? (asked ?? template.spec?.network ?? DEFAULT_POLICY) : undefined;
     const placeholder = this.table.reserve(
@@ -531,8 +531,7 @@ export class Engine {
       return;
     }
     // Its RAM comes back: it must fit again (it is counted as a sandbox already).
-    const usage = this.usage();
-    this.caps.admit({ ...usage, sandboxes: usage.sandboxes - 1 }, 1, s.memMiB);
+    this.table.admit(1, s.memMiB, s.templateId, true);
     s.idleHibernated = undefined;
     await this.saved.wake(s);
   }
@@ -584,9 +583,9 @@ export class Engine {
     return { sandboxes: rows, host: hostTotals(rows) };
   }
 
-  /** Live sandboxes and their guest memory, placeholders of creates and forks in flight included. */
+  /** Live sandboxes and their guest memory, placeholders of creates and forks in flight included; with cow admission, the host's real memory too. */
   usage(): Usage {
-    return this.table.usage();
+    return this.table.usage(true);
   }
 
   /** Takes a stream slot of a running sandbox (exec, file transfer); release it when the stream ends. */

@@ -74,7 +74,7 @@ export class Forks {
     const count = opts.count ?? opts.ids?.length ?? 1;
     table.checkCount(count);
     // The whole fork fits, or nothing is paused, captured or reserved.
-    ctx.caps.admit(table.usage(), count, source.memMiB);
+    table.admit(count, source.memMiB, source.templateId);
     const ids = table.newIds(count, opts.ids);
     const timeout = table.checkTimeout(opts.timeoutSeconds);
     const started = Date.now();

@@ -7,6 +7,7 @@ import { randomHex } from "./context.js";
 import { MitosError } from "./errors.js";
 import type { SandboxRecord } from "./journal.js";
 import type { Usage } from "./limits.js";
+import { MemoryMeter, type MeteredSandbox } from "./memory-use.js";
 import type { NetworkPolicy } from "./network/policy.js";
 import type { Accel } from "./qemu/accel.js";
 import { ID_RE, type Vm } from "./vm.js";
@@ -69,7 +70,9 @@ export class SandboxTable {
     private readonly ctx: EngineContext,
     /** Deletes a hibernated sandbox's checkpoint when it is terminated. */
     private readonly dropCheckpoint: (id: string) => void,
-  ) {}
+  ) {
+    this.meter = ctx.caps.limits.admission === "cow" ? new MemoryMeter(ctx.shmDir) : undefined;
+  }
 
   values(): IterableIterator<Sandbox> {
     return this.map.values();
@@ -242,8 +245,36 @@ export class SandboxTable {
   /** After detachAll: nothing here may touch the journal again. */
   private detached = false;
 
+  /** Real memory use for cow admission (memory-use.ts); undefined in strict mode. */
+  private readonly meter: MemoryMeter | undefined;
+
+  /**
+   * Refuses `count` new sandboxes of `templateId` (`memMiB` nominal each) unless
+   * all fit the caps; `counted`: they are in the table already (a hibernated
+   * sandbox coming back), so only their memory is new.
+   */
+  admit(count: number, memMiB: number, templateId: string, counted = false): void {
+    const usage = this.usage(true);
+    if (counted) usage.sandboxes -= count;
+    this.ctx.caps.admit(usage, count, memMiB, this.meter?.reservationMib(templateId) ?? 0);
+  }
+
   /** Live sandboxes and their guest memory, placeholders of creates and forks in flight included. */
-  usage(): Usage {
+  usage(withMemory = false): Usage {
+    const u = this.nominal();
+    if (withMemory && this.meter) u.memory = this.meter.use(this.metered());
+    return u;
+  }
+
+  /** What the meter measures: every sandbox whose VM holds memory now (placeholders as reservations). */
+  private *metered(): Generator<MeteredSandbox> {
+    for (const s of this.map.values()) {
+      if (s.state === "failed" || s.state === "terminated" || s.hibernation) continue;
+      yield { templateId: s.templateId, pid: s.vm?.running ? s.vm.pid : undefined, since: s.createdAt.getTime() };
+    }
+  }
+
+  private nominal(): Usage {
     let sandboxes = 0;
     let guestMemoryMib = 0;
     for (const s of this.map.values()) {

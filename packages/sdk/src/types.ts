@@ -100,13 +100,22 @@ export type TemplateBuildEvent =
 
 /** Spend caps in force and what is in use (GET /v1/limits). */
 export interface Limits {
+  /** "cow": admitted by real use with a free-memory floor; "strict": by nominal guest RAM. */
+  admission: "cow" | "strict";
+  memoryFloorMib: number;
+  memoryOvercommit: number;
   maxSandboxes: number;
   maxGuestMemoryMib: number;
   maxForkCount: number;
   maxLifetimeSeconds: number;
   defaultTimeoutSeconds: number;
   maxStreamsPerSandbox: number;
-  usage: { sandboxes: number; guestMemoryMib: number };
+  usage: {
+    sandboxes: number;
+    guestMemoryMib: number;
+    /** cow admission: the host's RAM, what it has available, what sandboxes hold and what is reserved for ones starting. */
+    memory?: { totalMib: number; availableMib: number; committedMib: number; pendingMib: number };
+  };
 }
 
 /** A sandbox saved to mitosd's disk store (POST /v1/sandboxes/{id}/checkpoints). */

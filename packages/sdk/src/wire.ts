@@ -180,14 +180,31 @@ export function toBuildEvent(v: unknown): TemplateBuildEvent {
 export function toLimits(v: unknown): Limits {
   const o = record("limits", v);
   const u = isRecord(o.usage) ? o.usage : {};
+  const m = isRecord(u.memory) ? u.memory : undefined;
   return {
+    admission: o.admission === "strict" ? "strict" : "cow",
+    memoryFloorMib: num(o, "memoryFloorMib"),
+    memoryOvercommit: num(o, "memoryOvercommit"),
     maxSandboxes: num(o, "maxSandboxes"),
     maxGuestMemoryMib: num(o, "maxGuestMemoryMib"),
     maxForkCount: num(o, "maxForkCount"),
     maxLifetimeSeconds: num(o, "maxLifetimeSeconds"),
     defaultTimeoutSeconds: num(o, "defaultTimeoutSeconds"),
     maxStreamsPerSandbox: num(o, "maxStreamsPerSandbox"),
-    usage: { sandboxes: num(u, "sandboxes"), guestMemoryMib: num(u, "guestMemoryMib") },
+    usage: {
+      sandboxes: num(u, "sandboxes"),
+      guestMemoryMib: num(u, "guestMemoryMib"),
+      ...(m
+        ? {
+            memory: {
+              totalMib: num(m, "totalMib"),
+              availableMib: num(m, "availableMib"),
+              committedMib: num(m, "committedMib"),
+              pendingMib: num(m, "pendingMib"),
+            },
+          }
+        : {}),
+    },
   };
 }
 

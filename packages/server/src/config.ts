@@ -18,6 +18,8 @@ const LIMIT_KEYS = Object.fromEntries(Object.entries(LIMIT_NAMES).map(([k, name]
   string,
   keyof Limits
 >;
+/** The limits given as whole numbers (admission and memory_overcommit are read on their own). */
+type NumericLimit = Exclude<keyof Limits, "admission" | "memoryOvercommit">;
 const OTHER_KEYS = [
   "host",
   "port",
@@ -88,8 +90,14 @@ Kubernetes node agent (docs/kubernetes.md):
   --lease-seconds N  lease duration; renewed every third of it (default 15)
 
 Spend caps (on by default; GET /v1/limits shows them; exceeding one is quota_exceeded):
-  --max-sandboxes N            live sandboxes (default: 20 % of host RAM / 64 MiB per VMM)
-  --max-guest-memory-mib N     sum of live sandboxes' guest RAM (default: 75 % of host RAM)
+  --admission cow|strict       cow (default): admit by what sandboxes really use (private pages,
+                               shared bases once) plus each template's learnt cost, keeping
+                               --memory-floor-mib free; strict: count nominal guest RAM only
+  --memory-floor-mib N         host memory kept available (cow; default 5 % of host RAM, ≥ 512)
+  --memory-overcommit X        cow: nominal guest RAM may add up to X × host RAM (default 12)
+  --max-sandboxes N            live sandboxes (default cow: host RAM / 32 MiB; strict: 20 % / 64 MiB)
+  --max-guest-memory-mib N     sum of live sandboxes' nominal guest RAM (default cow: overcommit ×
+                               host RAM; strict: 75 % of host RAM)
   --max-fork-count N           children per fork request (default 64)
   --max-lifetime-seconds N     a sandbox's whole life incl. set_timeout (default 3600)
   --default-timeout-seconds N  deadline when none is asked for (default 300)
@@ -223,6 +231,23 @@ export function loadDaemonConfig(argv: string[], env: NodeJS.ProcessEnv = proces
       options.auth = value;
       continue;
     }
+    if (key === "admission") {
+      if (value !== "cow" && value !== "strict") {
+        throw new ConfigError(`${where}: admission must be "cow" or "strict", got ${JSON.stringify(value)}`);
+      }
+      limits.admission = value;
+      continue;
+    }
+    if (key === "memory_overcommit") {
+      const x = typeof value === "string" && /^\d+(\.\d+)?$/.test(value) ? Number(value) : value;
+      if (typeof x !== "number" || !Number.isFinite(x) || x < 1 || x > 1000) {
+        throw new ConfigError(
+          `${where}: memory_overcommit must be a number from 1 to 1000, got ${JSON.stringify(value)}`,
+        );
+      }
+      limits.memoryOvercommit = x;
+      continue;
+    }
     if (key === "shutdown") {
       if (value !== "keep" && value !== "terminate") {
         throw new ConfigError(`${where}: shutdown must be "keep" or "terminate", got ${JSON.stringify(value)}`);
@@ -243,7 +268,7 @@ export function loadDaemonConfig(argv: string[], env: NodeJS.ProcessEnv = proces
     else if (key === "checkpoint_retention") options.checkpointRetention = n;
     else if (key === "hibernate_idle_seconds") options.hibernateIdleSeconds = n;
     else if (key === "lease_seconds") cluster[key] = n;
-    else limits[LIMIT_KEYS[key] as keyof Limits] = n;
+    else limits[LIMIT_KEYS[key] as NumericLimit] = n;
   }
   if (options.auth === "none" && !isLoopback(options.host ?? "127.0.0.1")) {
     throw new ConfigError(

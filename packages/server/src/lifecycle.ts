@@ -299,7 +299,20 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
     const u = engine.usage();
     return {
       ...Object.fromEntries(Object.entries(LIMIT_NAMES).map(([k, name]) => [name, l[k as keyof Limits]])),
-      usage: { sandboxes: u.sandboxes, guest_memory_mib: u.guestMemoryMib },
+      usage: {
+        sandboxes: u.sandboxes,
+        guest_memory_mib: u.guestMemoryMib,
+        ...(u.memory
+          ? {
+              memory: {
+                total_mib: Math.round(u.memory.totalMib),
+                available_mib: Math.round(u.memory.availableMib),
+                committed_mib: Math.round(u.memory.committedMib),
+                pending_mib: Math.round(u.memory.pendingMib),
+              },
+            }
+          : {}),
+      },
     };
   });
 

@@ -98,13 +98,26 @@ const idParams = { type: "object", properties: { id } } as const;
 const limits = {
   type: "object",
   properties: {
+    admission: { type: "string", enum: ["cow", "strict"] },
+    memory_floor_mib: int,
+    memory_overcommit: { type: "number" },
     max_sandboxes: int,
     max_guest_memory_mib: int,
     max_fork_count: int,
     max_lifetime_seconds: int,
     default_timeout_seconds: int,
     max_streams_per_sandbox: int,
-    usage: { type: "object", properties: { sandboxes: int, guest_memory_mib: int } },
+    usage: {
+      type: "object",
+      properties: {
+        sandboxes: int,
+        guest_memory_mib: int,
+        memory: {
+          type: "object",
+          properties: { total_mib: int, available_mib: int, committed_mib: int, pending_mib: int },
+        },
+      },
+    },
   },
 } as const;
 const codeContext = {

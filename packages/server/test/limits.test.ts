@@ -24,18 +24,32 @@ interface ErrorBody {
 
 describe("default spend caps", () => {
   it("are sized from host RAM by the documented formula", () => {
-    const l = defaultLimits(24 * GiB);
-    // 20 % of 24576 MiB / 64 MiB per VMM; 75 % of host RAM for guests.
-    assert.deepEqual(l, {
+    const common = { maxForkCount: 64, maxLifetimeSeconds: 3600, defaultTimeoutSeconds: 300, maxStreamsPerSandbox: 64 };
+    // cow (decision 0021): 24576 MiB / 32 MiB per sandbox; 12 × host RAM nominal; 5 % kept free.
+    assert.deepEqual(defaultLimits(24 * GiB), {
+      admission: "cow",
+      memoryFloorMib: 1228,
+      memoryOvercommit: 12,
+      maxSandboxes: 768,
+      maxGuestMemoryMib: 294912,
+      ...common,
+    });
+    // strict (decision 0005): 20 % of 24576 MiB / 64 MiB per VMM; 75 % of host RAM for guests.
+    assert.deepEqual(defaultLimits(24 * GiB, "strict"), {
+      admission: "strict",
+      memoryFloorMib: 1228,
+      memoryOvercommit: 12,
       maxSandboxes: 76,
       maxGuestMemoryMib: 18432,
-      maxForkCount: 64,
-      maxLifetimeSeconds: 3600,
-      defaultTimeoutSeconds: 300,
-      maxStreamsPerSandbox: 64,
+      ...common,
     });
-    assert.equal(defaultLimits(1 * GiB).maxSandboxes, 3);
-    assert.equal(defaultLimits(64 * 1024 * 1024).maxSandboxes, 1, "a tiny host still gets one sandbox");
+    assert.equal(defaultLimits(1 * GiB, "strict").maxSandboxes, 3);
+    assert.equal(defaultLimits(1 * GiB).memoryFloorMib, 512, "the floor is at least 512 MiB");
+    assert.equal(defaultLimits(64 * 1024 * 1024).maxSandboxes, 2);
+    assert.equal(defaultLimits(64 * 1024 * 1024, "strict").maxSandboxes, 1, "a tiny host still gets one sandbox");
+    // 500 python children of 512 MiB fit the cow defaults' nominal cap and count on 24 GiB.
+    assert.ok(501 * 512 <= defaultLimits(24 * GiB).maxGuestMemoryMib);
+    assert.ok(501 <= defaultLimits(24 * GiB).maxSandboxes);
     assert.deepEqual(resolveLimits({}), defaultLimits(os.totalmem()), "no configuration = the defaults, on");
   });
 
@@ -47,6 +61,13 @@ describe("default spend caps", () => {
       /default_timeout_seconds 100 is above max_lifetime_seconds 50/,
     );
     assert.throws(() => resolveLimits({ nope: 1 } as unknown as Partial<Limits>), /unknown limit "nope"/);
+    assert.throws(
+      () => resolveLimits({ admission: "loose" } as unknown as Partial<Limits>),
+      /admission must be "cow" or "strict"/,
+    );
+    assert.throws(() => resolveLimits({ memoryOvercommit: 0.5 }), /memory_overcommit must be a number from 1/);
+    assert.equal(resolveLimits({ admission: "strict" }, 24 * GiB).maxGuestMemoryMib, 18432);
+    assert.equal(resolveLimits({ memoryOvercommit: 2 }, 24 * GiB).maxGuestMemoryMib, 49152);
   });
 });
 
@@ -176,7 +197,7 @@ describe("spend caps on real VMs", () => {
     const e = (r.json as ErrorBody).error;
     assert.equal(r.status, 429, JSON.stringify(r.json));
     assert.equal(e.code, "quota_exceeded");
-    assert.deepEqual(e.context, { limit, value });
+    assert.deepEqual({ limit: e.context.limit, value: e.context.value }, { limit, value });
     assert.match(e.message, new RegExp(`${limit} ${value}`));
     assert.ok(e.remediation.length > 0);
   };
@@ -202,14 +223,21 @@ describe("spend caps on real VMs", () => {
     it("GET /v1/limits reports the caps in force and current usage", async () => {
       const r = await api("GET", "/v1/limits");
       assert.equal(r.status, 200);
+      const j = r.json as { usage: { memory: Record<string, number> } };
+      const memory = j.usage.memory;
+      assert.ok(memory.total_mib > 0 && memory.available_mib > 0 && memory.available_mib <= memory.total_mib);
+      assert.equal(memory.pending_mib, 0);
       assert.deepEqual(r.json, {
+        admission: "cow",
+        memory_floor_mib: defaultLimits().memoryFloorMib,
+        memory_overcommit: 12,
         max_sandboxes: 2,
         max_guest_memory_mib: defaultLimits().maxGuestMemoryMib,
         max_fork_count: 3,
         max_lifetime_seconds: 60,
         default_timeout_seconds: 40,
         max_streams_per_sandbox: 2,
-        usage: { sandboxes: 0, guest_memory_mib: 0 },
+        usage: { sandboxes: 0, guest_memory_mib: 0, memory },
       });
     });
 
@@ -223,7 +251,10 @@ describe("spend caps on real VMs", () => {
       assert.equal((tooLong.json as ErrorBody).error.code, "timeout_too_large");
       assert.deepEqual(await ids(), [a.id]);
       const usage = (await api("GET", "/v1/limits")).json as { usage: { sandboxes: number; guest_memory_mib: number } };
-      assert.deepEqual(usage.usage, { sandboxes: 1, guest_memory_mib: 512 });
+      assert.deepEqual(
+        { ...usage.usage, memory: undefined },
+        { sandboxes: 1, guest_memory_mib: 512, memory: undefined },
+      );
     });
 
     it("bounds set_timeout by created_at + max lifetime, never clamping", async () => {
@@ -292,6 +323,57 @@ describe("spend caps on real VMs", () => {
       assert.equal((await api("POST", `/v1/sandboxes/${a.id}/fork`, { count: 1 })).status, 200);
       refused(await api("POST", "/v1/sandboxes", { template: "python" }), "max_guest_memory_mib", 1024);
       assert.equal((await ids()).length, 2);
+    });
+  });
+
+  describe("CoW-aware admission (decision 0021)", () => {
+    const echo = async (id: string): Promise<string> => {
+      let out = "";
+      for await (const m of runtimeClient(server, id).execStream({ command: "cat /run/mitos/sandbox-id" })) {
+        if (m.event.case === "stdout") out += Buffer.from(m.event.value).toString();
+      }
+      return out.trim();
+    };
+    const bases = () => fs.readdirSync(server.engine.shmDir).filter((f) => f.startsWith("mitos-base-"));
+
+    it("strict mode counts nominal RAM: fork(64) of a 512 MiB sandbox is refused on this host", async () => {
+      await server.close({ killSandboxes: true });
+      await start({ admission: "strict" });
+      const a = (await api("POST", "/v1/sandboxes", { template: "python" })).json as { id: string };
+      refused(
+        await api("POST", `/v1/sandboxes/${a.id}/fork`, { count: 64 }),
+        "max_guest_memory_mib",
+        server.engine.caps.limits.maxGuestMemoryMib,
+      );
+      assert.deepEqual(await ids(), [a.id]);
+    });
+
+    it("the defaults admit fork(64) of a python sandbox; a fork that would cross memory_floor_mib is refused whole", async () => {
+      await server.close({ killSandboxes: true });
+      await start({});
+      const a = (await api("POST", "/v1/sandboxes", { template: "python" })).json as { id: string };
+      const r = await api("POST", `/v1/sandboxes/${a.id}/fork`, { count: 64 });
+      assert.equal(r.status, 200, JSON.stringify(r.json));
+      const children = (r.json as { sandboxes: Array<{ id: string }> }).sandboxes;
+      assert.equal(children.length, 64);
+      for (const c of [children[0], children[31], children[63]]) assert.equal(await echo(c?.id ?? ""), c?.id);
+      // What the children really hold is counted (their QEMUs' private pages, the base once).
+      const limits = (await api("GET", "/v1/limits")).json as {
+        usage: { sandboxes: number; memory: Record<string, number> };
+      };
+      assert.equal(limits.usage.sandboxes, 65);
+      assert.ok(limits.usage.memory.committed_mib + limits.usage.memory.pending_mib > 64 * 16, JSON.stringify(limits));
+      // A host with less than a child's cost above the floor: the next fork is refused, nothing is made.
+      const floor = Math.max(1, limits.usage.memory.available_mib - 8);
+      server.engine.caps.limits.memoryFloorMib = floor;
+      const before = await ids();
+      const no = await api("POST", `/v1/sandboxes/${a.id}/fork`, { count: 8 });
+      refused(no, "memory_floor_mib", floor);
+      assert.match((no.json as ErrorBody).error.message, /8 sandboxes expected to take \d+ MiB each/);
+      assert.deepEqual(await ids(), before);
+      assert.deepEqual(bases().length <= 1, true, "no new RAM capture (one base: the fork(64)'s)");
+      assert.equal(((await api("GET", `/v1/sandboxes/${a.id}`)).json as { state: string }).state, "ready");
+      assert.equal(await echo(a.id), a.id, "the parent runs on");
     });
   });
 });

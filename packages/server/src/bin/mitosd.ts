@@ -42,7 +42,8 @@ if (config.options.auth === "none") {
 }
 console.error(
   `mitosd ${server.url} (token in ${server.tokenFile})${config.configFile ? ` config ${config.configFile}` : ""}; ` +
-    `caps: ${l.maxSandboxes} sandboxes, ${l.maxGuestMemoryMib} MiB guest memory, fork count ${l.maxForkCount}, lifetime ${l.maxLifetimeSeconds}s`,
+    `caps: ${l.maxSandboxes} sandboxes, ${l.maxGuestMemoryMib} MiB guest memory, fork count ${l.maxForkCount}, lifetime ${l.maxLifetimeSeconds}s; ` +
+    `admission ${l.admission}${l.admission === "cow" ? ` (keeps ${l.memoryFloorMib} MiB free)` : ""}`,
 );
 // The Kubernetes node agent talks to this mitosd through its own HTTP API (the SDK), like any client.
 let agent: { stop(): Promise<void> } | undefined;
