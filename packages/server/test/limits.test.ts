@@ -18,6 +18,13 @@ const root = defaultDataDir();
 const dataDir = tempDataDir("test-limits");
 const GiB = 1024 ** 3;
 
+interface HostMemoryJson {
+  total_mib: number;
+  available_mib: number;
+  committed_mib: number;
+  pending_mib: number;
+}
+
 interface ErrorBody {
   error: { code: string; message: string; remediation: string; context: { limit?: string; value?: number } };
 }
@@ -223,7 +230,7 @@ describe("spend caps on real VMs", () => {
     it("GET /v1/limits reports the caps in force and current usage", async () => {
       const r = await api("GET", "/v1/limits");
       assert.equal(r.status, 200);
-      const j = r.json as { usage: { memory: Record<string, number> } };
+      const j = r.json as { usage: { memory: HostMemoryJson } };
       const memory = j.usage.memory;
       assert.ok(memory.total_mib > 0 && memory.available_mib > 0 && memory.available_mib <= memory.total_mib);
       assert.equal(memory.pending_mib, 0);
@@ -359,7 +366,7 @@ describe("spend caps on real VMs", () => {
       for (const c of [children[0], children[31], children[63]]) assert.equal(await echo(c?.id ?? ""), c?.id);
       // What the children really hold is counted (their QEMUs' private pages, the base once).
       const limits = (await api("GET", "/v1/limits")).json as {
-        usage: { sandboxes: number; memory: Record<string, number> };
+        usage: { sandboxes: number; memory: HostMemoryJson };
       };
       assert.equal(limits.usage.sandboxes, 65);
       assert.ok(limits.usage.memory.committed_mib + limits.usage.memory.pending_mib > 64 * 16, JSON.stringify(limits));
