@@ -86,7 +86,9 @@ try {
     for (const pid of qemuPidsOf(dataDir).filter((x) => !before.has(x))) {
       const k = byKind(pid);
       total.values.push(Object.values(k).reduce((a, b) => a + b, 0) / MiB);
-      for (const [name, kb] of Object.entries(k)) (kinds[name] ??= []).push(kb / MiB);
+      for (const [name, kb] of Object.entries(k)) {
+        kinds[name] = [...(kinds[name] ?? []), kb / MiB];
+      }
     }
     const first = add(`${v.name}: first command in a child`, "ms");
     first.values.push(...execMs);
