@@ -215,7 +215,7 @@ try {
   }
 } finally {
   await engine.close({ killSandboxes: true });
-  removeDataDir(engineDir);
+  removeDataDir(engineDir, shmDir);
 }
 
 record("api", { quick, accel, command: `npm run bench:api${quick ? " -- --quick" : ""}`, p99: true }, series, [

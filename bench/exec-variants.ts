@@ -44,7 +44,7 @@ try {
   }
 } finally {
   await engine.close({ killSandboxes: true });
-  removeDataDir(dataDir);
+  removeDataDir(dataDir, shmDir);
 }
 record(
   "exec-variants",

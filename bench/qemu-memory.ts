@@ -105,7 +105,7 @@ try {
   }
 } finally {
   await engine.close({ killSandboxes: true });
-  removeDataDir(dataDir);
+  removeDataDir(dataDir, shmDir);
 }
 notes.push(
   "One python parent forked per variant; each child ran `echo hi > /tmp/x; cat /tmp/x`; smaps read 3 s later. Anonymous pages only (file pages are shared).",
