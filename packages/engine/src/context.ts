@@ -3,6 +3,7 @@
 // checkpoints and recovery each take it instead of reaching into Engine.
 
 import { randomBytes } from "node:crypto";
+import type { DeviceStatePrefixes } from "./capture-mapping.js";
 import type { CheckpointStore } from "./checkpoint-store.js";
 import type { Confinement, RunAs } from "./confine.js";
 import type { Disks } from "./disk.js";
@@ -51,6 +52,10 @@ export interface EngineContext {
   readonly poolIdleMs: number;
   readonly restoreConcurrency: number;
   readonly reclaimDelayMs: number;
+  /** How forks and checkpoints capture a running VM (decision 0022): from its RAM mapping where possible, or always through migration. */
+  readonly forkCapture: "mapping" | "migration";
+  /** Device-state prefixes per machine shape, learnt from migration captures (capture-mapping.ts). */
+  readonly devicePrefixes: DeviceStatePrefixes;
 }
 
 /** `bytes` random bytes as hex: the unique part of VM ids, base names and sandbox ids. */

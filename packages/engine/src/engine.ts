@@ -10,6 +10,7 @@ import path from "node:path";
 import type { AgentClient, ExecRequest } from "./agent/client.js";
 import { RAM_FILE_RE } from "./base-file.js";
 import type { BuildEvent } from "./build-log.js";
+import { DeviceStatePrefixes } from "./capture-mapping.js";
 import { type CheckpointManifest, CheckpointStore } from "./checkpoint-store.js";
 import { Checkpoints } from "./checkpoints.js";
 import { defaultDataDir, shmDirFor } from "./config.js";
@@ -57,6 +58,8 @@ export interface EngineOptions {
   spareVms?: number;
   /** How long after its last fork a sandbox's base gets back the pages the capture faulted in (default 30 s). */
   reclaimDelayMs?: number;
+  /** How a fork captures its source (decision 0022): "mapping" (default; migration for the first capture of a machine shape and as the fallback) or "migration" always. */
+  forkCapture?: "mapping" | "migration";
   /** Disk cap of the checkpoint store (compressed chunks; default: a quarter of the data dir's filesystem). */
   maxCheckpointBytes?: number;
   /** Built-in templates to build in the background at open (mitosd: python), so the first create is warm. */
@@ -142,6 +145,8 @@ export class Engine {
         poolIdleMs,
         restoreConcurrency: options.restoreConcurrency ?? Math.max(2, 2 * os.availableParallelism()),
         reclaimDelayMs: options.reclaimDelayMs ?? 30_000,
+        forkCapture: options.forkCapture ?? "mapping",
+        devicePrefixes: new DeviceStatePrefixes(),
       };
       this.templates = new Templates(this.ctx, (id) => {
         if ((this.ctx.poolTargets[id] ?? 0) > 0) this.poolFor(id);

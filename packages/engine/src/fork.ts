@@ -6,13 +6,14 @@
 import fs from "node:fs";
 import path from "node:path";
 import { baseFileOf, digHoles } from "./base-file.js";
+import { captureFromMapping } from "./capture-mapping.js";
 import type { SharedGroup } from "./confine.js";
 import { applyNetwork, type EngineContext, journalUntilExit, newVmId, randomHex, withResources } from "./context.js";
 import { MAX_CHAIN } from "./disk.js";
 import { MitosError } from "./errors.js";
 import type { RunningSandbox, Sandbox, SandboxInfo, SandboxTable } from "./lifecycle.js";
 import type { Pin } from "./network/ruleset.js";
-import { captureLive } from "./snapshot.js";
+import { captureLive, noShmSpace } from "./snapshot.js";
 import { SpareVms } from "./spares.js";
 import { type MachineSpec, type Snapshot, Vm } from "./vm.js";
 
@@ -98,8 +99,10 @@ export class Forks {
     // Children get the parent's policy and its resolver pins (apps keep the addresses they resolved).
     const pins = ctx.network.pinsOf(sourceVm.id);
     let captured = false;
+    let captureVia: CaptureVia | undefined;
     try {
-      const { tPaused, disk } = await captureRunning(ctx, source, ramFile, stateFile, "fork");
+      const { tPaused, disk, via } = await captureRunning(ctx, source, ramFile, stateFile, "fork");
+      captureVia = via;
       const tCaptured = Date.now();
       captured = true;
       const snapshot: Snapshot = { machine: sourceVm.machine, ramFile, stateFile, ignoreShared: false };
@@ -127,6 +130,7 @@ export class Forks {
         ok: children.length,
         ...(errors.length > 0 ? { failed: errors.length, error: errors[0]?.message } : {}),
         ms: forkTimeMs,
+        captureVia,
         pauseMs: tPaused - started,
         captureMs: tCaptured - tPaused,
         restoreMs: tRestored - tCaptured,
@@ -145,7 +149,8 @@ export class Forks {
       // Spares for the next fork start a moment later, not while the children run their first commands.
       const machine = sourceVm.machine;
       if (!noSpares) setTimeout(() => this.spares.prime(machine), 1000).unref();
-      if (captured) this.reclaimBase(sourceVm);
+      // Only QEMU's migration faults the source's base in; a capture from the mapping reads what exists.
+      if (captured && captureVia === "migration") this.reclaimBase(sourceVm);
       fs.rmSync(ramFile, { force: true });
       fs.rmSync(stateFile, { force: true });
       baseGroup?.release();
@@ -195,7 +200,7 @@ export async function captureRunning(
   ramFile: string,
   stateFile: string,
   kind: "fork" | "checkpoint",
-): Promise<{ tPaused: number; disk: string[] | undefined }> {
+): Promise<{ tPaused: number; disk: string[] | undefined; via: CaptureVia }> {
   const wasState = source.state;
   const vm = source.vm;
   // QEMU takes no live snapshot while a compaction streams: let it finish.
@@ -219,10 +224,9 @@ export async function captureRunning(
       group?.release();
       ctx.journal.vmDisk(vm.id, vm.disk as string[]);
     }
-    const memBytes = vm.machine.memMiB * 1024 * 1024;
-    await captureLive(vm.qmp, vm.paths.migrationSocket, { ramFile, stateFile, memBytes }, 120_000, vm.runAs);
+    const via = await capture(ctx, vm, { ramFile, stateFile, memBytes: vm.machine.memMiB * 1024 * 1024 });
     await ctx.fault(`${kind}:captured`, vm);
-    return { tPaused, disk: before };
+    return { tPaused, disk: before, via };
   } catch (err) {
     if (!vm.running) throw sourceDied(source.id, err as Error, kind);
     throw err;
@@ -235,6 +239,43 @@ export async function captureRunning(
     // Unless the VM died meanwhile (its exit handler marked it failed).
     if (source.state === "paused") source.state = wasState;
   }
+}
+
+export type CaptureVia = "mapping" | "migration";
+
+/**
+ * Captures a paused VM's RAM and device state: from its RAM mapping when this
+ * machine shape's device-state prefix is known (capture-mapping.ts), else, or
+ * if that fails, through QEMU's migration, which also teaches the prefix.
+ */
+async function capture(
+  ctx: EngineContext,
+  vm: Vm,
+  files: { ramFile: string; stateFile: string; memBytes: number },
+): Promise<CaptureVia> {
+  const prefix = ctx.forkCapture === "mapping" ? ctx.devicePrefixes.get(vm.machine) : undefined;
+  if (prefix) {
+    try {
+      const stats = await captureFromMapping(vm, prefix, files);
+      ctx.log("captured from the RAM mapping", { vm: vm.id, ...roundMs(stats) });
+      return "mapping";
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOSPC") throw noShmSpace(files.ramFile, err as Error);
+      ctx.log("capture from the RAM mapping failed; capturing through migration", {
+        vm: vm.id,
+        error: (err as Error).message,
+      });
+    }
+  }
+  const stats = await captureLive(vm.qmp, vm.paths.migrationSocket, files, 120_000, vm.runAs);
+  ctx.devicePrefixes.learn(vm.machine, files.stateFile, stats.deviceOffset);
+  return "migration";
+}
+
+function roundMs<T extends object>(stats: T): T {
+  return Object.fromEntries(
+    Object.entries(stats).map(([k, v]) => [k, k.endsWith("Ms") ? Math.round(v as number) : v]),
+  ) as T;
 }
 
 /**

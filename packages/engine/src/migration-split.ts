@@ -43,6 +43,8 @@ export interface SplitStats {
   zeroPagesSkipped: number;
   pagesKept: number;
   stateBytes: number;
+  /** Bytes of the state before its device sections (header, configuration, RAM sections). */
+  deviceOffset: number;
 }
 
 /**
@@ -63,7 +65,7 @@ export class MigrationSplitter {
   private run: { offset: number; parts: Buffer[]; bytes: number } | undefined;
   /** Block of the last RAM entry: CONTINUE refers to it, across sections too. */
   private block = "";
-  readonly stats: SplitStats = { pagesToBase: 0, zeroPagesSkipped: 0, pagesKept: 0, stateBytes: 0 };
+  readonly stats: SplitStats = { pagesToBase: 0, zeroPagesSkipped: 0, pagesKept: 0, stateBytes: 0, deviceOffset: 0 };
 
   constructor(
     private readonly stateFd: number,
@@ -87,6 +89,7 @@ export class MigrationSplitter {
       const need = this.need;
       if ("rest" in need) {
         this.passthrough = true;
+        this.stats.deviceOffset = this.stats.stateBytes;
         this.emit(this.buf.subarray(off));
         off = this.buf.length;
         break;

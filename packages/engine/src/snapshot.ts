@@ -161,14 +161,7 @@ export async function captureLive(
   } catch (err) {
     fs.rmSync(files.ramFile, { force: true });
     fs.rmSync(files.stateFile, { force: true });
-    if ((err as NodeJS.ErrnoException).code === "ENOSPC") {
-      const dir = path.dirname(files.ramFile);
-      throw new MitosError("fork_failed", `no space left for the fork's RAM capture in ${dir}`, {
-        remediation: `The source sandbox was resumed and is unchanged. ${shmSpaceRemediation(dir)}`,
-        cause: (err as Error).message,
-        context: { shm_dir: dir },
-      });
-    }
+    if ((err as NodeJS.ErrnoException).code === "ENOSPC") throw noShmSpace(files.ramFile, err as Error);
     throw err instanceof MitosError
       ? err
       : new MitosError("fork_failed", `capturing the VM state failed: ${(err as Error).message}`, {
@@ -178,6 +171,16 @@ export async function captureLive(
     fs.closeSync(ramFd);
     fs.closeSync(stateFd);
   }
+}
+
+/** The error of a capture that ran out of space for the new base. */
+export function noShmSpace(ramFile: string, err: Error): MitosError {
+  const dir = path.dirname(ramFile);
+  return new MitosError("fork_failed", `no space left for the fork's RAM capture in ${dir}`, {
+    remediation: `The source sandbox was resumed and is unchanged. ${shmSpaceRemediation(dir)}`,
+    cause: err.message,
+    context: { shm_dir: dir },
+  });
 }
 
 /** Feeds a saved device state into a QEMU started with `-incoming defer`. */
