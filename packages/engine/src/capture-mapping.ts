@@ -189,25 +189,54 @@ function copyRuns(pid: number, start: number, runs: Array<[number, number]>, ram
   return zeroed;
 }
 
+/** The source's base copied into the new base file: where its RAM is mapped, and what the copy took. */
+export interface CopiedBase {
+  start: number;
+  pages: number;
+  baseBytes: number;
+  copyMs: number;
+}
+
 /**
- * Captures a paused VM whose RAM is a private mapping of a base file into a
- * new base (`ramFile`, created or overwritten in place: spare VMs may map it
- * already) and a device state (`stateFile`) that loads like the migration
- * path's. `prefix`: the device state's leading part for this machine shape.
+ * Copies the base file behind a VM's guest RAM into `ramFile` (created, or
+ * overwritten in place: spare VMs may map it already), holes and zero
+ * blocks as holes. A base never changes once made, so this may run before
+ * the VM is paused: whatever the guest writes meanwhile becomes a page of
+ * its own, which finishCapture copies over the base while it is paused.
  */
+export async function copyBase(pid: number, memBytes: number, ramFile: string): Promise<CopiedBase> {
+  const t0 = performance.now();
+  const ram = ramMapping(pid, memBytes);
+  const baseBytes = fs.statSync(ram.file).blocks * 512;
+  await sparseCopy(ram.file, ramFile);
+  if (fs.statSync(ramFile).size !== memBytes) fs.truncateSync(ramFile, memBytes);
+  return { start: ram.start, pages: ram.pages, baseBytes, copyMs: performance.now() - t0 };
+}
+
+/** A paused VM captured from its mapping in one go (copyBase, then finishCapture). */
 export async function captureFromMapping(
   vm: { pid: number; dir: string; qmp: QmpClient },
   prefix: Buffer,
   files: { ramFile: string; stateFile: string; memBytes: number },
 ): Promise<MappingCaptureStats> {
-  const t0 = performance.now();
-  const ram = ramMapping(vm.pid, files.memBytes);
-  const baseBytes = fs.statSync(ram.file).blocks * 512;
-  await sparseCopy(ram.file, files.ramFile);
-  if (fs.statSync(files.ramFile).size !== files.memBytes) fs.truncateSync(files.ramFile, files.memBytes);
+  return finishCapture(vm, prefix, await copyBase(vm.pid, files.memBytes, files.ramFile), files);
+}
+
+/**
+ * With the VM paused and its base copied into `files.ramFile`: writes the
+ * pages the guest made its own over the copy, and the device state
+ * (`prefix` for this machine shape, then QEMU's device sections) to
+ * `files.stateFile`, loadable like the migration path's.
+ */
+export async function finishCapture(
+  vm: { pid: number; dir: string; qmp: QmpClient },
+  prefix: Buffer,
+  copied: CopiedBase,
+  files: { ramFile: string; stateFile: string },
+): Promise<MappingCaptureStats> {
   const t1 = performance.now();
-  const { runs, privatePages, basePages } = privateRuns(vm.pid, ram.start, ram.pages);
-  const zeroedPages = copyRuns(vm.pid, ram.start, runs, files.ramFile);
+  const { runs, privatePages, basePages } = privateRuns(vm.pid, copied.start, copied.pages);
+  const zeroedPages = copyRuns(vm.pid, copied.start, runs, files.ramFile);
   const t2 = performance.now();
   // QEMU (the VM's uid) writes into the VM's own dir; the devices' sections follow its 8-byte header.
   const devFile = path.join(vm.dir, "devices.state");
@@ -226,11 +255,11 @@ export async function captureFromMapping(
     return {
       privatePages,
       basePages,
-      untouchedPages: ram.pages - privatePages - basePages,
+      untouchedPages: copied.pages - privatePages - basePages,
       zeroedPages,
-      baseBytes,
+      baseBytes: copied.baseBytes,
       stateBytes: state.length,
-      copyMs: t1 - t0,
+      copyMs: copied.copyMs,
       privateMs: t2 - t1,
       deviceMs: performance.now() - t2,
     };

@@ -6,7 +6,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { baseFileOf, digHoles } from "./base-file.js";
-import { captureFromMapping } from "./capture-mapping.js";
+import { type CopiedBase, copyBase, finishCapture } from "./capture-mapping.js";
 import type { SharedGroup } from "./confine.js";
 import { applyNetwork, type EngineContext, journalUntilExit, newVmId, randomHex, withResources } from "./context.js";
 import { MAX_CHAIN } from "./disk.js";
@@ -207,6 +207,11 @@ export async function captureRunning(
   await vm.diskJob;
   // Made before the pause (its content matters only from the switch on), to keep the pause short.
   const before = vm.disk;
+  const memBytes = vm.machine.memMiB * 1024 * 1024;
+  // From the mapping: the base is copied before the pause (it never changes), so the pause only covers
+  // the pages the guest made its own and the device state.
+  const prefix = ctx.forkCapture === "mapping" ? ctx.devicePrefixes.get(vm.machine) : undefined;
+  const copied = prefix ? await copyBase(vm.pid, memBytes, ramFile).catch((err: Error) => err) : undefined;
   const next = before ? await ctx.disks.overlay(before, vm.runAs) : undefined;
   if (before && next) ctx.disks.hold(vm.id, [next, ...before]);
   let switched = false;
@@ -224,7 +229,8 @@ export async function captureRunning(
       group?.release();
       ctx.journal.vmDisk(vm.id, vm.disk as string[]);
     }
-    const via = await capture(ctx, vm, { ramFile, stateFile, memBytes: vm.machine.memMiB * 1024 * 1024 });
+    const files = { ramFile, stateFile, memBytes };
+    const via = await capture(ctx, vm, files, prefix && copied ? { prefix, copied } : undefined);
     await ctx.fault(`${kind}:captured`, vm);
     return { tPaused, disk: before, via };
   } catch (err) {
@@ -245,18 +251,20 @@ export type CaptureVia = "mapping" | "migration";
 
 /**
  * Captures a paused VM's RAM and device state: from its RAM mapping when this
- * machine shape's device-state prefix is known (capture-mapping.ts), else, or
- * if that fails, through QEMU's migration, which also teaches the prefix.
+ * machine shape's device-state prefix is known and its base was copied
+ * (capture-mapping.ts), else, or if that fails, through QEMU's migration,
+ * which also teaches the prefix.
  */
 async function capture(
   ctx: EngineContext,
   vm: Vm,
   files: { ramFile: string; stateFile: string; memBytes: number },
+  mapping: { prefix: Buffer; copied: CopiedBase | Error } | undefined,
 ): Promise<CaptureVia> {
-  const prefix = ctx.forkCapture === "mapping" ? ctx.devicePrefixes.get(vm.machine) : undefined;
-  if (prefix) {
+  if (mapping) {
     try {
-      const stats = await captureFromMapping(vm, prefix, files);
+      if (mapping.copied instanceof Error) throw mapping.copied;
+      const stats = await finishCapture(vm, mapping.prefix, mapping.copied, files);
       ctx.log("captured from the RAM mapping", { vm: vm.id, ...roundMs(stats) });
       return "mapping";
     } catch (err) {

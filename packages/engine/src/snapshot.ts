@@ -144,6 +144,9 @@ export async function captureLive(
   const ramFd = fs.openSync(files.ramFile, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
   const stateFd = fs.openSync(files.stateFile, "w", 0o600);
   try {
+    // Emptied first: only non-zero pages are written, the rest must read as holes (a failed
+    // capture from the mapping may have left a copy here).
+    fs.ftruncateSync(ramFd, 0);
     fs.ftruncateSync(ramFd, files.memBytes);
     const splitter = new MigrationSplitter(stateFd, ramFd, { ramBlock: "mem", ignoreShared: false });
     await migrateOut(
