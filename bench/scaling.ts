@@ -1,5 +1,5 @@
 // Scaling curves and density with the default caps (issue 19, item 6):
-// npm run bench:scaling [-- --quick] [-- --template=base] [-- --max=500]
+// npm run bench:scaling [-- --quick] [-- --template=base] [-- --max=500] [-- --sizes=1,4|none]
 //
 // An in-process engine with its default limits (CoW-aware admission, the
 // caps mitosd starts with). Two parts:
@@ -11,7 +11,7 @@
 //    children are live or admission refuses; after each batch every new child
 //    answers an exec, then the host's memory is read (the metering's total
 //    and MemAvailable). A refusal is recorded with its limit.
-// Records to bench/results/<date>-scaling.{json,md}.
+// Records to bench/results/<date>-scaling.{json,md} (-scaling-<template> for another template).
 
 import fs from "node:fs";
 import os from "node:os";
@@ -29,7 +29,9 @@ const arg = (name: string) =>
     .join("=");
 const template = arg("template") ?? "python";
 const maxChildren = Number(arg("max") ?? (quick ? 16 : 500));
-const SIZES = quick ? [1, 4] : [1, 4, 16, 64];
+// --sizes=none: density only.
+const SIZES =
+  arg("sizes") === "none" ? [] : (arg("sizes")?.split(",").map(Number) ?? (quick ? [1, 4] : [1, 4, 16, 64]));
 const reps = (n: number) => (quick ? 1 : n <= 4 ? 5 : n <= 16 ? 3 : 2);
 const BATCH = 64;
 const MiB = 2 ** 20;
@@ -178,7 +180,7 @@ notes.push(
   `Parent: a ${template} sandbox that ran Python and wrote a 50 KB file. Children run \`echo hi > /tmp/x; cat /tmp/x\`. Memory from /proc/<pid>/smaps (anonymous pages per QEMU; bases counted once at the memory their file holds). fork(n) sizes wait 2 s between forks so the spare QEMUs are up, as users forking in a loop meet them.`,
 );
 record(
-  "scaling",
+  template === "python" ? "scaling" : `scaling-${template}`,
   { quick, accel, command: `npm run bench:scaling -- ${process.argv.slice(2).join(" ")}`.trim() },
   series,
   notes,
