@@ -34,8 +34,8 @@ const engine = await Engine.open({
   dataDir,
   imagesDir,
   poolTargets: { python: 2 },
-  // Density runs 200 children of one parent: far past the default caps, which
-  // count every guest's full RAM (decision 0005); the bench measures what is really used.
+  // Density forks 200 children in one request, past the default max_fork_count (64);
+  // density with the default caps, 64 per fork, is `npm run bench:scaling`.
   limits: { maxLifetimeSeconds: 7200, maxSandboxes: 400, maxForkCount: 256, maxGuestMemoryMib: 512 * 400 },
   log: (msg, fields) => {
     if (msg === "fork" && fields) forkLog.push(fields as Record<string, number>);
@@ -488,13 +488,14 @@ try {
     `# Summary against the goals (${new Date().toISOString().slice(0, 10)})`,
     "",
     `Command: \`${rec.command}\`; accel ${engine.accel}; ${os.availableParallelism()} cores. Figures are medians (p50) from the records beside this file.`,
+    "Through the API, scaling with the default caps, and where each missed goal's time goes: the profile of the same date, `npm run bench:api`, `npm run bench:scaling`, `npm run bench:capture`.",
     "",
     "| figure | reached | goal | |",
     "|---|---|---|---|",
     goal("claim from warm pool → ready, p50", figures.claim, "ms", "≤ 30 ms", (v) => v <= 30),
     goal("exec round trip, p50", figures.exec, "ms", "≤ 10 ms", (v) => v <= 10),
-    goal("fork(8) of a running python sandbox → all 8 ready, p50", figures.fork8, "ms", "≤ 600 ms", (v) => v <= 600),
-    goal("fork → first exec answered in the child, p50", figures.forkFirstExec, "ms", "≤ 300 ms", (v) => v <= 300),
+    goal("fork(8) of a running python sandbox → all 8 ready, p50", figures.fork8, "ms", "≤ 500 ms", (v) => v <= 500),
+    goal("fork(1) → first exec answered in the child, p50", figures.forkFirstExec, "ms", "≤ 250 ms", (v) => v <= 250),
     goal(
       "guest memory made private per child after a small command",
       figures.guestPrivate,

@@ -153,9 +153,10 @@ try {
       );
       log(notes[notes.length - 1] ?? "");
     } catch (err) {
-      if (!(err instanceof MitosError) || err.code !== "quota_exceeded") throw err;
-      refusal = `${err.message} (${JSON.stringify(err.context)})`;
-      log(`density: refused at ${live.length}: ${refusal}`);
+      // A refusal by admission, or a fork whose children could not start (the host's CPU): the end either way.
+      if (!(err instanceof MitosError)) throw err;
+      refusal = `${err.code}: ${err.message} (${JSON.stringify(err.context)})`;
+      log(`density: stopped at ${live.length}: ${refusal}`);
       break;
     }
   }
@@ -167,7 +168,7 @@ try {
   notes.push(
     `density: at the end ${live.length} live children of one parent all answered an exec again (${fmt(allMs)} ms for all, concurrently); in all ${fmt((m.privateBytes + m.baseBytes) / 2 ** 30)} GiB (children's private + their base once), every sandbox incl. the parent ${fmt(m.hostBytes / 2 ** 30)} GiB.`,
     refusal
-      ? `density: the next fork of ${BATCH} was refused by admission, nothing half-created: ${refusal}`
+      ? `density: the next fork of ${BATCH} failed, nothing half-created: ${refusal}`
       : `density: stopped at --max=${maxChildren} without a refusal.`,
   );
   for (const c of live) await engine.terminate(c.id);

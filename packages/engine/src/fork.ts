@@ -353,8 +353,12 @@ export async function activateAll(
 ): Promise<{ children: SandboxInfo[]; errors: Error[] }> {
   const children: SandboxInfo[] = [];
   const errors: Error[] = [];
-  await Promise.all(
-    results.map(async (r, i) => {
+  // As many at a time as restores: a child's first run after `cont` is CPU-bound (under TCG it
+  // translates the guest's code again), and 64 at once on a busy host all missed the agent's timeout.
+  await limitAll(
+    ctx.restoreConcurrency,
+    results.map((r, i) => [r, i] as const),
+    async ([r, i]) => {
       const p = placeholders[i] as Sandbox;
       if (r.status === "rejected") {
         table.unreserve(p);
@@ -372,7 +376,7 @@ export async function activateAll(
         ctx.journal.deleteVm(r.value.id);
         errors.push(err as Error);
       }
-    }),
+    },
   );
   return { children: children.filter(Boolean), errors };
 }
