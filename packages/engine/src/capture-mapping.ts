@@ -10,13 +10,15 @@
 // RAM block list and the ROM pages), which is the same for every VM of that
 // shape.
 
-import { spawn } from "node:child_process";
+import { execFile } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
+import { promisify } from "node:util";
 import { RAM_FILE_RE } from "./base-file.js";
 import type { QmpClient } from "./qemu/qmp.js";
 import type { MachineSpec } from "./vm.js";
 
+const execFileP = promisify(execFile);
 const PAGE = 4096;
 /** Bytes copied per read of /proc/<pid>/mem. */
 const CHUNK = 4 << 20;
@@ -82,21 +84,15 @@ function ramMapping(pid: number, memBytes: number): { start: number; pages: numb
 }
 
 /** Copies `src` to `dst` (an existing file is overwritten in place), holes and zero blocks as holes. */
-function sparseCopy(src: string, dst: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const p = spawn("cp", ["--sparse=always", "--reflink=never", src, dst], { stdio: ["ignore", "ignore", "pipe"] });
-    let err = "";
-    p.stderr.on("data", (d: Buffer) => {
-      err += d.toString();
-    });
-    p.once("error", reject);
-    p.once("exit", (code) => {
-      if (code === 0) return resolve();
-      const e = new Error(`cp ${src} ${dst}: exit ${code}: ${err.trim()}`) as NodeJS.ErrnoException;
-      if (/No space left/.test(err)) e.code = "ENOSPC";
-      reject(e);
-    });
-  });
+async function sparseCopy(src: string, dst: string): Promise<void> {
+  try {
+    await execFileP("cp", ["--sparse=always", "--reflink=never", src, dst]);
+  } catch (err) {
+    const stderr = String((err as { stderr?: unknown }).stderr ?? "");
+    const e = new Error(`cp ${src} ${dst}: ${stderr.trim() || (err as Error).message}`) as NodeJS.ErrnoException;
+    if (/No space left/.test(stderr)) e.code = "ENOSPC";
+    throw e;
+  }
 }
 
 /**
