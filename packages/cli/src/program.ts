@@ -28,6 +28,7 @@ import {
   table,
 } from "./format.js";
 import { type Io, processIo } from "./io.js";
+import { registerKeyCommands } from "./key-commands.js";
 import { runShell } from "./shell.js";
 import { startSpinner } from "./spinner.js";
 import { runTop, topFrame } from "./top.js";
@@ -786,6 +787,7 @@ ${examples("mitos sandbox shell sb-1a2b3c4d", "mitos sandbox shell sb-1a2b3c4d -
     });
 
   registerE2bCommands(program, io);
+  registerKeyCommands(program, io);
 
   // ---- mitos pool …
 

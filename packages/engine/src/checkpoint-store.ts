@@ -12,7 +12,7 @@ import { spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
-import { MitosError } from "./errors.js";
+import { MitosError, noCheckpoint } from "./errors.js";
 import type { MachineSpec } from "./vm.js";
 
 /** 256 KiB: small enough that two checkpoints of one sandbox share most chunks. */
@@ -35,6 +35,8 @@ export interface CheckpointManifest {
   ram: Array<[number, string]>;
   /** Internal (a hibernated sandbox's RAM): not listed by the API. */
   hidden?: boolean;
+  /** Whose sandbox it was taken of (SandboxInfo.owner). */
+  owner?: string;
   /** sha256 of the device state (stored as one chunk). */
   state: string;
   /** [chunk index, sha256] for every chunk of the workspace disk that holds data (machine.diskMib bytes in all). */
@@ -47,7 +49,7 @@ export interface CheckpointManifest {
 
 export type CheckpointMeta = Pick<
   CheckpointManifest,
-  "name" | "sandboxId" | "templateId" | "machine" | "env" | "hidden"
+  "name" | "sandboxId" | "templateId" | "machine" | "env" | "hidden" | "owner"
 >;
 
 export class CheckpointStore {
@@ -80,10 +82,7 @@ export class CheckpointStore {
 
   get(id: string): CheckpointManifest {
     if (!ID_RE.test(id) || !fs.existsSync(this.manifestPath(id))) {
-      throw new MitosError("not_found", `no checkpoint ${JSON.stringify(id)}`, {
-        remediation: "List checkpoints (GET /v1/checkpoints) for valid ids.",
-        context: { checkpoint: id },
-      });
+      throw noCheckpoint(id);
     }
     return this.read(id);
   }

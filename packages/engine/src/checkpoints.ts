@@ -8,7 +8,7 @@ import path from "node:path";
 import type { CheckpointManifest } from "./checkpoint-store.js";
 import type { SharedGroup } from "./confine.js";
 import { applyNetwork, type EngineContext, randomHex } from "./context.js";
-import { MitosError, shmSpaceRemediation } from "./errors.js";
+import { MitosError, noCheckpoint, shmSpaceRemediation } from "./errors.js";
 import { activateAll, captureRunning, compactLater, restoreAll } from "./fork.js";
 import type { Sandbox, SandboxInfo, SandboxTable } from "./lifecycle.js";
 import { DEFAULT_POLICY } from "./network/policy.js";
@@ -23,6 +23,15 @@ interface CheckpointBase {
   group: SharedGroup | undefined;
   /** Its workspace disk, materialized once as a frozen layer (held as cp:<id>). */
   disk: string[] | undefined;
+}
+
+/** Sandboxes from a checkpoint: how many, their ids, deadline, env, and whose they are (SandboxInfo.owner). */
+export interface StartOptions {
+  count?: number;
+  ids?: string[];
+  timeoutSeconds?: number;
+  env?: Record<string, string>;
+  owner?: string;
 }
 
 export class Checkpoints {
@@ -79,6 +88,7 @@ export class Checkpoints {
           machine: vm.machine,
           env: source.env,
           ...(opts.hidden ? { hidden: true } : {}),
+          ...(source.owner !== undefined ? { owner: source.owner } : {}),
         },
         extents ? { file: diskFile, extents } : undefined,
       );
@@ -105,16 +115,13 @@ export class Checkpoints {
   }
 
   /** New sandboxes restored from a checkpoint (any time later, after restarts): `count` of them share one base. */
-  async start(
-    checkpointId: string,
-    opts: { count?: number; ids?: string[]; timeoutSeconds?: number; env?: Record<string, string> } = {},
-  ): Promise<{ children: SandboxInfo[]; forkTimeMs: number }> {
+  async start(checkpointId: string, opts: StartOptions = {}): Promise<{ children: SandboxInfo[]; forkTimeMs: number }> {
     const ctx = this.ctx;
     const table = this.table;
     const m = this.visible(checkpointId);
     const count = opts.count ?? opts.ids?.length ?? 1;
     table.checkCount(count);
-    table.admit(count, m.machine.memMiB, m.templateId);
+    table.admit(count, m.machine.memMiB, m.templateId, false, opts.owner);
     const missing = Object.values(m.machine.images).filter((f) => typeof f === "string" && !fs.existsSync(f));
     if (missing.length > 0) {
       throw new MitosError("unavailable", `the guest images checkpoint ${m.id} was taken with are gone`, {
@@ -123,7 +130,7 @@ export class Checkpoints {
       });
     }
     const ids = table.newIds(count, opts.ids);
-    const timeout = table.checkTimeout(opts.timeoutSeconds);
+    const timeout = table.checkTimeout(opts.timeoutSeconds, opts.owner);
     const started = Date.now();
     const env = { ...m.env, ...(opts.env ?? {}) };
     // A networked checkpoint's sandboxes start with its template's policy (deny all when it has none).
@@ -131,7 +138,15 @@ export class Checkpoints {
       ? (ctx.journal.templates[m.templateId]?.spec?.network ?? DEFAULT_POLICY)
       : undefined;
     const placeholders = ids.map((id) =>
-      table.reserve(id, m.templateId, null, timeout, env, m.machine.memMiB, network),
+      table.reserve(id, {
+        templateId: m.templateId,
+        parentId: null,
+        timeoutSeconds: timeout,
+        env,
+        memMiB: m.machine.memMiB,
+        network,
+        owner: opts.owner,
+      }),
     );
     try {
       const results = await this.restore(m, count);
@@ -208,10 +223,7 @@ export class Checkpoints {
   visible(id: string): CheckpointManifest {
     const m = this.ctx.checkpoints.get(id);
     if (m.hidden) {
-      throw new MitosError("not_found", `no checkpoint ${JSON.stringify(id)}`, {
-        remediation: "List checkpoints (GET /v1/checkpoints) for valid ids.",
-        context: { checkpoint: id },
-      });
+      throw noCheckpoint(id);
     }
     return m;
   }

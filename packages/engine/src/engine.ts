@@ -12,7 +12,7 @@ import { RAM_FILE_RE } from "./base-file.js";
 import type { BuildEvent } from "./build-log.js";
 import { DeviceStatePrefixes } from "./capture-mapping.js";
 import { type CheckpointManifest, CheckpointStore } from "./checkpoint-store.js";
-import { Checkpoints } from "./checkpoints.js";
+import { Checkpoints, type StartOptions } from "./checkpoints.js";
 import { defaultDataDir, shmDirFor } from "./config.js";
 import { Confinement } from "./confine.js";
 import { applyNetwork, type EngineContext, type FaultStep, journalUntilExit, type Log } from "./context.js";
@@ -25,7 +25,7 @@ import { pullAuth, type RegistryOptions } from "./image/registries.js";
 import { Interpreter, startInterpreter } from "./interpreter.js";
 import { Journal, type TemplateRecord, type TemplateSpec } from "./journal.js";
 import { checkId, type SandboxInfo, SandboxTable } from "./lifecycle.js";
-import { type Limits, resolveLimits, SpendCaps, type Usage } from "./limits.js";
+import { type Limits, type OwnerLimits, resolveLimits, SpendCaps, type Usage } from "./limits.js";
 import { hostTotals, readVmMemory, type VmMemory } from "./metering.js";
 import { Network } from "./network/network.js";
 import { checkPolicy, DEFAULT_POLICY, type NetworkPolicy } from "./network/policy.js";
@@ -75,6 +75,8 @@ export interface EngineOptions {
   network?: { range?: string; registry?: string; upstream?: string[] };
   /** Pulling OCI images: credentials and plain-HTTP registries (docs/templates.md). */
   registries?: RegistryOptions;
+  /** Caps of an owner (a tenant) beside the host's, looked up at each admission (limits.ts OwnerLimits). */
+  ownerLimits?: (owner: string) => OwnerLimits | undefined;
   /** Test hook for fault injection: awaited at each named step with the VM involved. */
   faults?: (step: FaultStep, vm: Vm) => void | Promise<void>;
 }
@@ -109,7 +111,7 @@ export class Engine {
     fs.mkdirSync(this.dataDir, { recursive: true, mode: 0o700 });
     this.lock = DataDirLock.take(this.dataDir);
     try {
-      this.caps = new SpendCaps(resolveLimits(options.limits));
+      this.caps = new SpendCaps(resolveLimits(options.limits), options.ownerLimits);
       fs.mkdirSync(this.shmDir, { recursive: true, mode: 0o700 });
       for (const d of ["vms", "templates", "bases"])
         fs.mkdirSync(path.join(this.dataDir, d), { recursive: true, mode: 0o700 });
@@ -199,9 +201,9 @@ export class Engine {
   async createTemplate(
     id: string,
     spec: TemplateSpec = {},
-    opts: { onEvent?: (e: BuildEvent) => void } = {},
+    opts: { onEvent?: (e: BuildEvent) => void; owner?: string } = {},
   ): Promise<TemplateInfo> {
-    return templateInfo(await this.templates.ensure(id, spec, opts.onEvent));
+    return templateInfo(await this.templates.ensure(id, spec, opts.onEvent, opts.owner));
   }
 
   listTemplates(): TemplateInfo[] {
@@ -346,28 +348,35 @@ export class Engine {
   /** A new sandbox from a template: a warm VM when one is ready, else a fresh restore. */
   async create(
     templateId: string,
-    opts: { id?: string; timeoutSeconds?: number; env?: Record<string, string>; network?: NetworkPolicy } = {},
+    opts: {
+      id?: string;
+      timeoutSeconds?: number;
+      env?: Record<string, string>;
+      network?: NetworkPolicy;
+      /** Who it belongs to (SandboxInfo.owner); its own caps apply. */
+      owner?: string;
+    } = {},
   ): Promise<SandboxInfo> {
     this.assertOpen();
     const asked = opts.network === undefined ? undefined : checkPolicy(opts.network);
     const id = this.table.newId(opts.id);
-    const timeout = this.table.checkTimeout(opts.timeoutSeconds);
+    const timeout = this.table.checkTimeout(opts.timeoutSeconds, opts.owner);
     const started = Date.now();
     // The count first: a create that will be refused must not build a template.
     this.caps.admit(this.table.usage(), 1, 0);
     const template = this.ctx.journal.templates[templateId] ?? (await this.templates.builtin(templateId));
-    this.table.admit(1, template.machine.memMiB, templateId);
+    this.table.admit(1, template.machine.memMiB, templateId, false, opts.owner);
     if (asked && !template.machine.network) throw noNic(templateId);
     const network = template.machine.network ? (asked ?? template.spec?.network ?? DEFAULT_POLICY) : undefined;
-    const placeholder = this.table.reserve(
-      id,
+    const placeholder = this.table.reserve(id, {
       templateId,
-      null,
-      timeout,
-      { ...(template.defaults?.env ?? {}), ...(opts.env ?? {}) },
-      template.machine.memMiB,
+      parentId: null,
+      timeoutSeconds: timeout,
+      env: { ...(template.defaults?.env ?? {}), ...(opts.env ?? {}) },
+      memMiB: template.machine.memMiB,
       network,
-    );
+      owner: opts.owner,
+    });
     try {
       const pool =
         this.pools.get(templateId) ?? (this.ctx.poolTargets[templateId] ? this.poolFor(templateId) : undefined);
@@ -433,7 +442,7 @@ export class Engine {
   /** New sandboxes restored from a checkpoint (any time later, after restarts): `count` of them share one base. */
   fromCheckpoint(
     checkpointId: string,
-    opts: { count?: number; ids?: string[]; timeoutSeconds?: number; env?: Record<string, string> } = {},
+    opts: StartOptions = {},
   ): Promise<{ children: SandboxInfo[]; forkTimeMs: number }> {
     this.assertOpen();
     return this.saved.start(checkpointId, opts);
@@ -536,15 +545,15 @@ export class Engine {
       return;
     }
     // Its RAM comes back: it must fit again (it is counted as a sandbox already).
-    this.table.admit(1, s.memMiB, s.templateId, true);
+    this.table.admit(1, s.memMiB, s.templateId, true, s.owner);
     s.idleHibernated = undefined;
     await this.saved.wake(s);
   }
 
   setTimeout(id: string, seconds: number): { deadlineUnix: number; timeoutSeconds: number } {
     const s = this.table.lookup(id);
-    const t = this.table.checkTimeout(seconds);
-    this.caps.checkDeadline(s.createdAt.getTime(), t);
+    const t = this.table.checkTimeout(seconds, s.owner);
+    this.caps.checkDeadline(s.createdAt.getTime(), t, Date.now(), s.owner);
     this.table.arm(s, t);
     this.table.persist(s);
     return { deadlineUnix: Math.floor(s.deadline / 1000), timeoutSeconds: t };
@@ -591,6 +600,11 @@ export class Engine {
   /** Live sandboxes and their guest memory, placeholders of creates and forks in flight included; with cow admission, the host's real memory too. */
   usage(): Usage {
     return this.table.usage(true);
+  }
+
+  /** What one owner's sandboxes hold (the figures its OwnerLimits are checked against). */
+  ownerUsage(owner: string): Usage {
+    return this.table.ownerUsage(owner);
   }
 
   /** Takes a stream slot of a running sandbox (exec, file transfer); release it when the stream ends. */

@@ -109,3 +109,19 @@ function remediationFor(errno: number, op: string): string {
         : "Check the path and try again; the message names the failing guest operation.";
   }
 }
+
+/** An unknown sandbox id (the server answers the same for one the caller may not see). */
+export function noSandbox(id: string): MitosError {
+  return new MitosError("not_found", `no sandbox ${JSON.stringify(id)}`, {
+    remediation: "List sandboxes (GET /v1/sandboxes) for valid ids; terminated sandboxes are gone.",
+    context: { sandbox: id },
+  });
+}
+
+/** An unknown checkpoint id (or a hidden one, or another tenant's). */
+export function noCheckpoint(id: string): MitosError {
+  return new MitosError("not_found", `no checkpoint ${JSON.stringify(id)}`, {
+    remediation: "List checkpoints (GET /v1/checkpoints) for valid ids.",
+    context: { checkpoint: id },
+  });
+}

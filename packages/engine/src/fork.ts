@@ -75,9 +75,9 @@ export class Forks {
     const count = opts.count ?? opts.ids?.length ?? 1;
     table.checkCount(count);
     // The whole fork fits, or nothing is paused, captured or reserved.
-    table.admit(count, source.memMiB, source.templateId);
+    table.admit(count, source.memMiB, source.templateId, false, source.owner);
     const ids = table.newIds(count, opts.ids);
-    const timeout = table.checkTimeout(opts.timeoutSeconds);
+    const timeout = table.checkTimeout(opts.timeoutSeconds, source.owner);
     const started = Date.now();
     const key = randomHex(6);
     // Spares already wait on an empty base file: capture into it and load them.
@@ -94,7 +94,15 @@ export class Forks {
     const sourceVm = source.vm;
     ctx.journal.vmFiles(sourceVm.id, [ramFile, stateFile], true);
     const placeholders = ids.map((id) =>
-      table.reserve(id, source.templateId, source.id, timeout, source.env, source.memMiB, source.network),
+      table.reserve(id, {
+        templateId: source.templateId,
+        parentId: source.id,
+        timeoutSeconds: timeout,
+        env: source.env,
+        memMiB: source.memMiB,
+        network: source.network,
+        owner: source.owner,
+      }),
     );
     // Children get the parent's policy and its resolver pins (apps keep the addresses they resolved).
     const pins = ctx.network.pinsOf(sourceVm.id);

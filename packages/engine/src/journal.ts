@@ -52,6 +52,8 @@ export interface TemplateRecord {
   version?: string;
   /** What its sandboxes start with unless a call says otherwise (an OCI image's ENV, WORKDIR and USER). */
   defaults?: TemplateDefaults;
+  /** Who built it (an opaque label the caller gave); unset: everyone's. */
+  owner?: string;
 }
 
 export interface TemplateDefaults {
@@ -96,6 +98,8 @@ export interface SandboxRecord {
   idleHibernated?: boolean;
   /** Its network policy (networked sandboxes only). */
   network?: NetworkPolicy;
+  /** Who it belongs to (SandboxInfo.owner). */
+  owner?: string;
 }
 
 export interface JournalData {

@@ -4,7 +4,7 @@
 
 import type { EngineContext } from "./context.js";
 import { randomHex } from "./context.js";
-import { MitosError } from "./errors.js";
+import { MitosError, noSandbox } from "./errors.js";
 import type { SandboxRecord } from "./journal.js";
 import type { Usage } from "./limits.js";
 import { MemoryMeter, type MeteredSandbox } from "./memory-use.js";
@@ -29,6 +29,8 @@ export interface SandboxInfo {
   hibernated: boolean;
   /** Its network policy; unset: no network device. */
   network?: NetworkPolicy;
+  /** Who it belongs to (an opaque label the caller gives; forks inherit it). */
+  owner?: string;
 }
 
 export interface Sandbox {
@@ -54,6 +56,19 @@ export interface Sandbox {
   streams: number;
   /** Network policy of a sandbox whose machine has a NIC. */
   network?: NetworkPolicy;
+  /** Who it belongs to (SandboxInfo.owner). */
+  owner?: string;
+}
+
+/** What a placeholder is made of (reserve). */
+export interface SandboxInit {
+  templateId: string;
+  parentId: string | null;
+  timeoutSeconds: number;
+  env: Record<string, string>;
+  memMiB: number;
+  network?: NetworkPolicy | undefined;
+  owner?: string | undefined;
 }
 
 /** A sandbox known to have a VM (checked by `running`). */
@@ -79,30 +94,23 @@ export class SandboxTable {
   }
 
   /** A placeholder for a create or fork in flight: counted by the caps, invisible to lookups. */
-  reserve(
-    id: string,
-    templateId: string,
-    parentId: string | null,
-    timeoutSeconds: number,
-    env: Record<string, string>,
-    memMiB: number,
-    network?: NetworkPolicy,
-  ): Sandbox {
+  reserve(id: string, init: SandboxInit): Sandbox {
     const s: Sandbox = {
       id,
-      templateId,
-      parentId,
+      templateId: init.templateId,
+      parentId: init.parentId,
       state: "starting",
       vm: undefined,
       createdAt: new Date(),
-      deadline: Date.now() + timeoutSeconds * 1000,
+      deadline: Date.now() + init.timeoutSeconds * 1000,
       timer: undefined,
       forkTimeMs: 0,
-      env,
-      memMiB,
+      env: init.env,
+      memMiB: init.memMiB,
       lastActive: Date.now(),
       streams: 0,
-      ...(network ? { network } : {}),
+      ...(init.network ? { network: init.network } : {}),
+      ...(init.owner !== undefined ? { owner: init.owner } : {}),
     };
     this.map.set(id, s);
     return s;
@@ -182,6 +190,7 @@ export class SandboxTable {
       ...(s.hibernation ? { hibernation: s.hibernation } : {}),
       ...(s.idleHibernated ? { idleHibernated: true } : {}),
       ...(s.network ? { network: s.network } : {}),
+      ...(s.owner !== undefined ? { owner: s.owner } : {}),
     };
     this.ctx.journal.putSandbox(rec);
   }
@@ -253,10 +262,15 @@ export class SandboxTable {
    * all fit the caps; `counted`: they are in the table already (a hibernated
    * sandbox coming back), so only their memory is new.
    */
-  admit(count: number, memMiB: number, templateId: string, counted = false): void {
+  admit(count: number, memMiB: number, templateId: string, counted = false, owner?: string): void {
     const usage = this.usage(true);
     if (counted) usage.sandboxes -= count;
     this.ctx.caps.admit(usage, count, memMiB, this.meter?.reservationMib(templateId) ?? 0);
+    if (owner !== undefined) {
+      const own = this.nominal(owner);
+      if (counted) own.sandboxes -= count;
+      this.ctx.caps.admitOwner(owner, own, count, memMiB);
+    }
   }
 
   /** Live sandboxes and their guest memory, placeholders of creates and forks in flight included. */
@@ -264,6 +278,11 @@ export class SandboxTable {
     const u = this.nominal();
     if (withMemory && this.meter) u.memory = this.meter.use(this.metered());
     return u;
+  }
+
+  /** One owner's live sandboxes and their guest memory, creates in flight included. */
+  ownerUsage(owner: string): Usage {
+    return this.nominal(owner);
   }
 
   /** What the meter measures: every sandbox whose VM holds memory now (placeholders as reservations). */
@@ -274,11 +293,13 @@ export class SandboxTable {
     }
   }
 
-  private nominal(): Usage {
+  /** Live sandboxes and their guest memory (of one owner, when given). */
+  private nominal(owner?: string): Usage {
     let sandboxes = 0;
     let guestMemoryMib = 0;
     for (const s of this.map.values()) {
       if (s.state === "failed" || s.state === "terminated") continue; // their VM is gone
+      if (owner !== undefined && s.owner !== owner) continue;
       sandboxes++;
       if (!s.hibernation) guestMemoryMib += s.memMiB; // hibernated: its RAM is on disk
     }
@@ -303,10 +324,7 @@ export class SandboxTable {
           remediation: "Create a new sandbox; extend deadlines with set_timeout before they pass.",
         });
       }
-      throw new MitosError("not_found", `no sandbox ${JSON.stringify(id)}`, {
-        remediation: "List sandboxes (GET /v1/sandboxes) for valid ids; terminated sandboxes are gone.",
-        context: { sandbox: id },
-      });
+      throw noSandbox(id);
     }
     return s;
   }
@@ -337,6 +355,7 @@ export class SandboxTable {
       pid: s.hibernation ? -1 : (s.vm?.pid ?? -1),
       hibernated: s.hibernation !== undefined,
       ...(s.network ? { network: s.network } : {}),
+      ...(s.owner !== undefined ? { owner: s.owner } : {}),
     };
   }
 
@@ -367,9 +386,10 @@ export class SandboxTable {
     return ids;
   }
 
-  checkTimeout(seconds: number | undefined): number {
-    const { defaultTimeoutSeconds, maxLifetimeSeconds } = this.ctx.caps.limits;
-    const t = seconds ?? defaultTimeoutSeconds;
+  /** A deadline asked for (or the default, shortened to the owner's lifetime), refused above the lifetime cap. */
+  checkTimeout(seconds: number | undefined, owner?: string): number {
+    const maxLifetimeSeconds = this.ctx.caps.maxLifetime(owner);
+    const t = seconds ?? Math.min(this.ctx.caps.limits.defaultTimeoutSeconds, maxLifetimeSeconds);
     if (!Number.isInteger(t) || t < 1) {
       throw new MitosError("invalid_input", `timeout_seconds must be a positive integer, got ${t}`, {
         remediation: "Pass a whole number of seconds.",

@@ -45,6 +45,25 @@ export const LIMIT_NAMES = {
   maxStreamsPerSandbox: "max_streams_per_sandbox",
 } as const satisfies Record<keyof Limits, string>;
 
+/**
+ * Caps of one owner (a tenant's key scope), checked beside the host's; an
+ * unset one is not checked. A sandbox's owner is a label its creator gives
+ * (SandboxInfo.owner) and its forks inherit.
+ */
+export interface OwnerLimits {
+  maxSandboxes?: number;
+  maxGuestMemoryMib?: number;
+  maxForkCount?: number;
+  maxLifetimeSeconds?: number;
+}
+
+export const OWNER_LIMIT_NAMES = {
+  maxSandboxes: "max_sandboxes",
+  maxGuestMemoryMib: "max_guest_memory_mib",
+  maxForkCount: "max_fork_count",
+  maxLifetimeSeconds: "max_lifetime_seconds",
+} as const satisfies Record<keyof OwnerLimits, string>;
+
 /** strict: share of host RAM the guests' nominal memory may add up to. */
 export const GUEST_MEMORY_SHARE = 0.75;
 /** strict: share of host RAM for the VMMs' own memory (QEMU private pages, TCG code cache). */
@@ -159,7 +178,51 @@ export interface Usage {
 export class SpendCaps {
   private readonly streams = new Map<string, number>();
 
-  constructor(readonly limits: Limits) {}
+  constructor(
+    readonly limits: Limits,
+    /** An owner's own caps (a tenant's), if it has any. */
+    readonly ownerLimits: (owner: string) => OwnerLimits | undefined = () => undefined,
+  ) {}
+
+  /**
+   * Refuses `count` new sandboxes of `memMib` each for `owner` unless all fit
+   * its own caps; `usage` is what the owner holds now (creates in flight included).
+   */
+  admitOwner(owner: string, usage: Usage, count: number, memMib: number): void {
+    const l = this.ownerLimits(owner);
+    if (!l) return;
+    const who = `owner ${owner}`;
+    if (l.maxForkCount !== undefined && count > l.maxForkCount) {
+      throw quota(
+        "owner.max_fork_count",
+        l.maxForkCount,
+        `count ${count} is above ${who}'s max_fork_count ${l.maxForkCount}`,
+        `Fork at most ${l.maxForkCount} children per request, or ask an admin to raise this key's max_fork_count.`,
+      );
+    }
+    if (l.maxSandboxes !== undefined && usage.sandboxes + count > l.maxSandboxes) {
+      throw quota(
+        "owner.max_sandboxes",
+        l.maxSandboxes,
+        `${count} more sandbox${count === 1 ? "" : "es"} would exceed ${who}'s max_sandboxes ${l.maxSandboxes} (${usage.sandboxes} live)`,
+        "Terminate sandboxes of this key you no longer need, or ask an admin to raise its max_sandboxes.",
+      );
+    }
+    if (l.maxGuestMemoryMib !== undefined && usage.guestMemoryMib + count * memMib > l.maxGuestMemoryMib) {
+      throw quota(
+        "owner.max_guest_memory_mib",
+        l.maxGuestMemoryMib,
+        `${count} × ${memMib} MiB more guest memory would exceed ${who}'s max_guest_memory_mib ${l.maxGuestMemoryMib} (${usage.guestMemoryMib} MiB live)`,
+        "Terminate sandboxes of this key, use a smaller template, or ask an admin to raise its max_guest_memory_mib.",
+      );
+    }
+  }
+
+  /** The longest a sandbox of `owner` may live: the host's cap, or the owner's when lower. */
+  maxLifetime(owner: string | undefined): number {
+    const own = owner === undefined ? undefined : this.ownerLimits(owner)?.maxLifetimeSeconds;
+    return Math.min(this.limits.maxLifetimeSeconds, own ?? Number.POSITIVE_INFINITY);
+  }
 
   /**
    * Refuses `count` new sandboxes of `memMib` each unless all of them fit (never
@@ -228,9 +291,9 @@ export class SpendCaps {
     }
   }
 
-  /** A new deadline `seconds` from now must stay within the sandbox's lifetime. */
-  checkDeadline(createdAtMs: number, seconds: number, nowMs: number = Date.now()): void {
-    const max = this.limits.maxLifetimeSeconds;
+  /** A new deadline `seconds` from now must stay within the sandbox's lifetime (its owner's, when shorter). */
+  checkDeadline(createdAtMs: number, seconds: number, nowMs: number = Date.now(), owner?: string): void {
+    const max = this.maxLifetime(owner);
     const endMs = createdAtMs + max * 1000;
     if (nowMs + seconds * 1000 > endMs) {
       const left = Math.max(0, Math.floor((endMs - nowMs) / 1000));

@@ -192,6 +192,7 @@ function sandboxOf(rec: SandboxRecord, vm: Vm | undefined): Sandbox {
     env: rec.env,
     memMiB: rec.memMiB,
     ...(rec.network ? { network: rec.network } : {}),
+    ...(rec.owner !== undefined ? { owner: rec.owner } : {}),
     ...(rec.hibernation && !vm ? { hibernation: rec.hibernation } : {}),
     ...(rec.idleHibernated && !vm ? { idleHibernated: true } : {}),
     lastActive: Date.now(),

@@ -40,6 +40,8 @@ export interface TemplateInfo {
   version?: string;
   /** Its init steps. */
   steps: number;
+  /** Who built it (an opaque label); unset: everyone's. */
+  owner?: string;
 }
 
 const PYTHON_WARMUP = "python3 -c 'import json, os, sys, subprocess, re, math, random' && true";
@@ -55,6 +57,7 @@ export function templateInfo(t: TemplateRecord): TemplateInfo {
     ...(t.machine.network ? { network: t.spec?.network ?? DEFAULT_POLICY } : {}),
     ...(t.image ? { image: t.image } : {}),
     ...(t.version ? { version: t.version } : {}),
+    ...(t.owner !== undefined ? { owner: t.owner } : {}),
     steps: t.recipe.init.length,
   };
 }
@@ -90,14 +93,14 @@ export class Templates {
    * id at a time). `onEvent` follows the build's log (docs/templates.md),
    * from its start even when this call joins a build already running.
    */
-  async ensure(id: string, spec: TemplateSpec, onEvent?: BuildListener): Promise<TemplateRecord> {
+  async ensure(id: string, spec: TemplateSpec, onEvent?: BuildListener, owner?: string): Promise<TemplateRecord> {
     checkId(id, "template");
     const existing = this.ctx.journal.templates[id];
     if (existing) return existing;
     let build = this.builds.get(id);
     if (!build) {
       const log = new BuildLog();
-      const done = this.build(id, spec, log).finally(() => this.builds.delete(id));
+      const done = this.build(id, spec, log, owner).finally(() => this.builds.delete(id));
       build = { done, log };
       this.builds.set(id, build);
     }
@@ -181,6 +184,7 @@ export class Templates {
     key: string,
     started: number,
     version: string,
+    owner: string | undefined,
   ): Promise<TemplateRecord | undefined> {
     const ramFile = path.join(this.ctx.shmDir, `mitos-${vmId}.ram`);
     const stateFile = path.join(this.ctx.dataDir, "templates", `${id}.state`);
@@ -201,6 +205,7 @@ export class Templates {
       // The same digest may be named another way (a registry tag, an archive): keep this build's name.
       ...(meta.image ? { image: { ...meta.image, reference: spec.image ?? meta.image.reference } } : {}),
       ...(meta.defaults ? { defaults: meta.defaults } : {}),
+      ...(owner !== undefined ? { owner } : {}),
     };
     try {
       const vm = await this.restore(record);
@@ -239,7 +244,7 @@ export class Templates {
     await Promise.allSettled([...this.builds.values()].map((b) => b.done));
   }
 
-  private async build(id: string, spec: TemplateSpec, log: BuildLog): Promise<TemplateRecord> {
+  private async build(id: string, spec: TemplateSpec, log: BuildLog, owner?: string): Promise<TemplateRecord> {
     const started = Date.now();
     const imageName = spec.image ?? (id in BUILTIN_RECIPES ? id : "python");
     const oci = isOciReference(imageName);
@@ -338,7 +343,7 @@ export class Templates {
     );
     const version = keys.final.slice(0, 12);
     if (cacheable) {
-      const cached = await this.fromCache(id, spec, recipe, vmId, keys.final, started, version);
+      const cached = await this.fromCache(id, spec, recipe, vmId, keys.final, started, version, owner);
       if (cached) {
         log.emit({
           type: "phase",
@@ -434,7 +439,7 @@ export class Templates {
         log.emit({ type: "phase", phase: "interpreter", message: "starting the code interpreter's kernel" });
         await startInterpreter(vm.agent, env, `template ${id}`);
       }
-      const owner = root?.config.user ? await imageUser(vm, root.config.user, imageName) : undefined;
+      const imageOwner = root?.config.user ? await imageUser(vm, root.config.user, imageName) : undefined;
       const info = await vm.agent.hello();
       log.emit({ type: "phase", phase: "snapshot", message: `freezing template ${id} version ${version}` });
       await vm.pause();
@@ -455,7 +460,8 @@ export class Templates {
         bootId: info.bootId,
         version,
         ...(disk ? { disk } : {}),
-        ...(root ? ociFields(root, owner) : {}),
+        ...(root ? ociFields(root, imageOwner) : {}),
+        ...(owner !== undefined ? { owner } : {}),
       };
       // The build's layer is the template's now: frozen, readable by its sandboxes.
       for (const layer of disk ?? []) this.ctx.disks.freeze(layer, group);

@@ -24,8 +24,10 @@ export { ExecHandle, type ForkOptions, Sandbox, SandboxFiles } from "./sandbox.j
 export { type CreateSandboxOptions, type CreateTemplateOptions, SandboxServer } from "./server.js";
 export type {
   Accel,
+  ApiKey,
   CheckpointInfo,
   CodeContext,
+  CreateKeyOptions,
   E2bKey,
   ExecOptions,
   ExecResult,
@@ -48,5 +50,6 @@ export type {
   TemplateBuildEvent,
   TemplateInfo,
   TemplateSpec,
+  TenantLimits,
   TimeoutInfo,
 } from "./types.js";

@@ -91,6 +91,21 @@ export class Sandbox {
   get memory(): MemoryUsage | undefined {
     return this.#info.memory;
   }
+  /** The tenant it belongs to; null: an admin's. */
+  get tenant(): string | null {
+    return this.#info.tenant;
+  }
+
+  /** Its own access token: this sandbox's runtime API only (exec, files, PTY, ports); undefined when this handle was opened with it. */
+  get token(): string | undefined {
+    return this.#info.token;
+  }
+
+  /** A token that may only fork this sandbox (hand it to an agent inside to fork itself). */
+  get forkToken(): string | undefined {
+    return this.#info.forkToken;
+  }
+
   /** Paused with its memory freed (saved to disk); `resume()` restores it. */
   get hibernated(): boolean {
     return this.#info.hibernated;

@@ -7,7 +7,9 @@ import { LifecycleClient, postLines } from "./http.js";
 import { RuntimeClient } from "./runtime.js";
 import { type Clients, Sandbox } from "./sandbox.js";
 import type {
+  ApiKey,
   CheckpointInfo,
+  CreateKeyOptions,
   E2bKey,
   Health,
   Limits,
@@ -21,8 +23,10 @@ import type {
 import {
   array,
   type Json,
+  keyBody,
   networkBody,
   templateBody,
+  toApiKey,
   toBuildEvent,
   toCheckpointInfo,
   toE2bKey,
@@ -103,6 +107,24 @@ export class SandboxServer {
   /** Deletes a checkpoint; chunks other checkpoints share stay. */
   async deleteCheckpoint(id: string): Promise<void> {
     await this.#clients.http.delete(`/v1/checkpoints/${encodeURIComponent(id)}`);
+  }
+
+  /**
+   * A new API key (docs/security.md "Keys"; admin only): an admin key, or a
+   * tenant's, whose caps `limits` sets (they replace the tenant's when given).
+   * Its value is in `key`, shown this once.
+   */
+  async createKey(opts: CreateKeyOptions): Promise<ApiKey> {
+    return toApiKey(await this.#clients.http.post("/v1/keys", keyBody(opts)));
+  }
+
+  async listKeys(): Promise<ApiKey[]> {
+    return array("key list", await this.#clients.http.get("/v1/keys")).map(toApiKey);
+  }
+
+  /** Revokes a key: calls with it get 401 from now on. */
+  async revokeKey(id: string): Promise<void> {
+    await this.#clients.http.delete(`/v1/keys/${encodeURIComponent(id)}`);
   }
 
   /** A new E2B API key (docs/e2b.md): its value is in `key`, shown this once. */

@@ -31,6 +31,12 @@ export interface SandboxInfo {
   network: NetworkPolicy | undefined;
   /** `<domain>:<port>` under which guest port N is served as host `N-<id>.<domain>` (docs/ports.md). */
   domain: string | undefined;
+  /** The tenant it belongs to; null: an admin's (docs/security.md "Keys"). */
+  tenant: string | null;
+  /** Reaches this sandbox's runtime API only (exec, files, PTY, ports): hand it to an agent inside. */
+  token: string | undefined;
+  /** May only fork this sandbox; the fork's answer carries the children's tokens. */
+  forkToken: string | undefined;
 }
 
 /** A guest port made reachable: `POST /v1/sandboxes/{id}/expose/{port}`. */
@@ -129,6 +135,36 @@ export interface CheckpointInfo {
   bytes: number;
   /** Of those, the bytes it added to the store (the rest are shared with earlier checkpoints). */
   addedBytes: number;
+}
+
+/** A tenant's own caps beside the host's (an unset one is not checked). */
+export interface TenantLimits {
+  maxSandboxes?: number;
+  maxGuestMemoryMib?: number;
+  maxForkCount?: number;
+  maxLifetimeSeconds?: number;
+}
+
+/** What `SandboxServer.createKey` makes: an admin key, or a tenant's (with the tenant's caps when given). */
+export interface CreateKeyOptions {
+  scope: "admin" | "tenant";
+  tenant?: string;
+  name?: string;
+  limits?: TenantLimits;
+}
+
+/** An API key of this server (docs/security.md "Keys"); `key` only in the answer that created it. */
+export interface ApiKey {
+  id: string;
+  name: string;
+  /** Its first characters, to tell keys apart. */
+  prefix: string;
+  scope: "admin" | "tenant";
+  tenant: string | null;
+  /** The tenant's caps (tenant keys). */
+  limits: TenantLimits | null;
+  createdAt: string;
+  key?: string;
 }
 
 /** An E2B API key of this server (docs/e2b.md); `key` only in the answer that created it. */

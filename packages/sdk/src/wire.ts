@@ -4,8 +4,10 @@
 
 import { makeError } from "./errors.js";
 import type {
+  ApiKey,
   CheckpointInfo,
   CodeContext,
+  CreateKeyOptions,
   E2bKey,
   ExposedPort,
   Health,
@@ -18,6 +20,7 @@ import type {
   TemplateBuildEvent,
   TemplateInfo,
   TemplateSpec,
+  TenantLimits,
   TimeoutInfo,
 } from "./types.js";
 
@@ -99,6 +102,9 @@ export function toSandboxInfo(v: unknown): SandboxInfo {
     hibernated: o.hibernated === true,
     network: toNetworkPolicy(o.network),
     domain: optStr(o, "domain"),
+    tenant: optStr(o, "tenant") ?? null,
+    token: optStr(o, "token"),
+    forkToken: optStr(o, "forkToken"),
   };
 }
 
@@ -221,6 +227,22 @@ export function toCheckpointInfo(v: unknown): CheckpointInfo {
   };
 }
 
+export function toApiKey(v: unknown): ApiKey {
+  const o = record("key", v);
+  const key = optStr(o, "key");
+  const l = isRecord(o.limits) ? o.limits : undefined;
+  return {
+    id: str("key", o, "id"),
+    name: optStr(o, "name") ?? "",
+    prefix: optStr(o, "prefix") ?? "",
+    scope: o.scope === "admin" ? "admin" : "tenant",
+    tenant: optStr(o, "tenant") ?? null,
+    limits: l ? (Object.fromEntries(Object.entries(l).filter(([, x]) => typeof x === "number")) as TenantLimits) : null,
+    createdAt: optStr(o, "createdAt") ?? "",
+    ...(key ? { key } : {}),
+  };
+}
+
 export function toE2bKey(v: unknown): E2bKey {
   const o = record("E2B key", v);
   const key = optStr(o, "key");
@@ -260,6 +282,21 @@ export function toMetering(v: unknown): Metering {
 }
 
 /** TemplateSpec → the POST /v1/templates body. `env` keys are user data and keep their case. */
+export function keyBody(k: CreateKeyOptions): Record<string, Json> {
+  const body: Record<string, Json> = { scope: k.scope };
+  if (k.tenant !== undefined) body.tenant = k.tenant;
+  if (k.name !== undefined) body.name = k.name;
+  if (k.limits !== undefined) {
+    const l: Record<string, Json> = {};
+    if (k.limits.maxSandboxes !== undefined) l.max_sandboxes = k.limits.maxSandboxes;
+    if (k.limits.maxGuestMemoryMib !== undefined) l.max_guest_memory_mib = k.limits.maxGuestMemoryMib;
+    if (k.limits.maxForkCount !== undefined) l.max_fork_count = k.limits.maxForkCount;
+    if (k.limits.maxLifetimeSeconds !== undefined) l.max_lifetime_seconds = k.limits.maxLifetimeSeconds;
+    body.limits = l;
+  }
+  return body;
+}
+
 export function templateBody(id: string, spec: TemplateSpec): Record<string, Json> {
   const body: Record<string, Json> = { id };
   if (spec.image !== undefined) body.image = spec.image;

@@ -3,9 +3,12 @@
 import type { Interceptor } from "@connectrpc/connect";
 import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
-import { Engine, type EngineOptions, MitosError } from "@mitos/engine";
+import { Engine, type EngineOptions, MitosError, noSandbox } from "@mitos/engine";
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from "fastify";
-import { authorized, ensureToken } from "./auth.js";
+import { Access } from "./access.js";
+import { ApiKeys } from "./api-keys.js";
+import { AuditLog, audited, auditNote, auditWho, bodySandbox } from "./audit.js";
+import { ensureToken } from "./auth.js";
 import { isLoopback } from "./config.js";
 import { unknownConnectMethod } from "./connect-fallback.js";
 import { registerContexts } from "./contexts.js";
@@ -18,11 +21,14 @@ import { envelope, fieldOf, HTTP_STATUS, toConnectError, toMitosError } from "./
 import { registerExecSocket } from "./exec-socket.js";
 import { serveH2c } from "./h2c.js";
 import { IdempotencyCache } from "./idempotency.js";
+import { registerKeys } from "./key-routes.js";
 import { registerLifecycle } from "./lifecycle.js";
 import { createMetrics } from "./metrics.js";
 import { registerOpenApi } from "./openapi.js";
 import { installPortProxy, PortTokens, registerExpose } from "./port-proxy.js";
+import { authorizeRoute, routeSandbox } from "./route-policy.js";
 import { registerRuntime } from "./runtime.js";
+import { SandboxTokens } from "./sandbox-tokens.js";
 
 export const VERSION = "0.1.0";
 /** 4 MiB: a 256 KiB WriteFile chunk is ~350 KB as base64 JSON; nothing legitimate comes close. */
@@ -82,20 +88,46 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
       (reply as FastifyReply).code(400).send(envelope(m));
     },
   });
+  // Tenants' caps live in the key store, which needs the engine's data dir: looked up at each admission.
+  let keys: ApiKeys | undefined;
   const engine = await Engine.open({
     prepareTemplates: ["python"],
     ...opts,
+    ownerLimits: (owner) => keys?.limitsOf(owner),
     log: (msg, fields) => app.log.info(fields ?? {}, msg),
   });
+  keys = new ApiKeys(engine.dataDir);
   const tokenInfo = opts.token ? { token: opts.token, path: "(given)", created: false } : ensureToken(engine.dataDir);
   const token = tokenInfo.token;
-  const accepted = [token, ...(opts.extraTokens ?? [])];
-  const allowed = (header: string | undefined | null) =>
-    authMode === "none" || accepted.some((t) => authorized(header, t));
+  const sandboxTokens = new SandboxTokens(engine.dataDir, (id) => {
+    try {
+      return engine.get(id).createdAt;
+    } catch {
+      return undefined;
+    }
+  });
+  const access = new Access({
+    engine,
+    mode: authMode,
+    adminToken: token,
+    extraTokens: opts.extraTokens ?? [],
+    keys,
+    sandboxTokens,
+  });
+  const audit = new AuditLog(engine.dataDir);
+  /** Whether an Authorization header reaches the runtime of a sandbox (guest ports). */
+  const allowed = (header: string | undefined | null, sandbox: string) => {
+    const p = access.resolve(header);
+    return p !== undefined && access.runtime(p, sandbox);
+  };
+  const unauthorized = () =>
+    new MitosError("unauthorized", "missing or wrong bearer token", {
+      remediation: `Send Authorization: Bearer <token>: the daemon's token (in ${tokenInfo.path}, or set MITOS_API_KEY), an API key, or a sandbox's token.`,
+    });
   const metrics = createMetrics(engine);
   const host = opts.host ?? "127.0.0.1";
 
-  app.setErrorHandler((err: FastifyError, _req, reply) => {
+  app.setErrorHandler((err: FastifyError, req, reply) => {
     let m: MitosError;
     if (err.code === "FST_ERR_CTP_INVALID_JSON_BODY" || (err instanceof SyntaxError && err.statusCode === 400)) {
       m = new MitosError("invalid_json", `the request body is not valid JSON: ${err.message}`, {
@@ -121,6 +153,7 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
       m = toMitosError(err);
       if (m.code === "internal") app.log.error(err, "unhandled error");
     }
+    auditNote(req, { error: m.code });
     reply.code(HTTP_STATUS[m.code] ?? 500).send(envelope(m));
   });
   app.setNotFoundHandler((req, reply) => {
@@ -133,32 +166,72 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
     reply.code(404).send(envelope(m));
   });
 
-  // Lifecycle routes check the bearer token here; runtime calls in the
-  // Connect interceptor, so errors come back in the Connect format.
+  // Lifecycle routes check the bearer token and the route here; runtime calls
+  // in the Connect interceptor, so errors come back in the Connect format.
+  app.decorateRequest("principal", undefined);
   app.addHook("onRequest", async (req, reply) => {
     const connectCall = req.method === "POST" && req.url.startsWith("/sandbox.v1.Sandbox/");
     // The E2B control plane checks its own keys (e2b/control.ts).
     if (req.url === "/v1/health" || connectCall || isE2bControlPath(req.url)) return;
-    if (!allowed(req.headers.authorization)) {
-      const m = new MitosError("unauthorized", "missing or wrong bearer token", {
-        remediation: `Send Authorization: Bearer <token>; the token is in ${tokenInfo.path} (or set MITOS_API_KEY).`,
-      });
-      return reply.code(401).send(envelope(m));
+    const p = access.resolve(req.headers.authorization);
+    if (!p) {
+      auditNote(req, { error: "unauthorized" });
+      return reply.code(401).send(envelope(unauthorized()));
     }
+    req.principal = p;
+    authorizeRoute(access, p, req);
+  });
+  // Every call that acts (any method but reads, and the WebSocket exec), and every refusal.
+  app.addHook("onResponse", async (req, reply) => {
+    const route = req.routeOptions.url;
+    if (route === undefined || route === "/v1/health" || isE2bControlPath(req.url)) return;
+    const acts = req.method !== "GET" && req.method !== "HEAD" && req.method !== "OPTIONS";
+    if (!acts && route !== "/sandbox.v1.Sandbox/Exec" && reply.statusCode !== 401 && reply.statusCode !== 403) return;
+    if (req.method === "POST" && req.url.startsWith("/sandbox.v1.Sandbox/")) return; // the interceptor's
+    const note = auditNote(req);
+    const sandbox = routeSandbox(req) ?? bodySandbox(req.body);
+    audit.write({
+      ...auditWho(req.principal),
+      action: `${req.method} ${route}`,
+      ...(sandbox ? { sandbox } : {}),
+      ...(note.created?.length ? { created: note.created } : {}),
+      status: reply.statusCode,
+      ...(note.error ? { error: note.error } : {}),
+      ms: Math.round(reply.elapsedTime),
+    });
   });
   // An upgrade answered with an error (401, 404) would otherwise leave its socket open: one leaked per attempt.
   app.addHook("onResponse", async (req, reply) => {
     if (req.headers.upgrade && reply.statusCode !== 101) req.raw.socket?.destroy();
   });
+  // Runtime calls: the key must reach the sandbox named by X-Sandbox-Id; each call is audited when it ends.
   const auth: Interceptor = (next) => async (req) => {
-    if (!allowed(req.header.get("authorization"))) {
-      throw toConnectError(
-        new MitosError("unauthorized", "missing or wrong bearer token", {
-          remediation: `Send Authorization: Bearer <token>; the token is in ${tokenInfo.path}.`,
-        }),
-      );
+    const p = access.resolve(req.header.get("authorization"));
+    const sandbox = req.header.get("x-sandbox-id") ?? "";
+    const started = Date.now();
+    const action = `${req.service.typeName}/${req.method.name}`;
+    const record = (err?: unknown) =>
+      audit.write({
+        ...auditWho(p),
+        action,
+        ...(sandbox ? { sandbox } : {}),
+        status: err === undefined ? 200 : (HTTP_STATUS[toMitosError(err).code] ?? 500),
+        ...(err === undefined ? {} : { error: toMitosError(err).code }),
+        ms: Date.now() - started,
+      });
+    try {
+      if (!p) throw unauthorized();
+      if (p.kind !== "admin" && !access.runtime(p, sandbox)) throw noSandbox(sandbox);
+      const res = await next(req);
+      if (!res.stream) {
+        record();
+        return res;
+      }
+      return { ...res, message: audited(res.message, record) };
+    } catch (err) {
+      record(err);
+      throw err instanceof MitosError ? toConnectError(err) : err;
     }
-    return next(req);
   };
 
   let url = "";
@@ -191,8 +264,12 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
 
   await registerExecSocket(app, { engine, maxExecTimeoutSeconds, maxMessageBytes: readMaxBytes });
   await registerOpenApi(app, VERSION);
+  registerKeys(app, keys);
   registerLifecycle(app, {
     engine,
+    access,
+    sandboxTokens,
+    tenantLimits: (t) => keys?.limitsOf(t),
     version: VERSION,
     metrics,
     idempotency: new IdempotencyCache(),

@@ -25,7 +25,8 @@ export class IdempotencyCache {
       });
     }
     this.sweep();
-    const k = `${req.method} ${req.url} ${key}`;
+    // Per caller: another key sending the same Idempotency-Key gets its own answer, never this one.
+    const k = `${req.principal?.keyId ?? "-"} ${req.method} ${req.url} ${key}`;
     const hit = this.entries.get(k);
     if (hit) {
       if (hit.status === undefined) {

@@ -1,16 +1,25 @@
 // Lifecycle routes (API.md "Lifecycle"): JSON in and out, snake_case.
 
 import type { CheckpointManifest, Engine, SandboxInfo, TemplateInfo, TemplateSpec } from "@mitos/engine";
-import { checkPolicy, LIMIT_NAMES, type Limits } from "@mitos/engine";
+import { checkPolicy, LIMIT_NAMES, type Limits, MitosError, type OwnerLimits } from "@mitos/engine";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import type { Access, Principal } from "./access.js";
+import { ownerLimitsJson } from "./api-keys.js";
+import { auditNote } from "./audit.js";
 import { type Body, bool, int, obj, optional, readBody, refuseUnknown, str, strList, strMap } from "./body.js";
 import { envelope, invalid, toMitosError } from "./errors.js";
 import type { IdempotencyCache } from "./idempotency.js";
 import type { Metrics } from "./metrics.js";
 import { routeSchemas } from "./openapi.js";
+import type { SandboxTokens } from "./sandbox-tokens.js";
 
 export interface LifecycleOptions {
   engine: Engine;
+  /** Who may see and touch what (access.ts). */
+  access: Access;
+  sandboxTokens: SandboxTokens;
+  /** A tenant's own caps (api-keys.ts). */
+  tenantLimits: (tenant: string) => OwnerLimits | undefined;
   version: string;
   metrics: Metrics;
   idempotency: IdempotencyCache;
@@ -23,8 +32,9 @@ export interface LifecycleOptions {
 }
 
 export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): void {
-  const { engine } = o;
-  const sandboxJson = (s: SandboxInfo) => {
+  const { engine, access } = o;
+  /** A sandbox as `p` sees it: with its tokens, unless `p` is that sandbox's own token. */
+  const sandboxJson = (p: Principal, s: SandboxInfo) => {
     let memory = { private_bytes: 0, shared_bytes: 0 };
     if (s.state === "ready" || s.state === "paused") {
       try {
@@ -48,7 +58,28 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
       hibernated: s.hibernated,
       network: s.network ?? null,
       domain: o.domain(),
+      tenant: s.owner ?? null,
+      ...(p.kind === "sandbox" && p.sandbox === s.id
+        ? {}
+        : {
+            token: o.sandboxTokens.issue(s.id, s.createdAt, "runtime"),
+            fork_token: o.sandboxTokens.issue(s.id, s.createdAt, "fork"),
+          }),
     };
+  };
+  /** A tenant's caps and what it holds (GET /v1/limits with a tenant key). */
+  const tenantJson = (name: string) => {
+    const u = engine.ownerUsage(name);
+    return {
+      name,
+      limits: ownerLimitsJson(o.tenantLimits(name) ?? {}),
+      usage: { sandboxes: u.sandboxes, guest_memory_mib: u.guestMemoryMib },
+    };
+  };
+  /** What a call made: its sandboxes, noted for the audit log. */
+  const made = (req: FastifyRequest, list: SandboxInfo[]) => {
+    auditNote(req, { created: list.map((s) => s.id) });
+    return list.map((s) => sandboxJson(who(req), s));
   };
   const templateJson = (t: TemplateInfo) => ({
     id: t.id,
@@ -60,6 +91,7 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
     image: t.image ?? null,
     version: t.version ?? null,
     steps: t.steps,
+    tenant: t.owner ?? null,
   });
   const checkpointJson = (c: CheckpointManifest) => ({
     id: c.id,
@@ -69,6 +101,7 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
     created_at: c.createdAt,
     bytes: c.bytes,
     added_bytes: c.addedBytes,
+    tenant: c.owner ?? null,
   });
   const idempotent =
     (handler: (req: FastifyRequest) => Promise<unknown>) => (req: FastifyRequest, reply: FastifyReply) =>
@@ -83,13 +116,22 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
     sandboxes: engine.list().length,
   }));
 
-  const templateRequest = (req: FastifyRequest): { id: string; spec: TemplateSpec } => {
+  const templateRequest = (req: FastifyRequest): { id: string; spec: TemplateSpec; owner: string | undefined } => {
     const b = body(req, TEMPLATE_KEYS);
     const id = str(b, "id", true);
+    const p = who(req);
+    const existing = engine.listTemplates().find((t) => t.id === id);
+    if (existing && !access.seesTemplate(p, existing)) {
+      throw new MitosError("conflict", `template id ${id} is taken`, {
+        remediation: "Template ids are one namespace on this host: choose another id.",
+        context: { field: "id" },
+      });
+    }
     const resources = obj(b, "resources");
     if (resources) refuseUnknown(resources, ["vcpu_count", "mem_size_mib"], "resources.");
     return {
       id,
+      owner: access.owner(p),
       spec: {
         ...optional("image", str(b, "image")),
         ...optional("packages", strList(b, "packages")),
@@ -107,14 +149,14 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
     };
   };
   const buildTemplate = idempotent(async (req) => {
-    const { id, spec } = templateRequest(req);
-    return templateJson(await engine.createTemplate(id, spec));
+    const { id, spec, owner } = templateRequest(req);
+    return templateJson(await engine.createTemplate(id, spec, { ...optional("owner", owner) }));
   });
   app.post("/v1/templates", { schema: routeSchemas.createTemplate }, async (req, reply) => {
     if (!wantsNdjson(req)) return buildTemplate(req, reply);
     // The build log as it happens (docs/templates.md "Build log"): one JSON
     // event per line, then the template, or the error envelope, as the last line.
-    const { id, spec } = templateRequest(req);
+    const { id, spec, owner } = templateRequest(req);
     reply.hijack();
     const out = reply.raw;
     out.writeHead(200, { "content-type": "application/x-ndjson", "cache-control": "no-store" });
@@ -122,7 +164,7 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
       if (!out.destroyed) out.write(`${JSON.stringify(v)}\n`);
     };
     try {
-      const t = await engine.createTemplate(id, spec, { onEvent: line });
+      const t = await engine.createTemplate(id, spec, { onEvent: line, ...optional("owner", owner) });
       line({ type: "template", template: templateJson(t) });
     } catch (err) {
       line({ type: "error", ...envelope(toMitosError(err)) });
@@ -130,8 +172,11 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
     out.end();
   });
 
-  app.get("/v1/templates", { schema: routeSchemas.listTemplates }, async () =>
-    engine.listTemplates().map(templateJson),
+  app.get("/v1/templates", { schema: routeSchemas.listTemplates }, async (req) =>
+    engine
+      .listTemplates()
+      .filter((t) => access.seesTemplate(who(req), t))
+      .map(templateJson),
   );
 
   const createSandbox = idempotent(async (req) => {
@@ -159,34 +204,44 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
           },
         );
       }
+      access.checkpoint(who(req), checkpoint);
       const r = await engine.fromCheckpoint(checkpoint, {
         ...(str(b, "id") ? { ids: [str(b, "id") as string] } : {}),
         ...optional("timeoutSeconds", int(b, "timeout_seconds")),
         ...optional("env", strMap(b, "env")),
+        ...optional("owner", access.owner(who(req))),
       });
-      return sandboxJson(r.children[0] as SandboxInfo);
+      return made(req, r.children)[0];
     }
     const template = str(b, "template") ?? str(b, "pool");
     if (!template) throw invalid("template is required", 'Pass {"template": "python"} (or "pool").');
+    access.template(who(req), template);
     const started = Date.now();
     const s = await engine.create(template, {
       ...optional("id", str(b, "id")),
       ...optional("timeoutSeconds", int(b, "timeout_seconds")),
       ...optional("env", strMap(b, "env")),
       ...optional("network", network),
+      ...optional("owner", access.owner(who(req))),
     });
     o.metrics.claimSeconds.observe((Date.now() - started) / 1000);
-    return sandboxJson(s);
+    return made(req, [s])[0];
   });
   app.post("/v1/fork", { schema: routeSchemas.createSandbox }, createSandbox);
   app.post("/v1/sandboxes", { schema: routeSchemas.createSandbox }, createSandbox);
 
-  app.get("/v1/sandboxes", { schema: routeSchemas.listSandboxes }, async () => engine.list().map(sandboxJson));
+  app.get("/v1/sandboxes", { schema: routeSchemas.listSandboxes }, async (req) => {
+    const p = who(req);
+    return engine
+      .list()
+      .filter((s) => access.seesSandbox(p, s))
+      .map((s) => sandboxJson(p, s));
+  });
   app.get<{ Params: { id: string } }>("/v1/sandboxes/:id", { schema: routeSchemas.getSandbox }, async (req) =>
-    sandboxJson(engine.get(req.params.id)),
+    sandboxJson(who(req), access.sandbox(who(req), req.params.id)),
   );
   app.put<{ Params: { id: string } }>("/v1/sandboxes/:id/network", { schema: routeSchemas.setNetwork }, async (req) =>
-    sandboxJson(await engine.setNetwork(req.params.id, req.body ?? {})),
+    sandboxJson(who(req), await engine.setNetwork(req.params.id, req.body ?? {})),
   );
 
   app.post<{ Params: { id: string } }>(
@@ -214,8 +269,9 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
       // pause_source is accepted, and means what it always does here: paused for the capture, then resumed.
       bool(b, "pause_source");
       o.metrics.forkSeconds.observe(r.forkTimeMs / 1000);
-      if (count === undefined) return sandboxJson(r.children[0] as SandboxInfo);
-      return { sandboxes: r.children.map(sandboxJson), fork_time_ms: r.forkTimeMs };
+      const children = made(req, r.children);
+      if (count === undefined) return children[0];
+      return { sandboxes: children, fork_time_ms: r.forkTimeMs };
     }),
   );
 
@@ -234,8 +290,11 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
       );
     }),
   );
-  app.get("/v1/checkpoints", { schema: routeSchemas.listCheckpoints }, async () =>
-    engine.listCheckpoints().map(checkpointJson),
+  app.get("/v1/checkpoints", { schema: routeSchemas.listCheckpoints }, async (req) =>
+    engine
+      .listCheckpoints()
+      .filter((c) => access.seesCheckpoint(who(req), c))
+      .map(checkpointJson),
   );
   app.get<{ Params: { id: string } }>("/v1/checkpoints/:id", { schema: routeSchemas.getCheckpoint }, async (req) =>
     checkpointJson(engine.visibleCheckpoint(req.params.id)),
@@ -257,8 +316,9 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
         count: int(b, "count") ?? 1,
         ...optional("timeoutSeconds", int(b, "timeout_seconds")),
         ...optional("env", strMap(b, "env")),
+        ...optional("owner", access.owner(who(req))),
       });
-      return { sandboxes: r.children.map(sandboxJson), fork_time_ms: r.forkTimeMs };
+      return { sandboxes: made(req, r.children), fork_time_ms: r.forkTimeMs };
     }),
   );
 
@@ -277,27 +337,30 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
 
   app.post("/v1/set_timeout", { schema: routeSchemas.setTimeout }, async (req) => {
     const b = body(req, ["sandbox", "timeout_seconds"]);
-    const r = engine.setTimeout(str(b, "sandbox", true), int(b, "timeout_seconds", true));
+    const id = access.sandbox(who(req), str(b, "sandbox", true)).id;
+    const r = engine.setTimeout(id, int(b, "timeout_seconds", true));
     return { status: "ok", deadline_unix: r.deadlineUnix, timeout_seconds: r.timeoutSeconds };
   });
 
   app.post("/v1/pause", { schema: routeSchemas.pause }, async (req) => {
     const b = body(req, ["sandbox", "hibernate"]);
     const hibernate = bool(b, "hibernate") === true;
-    await engine.pause(str(b, "sandbox", true), { hibernate });
+    await engine.pause(access.sandbox(who(req), str(b, "sandbox", true)).id, { hibernate });
     // The public API's answer, unchanged unless hibernation was asked for.
     return hibernate ? { status: "paused", hibernated: true } : { status: "paused" };
   });
 
   app.post("/v1/resume", { schema: routeSchemas.resume }, async (req) => {
-    await engine.resume(str(body(req, ["sandbox"]), "sandbox", true));
+    await engine.resume(access.sandbox(who(req), str(body(req, ["sandbox"]), "sandbox", true)).id);
     return { status: "running" };
   });
 
-  app.get("/v1/limits", { schema: routeSchemas.limits }, async () => {
+  app.get("/v1/limits", { schema: routeSchemas.limits }, async (req) => {
     const l = engine.caps.limits;
     const u = engine.usage();
+    const p = who(req);
     return {
+      ...(p.kind === "tenant" ? { tenant: tenantJson(p.tenant) } : {}),
       ...Object.fromEntries(Object.entries(LIMIT_NAMES).map(([k, name]) => [name, l[k as keyof Limits]])),
       usage: {
         sandboxes: u.sandboxes,
@@ -338,6 +401,12 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
     reply.header("content-type", o.metrics.registry.contentType);
     return o.metrics.registry.metrics();
   });
+}
+
+/** The caller (the auth hook sets it on every route here but /v1/health). */
+function who(req: FastifyRequest): Principal {
+  if (!req.principal) throw new MitosError("unauthorized", "no credential", { remediation: "Send a bearer token." });
+  return req.principal;
 }
 
 // --- body field readers: each names the field it rejects ---

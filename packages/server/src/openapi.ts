@@ -54,6 +54,17 @@ const sandbox = {
     hibernated: { type: "boolean", description: "paused with its RAM freed (POST /v1/pause {hibernate: true})" },
     network: { ...network, type: ["object", "null"], description: "its network policy; null: no network device" },
     domain: { type: "string", description: "guest port N is served at host N-<id>.<domain> (docs/ports.md)" },
+    tenant: { type: ["string", "null"], description: "the tenant it belongs to; null: an admin's" },
+    token: {
+      type: "string",
+      description:
+        "reaches this sandbox's runtime API only (exec, files, PTY, ports); absent when the caller is its own token",
+    },
+    fork_token: {
+      type: "string",
+      description:
+        "may only fork this sandbox (POST /v1/sandboxes/{id}/fork); the answer carries the children's tokens",
+    },
   },
 } as const;
 
@@ -76,6 +87,7 @@ const template = {
       description: "a key of everything that shaped the template (images, packages, steps, env, machine)",
     },
     steps: { type: "integer", description: "its init steps" },
+    tenant: { type: ["string", "null"], description: "the tenant that built it; null: shared by all" },
   },
 } as const;
 
@@ -90,14 +102,41 @@ const checkpoint = {
     created_at: str,
     bytes: { type: "integer", description: "compressed bytes of every chunk it names" },
     added_bytes: { type: "integer", description: "of those, the bytes it added (the rest are shared)" },
+    tenant: { type: ["string", "null"], description: "the tenant whose sandbox it was taken of" },
   },
 } as const;
 const sandboxRef = { type: "object", required: ["sandbox"], properties: { sandbox: id } } as const;
 /** Path ids are checked like body ids: a malformed one is invalid_input, not a lookup. */
 const idParams = { type: "object", properties: { id } } as const;
+const ownerLimits = {
+  type: "object",
+  description: "a tenant's own caps beside the host's; an absent one is not checked",
+  properties: { max_sandboxes: int, max_guest_memory_mib: int, max_fork_count: int, max_lifetime_seconds: int },
+} as const;
+const apiKey = {
+  type: "object",
+  properties: {
+    id: str,
+    name: str,
+    prefix: { type: "string", description: "the key's first characters, to tell keys apart" },
+    scope: { type: "string", enum: ["admin", "tenant"] },
+    tenant: { type: ["string", "null"] },
+    limits: { ...ownerLimits, type: ["object", "null"] },
+    created_at: str,
+  },
+} as const;
 const limits = {
   type: "object",
   properties: {
+    tenant: {
+      type: "object",
+      description: "a tenant key's own caps and what its tenant holds",
+      properties: {
+        name: str,
+        limits: ownerLimits,
+        usage: { type: "object", properties: { sandboxes: int, guest_memory_mib: int } },
+      },
+    },
     admission: { type: "string", enum: ["cow", "strict"] },
     memory_floor_mib: int,
     memory_overcommit: { type: "number" },
@@ -342,6 +381,32 @@ export const routeSchemas = {
     response: { 200: limits },
   },
   metering: { summary: "Memory per sandbox and host totals (shared pages counted once)" },
+  createKey: {
+    summary: "Create an API key (admin, or a tenant's with its caps); its value is shown in this answer only",
+    body: {
+      type: "object",
+      required: ["scope"],
+      properties: {
+        name: str,
+        scope: { type: "string", enum: ["admin", "tenant"] },
+        tenant: id,
+        limits: ownerLimits,
+      },
+    },
+    response: {
+      201: { ...apiKey, properties: { ...apiKey.properties, key: { type: "string", description: "shown once" } } },
+      ...errors,
+    },
+  },
+  listKeys: {
+    summary: "API keys, without their values",
+    response: { 200: { type: "array", items: apiKey }, ...errors },
+  },
+  revokeKey: {
+    summary: "Revoke an API key (calls with it get 401 from now on)",
+    params: { type: "object", properties: { id: str } },
+    response: { 200: { type: "object", properties: { status: str, id: str } }, ...errors },
+  },
   metrics: { summary: "Prometheus metrics", hide: true },
 } satisfies Record<string, FastifySchema & { summary?: string; hide?: boolean; security?: unknown[] }>;
 

@@ -25,8 +25,8 @@ export interface PortTarget {
 
 export interface PortProxyOptions {
   engine: Engine;
-  /** Whether an Authorization header carries the API token. */
-  allowed(header: string | undefined): boolean;
+  /** Whether an Authorization header's key reaches this sandbox's runtime (access.ts). */
+  allowed(header: string | undefined, sandbox: string): boolean;
   /** Domain of Host-routed requests (`<port>-<id>.<domain>`), without the port. */
   domain: string;
   log(msg: string, fields?: Record<string, unknown>): void;
@@ -106,7 +106,7 @@ export function installPortProxy(server: http.Server, o: PortProxyOptions, token
 function checkAccess(o: PortProxyOptions, tokens: PortTokens, t: PortTarget, req: http.IncomingMessage): void {
   const bearer = /^Bearer (.+)$/.exec(req.headers.authorization ?? "")?.[1];
   const portToken = (req.headers[PORT_TOKEN_HEADER] as string | undefined) ?? bearer;
-  if (!o.allowed(req.headers.authorization) && !tokens.check(t.sandbox, t.port, portToken)) {
+  if (!o.allowed(req.headers.authorization, t.sandbox) && !tokens.check(t.sandbox, t.port, portToken)) {
     throw new MitosError("unauthorized", `no access to port ${t.port} of sandbox ${t.sandbox}`, {
       remediation: `Send Authorization: Bearer <API token>, or the port's token (POST /v1/sandboxes/${t.sandbox}/expose/${t.port}) in ${PORT_TOKEN_HEADER}.`,
     });

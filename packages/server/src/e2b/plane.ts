@@ -24,8 +24,8 @@ export interface PlaneOptions {
   registry: E2bRegistry;
   /** Domain of Host-routed requests, without the port. */
   domain: string;
-  /** Whether an Authorization header carries mitosd's API token (guest ports accept it too). */
-  allowed(header: string | undefined): boolean;
+  /** Whether an Authorization header's mitosd key reaches this sandbox's runtime (guest ports accept it too). */
+  allowed(header: string | undefined, sandbox: string): boolean;
   log(msg: string, fields?: Record<string, unknown>): void;
 }
 
@@ -165,7 +165,7 @@ async function serveUpgrade(
 /** A guest port takes the sandbox's traffic token (or its envd token), or mitosd's API token. */
 function checkTraffic(o: PlaneOptions, s: SandboxInfo, t: PlaneTarget, req: http.IncomingMessage): void {
   const given = header(req, "e2b-traffic-access-token") ?? header(req, "x-access-token");
-  if (o.registry.checkTrafficToken(s, given) || o.allowed(req.headers.authorization)) return;
+  if (o.registry.checkTrafficToken(s, given) || o.allowed(req.headers.authorization, s.id)) return;
   throw new MitosError("unauthorized", `no access to port ${t.port} of sandbox ${t.e2bId}`, {
     remediation: "Send the sandbox's trafficAccessToken (from create) in E2B-Traffic-Access-Token.",
   });

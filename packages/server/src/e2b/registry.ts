@@ -6,9 +6,9 @@
 // inherits another's token.
 
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
-import fs from "node:fs";
 import path from "node:path";
 import type { Engine, SandboxInfo } from "@mitos/engine";
+import { readJson, writeJson } from "../json-file.js";
 
 export interface E2bSandboxRecord {
   /** The sandbox's createdAt, to tell a reused id from the original. */
@@ -91,21 +91,4 @@ function same(a: string, b: string): boolean {
   const x = createHash("sha256").update(a).digest();
   const y = createHash("sha256").update(b).digest();
   return timingSafeEqual(x, y);
-}
-
-export function readJson<T>(file: string): T | undefined {
-  try {
-    return JSON.parse(fs.readFileSync(file, "utf8")) as T;
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
-    throw err;
-  }
-}
-
-/** Atomic replace, 0600: the file holds credentials. */
-export function writeJson(file: string, value: unknown): void {
-  fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
-  const tmp = `${file}.tmp`;
-  fs.writeFileSync(tmp, JSON.stringify(value), { mode: 0o600 });
-  fs.renameSync(tmp, file);
 }
