@@ -37,11 +37,10 @@ const NOT_YET = {
   watch: "filesystem watches",
   vitals: "guest vitals",
   upload: "tar upload",
-  fork: "self-service fork with per-sandbox tokens (issue 20); fork with POST /v1/sandboxes/{id}/fork",
-  checkpoint:
-    "self-service checkpoints with per-sandbox tokens (issue 20); checkpoint with POST /v1/sandboxes/{id}/checkpoints",
-  extendLifetime: "self-service lifetime (issue 20); extend with POST /v1/set_timeout",
-  budget: "self-service budgets (issue 20)",
+  fork: "self-service fork over the runtime service; a sandbox forks itself with POST /v1/sandboxes/{id}/fork and its fork_token (docs/security.md)",
+  checkpoint: "self-service checkpoints over the runtime service; checkpoint with POST /v1/sandboxes/{id}/checkpoints",
+  extendLifetime: "self-service lifetime over the runtime service; extend with POST /v1/set_timeout",
+  budget: "self-service budgets; a tenant key's caps are in GET /v1/limits (docs/security.md)",
 } as const satisfies Partial<Record<keyof RuntimeImpl, string>>;
 
 function unimplemented(localName: string, methodName: string): () => never {
