@@ -14,6 +14,7 @@
 #include <termios.h>
 #include <unistd.h>
 
+#include "limits.h"
 #include "port.h"
 #include "sysio.h"
 
@@ -360,6 +361,8 @@ void exec_start(uint32_t id, const fields_t *f)
 		s->cgroup_n = ++cgroup_seq;
 		cgroup_path(s->cgroup_n, NULL, p, sizeof p);
 		s->cgroup = mkdir(p, 0755) == 0;
+		if (s->cgroup)
+			limits_exec(p);
 		sp.cgroup = s->cgroup;
 		sp.cgroup_n = s->cgroup_n;
 	}

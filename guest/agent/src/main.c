@@ -22,6 +22,7 @@
 #include "frame.h"
 #include "info.h"
 #include "init.h"
+#include "limits.h"
 #include "notify.h"
 #include "port.h"
 #include "stream.h"
@@ -392,7 +393,10 @@ static void setup(int argc, char **argv)
 		std_fds();
 		if (getpid() != 1)
 			logmsg("VM mode but not PID 1 (pid %d)", (int)getpid());
-		exec_use_cgroups(vm_init());
+		int cgroups = vm_init();
+		exec_use_cgroups(cgroups);
+		if (cgroups)
+			limits_apply();
 		if (chdir("/") < 0) { /* nothing better to do */ }
 		port_set_fd(port_open_vm());
 		logmsg("version %s ready", MITOS_AGENT_VERSION);

@@ -17,6 +17,7 @@ export type { EngineOptions, SandboxInfo, SandboxState, TemplateInfo, TemplateSp
 export { Engine, TEMPLATE_WAITS } from "./engine.js";
 export type { ErrorCode } from "./errors.js";
 export { AgentGoneError, GuestError, MitosError, noCheckpoint, noSandbox } from "./errors.js";
+export type { GuestLimits } from "./guest-limits.js";
 export type { BuildProgress, ImageRecipe, ImageSet } from "./image/build.js";
 export { BUILTIN_RECIPES, ensureImages } from "./image/build.js";
 export type { RegistryOptions } from "./image/registries.js";

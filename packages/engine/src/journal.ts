@@ -7,6 +7,7 @@
 
 import fs from "node:fs";
 import path from "node:path";
+import type { GuestLimits } from "./guest-limits.js";
 import type { NetworkPolicy } from "./network/policy.js";
 import type { MachineSpec } from "./vm.js";
 
@@ -29,6 +30,8 @@ export interface TemplateSpec {
   diskSizeMib?: number;
   /** A network device, and the policy its sandboxes start with (docs/network.md); unset: no NIC. */
   network?: NetworkPolicy;
+  /** What its sandboxes' commands may take (docs/security.md "Hostile guests"). */
+  guest?: GuestLimits;
 }
 
 export interface TemplateRecord {

@@ -40,6 +40,8 @@ export interface CacheInputs {
   /** Not cached (data-dir paths, slots), but part of the version. */
   diskMib?: number;
   network?: unknown;
+  /** Guest limits are set at boot: another set is another guest. */
+  guest?: unknown;
 }
 
 /**

@@ -9,6 +9,7 @@ import { ownRamFile, type SharedGroup } from "./confine.js";
 import { type EngineContext, randomHex, withResources } from "./context.js";
 import { Disks } from "./disk.js";
 import { MitosError, shmSpaceRemediation } from "./errors.js";
+import { checkGuestLimits, type GuestLimits } from "./guest-limits.js";
 import { BUILTIN_RECIPES, ensureImages } from "./image/build.js";
 import { ensureOciRoot, isOciReference, type OciRoot, ociImageSet } from "./image/oci.js";
 import { startInterpreter } from "./interpreter.js";
@@ -42,6 +43,8 @@ export interface TemplateInfo {
   steps: number;
   /** Who built it (an opaque label); unset: everyone's. */
   owner?: string;
+  /** Guest limits it was built with (unset ones: the guest's defaults). */
+  guest?: GuestLimits;
 }
 
 const PYTHON_WARMUP = "python3 -c 'import json, os, sys, subprocess, re, math, random' && true";
@@ -58,6 +61,7 @@ export function templateInfo(t: TemplateRecord): TemplateInfo {
     ...(t.image ? { image: t.image } : {}),
     ...(t.version ? { version: t.version } : {}),
     ...(t.owner !== undefined ? { owner: t.owner } : {}),
+    ...(t.machine.guest ? { guest: t.machine.guest } : {}),
     steps: t.recipe.init.length,
   };
 }
@@ -262,6 +266,7 @@ export class Templates {
     const diskMib = spec.diskSizeMib;
     if (diskMib !== undefined) Disks.checkSize(diskMib);
     const network = spec.network === undefined ? undefined : checkPolicy(spec.network);
+    const guest = checkGuestLimits(spec.guest, memMiB);
     const initWait = spec.initWaitSeconds ?? 0;
     const initTimeout = spec.initTimeoutSeconds ?? TEMPLATE_WAITS.defaultInitTimeoutSeconds;
     if (!Number.isInteger(initWait) || initWait < 0 || initWait > TEMPLATE_WAITS.maxInitWaitSeconds) {
@@ -337,6 +342,7 @@ export class Templates {
         initWaitSeconds: initWait,
         ...(diskMib !== undefined ? { diskMib } : {}),
         ...(network ? { network } : {}),
+        ...(guest ? { guest } : {}),
       },
       init,
       interpreter,
@@ -395,6 +401,7 @@ export class Templates {
           ...(runAs ? { runAs } : {}),
           ...(disk ? { disk, diskMib } : {}),
           ...(slot ? { network: true, netns: slot.netnsPath } : {}),
+          ...(guest ? { guest } : {}),
           ...this.ctx.agentOpts,
         });
       })().catch(async (err) => {

@@ -9,6 +9,7 @@ import { AgentClient, type AgentInfo } from "./agent/client.js";
 import { RAM_FILE_RE } from "./base-file.js";
 import { createRamFile, prepareVmDir, qemuCommand, type RunAs, reclaimVmDir } from "./confine.js";
 import { MitosError } from "./errors.js";
+import { type GuestLimits, guestLimitArgs } from "./guest-limits.js";
 import type { ImageSet } from "./image/build.js";
 import { readVmMemory } from "./metering.js";
 import { GUEST } from "./network/ruleset.js";
@@ -28,6 +29,8 @@ export interface MachineSpec {
   diskMib?: number;
   /** A virtio-net device (network/): the VM must launch in a network slot. */
   network?: boolean;
+  /** What its commands may take (docs/security.md "Hostile guests"); unset ones take the guest's defaults. */
+  guest?: GuestLimits;
 }
 
 /** A frozen VM: RAM file (base) plus device state (migration stream without guest RAM). */
@@ -64,6 +67,7 @@ export interface BootOptions extends LaunchOptions {
   keepRamFile?: boolean;
   diskMib?: number;
   network?: boolean;
+  guest?: GuestLimits;
 }
 
 export interface RestoreOptions extends LaunchOptions {
@@ -158,6 +162,7 @@ export class Vm {
       accel: opts.accel ?? chooseAccel().accel,
       ...(opts.diskMib !== undefined ? { diskMib: opts.diskMib } : {}),
       ...(opts.network ? { network: true } : {}),
+      ...(opts.guest && Object.keys(opts.guest).length > 0 ? { guest: opts.guest } : {}),
     };
     checkVmId(opts);
     const ramFile = path.join(opts.shmDir, `mitos-${opts.id}.ram`);
@@ -402,7 +407,7 @@ export class Vm {
       rootfs: machine.images.rootfs,
       memory,
       paths,
-      cmdline: [`mitos.hostname=${opts.id}`],
+      cmdline: [`mitos.hostname=${opts.id}`, ...guestLimitArgs(machine.guest)],
       incoming,
       ...(opts.disk?.[0] !== undefined ? { disk: opts.disk[0] } : {}),
       ...(machine.network ? { network: { tap: GUEST.tap, mac: GUEST.mac } } : {}),
@@ -469,6 +474,9 @@ export class Vm {
     const options = {
       context: { vm: this.id, console_log: this.paths.consoleLog },
       ...(this.agentTimeoutMs === undefined ? {} : { callTimeoutMs: this.agentTimeoutMs }),
+      ...(this.machine.guest?.outputBytesPerSecond !== undefined
+        ? { outputBytesPerSecond: this.machine.guest.outputBytesPerSecond }
+        : {}),
     };
     this.agent = this.resyncAgent
       ? await AgentClient.reconnect(this.paths.agentSocket, timeoutMs, options)

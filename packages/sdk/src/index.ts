@@ -35,6 +35,7 @@ export type {
   ExecutionError,
   ExposedPort,
   FileInfo,
+  GuestLimits,
   Health,
   Limits,
   MemoryUsage,

@@ -79,6 +79,19 @@ export interface TemplateSpec {
   diskSizeMib?: number;
   /** A network device, and the policy its sandboxes start with (default: no NIC). */
   network?: NetworkPolicy;
+  /** What its sandboxes' commands may take (docs/security.md "Hostile guests"); unset ones: the defaults. */
+  guest?: GuestLimits;
+}
+
+export interface GuestLimits {
+  /** Memory of all commands together (MiB; default: guest RAM less max(64 MiB, an eighth)). */
+  commandMemoryMib?: number;
+  /** Processes of all commands together (default 1024). */
+  commandPids?: number;
+  /** The RAM-backed writable layer (MiB; default: half of guest RAM). */
+  writableMib?: number;
+  /** Exec output the host takes per second (bytes; default 16 MiB). */
+  outputBytesPerSecond?: number;
 }
 
 export interface TemplateInfo {
@@ -94,6 +107,8 @@ export interface TemplateInfo {
   version?: string;
   /** How many init steps it ran. */
   steps?: number;
+  /** Guest limits it was built with (absent: the defaults). */
+  guest?: GuestLimits;
 }
 
 /** One event of a template build as it happens (`createTemplate(..., { onEvent })`). */

@@ -10,6 +10,7 @@ import type {
   CreateKeyOptions,
   E2bKey,
   ExposedPort,
+  GuestLimits,
   Health,
   Limits,
   Metering,
@@ -159,6 +160,7 @@ export function toTemplateInfo(v: unknown): TemplateInfo {
       : {}),
     ...(typeof o.version === "string" ? { version: o.version } : {}),
     ...(typeof o.steps === "number" ? { steps: o.steps } : {}),
+    ...(isRecord(o.guest) ? { guest: o.guest as GuestLimits } : {}),
   };
 }
 
@@ -313,5 +315,13 @@ export function templateBody(id: string, spec: TemplateSpec): Record<string, Jso
   if (spec.initTimeoutSeconds !== undefined) body.init_timeout_seconds = spec.initTimeoutSeconds;
   if (spec.diskSizeMib !== undefined) body.disk_size_mib = spec.diskSizeMib;
   if (spec.network !== undefined) body.network = networkBody(spec.network);
+  if (spec.guest !== undefined) {
+    const g: Record<string, Json> = {};
+    if (spec.guest.commandMemoryMib !== undefined) g.command_memory_mib = spec.guest.commandMemoryMib;
+    if (spec.guest.commandPids !== undefined) g.command_pids = spec.guest.commandPids;
+    if (spec.guest.writableMib !== undefined) g.writable_mib = spec.guest.writableMib;
+    if (spec.guest.outputBytesPerSecond !== undefined) g.output_bytes_per_second = spec.guest.outputBytesPerSecond;
+    body.guest = g;
+  }
   return body;
 }

@@ -1,6 +1,6 @@
 // Lifecycle routes (API.md "Lifecycle"): JSON in and out, snake_case.
 
-import type { CheckpointManifest, Engine, SandboxInfo, TemplateInfo, TemplateSpec } from "@mitos/engine";
+import type { CheckpointManifest, Engine, GuestLimits, SandboxInfo, TemplateInfo, TemplateSpec } from "@mitos/engine";
 import { checkPolicy, LIMIT_NAMES, type Limits, MitosError, type OwnerLimits } from "@mitos/engine";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { Access, Principal } from "./access.js";
@@ -92,6 +92,13 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
     version: t.version ?? null,
     steps: t.steps,
     tenant: t.owner ?? null,
+    guest: t.guest
+      ? Object.fromEntries(
+          Object.entries(GUEST_KEYS).flatMap(([wire, key]) =>
+            t.guest?.[key] === undefined ? [] : [[wire, t.guest[key]]],
+          ),
+        )
+      : null,
   });
   const checkpointJson = (c: CheckpointManifest) => ({
     id: c.id,
@@ -129,6 +136,16 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
     }
     const resources = obj(b, "resources");
     if (resources) refuseUnknown(resources, ["vcpu_count", "mem_size_mib"], "resources.");
+    const g = obj(b, "guest");
+    if (g) refuseUnknown(g, Object.keys(GUEST_KEYS), "guest.");
+    // The engine checks the values (guest-limits.ts) against the template's RAM.
+    const guest = g
+      ? Object.fromEntries(
+          Object.entries(GUEST_KEYS)
+            .filter(([wire]) => g[wire] !== undefined && g[wire] !== null)
+            .map(([wire, key]) => [key, g[wire]]),
+        )
+      : undefined;
     return {
       id,
       owner: access.owner(p),
@@ -141,6 +158,7 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
         ...optional("initTimeoutSeconds", int(b, "init_timeout_seconds")),
         ...optional("diskSizeMib", int(b, "disk_size_mib")),
         ...optional("network", b.network === undefined || b.network === null ? undefined : checkPolicy(b.network)),
+        ...optional("guest", guest as GuestLimits | undefined),
         resources: {
           ...optional("vcpuCount", resources ? int(resources, "vcpu_count") : undefined),
           ...optional("memSizeMib", resources ? int(resources, "mem_size_mib") : undefined),
@@ -422,7 +440,16 @@ const TEMPLATE_KEYS = [
   "init_timeout_seconds",
   "disk_size_mib",
   "network",
+  "guest",
 ];
+
+/** Wire names of a template's guest limits (engine GuestLimits). */
+const GUEST_KEYS = {
+  command_memory_mib: "commandMemoryMib",
+  command_pids: "commandPids",
+  writable_mib: "writableMib",
+  output_bytes_per_second: "outputBytesPerSecond",
+} as const satisfies Record<string, keyof GuestLimits>;
 
 /** Keys other servers accept that mitosd cannot honour yet: refused with the reason, never dropped. */
 const NOT_YET: Record<string, string> = {

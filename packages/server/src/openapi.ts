@@ -68,6 +68,16 @@ const sandbox = {
   },
 } as const;
 
+const guestLimits = {
+  type: "object",
+  description: "what its sandboxes' commands may take (docs/security.md 'Hostile guests'); absent ones: the defaults",
+  properties: {
+    command_memory_mib: { type: "integer", description: "all commands together (default: RAM less max(64 MiB, 1/8))" },
+    command_pids: { type: "integer", description: "processes of all commands together (default 1024)" },
+    writable_mib: { type: "integer", description: "the RAM-backed writable layer (default: half of RAM)" },
+    output_bytes_per_second: { type: "integer", description: "exec output the host takes per second (default 16 MiB)" },
+  },
+} as const;
 const template = {
   type: "object",
   properties: {
@@ -88,6 +98,7 @@ const template = {
     },
     steps: { type: "integer", description: "its init steps" },
     tenant: { type: ["string", "null"], description: "the tenant that built it; null: shared by all" },
+    guest: { ...guestLimits, type: ["object", "null"] },
   },
 } as const;
 
@@ -225,6 +236,7 @@ export const routeSchemas = {
           type: ["object", "null"],
           description: "a network device, and its sandboxes' default policy (default or null: no NIC)",
         },
+        guest: guestLimits,
       },
     },
     response: { 200: template, ...errors },

@@ -286,6 +286,95 @@ describe("per-sandbox tokens", () => {
   });
 });
 
+describe("hostile guests", () => {
+  let sb: Sandbox;
+
+  before(async () => {
+    sb = await admin.fork("python");
+  });
+
+  /** The next exec after an attack: answers, and within 2 s. */
+  async function answersSoon(): Promise<void> {
+    const t0 = Date.now();
+    const r = await sb.exec("echo alive");
+    assert.equal(r.stdout, "alive\n");
+    assert.ok(Date.now() - t0 < 2000, `the next exec took ${Date.now() - t0} ms`);
+  }
+
+  it("a memory bomb fails its command, not the VM", async () => {
+    const huge = await sb.exec("python3 -c 'x=bytearray(10**10)'", { timeoutSeconds: 60 });
+    assert.notEqual(huge.exitCode, 0);
+    assert.match(huge.stderr, /MemoryError/);
+    await answersSoon();
+    // Touching pages until something gives: the commands' memory limit, not the guest kernel.
+    const creep = await sb.exec("python3 -c 'b = []\nwhile True: b.append(bytearray(8 << 20))'", {
+      timeoutSeconds: 60,
+    });
+    assert.notEqual(creep.exitCode, 0, "killed or refused");
+    assert.notEqual(creep.exitCode, 124, "ended before its timeout");
+    await answersSoon();
+  });
+
+  it("a fork bomb fails its command, and one left running does not starve the next", async () => {
+    const bomb = await sb.exec("bash -c 'f(){ f | f; }; f'", { timeoutSeconds: 20 });
+    assert.notEqual(bomb.exitCode, 0);
+    await answersSoon();
+    // The classic, which backgrounds itself: its command returns, its processes stay, capped.
+    await sb.exec("bash -c ':(){ :|:& };:' >/dev/null 2>&1", { timeoutSeconds: 20 });
+    await new Promise((r) => setTimeout(r, 3000));
+    await answersSoon();
+    const pids = await sb.exec("cat /sys/fs/cgroup/mitos/pids.current /sys/fs/cgroup/mitos/pids.max");
+    const [current, max] = pids.stdout.trim().split("\n").map(Number);
+    assert.ok((current ?? 0) <= (max ?? 0), pids.stdout);
+  });
+
+  it("a full writable layer is ENOSPC to the writer while exec keeps working", async () => {
+    const fresh = await admin.fork("python");
+    try {
+      const dd = await fresh.exec("dd if=/dev/zero of=/root/fill bs=1M", { timeoutSeconds: 120 });
+      assert.notEqual(dd.exitCode, 0);
+      assert.match(dd.stderr, /No space left on device/);
+      const t0 = Date.now();
+      assert.equal((await fresh.exec("echo still")).stdout, "still\n");
+      assert.ok(Date.now() - t0 < 2000);
+      assert.equal((await fresh.exec("rm /root/fill && echo freed")).stdout, "freed\n");
+    } finally {
+      await fresh.terminate();
+    }
+  });
+
+  it("per template: its own limits, and an output flood held to its rate", async () => {
+    await admin.createTemplate("guarded", {
+      image: "base",
+      guest: { commandPids: 64, writableMib: 64, commandMemoryMib: 200, outputBytesPerSecond: 1 << 20 },
+    });
+    const g = await admin.fork("guarded");
+    try {
+      const r = await g.exec("cat /sys/fs/cgroup/mitos/pids.max /sys/fs/cgroup/mitos/memory.max; df -m / | tail -1");
+      const [pidsMax, memMax, df] = r.stdout.trim().split("\n");
+      assert.equal(pidsMax, "128", "twice the per-exec limit for all commands");
+      assert.equal(Number(memMax), 200 * 1024 * 1024);
+      assert.ok(Number(df?.split(/\s+/)[1]) <= 64, df);
+      // 4 MiB of output at 1 MiB/s (a second's burst): at least ~3 s, while another sandbox answers at once.
+      const t0 = Date.now();
+      const flood = g.exec("head -c 4194304 /dev/zero");
+      await new Promise((r) => setTimeout(r, 500));
+      const t1 = Date.now();
+      assert.equal((await sb.exec("echo other")).stdout, "other\n");
+      assert.ok(Date.now() - t1 < 2000, "another sandbox is not held up");
+      const out = await flood;
+      assert.equal(out.stdout.length, 4194304);
+      assert.ok(Date.now() - t0 >= 2500, `4 MiB took ${Date.now() - t0} ms at 1 MiB/s`);
+    } finally {
+      await g.terminate();
+    }
+  });
+
+  after(async () => {
+    await sb?.terminate().catch(() => {});
+  });
+});
+
 describe("audit log", () => {
   it("records who did what to which sandbox, and never a secret", () => {
     const text = fs.readFileSync(path.join(dataDir, "audit.log"), "utf8");

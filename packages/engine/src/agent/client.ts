@@ -22,7 +22,7 @@ import {
   STDIN_WINDOW,
   Tag,
 } from "./protocol.js";
-import { InputWindow, OutputWindow } from "./windows.js";
+import { InputWindow, OutputRate, OutputWindow } from "./windows.js";
 
 export interface AgentInfo {
   version: string;
@@ -153,7 +153,12 @@ export interface AgentClientOptions {
   context?: Record<string, unknown>;
   /** Timeout for unary calls and for liveness pings during exec and file streams (ms). */
   callTimeoutMs?: number;
+  /** Exec output taken from the guest per second, all streams together (default DEFAULT_OUTPUT_RATE). */
+  outputBytesPerSecond?: number;
 }
+
+/** 16 MiB/s of exec output per sandbox: far above what a person or a log reads, far below what costs mitosd a core. */
+export const DEFAULT_OUTPUT_RATE = 16 << 20;
 
 export class AgentClient {
   private readonly decoder = new FrameDecoder();
@@ -173,6 +178,8 @@ export class AgentClient {
   private watchdog: NodeJS.Timeout | undefined;
   private pinging = false;
   private readonly drainWaiters = new Set<() => void>();
+  /** Exec output's rate limit (windows.ts OutputRate). */
+  private readonly outputRate: OutputRate;
 
   private constructor(
     private readonly socket: net.Socket,
@@ -180,6 +187,7 @@ export class AgentClient {
   ) {
     this.context = options.context ?? {};
     this.callTimeoutMs = options.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
+    this.outputRate = new OutputRate(options.outputBytesPerSecond ?? DEFAULT_OUTPUT_RATE);
     socket.on("data", (chunk: Buffer) => this.onData(chunk));
     socket.on("error", (err) => this.close(`agent socket error: ${err.message}`));
     socket.on("close", () => this.close("agent connection closed (VM exited or agent died)"));
@@ -332,9 +340,13 @@ export class AgentClient {
     const stdin = new InputWindow();
     const deliver = (chunk: Buffer, sink: Buffer[], cb: ExecRequest["onStdout"]) => {
       if (!window.take(chunk.length)) return this.violation(`exec stream ${id} sent output beyond its credit`);
+      this.outputRate.add(chunk.length);
       if (collect) sink.push(chunk);
       chain = chain.then(async () => {
         if (cb) await cb(chunk);
+        // Over the sandbox's output rate: the credit (and so the guest's next output) waits.
+        const wait = this.outputRate.delay();
+        if (wait > 0) await new Promise((r) => setTimeout(r, wait).unref());
         this.grant(id, window, chunk.length);
       });
     };

@@ -71,3 +71,36 @@ export class InputWindow {
     for (const f of w) f();
   }
 }
+
+/**
+ * How fast a sandbox's commands may hand the host output (docs/security.md
+ * "Hostile guests"): a token bucket of `bytesPerSecond` with a second's burst.
+ * Each output frame costs its bytes plus FRAME_COST (a flood of tiny frames is
+ * host work too). The host holds back the credit it would grant until the
+ * bucket has room again, so a flood waits in the guest, not in mitosd.
+ */
+export class OutputRate {
+  static readonly FRAME_COST = 256;
+  private level = 0;
+  private at = Date.now();
+
+  constructor(readonly bytesPerSecond: number) {}
+
+  /** Counts a frame of `n` bytes. */
+  add(n: number, now = Date.now()): void {
+    this.drain(now);
+    this.level += n + OutputRate.FRAME_COST;
+  }
+
+  /** How long credit must wait (ms) for the bucket to be back within its burst. */
+  delay(now = Date.now()): number {
+    this.drain(now);
+    const over = this.level - this.bytesPerSecond;
+    return over > 0 ? Math.ceil((over / this.bytesPerSecond) * 1000) : 0;
+  }
+
+  private drain(now: number): void {
+    this.level = Math.max(0, this.level - ((now - this.at) / 1000) * this.bytesPerSecond);
+    this.at = now;
+  }
+}
