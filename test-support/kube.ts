@@ -7,7 +7,6 @@ import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import fs from "node:fs";
 import https from "node:https";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import {
@@ -18,7 +17,10 @@ import {
   setHeaderOptions,
   V1MicroTime,
 } from "@kubernetes/client-node";
+import { freePort } from "./free-port.js";
 import { type Daemon, repoRoot, startMitosd } from "./mitosd.js";
+
+export { freePort };
 
 export const KUBE_BIN = process.env.MITOS_KUBE_DIR ?? "/var/cache/mitos-kube";
 
@@ -41,16 +43,6 @@ export function kubeAvailable(): boolean {
 function whichEtcd(): string | undefined {
   for (const p of ["/usr/bin/etcd", "/usr/local/bin/etcd"]) if (fs.existsSync(p)) return p;
   return undefined;
-}
-
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.listen(0, "127.0.0.1", () => {
-      const a = s.address();
-      s.close(() => (typeof a === "object" && a ? resolve(a.port) : reject(new Error("no port"))));
-    });
-  });
 }
 
 /** Starts etcd and kube-apiserver, installs the Mitos CRDs and waits for them to be established. */

@@ -170,6 +170,7 @@ static void __attribute__((noreturn)) child(const struct spawn *sp)
 	sigemptyset(&all);
 	sigprocmask(SIG_SETMASK, &all, NULL);
 	signal(SIGPIPE, SIG_DFL); /* the agent ignores it; the command must not */
+	limits_child();
 	setsid();
 	if (sp->cgroup) {
 		char p[128];

@@ -113,3 +113,12 @@ void limits_exec(const char *cgroup_dir)
 	snprintf(v, sizeof v, "%" PRIu64, exec_pids);
 	write_str(p, v);
 }
+
+void limits_child(void)
+{
+	int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	if (write(fd, "0", 1) < 0) { /* raising it needs no privilege; nothing better to do */ }
+	close(fd);
+}

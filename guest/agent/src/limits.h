@@ -33,4 +33,9 @@ void limits_apply(void);
 /* Gives a new exec's cgroup directory its own pids limit (after limits_apply). */
 void limits_exec(const char *cgroup_dir);
 
+/* In a command's child before exec: back on the OOM killer's list (the
+ * agent's -1000 is inherited, and a memcg whose every task is exempt can
+ * never be relieved: its commands would hang at the limit forever). */
+void limits_child(void);
+
 #endif

@@ -115,10 +115,16 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
     sandboxTokens,
   });
   const audit = new AuditLog(engine.dataDir);
-  /** Whether an Authorization header reaches the runtime of a sandbox (guest ports). */
+  /**
+   * Whether an Authorization header reaches the runtime of a sandbox (guest
+   * ports): false without a valid credential; a valid one that may not reach
+   * it answers as an unknown sandbox would (not_found).
+   */
   const allowed = (header: string | undefined | null, sandbox: string) => {
     const p = access.resolve(header);
-    return p !== undefined && access.runtime(p, sandbox);
+    if (!p) return false;
+    if (!access.runtime(p, sandbox)) throw noSandbox(sandbox);
+    return true;
   };
   const unauthorized = () =>
     new MitosError("unauthorized", "missing or wrong bearer token", {
@@ -221,7 +227,7 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
       });
     try {
       if (!p) throw unauthorized();
-      if (p.kind !== "admin" && !access.runtime(p, sandbox)) throw noSandbox(sandbox);
+      if (!access.runtime(p, sandbox)) throw noSandbox(sandbox);
       const res = await next(req);
       if (!res.stream) {
         record();

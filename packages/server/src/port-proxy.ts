@@ -25,7 +25,7 @@ export interface PortTarget {
 
 export interface PortProxyOptions {
   engine: Engine;
-  /** Whether an Authorization header's key reaches this sandbox's runtime (access.ts). */
+  /** Whether an Authorization header's key reaches this sandbox's runtime; throws not_found for a key that may not (app.ts). */
   allowed(header: string | undefined, sandbox: string): boolean;
   /** Domain of Host-routed requests (`<port>-<id>.<domain>`), without the port. */
   domain: string;
@@ -106,7 +106,8 @@ export function installPortProxy(server: http.Server, o: PortProxyOptions, token
 function checkAccess(o: PortProxyOptions, tokens: PortTokens, t: PortTarget, req: http.IncomingMessage): void {
   const bearer = /^Bearer (.+)$/.exec(req.headers.authorization ?? "")?.[1];
   const portToken = (req.headers[PORT_TOKEN_HEADER] as string | undefined) ?? bearer;
-  if (!o.allowed(req.headers.authorization, t.sandbox) && !tokens.check(t.sandbox, t.port, portToken)) {
+  // A port's own token first: an API key that may not reach the sandbox answers not_found (o.allowed throws).
+  if (!tokens.check(t.sandbox, t.port, portToken) && !o.allowed(req.headers.authorization, t.sandbox)) {
     throw new MitosError("unauthorized", `no access to port ${t.port} of sandbox ${t.sandbox}`, {
       remediation: `Send Authorization: Bearer <API token>, or the port's token (POST /v1/sandboxes/${t.sandbox}/expose/${t.port}) in ${PORT_TOKEN_HEADER}.`,
     });
