@@ -457,7 +457,11 @@ export class Vm {
           throw cannotStart(e);
         }),
         this.exited.then((x) => {
-          throw this.startFailure(`QEMU exited during start (${x.signal ?? `code ${x.code}`})`);
+          // Killed from outside (the host's OOM killer, an operator): nothing wrong with the request, a retry may pass.
+          throw this.startFailure(
+            `QEMU exited during start (${x.signal ?? `code ${x.code}`})`,
+            x.signal === "SIGKILL" ? "unavailable" : "internal",
+          );
         }),
       ]);
       await Promise.race([steps(timeoutMs), failed]);
@@ -484,9 +488,9 @@ export class Vm {
     if (!this.running) this.agent.close("VM exited during start");
   }
 
-  private startFailure(reason: string): MitosError {
-    return new MitosError("internal", `VM ${this.id} failed to start: ${reason}`, {
-      remediation: `Read the VM logs: ${this.paths.qemuLog} (QEMU) and ${this.paths.consoleLog} (guest console).`,
+  private startFailure(reason: string, code: "internal" | "unavailable" = "internal"): MitosError {
+    return new MitosError(code, `VM ${this.id} failed to start: ${reason}`, {
+      remediation: `${code === "unavailable" ? "Retry; if it repeats, check the host's memory (dmesg) and r" : "R"}ead the VM logs: ${this.paths.qemuLog} (QEMU) and ${this.paths.consoleLog} (guest console).`,
       cause: `${tail(this.paths.qemuLog, 10)}\n${tail(this.paths.consoleLog, 20)}`.trim(),
       context: { vm: this.id, console_log: this.paths.consoleLog, qemu_log: this.paths.qemuLog },
     });
