@@ -42,6 +42,12 @@ class SandboxInfo:
     network: Optional[Dict[str, Any]] = None
     #: ``<domain>:<port>``: guest port N is served as host ``N-<id>.<domain>`` (docs/ports.md).
     domain: Optional[str] = None
+    #: The tenant it belongs to; None: an admin's (docs/security.md "Keys").
+    tenant: Optional[str] = None
+    #: Reaches this sandbox's runtime API only (exec, files, PTY, ports): hand it to an agent inside.
+    token: Optional[str] = None
+    #: May only fork this sandbox; the fork's answer carries the children's tokens.
+    fork_token: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -256,6 +262,9 @@ def to_sandbox_info(v: Any) -> SandboxInfo:
         hibernated=o.get("hibernated") is True,
         network=dict(o["network"]) if isinstance(o.get("network"), dict) else None,
         domain=_opt_str(o, "domain"),
+        tenant=_opt_str(o, "tenant"),
+        token=_opt_str(o, "token"),
+        fork_token=_opt_str(o, "fork_token"),
     )
 
 

@@ -90,6 +90,21 @@ class Sandbox:
         return self._info.memory
 
     @property
+    def tenant(self) -> Optional[str]:
+        """The tenant it belongs to; None: an admin's."""
+        return self._info.tenant
+
+    @property
+    def token(self) -> Optional[str]:
+        """Its own access token: this sandbox's runtime API only; None when this handle was opened with it."""
+        return self._info.token
+
+    @property
+    def fork_token(self) -> Optional[str]:
+        """A token that may only fork this sandbox (an agent inside can fork itself with it)."""
+        return self._info.fork_token
+
+    @property
     def hibernated(self) -> bool:
         """Paused with its memory freed (saved to disk); resume() restores it."""
         return self._info.hibernated

@@ -66,6 +66,16 @@ class E2ETest(unittest.TestCase):
         expected = "".join("%d\n\n" % (i * i) for i in range(8))
         self.assertEqual(proc.stdout.decode(), expected)
 
+    def test_sandbox_token_reaches_its_sandbox_only(self):
+        self.assertTrue(self.sb.token and self.sb.token.startswith("msb_"))
+        self.assertTrue(self.sb.fork_token and self.sb.fork_token != self.sb.token)
+        own = mitos.SandboxServer(base_url=BASE_URL, api_key=self.sb.token)
+        mine = own.get(self.sb.id)
+        self.assertIsNone(mine.token)  # its own token does not read its tokens back
+        self.assertEqual(mine.exec("echo via-token").stdout, "via-token\n")
+        with self.assertRaises(mitos.NotFoundError):
+            own.list_sandboxes()
+
     def test_exec_stdout_stderr_exit_code(self):
         r = self.sb.exec("echo out; echo err >&2; exit 3")
         self.assertEqual((r.stdout, r.stderr, r.exit_code), ("out\n", "err\n", 3))
