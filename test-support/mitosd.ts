@@ -20,7 +20,12 @@ export interface Daemon {
   kill(): Promise<void>;
 }
 
-export async function startMitosd(dataDir: string, extraArgs: string[] = []): Promise<Daemon> {
+/** `logFile`: the daemon's log (its JSON lines) goes there, whatever MITOS_TEST_LOG_DIR says. */
+export async function startMitosd(
+  dataDir: string,
+  extraArgs: string[] = [],
+  o: { logFile?: string } = {},
+): Promise<Daemon> {
   const proc: ChildProcess = spawn(
     process.execPath,
     [
@@ -39,9 +44,11 @@ export async function startMitosd(dataDir: string, extraArgs: string[] = []): Pr
       // MITOS_TEST_LOG_DIR keeps each daemon's log (its JSON lines) for a failing test.
       stdio: [
         "ignore",
-        process.env.MITOS_TEST_LOG_DIR
-          ? fs.openSync(path.join(process.env.MITOS_TEST_LOG_DIR, `mitosd-${path.basename(dataDir)}.log`), "a")
-          : "ignore",
+        o.logFile
+          ? fs.openSync(o.logFile, "a")
+          : process.env.MITOS_TEST_LOG_DIR
+            ? fs.openSync(path.join(process.env.MITOS_TEST_LOG_DIR, `mitosd-${path.basename(dataDir)}.log`), "a")
+            : "ignore",
         "pipe",
       ],
       env: { ...process.env, MITOS_IMAGES_DIR: process.env.MITOS_IMAGES_DIR ?? "/var/lib/mitos/images" },

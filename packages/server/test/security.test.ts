@@ -7,16 +7,21 @@
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { promisify } from "node:util";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { NotFoundError, QuotaExceededError, type Sandbox, SandboxServer } from "@mitos/sdk";
 import WebSocket from "ws";
 import { removeDataDir, tempDataDir } from "../../../test-support/data-dir.js";
 import { type Daemon, repoRoot, startMitosd } from "../../../test-support/mitosd.js";
+import { runtimeClient } from "../../../test-support/runtime-client.js";
 
 const run = promisify(execFile);
 const dataDir = tempDataDir("test-security");
+/** The daemon's own log: no key or token may be in it either. */
+const daemonLog = path.join(os.tmpdir(), "mitos-test-security-mitosd.log");
 let daemon: Daemon;
 let admin: SandboxServer;
 /** Every secret the test saw: none may reach the audit log. */
@@ -51,7 +56,8 @@ async function mitos(args: string[]): Promise<string> {
 }
 
 before(async () => {
-  daemon = await startMitosd(dataDir);
+  fs.rmSync(daemonLog, { force: true });
+  daemon = await startMitosd(dataDir, [], { logFile: daemonLog });
   admin = new SandboxServer({ baseUrl: daemon.url, apiKey: daemon.token });
   secrets.push(daemon.token);
 });
@@ -59,6 +65,7 @@ before(async () => {
 after(async () => {
   await daemon?.stop();
   removeDataDir(dataDir);
+  fs.rmSync(daemonLog, { force: true });
 });
 
 describe("tenant keys", () => {
@@ -144,6 +151,24 @@ describe("tenant keys", () => {
     const text = await exec.text();
     assert.doesNotMatch(text, /leaked/);
     assert.match(text, /not_found|no sandbox/);
+    // Files over the runtime service: stat, list, read and write are as for an unknown sandbox.
+    const rt = runtimeClient({ url: daemon.url, token: keyA }, other);
+    const calls: Array<() => Promise<unknown>> = [
+      () => rt.stat({ path: "/" }),
+      () => rt.list({ parent: "/root" }),
+      async () => {
+        for await (const _ of rt.readFile({ path: "/etc/hostname" })) {
+          // nothing may come
+        }
+      },
+      () => rt.mkdir({ path: "/root/from-a" }),
+    ];
+    for (const c of calls) {
+      const e = await c().catch((x: unknown) => x);
+      assert.ok(e instanceof ConnectError && e.code === Code.NotFound, String(e));
+      assert.match((e as ConnectError).rawMessage, /no sandbox/);
+    }
+    assert.equal((await b1.exec("test -e /root/from-a || echo untouched")).stdout, "untouched\n");
     // And B's sandbox still answers B.
     assert.equal((await b1.exec("echo b")).stdout, "b\n");
   });
@@ -387,7 +412,12 @@ describe("audit log", () => {
     assert.ok(lines.some((l) => l.key.startsWith("sandbox:") && l.action === "sandbox.v1.Sandbox/ExecStream"));
     assert.ok(lines.some((l) => l.status === 401));
     assert.ok(lines.some((l) => l.key === "admin-token" && l.action === "POST /v1/keys"));
-    for (const s of secrets) assert.ok(!text.includes(s), "no key or token in the audit log");
+    const daemonText = fs.readFileSync(daemonLog, "utf8");
+    assert.match(daemonText, /mitosd listening/, "the daemon's log was captured");
+    for (const s of secrets) {
+      assert.ok(!text.includes(s), "no key or token in the audit log");
+      assert.ok(!daemonText.includes(s), "no key or token in mitosd's log");
+    }
     assert.equal(fs.statSync(path.join(dataDir, "audit.log")).mode & 0o777, 0o600);
   });
 });
