@@ -1,5 +1,6 @@
 // mitosd: one fastify server for the lifecycle API and the Connect runtime.
 
+import type { Socket } from "node:net";
 import type { Interceptor } from "@connectrpc/connect";
 import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
@@ -31,6 +32,8 @@ import { registerRuntime } from "./runtime.js";
 import { SandboxTokens } from "./sandbox-tokens.js";
 
 export const VERSION = "0.1.0";
+/** How long close() lets open streams finish before it cuts their connections. */
+const CLOSE_GRACE_MS = 2000;
 /** 4 MiB: a 256 KiB WriteFile chunk is ~350 KB as base64 JSON; nothing legitimate comes close. */
 export const DEFAULT_MAX_MESSAGE_BYTES = 4 << 20;
 
@@ -326,6 +329,12 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
     allowed,
     log: (msg, fields) => app.log.info(fields ?? {}, msg),
   });
+  // Every connection, upgraded and h2c ones included, so close() can cut what is left.
+  const sockets = new Set<Socket>();
+  app.server.on("connection", (s: Socket) => {
+    sockets.add(s);
+    s.once("close", () => sockets.delete(s));
+  });
   await app.listen({ host, port: opts.port ?? 8080 });
   const addr = app.server.address();
   const port = typeof addr === "object" && addr ? addr.port : (opts.port ?? 8080);
@@ -350,7 +359,16 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
     app,
     async close(o = {}) {
       h2.close();
-      await app.close();
+      // Streams still open (an exec, a terminal, an h2c session) would hold the close
+      // forever: they get a short grace, then their connections are cut.
+      const cut = setTimeout(() => {
+        for (const s of sockets) s.destroy();
+      }, CLOSE_GRACE_MS);
+      try {
+        await app.close();
+      } finally {
+        clearTimeout(cut);
+      }
       await engine.close({ killSandboxes: o.killSandboxes ?? true });
     },
   };

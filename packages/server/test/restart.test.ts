@@ -121,8 +121,18 @@ describe("restarts keep sandboxes", () => {
     await (child as Sandbox).terminate();
   });
 
-  it("a graceful SIGTERM (shutdown keep) hands the sandboxes to the next mitosd too", async () => {
+  it("a graceful SIGTERM (shutdown keep) hands the sandboxes to the next mitosd too, streams open or not", async () => {
+    // A command and a terminal still open must not hold the shutdown (it cuts them after a short grace).
+    const back0 = await sdk.get(a.id);
+    const streaming = back0.exec("sleep 600", { timeoutSeconds: 900 }).catch((e: unknown) => e);
+    const pty = await back0.createPty();
+    const ptyEnded = pty.wait().catch((e: unknown) => e);
+    await new Promise((r) => setTimeout(r, 500));
+    const t0 = Date.now();
     await daemon.stop();
+    assert.ok(Date.now() - t0 < 15_000, `mitosd took ${Date.now() - t0} ms to stop with streams open`);
+    assert.ok((await streaming) instanceof MitosError, "the stream in flight fails clearly");
+    assert.ok((await ptyEnded) instanceof MitosError, "the terminal ends");
     assert.ok(qemuPidsOf(dataDir).length >= 3, "a, paused and hibernated (woken) run on");
     await start();
     const back = await sdk.get(a.id);
