@@ -210,6 +210,11 @@ export class Engine {
     return this.templates.list();
   }
 
+  /** Whether a template id is taken (built, building, or to be rebuilt) and by which owner. */
+  templateOwner(id: string): { taken: boolean; owner?: string } {
+    return this.templates.ownerOf(id);
+  }
+
   templateRecord(id: string): TemplateRecord | undefined {
     return this.templates.record(id);
   }
@@ -544,10 +549,22 @@ export class Engine {
       this.table.persist(s);
       return;
     }
-    // Its RAM comes back: it must fit again (it is counted as a sandbox already).
+    if (s.waking) {
+      throw new MitosError("conflict", `sandbox ${id} is being resumed already`, {
+        remediation: "Wait for the first resume to answer.",
+        context: { sandbox: id },
+      });
+    }
+    // Its RAM comes back: it must fit again (it is counted as a sandbox already),
+    // and counts from now on, so resumes running side by side cannot all fit the same room.
     this.table.admit(1, s.memMiB, s.templateId, true, s.owner);
+    s.waking = true;
     s.idleHibernated = undefined;
-    await this.saved.wake(s);
+    try {
+      await this.saved.wake(s);
+    } finally {
+      s.waking = undefined;
+    }
   }
 
   setTimeout(id: string, seconds: number): { deadlineUnix: number; timeoutSeconds: number } {

@@ -34,6 +34,9 @@ export interface TemplateSpec {
   guest?: GuestLimits;
 }
 
+/** A dropped template's spec, kept to rebuild it at its next use, with who built it. */
+export type Recipe = TemplateSpec & { owner?: string };
+
 export interface TemplateRecord {
   id: string;
   /** What it was built from: a template dropped at start (files gone after a reboot) is rebuilt from it on demand. */
@@ -110,7 +113,7 @@ export interface JournalData {
   templates: Record<string, TemplateRecord>;
   vms: Record<string, VmRecord>;
   /** Specs of templates dropped at start (their RAM was gone): rebuilt at their next use. */
-  recipes?: Record<string, TemplateSpec>;
+  recipes?: Record<string, Recipe>;
   sandboxes?: Record<string, SandboxRecord>;
 }
 
@@ -152,12 +155,12 @@ export class Journal {
     this.flush();
   }
 
-  get recipes(): Readonly<Record<string, TemplateSpec>> {
+  get recipes(): Readonly<Record<string, Recipe>> {
     return this.data.recipes ?? {};
   }
 
-  putRecipe(id: string, spec: TemplateSpec): void {
-    this.data.recipes = { ...this.data.recipes, [id]: spec };
+  putRecipe(id: string, spec: TemplateSpec, owner?: string): void {
+    this.data.recipes = { ...this.data.recipes, [id]: { ...spec, ...(owner !== undefined ? { owner } : {}) } };
     this.flush();
   }
 

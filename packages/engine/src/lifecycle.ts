@@ -51,6 +51,8 @@ export interface Sandbox {
   hibernation?: string;
   /** Hibernated by the idle timer (idle.ts): the next runtime call wakes it. */
   idleHibernated?: boolean;
+  /** Hibernated and being resumed: its memory counts again. */
+  waking?: boolean;
   /** When an API call last touched it (unix ms), and the streams open to it now. */
   lastActive: number;
   streams: number;
@@ -288,7 +290,7 @@ export class SandboxTable {
   /** What the meter measures: every sandbox whose VM holds memory now (placeholders as reservations). */
   private *metered(): Generator<MeteredSandbox> {
     for (const s of this.map.values()) {
-      if (s.state === "failed" || s.state === "terminated" || s.hibernation) continue;
+      if (s.state === "failed" || s.state === "terminated" || (s.hibernation && !s.waking)) continue;
       yield { templateId: s.templateId, pid: s.vm?.running ? s.vm.pid : undefined, since: s.createdAt.getTime() };
     }
   }
@@ -301,7 +303,7 @@ export class SandboxTable {
       if (s.state === "failed" || s.state === "terminated") continue; // their VM is gone
       if (owner !== undefined && s.owner !== owner) continue;
       sandboxes++;
-      if (!s.hibernation) guestMemoryMib += s.memMiB; // hibernated: its RAM is on disk
+      if (!s.hibernation || s.waking) guestMemoryMib += s.memMiB; // hibernated: its RAM is on disk
     }
     return { sandboxes, guestMemoryMib };
   }

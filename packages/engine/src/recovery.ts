@@ -91,7 +91,7 @@ export async function recover(ctx: EngineContext, templates: Templates, table: S
     }
     if (reason) {
       // Re-adopted sandboxes of it keep running: they map its RAM already.
-      if (t.spec) journal.putRecipe(t.id, t.spec);
+      if (t.spec) journal.putRecipe(t.id, t.spec, t.owner);
       templates.remove(t);
       log(`dropped template: ${reason}`, {
         template: t.id,

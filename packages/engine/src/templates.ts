@@ -69,7 +69,7 @@ export function templateInfo(t: TemplateRecord): TemplateInfo {
 export class Templates {
   /** The gid each template's RAM base is shared with (undefined: no uid switching). */
   private readonly groups = new Map<string, SharedGroup | undefined>();
-  private readonly builds = new Map<string, { done: Promise<TemplateRecord>; log: BuildLog }>();
+  private readonly builds = new Map<string, { done: Promise<TemplateRecord>; log: BuildLog; owner?: string }>();
   private readonly cache: TemplateCache;
 
   constructor(
@@ -93,6 +93,16 @@ export class Templates {
   }
 
   /**
+   * Whether an id is taken (built, building, or dropped and to be rebuilt)
+   * and by whom: ownership must be known before a build joins or starts.
+   */
+  ownerOf(id: string): { taken: boolean; owner?: string } {
+    const t = this.ctx.journal.templates[id] ?? this.builds.get(id) ?? this.ctx.journal.recipes[id];
+    if (!t) return { taken: false };
+    return t.owner !== undefined ? { taken: true, owner: t.owner } : { taken: true };
+  }
+
+  /**
    * The template with that id, built first if there is none (one build per
    * id at a time). `onEvent` follows the build's log (docs/templates.md),
    * from its start even when this call joins a build already running.
@@ -105,7 +115,7 @@ export class Templates {
     if (!build) {
       const log = new BuildLog();
       const done = this.build(id, spec, log, owner).finally(() => this.builds.delete(id));
-      build = { done, log };
+      build = { done, log, ...(owner !== undefined ? { owner } : {}) };
       this.builds.set(id, build);
     }
     const stop = onEvent ? build.log.follow(onEvent) : undefined;
@@ -121,7 +131,8 @@ export class Templates {
     const recipe = this.ctx.journal.recipes[id];
     if (recipe) {
       this.ctx.log("rebuilding template dropped at start", { template: id });
-      return this.ensure(id, recipe);
+      const { owner, ...spec } = recipe;
+      return this.ensure(id, spec, undefined, owner);
     }
     if (!(id in BUILTIN_RECIPES)) {
       throw new MitosError("not_found", `no template ${JSON.stringify(id)}`, {

@@ -7,6 +7,7 @@
 // as if it did not exist (404), so ids of others' sandboxes leak nothing.
 
 import {
+  BUILTIN_RECIPES,
   type CheckpointManifest,
   type Engine,
   MitosError,
@@ -55,12 +56,17 @@ export class Access {
     const token = header.slice(7).trim();
     if (SandboxTokens.looksLike(token)) {
       const claim = this.o.sandboxTokens.verify(token);
-      return claim && { kind: "sandbox", keyId: `sandbox:${claim.sandbox}`, sandbox: claim.sandbox, token: claim.kind };
+      if (!claim) return undefined;
+      // A tenant whose every key was revoked is locked out, its sandboxes' tokens too.
+      const owner = this.ownerOf(claim.sandbox);
+      if (owner !== undefined && !this.o.keys.tenantHasKeys(owner)) return undefined;
+      return { kind: "sandbox", keyId: `sandbox:${claim.sandbox}`, sandbox: claim.sandbox, token: claim.kind };
     }
     const key = this.o.keys.find(token);
     if (!key) return undefined;
-    if (key.scope === "tenant" && key.tenant !== undefined) {
-      return { kind: "tenant", keyId: key.id, tenant: key.tenant };
+    if (key.scope === "tenant") {
+      // Fail closed: a tenant key without its tenant is no credential.
+      return key.tenant === undefined ? undefined : { kind: "tenant", keyId: key.id, tenant: key.tenant };
     }
     return { kind: "admin", keyId: key.id };
   }
@@ -81,9 +87,24 @@ export class Access {
 
   /** The sandbox, or the engine's own not_found when `p` may not see it. */
   sandbox(p: Principal, id: string): SandboxInfo {
-    const s = this.o.engine.get(id);
+    if (p.kind === "admin") return this.o.engine.get(id);
+    let s: SandboxInfo;
+    try {
+      s = this.o.engine.get(id);
+    } catch {
+      // Also for one reaped at its deadline: 410 would tell that an id it cannot see existed.
+      throw noSandbox(id);
+    }
     if (!this.seesSandbox(p, s)) throw noSandbox(id);
     return s;
+  }
+
+  private ownerOf(sandbox: string): string | undefined {
+    try {
+      return this.o.engine.get(sandbox).owner;
+    } catch {
+      return undefined;
+    }
   }
 
   /** Whether `p` may call the runtime API (exec, files, PTY, ports) of sandbox `id` (an admin: any id, known or not). */
@@ -104,13 +125,45 @@ export class Access {
     return t.owner === undefined || (p.kind === "tenant" && t.owner === p.tenant);
   }
 
-  /** A template `p` may use by id (a built-in one not built yet counts as shared). */
+  /** A template `p` may use by id: built, building or to be rebuilt, its owner decides; a built-in one not built yet is shared. */
   template(p: Principal, id: string): void {
-    const t = this.o.engine.listTemplates().find((x) => x.id === id);
-    if (t && !this.seesTemplate(p, t)) throw noTemplate(id);
+    const t = this.o.engine.templateOwner(id);
+    if (t.taken && !this.seesTemplate(p, t)) throw noTemplate(id);
   }
 
-  /** A template `p` may change or delete: an admin any, a tenant its own. */
+  /**
+   * What a template build by `p` may do with an id: refused when another
+   * owner holds it (built, building or to be rebuilt), and a tenant may not
+   * give a built-in id a spec of its own; the owner the build gets.
+   */
+  templateBuild(p: Principal, id: string, hasSpec: boolean, image: string | undefined): string | undefined {
+    const t = this.o.engine.templateOwner(id);
+    if (t.taken && !this.seesTemplate(p, t)) {
+      throw new MitosError("conflict", `template id ${id} is taken`, {
+        remediation: "Template ids are one namespace on this host: choose another id.",
+        context: { field: "id" },
+      });
+    }
+    if (p.kind === "admin") return undefined;
+    if (id in BUILTIN_RECIPES) {
+      // Posting a built-in id with nothing else (as upstream clients do before a create) builds the shared one.
+      if (!hasSpec) return undefined;
+      throw new MitosError("forbidden", `template id ${id} is a built-in one; a tenant's template needs another id`, {
+        remediation: `Choose another id, or post {"id": "${id}"} alone to use the built-in template.`,
+        context: { field: "id" },
+      });
+    }
+    if (image !== undefined && !(image in BUILTIN_RECIPES)) {
+      // An admin's registry credentials and plain-HTTP registries are the host's, not a tenant's.
+      throw new MitosError("forbidden", "a tenant key may not build templates from OCI images", {
+        remediation: `Build from a built-in image (${Object.keys(BUILTIN_RECIPES).join(", ")}) with packages and init, or ask an admin to build the OCI template.`,
+        context: { field: "image" },
+      });
+    }
+    return t.taken ? t.owner : this.owner(p);
+  }
+
+  /** A template `p` may change or delete: an admin any, a tenant its own (and none another owner's sandboxes use). */
   ownTemplate(p: Principal, id: string): void {
     if (p.kind === "admin") return;
     const t = this.o.engine.listTemplates().find((x) => x.id === id);
@@ -118,6 +171,12 @@ export class Access {
     if (t.owner === undefined) {
       throw new MitosError("forbidden", `template ${id} is shared by all tenants; only an admin deletes it`, {
         remediation: "Ask an admin, or delete a template your tenant built.",
+        context: { template: id },
+      });
+    }
+    if (this.o.engine.list().some((s) => s.templateId === id && s.owner !== t.owner)) {
+      throw new MitosError("conflict", `template ${id} is in use by sandboxes outside your tenant`, {
+        remediation: "Ask an admin to delete it; force would terminate sandboxes that are not yours.",
         context: { template: id },
       });
     }

@@ -96,6 +96,11 @@ export class ApiKeys {
     return this.keys.find(token);
   }
 
+  /** Whether any key of the tenant is live (revoking every one locks the tenant out). */
+  tenantHasKeys(tenant: string): boolean {
+    return this.keys.list().some((k) => k.scope === "tenant" && k.tenant === tenant);
+  }
+
   tenant(name: string): Tenant | undefined {
     return this.tenants[name];
   }

@@ -46,8 +46,9 @@ export class AuditLog {
     const line = `${JSON.stringify({ ts: new Date().toISOString(), ...e })}\n`;
     try {
       if (this.size + line.length > this.maxBytes) {
-        fs.renameSync(this.file, `${this.file}.1`);
+        // Counted afresh even when the rename fails (the file was removed): lines must not stop.
         this.size = 0;
+        fs.renameSync(this.file, `${this.file}.1`);
       }
       // Appended synchronously: a line written is on its way to disk before the answer is.
       fs.appendFileSync(this.file, line, { mode: 0o600 });

@@ -1,6 +1,7 @@
 // Idempotency-Key on creating calls: the same key within 24 h returns the
 // same answer (no second resource); the same key still in flight is a 409.
 
+import { createHash } from "node:crypto";
 import { MitosError } from "@mitos/engine";
 import type { FastifyReply, FastifyRequest } from "fastify";
 
@@ -25,8 +26,12 @@ export class IdempotencyCache {
       });
     }
     this.sweep();
-    // Per caller: another key sending the same Idempotency-Key gets its own answer, never this one.
-    const k = `${req.principal?.keyId ?? "-"} ${req.method} ${req.url} ${key}`;
+    // Per credential: another key (or a later sandbox's token under a reused id) sending the same
+    // Idempotency-Key gets its own answer, never this one.
+    const who = createHash("sha256")
+      .update(req.headers.authorization ?? "")
+      .digest("base64url");
+    const k = `${who} ${req.method} ${req.url} ${key}`;
     const hit = this.entries.get(k);
     if (hit) {
       if (hit.status === undefined) {

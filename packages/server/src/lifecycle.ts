@@ -126,14 +126,12 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
   const templateRequest = (req: FastifyRequest): { id: string; spec: TemplateSpec; owner: string | undefined } => {
     const b = body(req, TEMPLATE_KEYS);
     const id = str(b, "id", true);
-    const p = who(req);
-    const existing = engine.listTemplates().find((t) => t.id === id);
-    if (existing && !access.seesTemplate(p, existing)) {
-      throw new MitosError("conflict", `template id ${id} is taken`, {
-        remediation: "Template ids are one namespace on this host: choose another id.",
-        context: { field: "id" },
-      });
-    }
+    const owner = access.templateBuild(
+      who(req),
+      id,
+      Object.keys(b).some((k) => k !== "id" && b[k] !== null),
+      str(b, "image"),
+    );
     const resources = obj(b, "resources");
     if (resources) refuseUnknown(resources, ["vcpu_count", "mem_size_mib"], "resources.");
     const g = obj(b, "guest");
@@ -148,7 +146,7 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
       : undefined;
     return {
       id,
-      owner: access.owner(p),
+      owner,
       spec: {
         ...optional("image", str(b, "image")),
         ...optional("packages", strList(b, "packages")),
@@ -375,8 +373,9 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
 
   app.get("/v1/limits", { schema: routeSchemas.limits }, async (req) => {
     const l = engine.caps.limits;
-    const u = engine.usage();
     const p = who(req);
+    // A tenant's usage is its own: host-wide figures would tell it what other tenants hold.
+    const u = p.kind === "tenant" ? engine.ownerUsage(p.tenant) : engine.usage();
     return {
       ...(p.kind === "tenant" ? { tenant: tenantJson(p.tenant) } : {}),
       ...Object.fromEntries(Object.entries(LIMIT_NAMES).map(([k, name]) => [name, l[k as keyof Limits]])),

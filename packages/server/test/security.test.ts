@@ -192,10 +192,45 @@ describe("tenant keys", () => {
     assert.equal((await tenantA.listSandboxes()).length, 2, "nothing half-created");
     const b2 = await tenantB.fork("python");
     assert.equal(b2.tenant, "globex");
-    const limits = (await call(keyA, "GET", "/v1/limits")).json as { tenant?: { usage: { sandboxes: number } } };
+    const limits = (await call(keyA, "GET", "/v1/limits")).json as {
+      tenant?: { usage: { sandboxes: number } };
+      usage: { sandboxes: number };
+    };
     assert.equal(limits.tenant?.usage.sandboxes, 2);
+    assert.equal(limits.usage.sandboxes, 2, "a tenant's usage is its own, not the host's");
     await b2.terminate();
     await a2?.terminate();
+  });
+
+  it("keep templates apart: their own, the shared ones, and the built-in ids", async () => {
+    const built = await call(keyA, "POST", "/v1/templates", { id: "acme-tpl", image: "base" });
+    assert.equal(built.status, 200, JSON.stringify(built.json));
+    assert.equal(built.json.tenant, "acme");
+    const taken = await call(keyB, "POST", "/v1/templates", { id: "acme-tpl", image: "base" });
+    assert.equal(taken.status, 409);
+    const use = await call(keyB, "POST", "/v1/sandboxes", { template: "acme-tpl" });
+    assert.equal(use.status, 404);
+    const listed = (await call(keyB, "GET", "/v1/templates")).json as unknown as Array<{ id: string }>;
+    assert.ok(!listed.some((t) => t.id === "acme-tpl"));
+    assert.ok(listed.some((t) => t.id === "python"), "the shared templates are listed");
+    // A built-in id: alone it is the shared template; with a spec of its own it is refused.
+    assert.equal((await call(keyB, "POST", "/v1/templates", { id: "python" })).status, 200);
+    const squat = await call(keyB, "POST", "/v1/templates", { id: "node", image: "base", init: ["true"] });
+    assert.equal(squat.status, 403);
+    const oci = await call(keyB, "POST", "/v1/templates", { id: "b-oci", image: "registry.internal/team/app:1" });
+    assert.equal(oci.status, 403, "no pulls with the host's registry credentials");
+    assert.equal((await call(keyB, "DELETE", "/v1/templates/acme-tpl")).status, 404);
+    assert.equal((await call(keyA, "DELETE", "/v1/templates/python")).status, 403, "a shared template is an admin's");
+    assert.equal((await call(keyA, "DELETE", "/v1/templates/acme-tpl")).status, 200);
+  });
+
+  it("do not tell another tenant's expired sandbox from an unknown one", async () => {
+    const short = await tenantB.fork("python", { timeoutSeconds: 1 });
+    await new Promise((r) => setTimeout(r, 2500));
+    assert.equal((await call(keyB, "GET", `/v1/sandboxes/${short.id}`)).status, 410, "its owner learns it expired");
+    const r = await call(keyA, "GET", `/v1/sandboxes/${short.id}`);
+    assert.equal(r.status, 404);
+    assert.equal(r.json.error?.message, `no sandbox "${short.id}"`);
   });
 
   it("stop working once revoked", async () => {
@@ -206,6 +241,12 @@ describe("tenant keys", () => {
     const r = await call(k.key as string, "GET", "/v1/sandboxes");
     assert.equal(r.status, 401);
     assert.equal(r.json.error?.code, "unauthorized");
+    // Revoking a tenant's last key locks out its sandboxes' tokens too.
+    const token = b1.token as string;
+    assert.equal((await call(token, "GET", `/v1/sandboxes/${b1.id}`)).status, 200);
+    const bKey = (await admin.listKeys()).find((x) => x.tenant === "globex");
+    await admin.revokeKey(bKey?.id as string);
+    assert.equal((await call(token, "GET", `/v1/sandboxes/${b1.id}`)).status, 401);
   });
 
   after(async () => {
