@@ -212,7 +212,10 @@ describe("tenant keys", () => {
     assert.equal(use.status, 404);
     const listed = (await call(keyB, "GET", "/v1/templates")).json as unknown as Array<{ id: string }>;
     assert.ok(!listed.some((t) => t.id === "acme-tpl"));
-    assert.ok(listed.some((t) => t.id === "python"), "the shared templates are listed");
+    assert.ok(
+      listed.some((t) => t.id === "python"),
+      "the shared templates are listed",
+    );
     // A built-in id: alone it is the shared template; with a spec of its own it is refused.
     assert.equal((await call(keyB, "POST", "/v1/templates", { id: "python" })).status, 200);
     const squat = await call(keyB, "POST", "/v1/templates", { id: "node", image: "base", init: ["true"] });
