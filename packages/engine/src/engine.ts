@@ -473,6 +473,11 @@ export class Engine {
     return this.table.list();
   }
 
+  /** Whose a sandbox reaped at its deadline was (undefined: no such tombstone). */
+  expiredOwner(id: string): { owner: string | undefined } | undefined {
+    return this.table.expiredOwner(id);
+  }
+
   get(id: string): SandboxInfo {
     return this.table.info(this.table.lookup(id));
   }

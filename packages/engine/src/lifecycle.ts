@@ -81,7 +81,7 @@ const TOMBSTONES = 10_000;
 export class SandboxTable {
   private readonly map = new Map<string, Sandbox>();
   /** Ids reaped at their deadline, to answer 410 rather than 404. */
-  private readonly expired = new Set<string>();
+  private readonly expired = new Map<string, { owner: string | undefined }>();
 
   constructor(
     private readonly ctx: EngineContext,
@@ -208,8 +208,8 @@ export class SandboxTable {
     s.deadline = deadline;
     s.timer = setTimeout(
       () => {
-        this.expired.add(s.id);
-        if (this.expired.size > TOMBSTONES) this.expired.delete(this.expired.values().next().value as string);
+        this.expired.set(s.id, { owner: s.owner });
+        if (this.expired.size > TOMBSTONES) this.expired.delete(this.expired.keys().next().value as string);
         void this.kill(s, "terminated");
       },
       Math.max(0, deadline - Date.now()),
@@ -316,6 +316,11 @@ export class SandboxTable {
   find(id: string): Sandbox | undefined {
     const s = this.map.get(id);
     return s && s.state !== "starting" ? s : undefined;
+  }
+
+  /** A sandbox reaped at its deadline (410 rather than 404), and whose it was. */
+  expiredOwner(id: string): { owner: string | undefined } | undefined {
+    return this.expired.get(id);
   }
 
   lookup(id: string): Sandbox {

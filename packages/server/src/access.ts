@@ -91,8 +91,10 @@ export class Access {
     let s: SandboxInfo;
     try {
       s = this.o.engine.get(id);
-    } catch {
-      // Also for one reaped at its deadline: 410 would tell that an id it cannot see existed.
+    } catch (err) {
+      // One reaped at its deadline is 410 to its owner only: to others it would tell that the id existed.
+      const gone = this.o.engine.expiredOwner(id);
+      if (gone && p.kind === "tenant" && gone.owner === p.tenant) throw err;
       throw noSandbox(id);
     }
     if (!this.seesSandbox(p, s)) throw noSandbox(id);
