@@ -82,9 +82,11 @@ export class InputWindow {
 export class OutputRate {
   static readonly FRAME_COST = 256;
   private level = 0;
-  private at = Date.now();
 
-  constructor(readonly bytesPerSecond: number) {}
+  constructor(
+    readonly bytesPerSecond: number,
+    private at = Date.now(),
+  ) {}
 
   /** Counts a frame of `n` bytes. */
   add(n: number, now = Date.now()): void {
@@ -100,7 +102,7 @@ export class OutputRate {
   }
 
   private drain(now: number): void {
-    this.level = Math.max(0, this.level - ((now - this.at) / 1000) * this.bytesPerSecond);
-    this.at = now;
+    this.level = Math.max(0, this.level - (Math.max(0, now - this.at) / 1000) * this.bytesPerSecond);
+    this.at = Math.max(this.at, now);
   }
 }
