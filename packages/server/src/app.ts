@@ -190,12 +190,17 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
     req.principal = p;
     authorizeRoute(access, p, req);
   });
-  // Every call that acts (any method but reads, and the WebSocket exec), and every refusal.
+  // Every call that acts (any method but reads, and the WebSocket exec), every refusal, and what a
+  // tenant or sandbox token looked for and did not find (probing for others' ids).
   app.addHook("onResponse", async (req, reply) => {
     const route = req.routeOptions.url;
     if (route === undefined || route === "/v1/health" || isE2bControlPath(req.url)) return;
     const acts = req.method !== "GET" && req.method !== "HEAD" && req.method !== "OPTIONS";
-    if (!acts && route !== "/sandbox.v1.Sandbox/Exec" && reply.statusCode !== 401 && reply.statusCode !== 403) return;
+    const refused =
+      reply.statusCode === 401 ||
+      reply.statusCode === 403 ||
+      (reply.statusCode === 404 && req.principal !== undefined && req.principal.kind !== "admin");
+    if (!acts && route !== "/sandbox.v1.Sandbox/Exec" && !refused) return;
     if (req.method === "POST" && req.url.startsWith("/sandbox.v1.Sandbox/")) return; // the interceptor's
     const note = auditNote(req);
     const sandbox = routeSandbox(req) ?? bodySandbox(req.body);

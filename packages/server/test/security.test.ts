@@ -453,6 +453,10 @@ describe("audit log", () => {
       .map((l) => JSON.parse(l) as { key: string; tenant?: string; action: string; sandbox?: string; status: number });
     assert.ok(lines.some((l) => l.tenant === "acme" && l.action === "POST /v1/fork" && l.status === 200));
     assert.ok(lines.some((l) => l.tenant === "acme" && l.status === 404 && l.action === "DELETE /v1/sandboxes/:id"));
+    assert.ok(
+      lines.some((l) => l.tenant === "acme" && l.status === 404 && l.action === "GET /v1/sandboxes/:id"),
+      "a tenant's probe for another's id is on record",
+    );
     assert.ok(lines.some((l) => l.key.startsWith("sandbox:") && l.action === "sandbox.v1.Sandbox/ExecStream"));
     assert.ok(lines.some((l) => l.status === 401));
     assert.ok(lines.some((l) => l.key === "admin-token" && l.action === "POST /v1/keys"));
