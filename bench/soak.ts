@@ -45,12 +45,11 @@ const notes = [
   `Failures by op:code: ${JSON.stringify(r.errors)}; undocumented codes: ${r.undocumented.length === 0 ? "none" : r.undocumented.join("; ")}.`,
   ...(r.internalSamples.length > 0 ? [`internal errors (samples): ${r.internalSamples.join(" | ")}`] : []),
   `Sandboxes lost to faults (their calls then fail with not_found or conflict, by design): ${r.sandboxesLost}.`,
-  `Acknowledged writes checked at the end on live sandboxes: ${r.writesChecked}; lost: ${r.lostWrites.length === 0 ? "none" : r.lostWrites.join("; ")}.`,
+  `Acknowledged writes read back: ${r.ok.read} times during the run (a random one of the sandbox's, compared), and all ${r.writesChecked} of the sandboxes alive at the end; lost: ${r.lostWrites.length === 0 ? "none" : r.lostWrites.join("; ")}.`,
   `Leak check after every sandbox was terminated and mitosd stopped (QEMUs, RAM-dir and data-dir files, network namespaces and slots): ${r.leaks.length === 0 ? "none" : r.leaks.join("; ")}.`,
   `Tokens of terminated sandboxes that still opened something: ${r.liveTokens.length === 0 ? "none" : r.liveTokens.join("; ")}.`,
   `mitosd RSS by process (MiB, first/max/last): ${r.rssMib.map((p) => `${p.pid}: ${p.first}/${p.max}/${p.last}`).join(", ")}.`,
-  "Fault schedule:",
-  ...r.faults.map((f) => `- ${f.atS} s: ${f.kind}: ${f.detail}`),
+  `Fault schedule: ${r.faults.map((f) => `${f.atS} s ${f.kind} (${f.detail})`).join("; ")}.`,
   `Result: ${problems.length === 0 ? "PASS" : `FAIL: ${problems.join(" / ")}`}.`,
 ];
 record(

@@ -253,7 +253,7 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
         report.faults.push({ atS, kind, detail });
         log(`fault at ${atS}s: ${kind} (${detail})`);
       } catch (e) {
-        report.faults.push({ atS, kind, detail: `could not inject: ${(e as Error).message}` });
+        report.faults.push({ atS, kind, detail: `could not inject: ${(e as Error).message.split("\n")[0]}` });
       }
     }
   }
@@ -274,9 +274,10 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
     }
     if (kind === "fill_shm") {
       const free = fs.statfsSync(shmDir);
-      const bytes = Math.max(0, free.bavail * free.bsize - (1 << 20));
+      // A little under what is free: VMs write their RAM files meanwhile.
+      const bytes = Math.max(0, free.bavail * free.bsize - (16 << 20));
       const filler = `${shmDir}/soak-filler`;
-      execFileSync("fallocate", ["-l", String(bytes), filler]);
+      execFileSync("fallocate", ["-l", String(bytes), filler], { stdio: ["ignore", "ignore", "pipe"] });
       await sleep(8000);
       fs.rmSync(filler, { force: true });
       return `filled ${Math.round(bytes / 2 ** 20)} MiB of the ${o.shmCapMib} MiB RAM dir for 8 s`;

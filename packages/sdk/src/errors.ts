@@ -262,7 +262,9 @@ export function errorFromConnect(err: unknown, baseUrl: string): MitosError {
   const detail = ce.findDetails(ErrorDetailSchema)[0];
   const headerCode = detail?.code || ce.metadata.get(ERROR_CODE_HEADER)?.trim();
   const code = isErrorCode(headerCode) ? headerCode : codeForConnect(ce.code);
-  if (code === "unavailable" && !headerCode && isNetworkFailure(ce)) {
+  // No answer from mitosd at all (refused, reset, a broken pipe mid-request: a restart): unavailable,
+  // whatever Connect code the client library chose for it.
+  if (!headerCode && isNetworkFailure(ce)) {
     return networkError(baseUrl, ce.cause ?? ce);
   }
   return makeError({

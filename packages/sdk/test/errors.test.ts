@@ -120,4 +120,18 @@ describe("Connect error → typed error", () => {
       assert.match(e.cause ?? "", /ECONNREFUSED/);
     }
   });
+
+  it("a connection reset or a broken pipe mid-request (a restarting mitosd) is unavailable, whatever the Connect code", () => {
+    for (const [msg, code, connect] of [
+      ["read ECONNRESET", "ECONNRESET", Code.Internal],
+      ["write EPIPE", "EPIPE", Code.Unknown],
+      ["socket hang up", "ECONNRESET", Code.Internal],
+    ] as const) {
+      const sock = Object.assign(new Error(msg), { code });
+      const e = errorFromConnect(new ConnectError(msg, connect, undefined, undefined, sock), BASE);
+      assert.ok(e instanceof UnavailableError, `${msg}: ${e.code}`);
+    }
+    // mitosd's own internal error (with its code in the details) stays internal.
+    assert.equal(errorFromConnect(new ConnectError("boom", Code.Internal), BASE).code, "internal");
+  });
 });
