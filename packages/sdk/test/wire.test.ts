@@ -41,7 +41,12 @@ describe("snake_case → camelCase", () => {
       hibernated: false,
       network: { egress: "deny", allowOut: ["api.example.com:443"], denyOut: [] },
       domain: "localhost:8080",
+      tenant: null,
+      token: undefined,
+      forkToken: undefined,
     });
+    const owned = toSandboxInfo({ ...wireSandbox, tenant: "acme", token: "msb_x.rA", fork_token: "msb_x.fB" });
+    assert.deepEqual([owned.tenant, owned.token, owned.forkToken], ["acme", "msb_x.rA", "msb_x.fB"]);
     const bare = toSandboxInfo({ id: "x", template_id: "t", parent_id: null, network: null });
     assert.equal(bare.parentId, null);
     assert.equal(bare.memory, undefined);
