@@ -336,6 +336,8 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
     await daemon.stop();
     report.leaks.push(...qemuPidsOf(o.dataDir).map((p) => `QEMU ${p} alive after mitosd stopped`));
     unmount(shmDir);
+    // The data dir stays for a look at its logs; the RAM dir (template bases a stopped mitosd keeps) goes.
+    fs.rmSync(shmDir, { recursive: true, force: true });
   }
   return report;
 }

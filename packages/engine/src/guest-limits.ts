@@ -17,7 +17,7 @@ export interface GuestLimits {
   commandPids?: number;
   /** Size of the RAM-backed writable layer (MiB; default: half of guest RAM). */
   writableMib?: number;
-  /** Exec output the host takes from the sandbox per second (bytes; default 16 MiB); more waits in the guest. */
+  /** Exec output the host takes from the sandbox per second (bytes; default 32 MiB); more waits in the guest. */
   outputBytesPerSecond?: number;
 }
 

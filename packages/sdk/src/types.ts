@@ -90,7 +90,7 @@ export interface GuestLimits {
   commandPids?: number;
   /** The RAM-backed writable layer (MiB; default: half of guest RAM). */
   writableMib?: number;
-  /** Exec output the host takes per second (bytes; default 16 MiB). */
+  /** Exec output the host takes per second (bytes; default 32 MiB). */
   outputBytesPerSecond?: number;
 }
 

@@ -75,7 +75,7 @@ const guestLimits = {
     command_memory_mib: { type: "integer", description: "all commands together (default: RAM less max(64 MiB, 1/8))" },
     command_pids: { type: "integer", description: "processes of all commands together (default 1024)" },
     writable_mib: { type: "integer", description: "the RAM-backed writable layer (default: half of RAM)" },
-    output_bytes_per_second: { type: "integer", description: "exec output the host takes per second (default 16 MiB)" },
+    output_bytes_per_second: { type: "integer", description: "exec output the host takes per second (default 32 MiB)" },
   },
 } as const;
 const template = {

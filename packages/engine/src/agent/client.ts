@@ -157,8 +157,11 @@ export interface AgentClientOptions {
   outputBytesPerSecond?: number;
 }
 
-/** 16 MiB/s of exec output per sandbox: far above what a person or a log reads, far below what costs mitosd a core. */
-export const DEFAULT_OUTPUT_RATE = 16 << 20;
+/**
+ * 32 MiB/s of exec output per sandbox: far above what a person or a log reads
+ * (1 GiB in 32 s), well below what a KVM guest could push through mitosd.
+ */
+export const DEFAULT_OUTPUT_RATE = 32 << 20;
 
 export class AgentClient {
   private readonly decoder = new FrameDecoder();
