@@ -277,9 +277,13 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
       // A little under what is free: VMs write their RAM files meanwhile.
       const bytes = Math.max(0, free.bavail * free.bsize - (16 << 20));
       const filler = `${shmDir}/soak-filler`;
-      execFileSync("fallocate", ["-l", String(bytes), filler], { stdio: ["ignore", "ignore", "pipe"] });
-      await sleep(8000);
-      fs.rmSync(filler, { force: true });
+      // fallocate that fails (VMs took the space first) may leave a partial file.
+      try {
+        execFileSync("fallocate", ["-l", String(bytes), filler], { stdio: ["ignore", "ignore", "pipe"] });
+        await sleep(8000);
+      } finally {
+        fs.rmSync(filler, { force: true });
+      }
       return `filled ${Math.round(bytes / 2 ** 20)} MiB of the ${o.shmCapMib} MiB RAM dir for 8 s`;
     }
     const before = daemon.pid;
