@@ -9,9 +9,10 @@ import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } f
 import { Access } from "./access.js";
 import { ApiKeys } from "./api-keys.js";
 import { AuditLog, audited, auditNote, auditWho, bodySandbox } from "./audit.js";
-import { ensureToken } from "./auth.js";
+import { authorizationOf, ensureToken } from "./auth.js";
 import { isLoopback } from "./config.js";
 import { unknownConnectMethod } from "./connect-fallback.js";
+import { registerConsole } from "./console-routes.js";
 import { registerContexts } from "./contexts.js";
 import { e2bNotFound, isE2bControlPath, registerE2bControl } from "./e2b/control.js";
 import { registerE2bKeys } from "./e2b/key-routes.js";
@@ -19,7 +20,9 @@ import { E2bKeys } from "./e2b/keys.js";
 import { installE2bPlane } from "./e2b/plane.js";
 import { E2bRegistry } from "./e2b/registry.js";
 import { envelope, fieldOf, HTTP_STATUS, toConnectError, toMitosError } from "./errors.js";
+import { registerEvents, SandboxWatch } from "./events.js";
 import { registerExecSocket } from "./exec-socket.js";
+import { registerFileRoutes } from "./file-routes.js";
 import { serveH2c } from "./h2c.js";
 import { IdempotencyCache } from "./idempotency.js";
 import { registerKeys } from "./key-routes.js";
@@ -38,6 +41,8 @@ const CLOSE_GRACE_MS = 2000;
 export const DEFAULT_MAX_MESSAGE_BYTES = 4 << 20;
 
 export interface ServerOptions extends EngineOptions {
+  /** The console's static build served at /ui (default: packages/console/dist beside the server). */
+  consoleDir?: string;
   host?: string;
   /** 0 picks a free port. */
   port?: number;
@@ -181,8 +186,8 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
   app.addHook("onRequest", async (req, reply) => {
     const connectCall = req.method === "POST" && req.url.startsWith("/sandbox.v1.Sandbox/");
     // The E2B control plane checks its own keys (e2b/control.ts).
-    if (req.url === "/v1/health" || connectCall || isE2bControlPath(req.url)) return;
-    const p = access.resolve(req.headers.authorization);
+    if (req.url === "/v1/health" || connectCall || isE2bControlPath(req.url) || isConsolePage(req.url)) return;
+    const p = access.resolve(authorizationOf(req.headers));
     if (!p) {
       auditNote(req, { error: "unauthorized" });
       return reply.code(401).send(envelope(unauthorized()));
@@ -279,7 +284,7 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
   await registerExecSocket(app, { engine, maxExecTimeoutSeconds, maxMessageBytes: readMaxBytes });
   await registerOpenApi(app, VERSION);
   registerKeys(app, keys);
-  registerLifecycle(app, {
+  const { sandboxJson } = registerLifecycle(app, {
     engine,
     access,
     sandboxTokens,
@@ -291,6 +296,9 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
     domain: () => `${domain}:${listenPort}`,
     auth: authMode,
   });
+  registerEvents(app, new SandboxWatch(engine, access, sandboxJson));
+  registerFileRoutes(app, engine);
+  await registerConsole(app, opts.consoleDir);
 
   // HTTP/2 cleartext (prior knowledge) on the same port: the runtime service
   // with the bidi Exec, for clients such as connect-node with httpVersion "2".
@@ -377,4 +385,9 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
       await engine.close({ killSandboxes: o.killSandboxes ?? true });
     },
   };
+}
+
+/** The console's pages (and / that leads to them): no secret in them, served without a token. */
+function isConsolePage(url: string): boolean {
+  return url === "/" || url === "/ui" || url.startsWith("/ui/") || url.startsWith("/ui?");
 }

@@ -33,3 +33,23 @@ export function authorized(header: string | undefined | null, token: string): bo
   const b = createHash("sha256").update(token).digest();
   return timingSafeEqual(a, b);
 }
+
+/** The WebSocket subprotocol prefix that carries a bearer token (base64url) for browsers, which cannot set headers. */
+export const BEARER_SUBPROTOCOL = "base64url.bearer.mitos.";
+
+/**
+ * `Authorization` as the request gave it, or built from a `base64url.bearer.mitos.<token>`
+ * subprotocol on a WebSocket upgrade (a browser's only way; a URL would be logged).
+ */
+export function authorizationOf(headers: { authorization?: string; upgrade?: string; [k: string]: unknown }) {
+  if (headers.authorization !== undefined || !headers.upgrade) return headers.authorization;
+  const offered = headers["sec-websocket-protocol"];
+  if (typeof offered !== "string") return undefined;
+  for (const p of offered.split(",")) {
+    const t = p.trim();
+    if (t.startsWith(BEARER_SUBPROTOCOL)) {
+      return `Bearer ${Buffer.from(t.slice(BEARER_SUBPROTOCOL.length), "base64url").toString("utf8")}`;
+    }
+  }
+  return undefined;
+}

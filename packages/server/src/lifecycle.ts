@@ -31,7 +31,10 @@ export interface LifecycleOptions {
   auth: "token" | "none";
 }
 
-export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): void {
+export function registerLifecycle(
+  app: FastifyInstance,
+  o: LifecycleOptions,
+): { sandboxJson: (p: Principal, s: SandboxInfo) => unknown } {
   const { engine, access } = o;
   /** A sandbox as `p` sees it: with its tokens, unless `p` is that sandbox's own token. */
   const sandboxJson = (p: Principal, s: SandboxInfo) => {
@@ -418,6 +421,7 @@ export function registerLifecycle(app: FastifyInstance, o: LifecycleOptions): vo
     reply.header("content-type", o.metrics.registry.contentType);
     return o.metrics.registry.metrics();
   });
+  return { sandboxJson };
 }
 
 /** The caller (the auth hook sets it on every route here but /v1/health). */

@@ -18,6 +18,8 @@ const SANDBOX_TOKEN_ROUTES: Record<string, SandboxTokenKind[]> = {
   "DELETE /v1/sandboxes/:id/contexts/:context": ["runtime"],
   "POST /v1/sandboxes/:id/expose/:port": ["runtime"],
   "GET /sandbox.v1.Sandbox/Exec": ["runtime"],
+  "GET /v1/sandboxes/:id/files": ["runtime"],
+  "PUT /v1/sandboxes/:id/files": ["runtime"],
 };
 
 /** Route prefixes only an admin reaches: keys, host-wide pools and figures. */

@@ -1,0 +1,188 @@
+// The web console in a real browser (Debian's chromium driven by
+// playwright-core) against a real mitosd and real VMs: sign in, create,
+// fork 3 ways and see the tree, a terminal, upload and download, terminate,
+// and a wrong token. Screenshots go to test-artifacts/console/.
+
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import fs from "node:fs";
+import path from "node:path";
+import { after, before, describe, it } from "node:test";
+import { type Browser, chromium, type Page } from "playwright-core";
+import { removeDataDir, tempDataDir } from "../../../test-support/data-dir.js";
+import { type Daemon, repoRoot, startMitosd } from "../../../test-support/mitosd.js";
+
+const CHROMIUM = process.env.MITOS_CHROMIUM ?? "/usr/bin/chromium";
+const artifacts = path.join(repoRoot, "test-artifacts", "console");
+const dataDir = tempDataDir("test-console");
+let daemon: Daemon;
+let browser: Browser;
+let page: Page;
+
+/** The terminal's screen as text, one line per row (xterm's DOM renderer). */
+async function screen(): Promise<string> {
+  return page.locator(".xterm-rows").innerText();
+}
+
+async function waitForScreen(re: RegExp, timeout = 60_000): Promise<RegExpMatchArray[]> {
+  const until = Date.now() + timeout;
+  for (;;) {
+    const matches = [...(await screen()).matchAll(new RegExp(re.source, "g"))];
+    if (matches.length > 0) return matches;
+    if (Date.now() > until) throw new Error(`terminal never showed ${re}; it shows:\n${await screen()}`);
+    await page.waitForTimeout(100);
+  }
+}
+
+/** Types a command line into the terminal. */
+async function run(command: string): Promise<void> {
+  await page.locator(".xterm-helper-textarea").focus();
+  await page.keyboard.type(command);
+  await page.keyboard.press("Enter");
+}
+
+function node(id: string) {
+  return page.locator(`li[role="treeitem"][data-id="${id}"]`);
+}
+
+describe("web console (real browser, real mitosd)", { timeout: 900_000 }, () => {
+  before(async () => {
+    fs.mkdirSync(artifacts, { recursive: true });
+    daemon = await startMitosd(dataDir);
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"] });
+    page = await browser.newPage({ viewport: { width: 1400, height: 1000 }, acceptDownloads: true });
+    page.setDefaultTimeout(120_000);
+  });
+
+  after(async () => {
+    await browser?.close();
+    await daemon?.stop();
+    removeDataDir(dataDir);
+  });
+
+  it("a wrong token gets a clear sign-in error, not a blank page", async () => {
+    await page.goto(`${daemon.url}/ui/`);
+    await page.getByLabel("API token").fill("not-the-token");
+    await page.getByRole("button", { name: "Sign in" }).click();
+    const error = page.getByTestId("signin-error");
+    await error.waitFor();
+    const text = await error.innerText();
+    assert.match(text, /refused this token \(unauthorized\)/);
+    assert.match(text, /token/);
+    // The form is still there to try again, and the token is kept nowhere.
+    assert.equal(await page.getByRole("button", { name: "Sign in" }).count(), 1);
+    assert.equal(await page.evaluate("sessionStorage.getItem('mitos.token')"), null);
+    await page.screenshot({ path: path.join(artifacts, "wrong-token.png") });
+  });
+
+  let parent = "";
+  let children: string[] = [];
+
+  it("signs in, creates a python sandbox and forks it 3 ways: the tree shows the children within a second", async () => {
+    await page.getByLabel("API token").fill(daemon.token);
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByRole("button", { name: "New sandbox" }).waitFor();
+    // The token is in session storage and never in the address.
+    assert.equal(await page.evaluate("sessionStorage.getItem('mitos.token')"), daemon.token);
+    assert.ok(!page.url().includes(daemon.token));
+
+    await page.getByLabel("Template").selectOption("python");
+    const created = page.waitForResponse((r) => r.url().endsWith("/v1/sandboxes") && r.request().method() === "POST");
+    await page.getByRole("button", { name: "New sandbox" }).click();
+    const res = await created;
+    assert.ok(res.ok(), await res.text());
+    parent = ((await res.json()) as { id: string }).id;
+    await node(parent).waitFor();
+    await page.getByTestId("sandbox-page").getByText(parent).waitFor();
+    await page.locator(`li[data-id="${parent}"][data-state="ready"]`).waitFor();
+
+    await page.getByLabel("Number of children").fill("3");
+    const forked = page.waitForResponse((r) => r.url().endsWith(`/v1/sandboxes/${parent}/fork`));
+    await page.getByRole("button", { name: "Fork", exact: true }).click();
+    const forkRes = await forked;
+    const returned = Date.now();
+    assert.equal(forkRes.status(), 200, await forkRes.text());
+    children = ((await forkRes.json()) as { sandboxes: Array<{ id: string }> }).sandboxes.map((s) => s.id);
+    assert.equal(children.length, 3);
+    // The children appear nested under the parent's node, from the live events.
+    await page.locator(`li[data-id="${parent}"] li[data-parent="${parent}"]`).nth(2).waitFor({ timeout: 1000 });
+    const seenAfter = Date.now() - returned;
+    assert.ok(seenAfter < 1000, `the tree showed the children ${seenAfter} ms after the fork returned`);
+    for (const c of children) assert.equal(await page.locator(`li[data-id="${parent}"] li[data-id="${c}"]`).count(), 1);
+    await page.screenshot({ path: path.join(artifacts, "fork-tree.png"), fullPage: true });
+  });
+
+  it("opens a terminal on a child: echo runs, and a resize changes stty size", async () => {
+    const child = children[0] as string;
+    await node(child).locator("button.pick").first().click();
+    await page.getByTestId("sandbox-page").getByText(child).waitFor();
+    await page.getByRole("button", { name: "Open terminal" }).click();
+    await page.getByTestId("terminal-status").getByText("connected").waitFor();
+    // Wait for the shell's prompt before typing.
+    await page.waitForFunction("(document.querySelector('.xterm-rows')?.textContent ?? '').trim().length > 0");
+    await run("echo hi-$((6*7))");
+    await waitForScreen(/hi-42/);
+
+    await run("echo S=$(stty size)=");
+    const [before] = await waitForScreen(/S=(\d+) (\d+)=/);
+    await page.setViewportSize({ width: 1100, height: 800 });
+    // The fit addon resizes the terminal, which sends resize; the guest's PTY takes it.
+    await page.waitForTimeout(500);
+    await run("clear; echo S=$(stty size)=");
+    const deadline = Date.now() + 30_000;
+    let after = before;
+    while (after?.[0] === before?.[0] && Date.now() < deadline) {
+      const all = await waitForScreen(/S=(\d+) (\d+)=/);
+      after = all[all.length - 1];
+      if (after?.[0] === before?.[0]) await page.waitForTimeout(200);
+    }
+    assert.notEqual(after?.[0], before?.[0], `stty size stayed ${before?.[0]}`);
+    await page.screenshot({ path: path.join(artifacts, "terminal.png") });
+  });
+
+  it("uploads a file in the browser, cats it in the terminal, downloads it back byte-identical", async () => {
+    const text = Buffer.from(`console-upload-${randomBytes(6).toString("hex")}\nsecond line: ünïcödé ✓\n`);
+    const binary = randomBytes(1 << 20);
+    await page.getByTestId("upload").setInputFiles([
+      { name: "hello.txt", mimeType: "text/plain", buffer: text },
+      { name: "blob.bin", mimeType: "application/octet-stream", buffer: binary },
+    ]);
+    await page.getByRole("button", { name: "Download blob.bin" }).waitFor();
+    await page.getByRole("button", { name: "Download hello.txt" }).waitFor();
+
+    await run("clear; cat /root/hello.txt");
+    await waitForScreen(new RegExp(text.toString().split("\n")[0] as string));
+
+    for (const [name, want] of [
+      ["hello.txt", text],
+      ["blob.bin", binary],
+    ] as const) {
+      const download = page.waitForEvent("download");
+      await page.getByRole("button", { name: `Download ${name}` }).click();
+      const d = await download;
+      assert.equal(d.suggestedFilename(), name);
+      const got = fs.readFileSync(await d.path());
+      assert.ok(got.equals(want), `${name}: ${got.length} bytes back for ${want.length} sent, or different bytes`);
+    }
+  });
+
+  it("terminates a sandbox from the UI: its node leaves the tree", async () => {
+    const child = children[0] as string;
+    await page.getByRole("button", { name: "Terminate" }).click();
+    await node(child).waitFor({ state: "detached", timeout: 30_000 });
+    assert.equal(await node(parent).count(), 1);
+    assert.equal(await page.locator(`li[data-id="${parent}"] li[data-parent="${parent}"]`).count(), 2);
+    await page.screenshot({ path: path.join(artifacts, "after-terminate.png"), fullPage: true });
+  });
+
+  it("templates, pools and the host view draw from the API", async () => {
+    await page.getByRole("link", { name: "Templates" }).click();
+    await page.locator('tr[data-template="python"]').waitFor();
+    await page.getByRole("link", { name: "Host" }).click();
+    await page.getByText(/ready: \d+/).waitFor();
+    // One fork went through: the histogram from /metrics shows it.
+    await page.getByRole("table", { name: "Fork latency histogram" }).waitFor();
+    await page.getByRole("img", { name: /Host memory over time/ }).waitFor({ timeout: 30_000 });
+    await page.screenshot({ path: path.join(artifacts, "host.png"), fullPage: true });
+  });
+});

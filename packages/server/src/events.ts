@@ -1,0 +1,134 @@
+// Live sandbox changes as server-sent events (docs/console.md "Live events"):
+// GET /v1/events answers `text/event-stream` with a `snapshot` of every sandbox
+// the caller sees, then `sandbox` (created or changed) and `removed` events as
+// they happen, and a `memory` event every few seconds. The console's fork tree
+// is drawn from it; any client may use it.
+//
+// One watcher per server diffs the engine's in-memory table (no guest is asked)
+// while anyone listens: a change reaches listeners within WATCH_MS, including
+// ones no route made (a deadline reaping a sandbox, a QEMU that died). Memory
+// is the expensive read (smaps of every VM), so it comes on its own, slower beat.
+
+import type { Engine, SandboxInfo } from "@mitos/engine";
+import type { FastifyInstance } from "fastify";
+import type { Access, Principal } from "./access.js";
+
+const WATCH_MS = 150;
+const MEMORY_MS = 3000;
+const HEARTBEAT_MS = 15_000;
+
+type SandboxJson = (p: Principal, s: SandboxInfo) => unknown;
+
+interface Listener {
+  principal: Principal;
+  send(event: string, data: unknown): void;
+}
+
+/** What, in a sandbox, a listener would want to hear about (memory comes separately). */
+function signature(s: SandboxInfo): string {
+  return JSON.stringify([s.state, s.deadlineUnix, s.hibernated, s.network ?? null, s.parentId, s.templateId]);
+}
+
+export class SandboxWatch {
+  readonly #listeners = new Set<Listener>();
+  #seen = new Map<string, { sig: string; info: SandboxInfo }>();
+  #timer: NodeJS.Timeout | undefined;
+  #memoryTimer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly engine: Engine,
+    private readonly access: Access,
+    private readonly sandboxJson: SandboxJson,
+  ) {}
+
+  /** Adds a listener, sends it the snapshot, and returns how to remove it. */
+  listen(l: Listener): () => void {
+    if (this.#listeners.size === 0) this.#start();
+    this.#listeners.add(l);
+    const visible = this.engine.list().filter((s) => this.access.seesSandbox(l.principal, s));
+    l.send("snapshot", { sandboxes: visible.map((s) => this.sandboxJson(l.principal, s)) });
+    return () => {
+      this.#listeners.delete(l);
+      if (this.#listeners.size === 0) this.#stop();
+    };
+  }
+
+  #start(): void {
+    this.#seen = new Map(this.engine.list().map((s) => [s.id, { sig: signature(s), info: s }]));
+    this.#timer = setInterval(() => this.#tick(), WATCH_MS);
+    this.#memoryTimer = setInterval(() => this.#memory(), MEMORY_MS);
+  }
+
+  #stop(): void {
+    clearInterval(this.#timer);
+    clearInterval(this.#memoryTimer);
+    this.#timer = this.#memoryTimer = undefined;
+  }
+
+  #tick(): void {
+    const now = new Map(this.engine.list().map((s) => [s.id, { sig: signature(s), info: s }]));
+    for (const [id, { sig, info }] of now) {
+      if (this.#seen.get(id)?.sig === sig) continue;
+      for (const l of this.#listeners) {
+        if (this.access.seesSandbox(l.principal, info)) l.send("sandbox", this.sandboxJson(l.principal, info));
+      }
+    }
+    for (const [id, { info }] of this.#seen) {
+      if (now.has(id)) continue;
+      for (const l of this.#listeners) {
+        if (this.access.seesSandbox(l.principal, info)) l.send("removed", { id });
+      }
+    }
+    this.#seen = now;
+  }
+
+  #memory(): void {
+    const m = this.engine.metering();
+    for (const l of this.#listeners) {
+      const mine = m.sandboxes.filter((s) => {
+        const info = this.#seen.get(s.id)?.info;
+        return info !== undefined && this.access.seesSandbox(l.principal, info);
+      });
+      l.send("memory", {
+        at: Date.now(),
+        sandboxes: mine.map((s) => ({ id: s.id, private_bytes: s.privateBytes, shared_bytes: s.sharedBytes })),
+        // The host's totals (shared pages counted once) are the admin's to see.
+        ...(l.principal.kind === "admin"
+          ? {
+              host: {
+                private_bytes: m.host.privateBytes,
+                shared_bytes: m.host.sharedBytes,
+                total_bytes: m.host.totalBytes,
+              },
+            }
+          : {}),
+      });
+    }
+  }
+}
+
+export function registerEvents(app: FastifyInstance, watch: SandboxWatch): void {
+  app.get("/v1/events", { schema: { hide: true } }, async (req, reply) => {
+    const principal = req.principal;
+    if (!principal) return; // the onRequest hook has answered 401
+    reply.hijack();
+    const out = reply.raw;
+    out.writeHead(200, {
+      "content-type": "text/event-stream",
+      "cache-control": "no-store",
+      "x-accel-buffering": "no",
+    });
+    const stop = watch.listen({
+      principal,
+      send(event, data) {
+        if (!out.destroyed) out.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+      },
+    });
+    // A comment line now and then keeps proxies from closing an idle stream.
+    const beat = setInterval(() => out.write(": keep-alive\n\n"), HEARTBEAT_MS);
+    req.raw.once("close", () => {
+      clearInterval(beat);
+      stop();
+    });
+  });
+}
