@@ -6,7 +6,8 @@ PKGS=(qemu-system-x86 qemu-utils mmdebstrap e2fsprogs erofs-utils busybox-static
       util-linux   # setpriv and nsenter: each QEMU as its own uid, networked ones in their namespace
       iproute2 nftables   # network slots and their rulesets (docs/network.md)
       skopeo umoci        # templates from OCI images (pull, flatten)
-      docker-registry)    # the registry the OCI tests push to and pull from
+      docker-registry     # the registry the OCI tests push to and pull from
+      chromium fonts-dejavu-core)   # the web console's browser test (packages/console/test)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

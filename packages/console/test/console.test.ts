@@ -119,7 +119,7 @@ describe("web console (real browser, real mitosd)", { timeout: 900_000 }, () => 
     await page.getByRole("button", { name: "Open terminal" }).click();
     await page.getByTestId("terminal-status").getByText("connected").waitFor();
     // Wait for the shell's prompt before typing.
-    await page.waitForFunction("(document.querySelector('.xterm-rows')?.textContent ?? '').trim().length > 0");
+    await waitForScreen(/#/); // the shell's prompt
     await run("echo hi-$((6*7))");
     await waitForScreen(/hi-42/);
 
@@ -184,5 +184,22 @@ describe("web console (real browser, real mitosd)", { timeout: 900_000 }, () => 
     await page.getByRole("table", { name: "Fork latency histogram" }).waitFor();
     await page.getByRole("img", { name: /Host memory over time/ }).waitFor({ timeout: 30_000 });
     await page.screenshot({ path: path.join(artifacts, "host.png"), fullPage: true });
+  });
+
+  it("in the loopback no-auth mode there is no sign-in: create, and a terminal without a token", async () => {
+    await daemon.stop();
+    daemon = await startMitosd(dataDir, ["--auth", "none"]);
+    const fresh = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
+    page = fresh;
+    await page.goto(`${daemon.url}/ui/`);
+    await page.getByRole("button", { name: "New sandbox" }).waitFor();
+    assert.equal(await page.getByRole("button", { name: "Sign out" }).count(), 0);
+    await page.getByRole("button", { name: "New sandbox" }).click();
+    await page.locator('li[role="treeitem"][data-state="ready"]').first().waitFor();
+    await page.getByRole("button", { name: "Open terminal" }).click();
+    await page.getByTestId("terminal-status").getByText("connected").waitFor();
+    await waitForScreen(/#/); // the shell's prompt
+    await run("echo open-$((40+2))");
+    await waitForScreen(/open-42/);
   });
 });
