@@ -12,6 +12,7 @@
 import type { Engine, SandboxInfo } from "@mitos/engine";
 import type { FastifyInstance } from "fastify";
 import type { Access, Principal } from "./access.js";
+import { routeSchemas } from "./openapi.js";
 
 const WATCH_MS = 150;
 const MEMORY_MS = 3000;
@@ -108,7 +109,7 @@ export class SandboxWatch {
 }
 
 export function registerEvents(app: FastifyInstance, watch: SandboxWatch): void {
-  app.get("/v1/events", { schema: { hide: true } }, async (req, reply) => {
+  app.get("/v1/events", { schema: routeSchemas.events }, async (req, reply) => {
     const principal = req.principal;
     if (!principal) return; // the onRequest hook has answered 401
     reply.hijack();

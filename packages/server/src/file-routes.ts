@@ -9,6 +9,7 @@ import { PassThrough, type Readable } from "node:stream";
 import type { Engine } from "@mitos/engine";
 import { MitosError } from "@mitos/engine";
 import type { FastifyInstance } from "fastify";
+import { routeSchemas } from "./openapi.js";
 import { guestPath } from "./runtime.js";
 
 interface FileRoute {
@@ -16,72 +17,58 @@ interface FileRoute {
   Querystring: { path?: string; mode?: string };
 }
 
-const querySchema = {
-  type: "object",
-  properties: { path: { type: "string" }, mode: { type: "string", pattern: "^[0-7]{3,4}$" } },
-  required: ["path"],
-} as const;
-
 export function registerFileRoutes(app: FastifyInstance, engine: Engine): void {
-  app.get<FileRoute>(
-    "/v1/sandboxes/:id/files",
-    { schema: { querystring: querySchema, hide: true } },
-    async (req, reply) => {
-      const id = req.params.id;
-      const file = guestPath(req.query.path ?? "", "path");
-      await engine.awake(id);
-      const agent = engine.agent(id);
-      const info = await agent.stat(file);
-      if (info.type === "dir") {
-        throw new MitosError("invalid_input", `${file} is a directory`, {
-          remediation: "Download a file; list a directory with the List call (POST /sandbox.v1.Sandbox/List).",
-          context: { path: file },
-        });
-      }
-      const release = engine.openStream(id);
-      const body = new PassThrough();
-      // Backpressure: the guest's next chunk waits until the client has taken this one.
-      const write = (chunk: Buffer) =>
-        new Promise<void>((resolve) => (body.write(chunk) ? resolve() : body.once("drain", resolve)));
-      agent
-        .readFile(file, { onData: write })
-        .then(
-          () => body.end(),
-          // Headers are gone by now: cutting the body is how the client learns.
-          (err: Error) => body.destroy(err),
-        )
-        .finally(release);
-      // A symlink's own size is not its target's: the length is only known for a regular file.
-      if (info.type === "file") reply.header("content-length", String(info.size));
-      reply
-        .header("content-type", "application/octet-stream")
-        .header("content-disposition", `attachment; filename="${encodeURIComponent(path.posix.basename(file))}"`)
-        .header("cache-control", "no-store");
-      return reply.send(body);
-    },
-  );
+  app.get<FileRoute>("/v1/sandboxes/:id/files", { schema: routeSchemas.downloadFile }, async (req, reply) => {
+    const id = req.params.id;
+    const file = guestPath(req.query.path ?? "", "path");
+    await engine.awake(id);
+    const agent = engine.agent(id);
+    const info = await agent.stat(file);
+    if (info.type === "dir") {
+      throw new MitosError("invalid_input", `${file} is a directory`, {
+        remediation: "Download a file; list a directory with the List call (POST /sandbox.v1.Sandbox/List).",
+        context: { path: file },
+      });
+    }
+    const release = engine.openStream(id);
+    const body = new PassThrough();
+    // Backpressure: the guest's next chunk waits until the client has taken this one.
+    const write = (chunk: Buffer) =>
+      new Promise<void>((resolve) => (body.write(chunk) ? resolve() : body.once("drain", resolve)));
+    agent
+      .readFile(file, { onData: write })
+      .then(
+        () => body.end(),
+        // Headers are gone by now: cutting the body is how the client learns.
+        (err: Error) => body.destroy(err),
+      )
+      .finally(release);
+    // A symlink's own size is not its target's: the length is only known for a regular file.
+    if (info.type === "file") reply.header("content-length", String(info.size));
+    reply
+      .header("content-type", "application/octet-stream")
+      .header("content-disposition", `attachment; filename="${encodeURIComponent(path.posix.basename(file))}"`)
+      .header("cache-control", "no-store");
+    return reply.send(body);
+  });
 
   // Raw bodies of any type: the route reads the stream itself, so no parser may consume it first.
   app.register(async (scope) => {
     scope.removeAllContentTypeParsers();
     scope.addContentTypeParser("*", (_req, payload, done) => done(null, payload));
-    scope.put<FileRoute>(
-      "/v1/sandboxes/:id/files",
-      { schema: { querystring: querySchema, hide: true } },
-      async (req) => {
-        const id = req.params.id;
-        const file = guestPath(req.query.path ?? "", "path");
-        const mode = req.query.mode ? Number.parseInt(req.query.mode, 8) : 0o644;
-        await engine.awake(id);
-        const release = engine.openStream(id);
-        try {
-          const stream = (req.body as Readable | undefined) ?? req.raw;
-          const bytes = await engine.agent(id).writeFile(file, stream as AsyncIterable<Buffer>, { mode });
-          return { path: file, bytes_written: bytes };
-        } finally {
-          release();
-        }
-      },
-    );
+    scope.put<FileRoute>("/v1/sandboxes/:id/files", { schema: routeSchemas.uploadFile }, async (req) => {
+      const id = req.params.id;
+      const file = guestPath(req.query.path ?? "", "path");
+      const mode = req.query.mode ? Number.parseInt(req.query.mode, 8) : 0o644;
+      await engine.awake(id);
+      const release = engine.openStream(id);
+      try {
+        const stream = (req.body as Readable | undefined) ?? req.raw;
+        const bytes = await engine.agent(id).writeFile(file, stream as AsyncIterable<Buffer>, { mode });
+        return { path: file, bytes_written: bytes };
+      } finally {
+        release();
+      }
+    });
   });
 }

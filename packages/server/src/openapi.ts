@@ -179,6 +179,19 @@ const contextParams = {
   properties: { id: str, context: str },
 } as const;
 
+const fileQuery = {
+  type: "object",
+  properties: {
+    path: { type: "string", description: "absolute path in the guest" },
+    mode: {
+      type: "string",
+      pattern: "^[0-7]{3,4}$",
+      description: "octal permission bits of a written file (default 644)",
+    },
+  },
+  required: ["path"],
+} as const;
+
 const createBody = {
   type: "object",
   properties: {
@@ -420,6 +433,22 @@ export const routeSchemas = {
     response: { 200: { type: "object", properties: { status: str, id: str } }, ...errors },
   },
   metrics: { summary: "Prometheus metrics", hide: true },
+  events: {
+    summary:
+      "Live sandbox changes as server-sent events: snapshot, then sandbox (created or changed), removed, and memory every 3 s (docs/console.md)",
+    produces: ["text/event-stream"],
+  },
+  downloadFile: {
+    summary: "A file's bytes from the sandbox (application/octet-stream, streamed)",
+    params: idParams,
+    querystring: fileQuery,
+  },
+  uploadFile: {
+    summary: "Write a file in the sandbox from the raw request body (any Content-Type, streamed)",
+    params: idParams,
+    querystring: fileQuery,
+    response: { 200: { type: "object", properties: { path: str, bytes_written: int } }, ...errors },
+  },
 } satisfies Record<string, FastifySchema & { summary?: string; hide?: boolean; security?: unknown[] }>;
 
 export async function registerOpenApi(app: FastifyInstance, version: string): Promise<void> {

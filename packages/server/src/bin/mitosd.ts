@@ -45,6 +45,7 @@ console.error(
     `caps: ${l.maxSandboxes} sandboxes, ${l.maxGuestMemoryMib} MiB guest memory, fork count ${l.maxForkCount}, lifetime ${l.maxLifetimeSeconds}s; ` +
     `admission ${l.admission}${l.admission === "cow" ? ` (keeps ${l.memoryFloorMib} MiB free)` : ""}`,
 );
+console.error(`mitosd: web console at ${server.url}/ui/`);
 // The Kubernetes node agent talks to this mitosd through its own HTTP API (the SDK), like any client.
 let agent: { stop(): Promise<void> } | undefined;
 if (cluster) {
