@@ -41,6 +41,34 @@ async function run(command: string): Promise<void> {
   await page.keyboard.press("Enter");
 }
 
+/** In the page: the contrast ratio of each visible text element's colour against its background. */
+const CONTRAST = `(() => {
+  const rgb = (c) => (c.match(/[\\d.]+/g) || []).map(Number);
+  const lum = ([r, g, b]) => {
+    const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
+  const bg = (el) => {
+    for (let e = el; e; e = e.parentElement) {
+      const c = rgb(getComputedStyle(e).backgroundColor);
+      if (c.length === 3 || (c.length === 4 && c[3] > 0)) return c.slice(0, 3);
+    }
+    return [255, 255, 255];
+  };
+  const out = [];
+  for (const el of document.querySelectorAll("body *")) {
+    if (el.closest(".xterm") || el.closest("svg")) continue;
+    const own = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+    if (!own || !el.getClientRects().length) continue;
+    if (el.matches(":disabled") || el.closest("button:disabled")) continue;
+    const a = lum(rgb(getComputedStyle(el).color).slice(0, 3));
+    const b = lum(bg(el));
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    out.push({ text: el.textContent.trim().slice(0, 40), ratio: Math.round(ratio * 100) / 100 });
+  }
+  return out;
+})()`;
+
 function node(id: string) {
   return page.locator(`li[role="treeitem"][data-id="${id}"]`);
 }
@@ -164,6 +192,31 @@ describe("web console (real browser, real mitosd)", { timeout: 900_000 }, () => 
       const got = fs.readFileSync(await d.path());
       assert.ok(got.equals(want), `${name}: ${got.length} bytes back for ${want.length} sent, or different bytes`);
     }
+  });
+
+  it("works from the keyboard, and its text keeps a 4.5:1 contrast", async () => {
+    const second = children[1] as string;
+    await page.locator(`button.pick[data-node="${parent}"]`).focus();
+    await page.keyboard.press("ArrowDown");
+    await page.keyboard.press("ArrowDown");
+    await page.keyboard.press("Enter");
+    await page.getByTestId("sandbox-page").getByText(second).waitFor();
+    assert.equal(await node(second).getAttribute("aria-selected"), "true");
+    // Every visible text element against the first opaque background behind it (WCAG 2 formula).
+    const worst = (await page.evaluate(CONTRAST)) as Array<{ text: string; ratio: number }>;
+    assert.ok(worst.length > 20, `only ${worst.length} text elements measured`);
+    assert.deepEqual(
+      worst.filter((w) => w.ratio < 4.5),
+      [],
+    );
+    await node(children[0] as string)
+      .locator("button.pick")
+      .first()
+      .click();
+    await page
+      .getByTestId("sandbox-page")
+      .getByText(children[0] as string)
+      .waitFor();
   });
 
   it("terminates a sandbox from the UI: its node leaves the tree", async () => {
