@@ -128,6 +128,13 @@ export class Api {
   setTimeout = (id: string, seconds: number) =>
     this.request<{ deadline_unix: number }>("POST", "/v1/set_timeout", { sandbox: id, timeout_seconds: seconds });
 
+  expose = (id: string, port: number) =>
+    this.request<{ port: number; url: string; host: string; token: string; token_header: string }>(
+      "POST",
+      `/v1/sandboxes/${enc(id)}/expose/${port}`,
+      {},
+    );
+
   async metrics(): Promise<string> {
     const res = await fetch("/metrics", { headers: this.headers() });
     if (!res.ok) throw await errorOf(res);

@@ -43,7 +43,8 @@ function MemoryChart({ history }: { history: MemorySample[] }) {
       </svg>
       <figcaption>
         Now: {bytes(last?.total_bytes ?? 0)} in all ({bytes(last?.private_bytes ?? 0)} private,{" "}
-        {bytes(last?.shared_bytes ?? 0)} shared, counted once); peak on this chart {bytes(max)}.
+        {bytes(last?.shared_bytes ?? 0)} shared, counted once); peak on this chart {bytes(max)}. Solid line: all
+        sandbox memory; dashed: the shared part.
       </figcaption>
     </figure>
   );

@@ -5,6 +5,7 @@ import { useEffect, useState } from "preact/hooks";
 import { type Api, bytes, type SandboxJson } from "./api.js";
 import { describe } from "./errors.js";
 import { Files } from "./files.js";
+import { Ports } from "./ports.js";
 import { Terminal } from "./terminal.js";
 
 function useNow(ms: number): number {
@@ -165,6 +166,7 @@ export function SandboxPage(props: { api: Api; sandbox: SandboxJson; onForked: (
           </button>
         ))}
       {s.state === "ready" && <Files api={api} sandbox={s.id} />}
+      {s.state === "ready" && <Ports api={api} sandbox={s.id} />}
     </article>
   );
 }

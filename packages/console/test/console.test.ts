@@ -239,6 +239,50 @@ describe("web console (real browser, real mitosd)", { timeout: 900_000 }, () => 
     await page.screenshot({ path: path.join(artifacts, "host.png"), fullPage: true });
   });
 
+  it("hundreds of children stay readable: the first few, a count of the rest, folding (events faked)", async () => {
+    // The browser's view of a 300-way fork without 300 VMs: the events stream is replaced, the rest is real.
+    const pg = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
+    const at = (i: number) => new Date(Date.UTC(2026, 0, 1, 0, 0, i)).toISOString();
+    const sb = (id: string, parentId: string | null, i: number) => ({
+      id,
+      template_id: "python",
+      parent_id: parentId,
+      state: i % 7 === 3 ? "paused" : "ready",
+      created_at: at(i),
+      deadline_unix: 2_000_000_000,
+      fork_time_ms: 1,
+      accel: "tcg",
+      memory: { private_bytes: (i + 1) << 20, shared_bytes: 1 << 28 },
+    });
+    const kids = Array.from({ length: 300 }, (_, i) => sb(`sb-k${String(i).padStart(3, "0")}`, "sb-root", i + 1));
+    const snapshot = {
+      sandboxes: [sb("sb-root", null, 0), ...kids, sb("sb-g1", "sb-k000", 400), sb("sb-g2", "sb-k000", 401)],
+    };
+    await pg.route("**/v1/events", (route) =>
+      route.fulfill({
+        status: 200,
+        headers: { "content-type": "text/event-stream" },
+        body: `event: snapshot\ndata: ${JSON.stringify(snapshot)}\n\n`,
+      }),
+    );
+    await pg.goto(`${daemon.url}/ui/`);
+    await pg.getByLabel("API token").fill(daemon.token);
+    await pg.getByRole("button", { name: "Sign in" }).click();
+    const root = pg.locator('li[data-id="sb-root"]');
+    await root.waitFor();
+    assert.match(await root.locator("> .node").innerText(), /302 below/);
+    const direct = root.locator('> ul > li[role="treeitem"]');
+    assert.equal(await direct.count(), 12);
+    await root.getByRole("button", { name: "show 288 more" }).click();
+    assert.equal(await direct.count(), 300);
+    assert.equal(await pg.locator('li[data-id="sb-k000"] li[role="treeitem"]').count(), 2);
+    await pg.getByRole("button", { name: /^Fold sb-root/ }).click();
+    assert.equal(await direct.count(), 0);
+    assert.equal(await root.getAttribute("aria-expanded"), "false");
+    await pg.screenshot({ path: path.join(artifacts, "many-children-folded.png") });
+    await pg.close();
+  });
+
   it("in the loopback no-auth mode there is no sign-in: create, and a terminal without a token", async () => {
     await daemon.stop();
     daemon = await startMitosd(dataDir, ["--auth", "none"]);
