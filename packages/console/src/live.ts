@@ -13,14 +13,16 @@ export interface MemorySample {
 export interface LiveState {
   sandboxes: Map<string, SandboxJson>;
   connected: boolean;
+  /** Why the stream dropped last (a revoked key, mitosd gone), until it is back. */
+  error: string;
   /** Host memory over time, since this page opened (newest last). */
   history: MemorySample[];
 }
 
 const HISTORY = 600;
 
-export function watch(api: Api, onChange: (s: LiveState) => void, onError: (e: Error) => void): () => void {
-  const state: LiveState = { sandboxes: new Map(), connected: false, history: [] };
+export function watch(api: Api, onChange: (s: LiveState) => void): () => void {
+  const state: LiveState = { sandboxes: new Map(), connected: false, error: "", history: [] };
   const stop = new AbortController();
   const emit = () => onChange({ ...state, sandboxes: new Map(state.sandboxes) });
 
@@ -62,6 +64,7 @@ export function watch(api: Api, onChange: (s: LiveState) => void, onError: (e: E
         }
         attempt = 0;
         state.connected = true;
+        state.error = "";
         emit();
         const parser = createParser({ onEvent: (e) => handle(e.event, e.data) });
         const reader = res.body.getReader();
@@ -73,7 +76,7 @@ export function watch(api: Api, onChange: (s: LiveState) => void, onError: (e: E
         }
       } catch (err) {
         if (stop.signal.aborted) return;
-        onError(err as Error);
+        state.error = (err as Error).message;
       }
       state.connected = false;
       emit();

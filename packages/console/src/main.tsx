@@ -100,7 +100,7 @@ function Sandboxes(props: { api: Api; live: LiveState }) {
         <h2 id="tree-title">
           Sandboxes <span class="count">{live.sandboxes.size}</span>
           <span class={`live ${live.connected ? "on" : "off"}`} role="status">
-            {live.connected ? "live" : "reconnecting…"}
+            {live.connected ? "live" : `reconnecting…${live.error ? ` (${live.error})` : ""}`}
           </span>
         </h2>
         <form
@@ -133,7 +133,7 @@ function Sandboxes(props: { api: Api; live: LiveState }) {
       </section>
       <section class="right" aria-label="Selected sandbox">
         {current ? (
-          <SandboxPage api={api} sandbox={current} onForked={() => {}} />
+          <SandboxPage api={api} sandbox={current} />
         ) : (
           <p class="empty">
             {selected ? `Sandbox ${selected} is gone.` : "Select a sandbox in the tree to see it, open a terminal or browse its files."}
@@ -150,7 +150,7 @@ function App() {
   const [starting, setStarting] = useState(true);
   const [noAuth, setNoAuth] = useState(false);
   const [view, setView] = useState<View>(viewOf(location.hash));
-  const [live, setLive] = useState<LiveState>({ sandboxes: new Map(), connected: false, history: [] });
+  const [live, setLive] = useState<LiveState>({ sandboxes: new Map(), connected: false, error: "", history: [] });
 
   const signIn = (token: string | null) =>
     check(token).then(
@@ -185,7 +185,7 @@ function App() {
 
   useEffect(() => {
     if (!api) return;
-    return watch(api, setLive, () => {});
+    return watch(api, setLive);
   }, [api]);
 
   if (starting) return <p class="note">Connecting to mitosd…</p>;

@@ -22,7 +22,7 @@ function left(deadlineUnix: number, now: number): string {
   return s >= 3600 ? `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min` : `${Math.floor(s / 60)} min ${s % 60} s`;
 }
 
-export function SandboxPage(props: { api: Api; sandbox: SandboxJson; onForked: (ids: string[]) => void }) {
+export function SandboxPage(props: { api: Api; sandbox: SandboxJson }) {
   const { api, sandbox: s } = props;
   const [busy, setBusy] = useState("");
   const [error, setError] = useState("");
@@ -94,7 +94,6 @@ export function SandboxPage(props: { api: Api; sandbox: SandboxJson; onForked: (
             e.preventDefault();
             void act("fork", async () => {
               const r = await api.fork(s.id, count);
-              props.onForked(r.sandboxes.map((c) => c.id));
               return `forked ${r.sandboxes.length} in ${Math.round(r.fork_time_ms)} ms`;
             });
           }}
