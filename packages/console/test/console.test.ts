@@ -18,6 +18,8 @@ const dataDir = tempDataDir("test-console");
 let daemon: Daemon;
 let browser: Browser;
 let page: Page;
+/** Every URL the signed-in page asked for: all must be mitosd's own (no CDN, no font service). */
+const requested: string[] = [];
 
 /** The terminal's screen as text, one line per row (xterm's DOM renderer). */
 async function screen(): Promise<string> {
@@ -80,6 +82,7 @@ describe("web console (real browser, real mitosd)", { timeout: 900_000 }, () => 
     browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"] });
     page = await browser.newPage({ viewport: { width: 1400, height: 1000 }, acceptDownloads: true });
     page.setDefaultTimeout(120_000);
+    page.on("request", (r) => requested.push(r.url()));
   });
 
   after(async () => {
@@ -178,6 +181,13 @@ describe("web console (real browser, real mitosd)", { timeout: 900_000 }, () => 
     await page.getByRole("button", { name: "Download blob.bin" }).waitFor();
     await page.getByRole("button", { name: "Download hello.txt" }).waitFor();
 
+    await page.getByRole("button", { name: "View hello.txt" }).click();
+    await page
+      .locator(".viewer pre")
+      .getByText(text.toString().split("\n")[1] as string)
+      .waitFor();
+    await page.locator(".viewer").getByRole("button", { name: "Close" }).click();
+
     await run("clear; cat /root/hello.txt");
     await waitForScreen(new RegExp(text.toString().split("\n")[0] as string));
 
@@ -223,6 +233,37 @@ describe("web console (real browser, real mitosd)", { timeout: 900_000 }, () => 
       .waitFor();
   });
 
+  it("pauses, resumes and extends the deadline from the sandbox page", async () => {
+    const other = children[2] as string;
+    await node(other).locator("button.pick").first().click();
+    const pageOf = page.getByTestId("sandbox-page");
+    await pageOf.getByText(other).waitFor();
+    const deadline = async () =>
+      (await (
+        await fetch(`${daemon.url}/v1/sandboxes/${other}`, { headers: { authorization: `Bearer ${daemon.token}` } })
+      ).json()) as {
+        state: string;
+        deadline_unix: number;
+      };
+    await page.getByRole("button", { name: "Pause" }).click();
+    await pageOf.getByTestId("state").getByText("paused").waitFor();
+    await page.locator(`li[data-id="${other}"][data-state="paused"]`).waitFor();
+    assert.equal((await deadline()).state, "paused");
+    await page.getByRole("button", { name: "Resume" }).click();
+    await pageOf.getByTestId("state").getByText("ready").waitFor();
+    const before = (await deadline()).deadline_unix;
+    await page.getByRole("button", { name: "Extend 10 min" }).click();
+    await pageOf.getByText("deadline extended by 10 min").waitFor();
+    const after = (await deadline()).deadline_unix;
+    assert.ok(after >= before + 590, `deadline ${before} → ${after}`);
+    // Back to the child the next test terminates.
+    await node(children[0] as string)
+      .locator("button.pick")
+      .first()
+      .click();
+    await pageOf.getByText(children[0] as string).waitFor();
+  });
+
   it("terminates a sandbox from the UI: its node leaves the tree", async () => {
     const child = children[0] as string;
     await page.getByRole("button", { name: "Terminate" }).click();
@@ -253,6 +294,12 @@ describe("web console (real browser, real mitosd)", { timeout: 900_000 }, () => 
     await page.getByRole("table", { name: "Fork latency histogram" }).waitFor();
     await page.getByRole("img", { name: /Host memory over time/ }).waitFor({ timeout: 30_000 });
     await page.screenshot({ path: path.join(artifacts, "host.png"), fullPage: true });
+    const origin = new URL(daemon.url).origin;
+    const foreign = requested.filter(
+      (u) => !u.startsWith(`${origin}/`) && !u.startsWith("blob:") && !u.startsWith("data:"),
+    );
+    assert.deepEqual(foreign, []);
+    assert.ok(requested.length > 10);
   });
 
   it("hundreds of children stay readable: the first few, a count of the rest, folding (events faked)", async () => {
