@@ -7,7 +7,8 @@
 // One watcher per server diffs the engine's in-memory table (no guest is asked)
 // while anyone listens: a change reaches listeners within WATCH_MS, including
 // ones no route made (a deadline reaping a sandbox, a QEMU that died). Memory
-// is the expensive read (smaps of every VM), so it comes on its own, slower beat.
+// is the expensive read (smaps of every VM), so it comes on its own, slower
+// beat, which slows further when the reads take long (hundreds of VMs).
 
 import type { Engine, SandboxInfo } from "@mitos/engine";
 import type { FastifyInstance } from "fastify";
@@ -16,6 +17,8 @@ import { routeSchemas } from "./openapi.js";
 
 const WATCH_MS = 150;
 const MEMORY_MS = 3000;
+/** Memory reads may take at most 1/MEMORY_SHARE of the time: with hundreds of VMs, the beat slows. */
+const MEMORY_SHARE = 20;
 const HEARTBEAT_MS = 15_000;
 
 type SandboxJson = (p: Principal, s: SandboxInfo) => unknown;
@@ -57,12 +60,20 @@ export class SandboxWatch {
   #start(): void {
     this.#seen = new Map(this.engine.list().map((s) => [s.id, { sig: signature(s), info: s }]));
     this.#timer = setInterval(() => this.#tick(), WATCH_MS);
-    this.#memoryTimer = setInterval(() => this.#memory(), MEMORY_MS);
+    this.#scheduleMemory(MEMORY_MS);
+  }
+
+  #scheduleMemory(ms: number): void {
+    this.#memoryTimer = setTimeout(() => {
+      const started = performance.now();
+      this.#memory();
+      if (this.#timer) this.#scheduleMemory(Math.max(MEMORY_MS, (performance.now() - started) * MEMORY_SHARE));
+    }, ms);
   }
 
   #stop(): void {
     clearInterval(this.#timer);
-    clearInterval(this.#memoryTimer);
+    clearTimeout(this.#memoryTimer);
     this.#timer = this.#memoryTimer = undefined;
   }
 
