@@ -9,7 +9,7 @@ PORT="${MITOS_PORT:-8080}"
 export MITOS_BASE_URL="${MITOS_BASE_URL:-http://127.0.0.1:${PORT}}"
 bash scripts/install-deps.sh
 [ -d node_modules ] || npm ci --no-audit --no-fund
-echo "==> building (TypeScript, guest agent)"
+echo "==> building (TypeScript, guest agent, web console)"
 npm run -s build
 # The commands on PATH: mitos, mitosd, mitos-mcp.
 ln -sf "$PWD/packages/cli/dist/bin/mitos.js" /usr/local/bin/mitos
@@ -36,5 +36,6 @@ fi
 echo "==> demo: a python sandbox forked into 8 children, each printing i ** 2"
 npx tsx examples/fork-swarm.ts
 echo "==> done. mitosd keeps running (pid file ${MITOS_DATA_DIR}/mitosd.pid, token ${MITOS_DATA_DIR}/token)."
+echo "    web console: ${MITOS_BASE_URL}/ui/ (sign in with the token)"
 echo "    stop it with: kill \$(cat ${MITOS_DATA_DIR}/mitosd.pid)  (running sandboxes keep running for the next"
 echo "    mitosd, docs/restarts.md; terminate them first, or start mitosd with --shutdown terminate)"
