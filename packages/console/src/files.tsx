@@ -35,7 +35,12 @@ export function Files(props: { api: Api; sandbox: string }) {
         setEntries([...r.entries].sort((a, b) => Number(b.isDir) - Number(a.isDir) || a.name.localeCompare(b.name)));
         setError("");
       })
-      .catch((e: unknown) => live && setError(describe(e)));
+      .catch((e: unknown) => {
+        if (!live) return;
+        // The old folder's names would be joined to the new folder's path.
+        setEntries([]);
+        setError(describe(e));
+      });
     return () => {
       live = false;
     };

@@ -26,9 +26,12 @@ async function check(token: string | null): Promise<Api> {
     await api.sandboxes();
     return api;
   } catch (e) {
+    if (e instanceof ApiError && e.status === 404 && e.message.includes("not reachable with this token")) {
+      throw new Error("That is a sandbox's token: it reaches one sandbox's runtime, not the console. Use the daemon's token or an API key.");
+    }
     if (e instanceof ApiError && e.status === 401) {
       throw new Error(
-        `mitosd refused this token (${e.code}). Paste the daemon's token, an API key or a sandbox's token. mitosd says: ${e.remediation || e.message}`,
+        `mitosd refused this token (${e.code}). Paste the daemon's token or an API key. mitosd says: ${e.remediation || e.message}`,
       );
     }
     throw new Error(`Could not sign in: ${describe(e)}`);
@@ -58,8 +61,8 @@ function SignIn(props: { error: string; onToken: (token: string) => void }) {
           required
         />
         <p id="token-help" class="note">
-          The daemon's token (its path is printed when mitosd starts; <code>/var/lib/mitos/token</code> by default), an
-          API key (<code>mitos key create</code>) or a sandbox's token. Kept in this tab's session storage only.
+          The daemon's token (its path is printed when mitosd starts; <code>/var/lib/mitos/token</code> by default) or
+          an API key (<code>mitos key create</code>). Kept in this tab's session storage only.
         </p>
         <button type="submit">Sign in</button>
         {props.error && (
@@ -133,7 +136,7 @@ function Sandboxes(props: { api: Api; live: LiveState }) {
       </section>
       <section class="right" aria-label="Selected sandbox">
         {current ? (
-          <SandboxPage api={api} sandbox={current} />
+          <SandboxPage key={current.id} api={api} sandbox={current} />
         ) : (
           <p class="empty">
             {selected ? `Sandbox ${selected} is gone.` : "Select a sandbox in the tree to see it, open a terminal or browse its files."}

@@ -31,12 +31,6 @@ export function SandboxPage(props: { api: Api; sandbox: SandboxJson }) {
   const [terminal, setTerminal] = useState(false);
   const now = useNow(1000);
 
-  useEffect(() => {
-    setTerminal(false);
-    setError("");
-    setNote("");
-  }, [s.id]);
-
   const act = async (what: string, f: () => Promise<string | undefined>) => {
     setBusy(what);
     setError("");

@@ -107,6 +107,7 @@ describe("web console (real browser, real mitosd)", { timeout: 900_000 }, () => 
   });
 
   let parent = "";
+  let parentToken = "";
   let children: string[] = [];
 
   it("signs in, creates a python sandbox and forks it 3 ways: the tree shows the children within a second", async () => {
@@ -122,7 +123,9 @@ describe("web console (real browser, real mitosd)", { timeout: 900_000 }, () => 
     await page.getByRole("button", { name: "New sandbox" }).click();
     const res = await created;
     assert.ok(res.ok(), await res.text());
-    parent = ((await res.json()) as { id: string }).id;
+    const made = (await res.json()) as { id: string; token: string };
+    parent = made.id;
+    parentToken = made.token;
     await node(parent).waitFor();
     await page.getByTestId("sandbox-page").getByText(parent).waitFor();
     await page.locator(`li[data-id="${parent}"][data-state="ready"]`).waitFor();
@@ -141,6 +144,18 @@ describe("web console (real browser, real mitosd)", { timeout: 900_000 }, () => 
     assert.ok(seenAfter < 1000, `the tree showed the children ${seenAfter} ms after the fork returned`);
     for (const c of children) assert.equal(await page.locator(`li[data-id="${parent}"] li[data-id="${c}"]`).count(), 1);
     await page.screenshot({ path: path.join(artifacts, "fork-tree.png"), fullPage: true });
+  });
+
+  it("a sandbox's own token is told it reaches only that sandbox, not the console", async () => {
+    const other = await browser.newPage();
+    await other.goto(`${daemon.url}/ui/`);
+    await other.getByLabel("API token").fill(parentToken);
+    await other.getByRole("button", { name: "Sign in" }).click();
+    await other
+      .getByTestId("signin-error")
+      .getByText(/That is a sandbox's token/)
+      .waitFor();
+    await other.close();
   });
 
   it("opens a terminal on a child: echo runs, and a resize changes stty size", async () => {

@@ -11,8 +11,10 @@
 // beat, which slows further when the reads take long (hundreds of VMs).
 
 import type { Engine, SandboxInfo } from "@mitos/engine";
+import { MitosError } from "@mitos/engine";
 import type { FastifyInstance } from "fastify";
 import type { Access, Principal } from "./access.js";
+import { authorizationOf } from "./auth.js";
 import { routeSchemas } from "./openapi.js";
 
 const WATCH_MS = 150;
@@ -20,12 +22,25 @@ const MEMORY_MS = 3000;
 /** Memory reads may take at most 1/MEMORY_SHARE of the time: with hundreds of VMs, the beat slows. */
 const MEMORY_SHARE = 20;
 const HEARTBEAT_MS = 15_000;
+/** How often each listener's credential is checked again (a revoked key's stream ends). */
+const RECHECK_MS = 1000;
+/** A client that stops reading is cut off once this much waits for it. */
+const MAX_BUFFERED = 4 << 20;
 
 type SandboxJson = (p: Principal, s: SandboxInfo) => unknown;
 
 interface Listener {
   principal: Principal;
+  /** The credential as sent, checked again every RECHECK_MS. */
+  authorization: string | undefined;
   send(event: string, data: unknown): void;
+  /** Ends the stream (its credential no longer holds). */
+  close(): void;
+}
+
+/** Whether `now` is still the principal `was` (the same key, the same rights). */
+function same(was: Principal, now: Principal | undefined): boolean {
+  return now !== undefined && JSON.stringify(was) === JSON.stringify(now);
 }
 
 /** What, in a sandbox, a listener would want to hear about (memory comes separately). */
@@ -38,6 +53,7 @@ export class SandboxWatch {
   #seen = new Map<string, { sig: string; info: SandboxInfo }>();
   #timer: NodeJS.Timeout | undefined;
   #memoryTimer: NodeJS.Timeout | undefined;
+  #lastCheck = 0;
 
   constructor(
     private readonly engine: Engine,
@@ -52,8 +68,7 @@ export class SandboxWatch {
     const visible = this.engine.list().filter((s) => this.access.seesSandbox(l.principal, s));
     l.send("snapshot", { sandboxes: visible.map((s) => this.sandboxJson(l.principal, s)) });
     return () => {
-      this.#listeners.delete(l);
-      if (this.#listeners.size === 0) this.#stop();
+      if (this.#listeners.delete(l) && this.#listeners.size === 0) this.#stop();
     };
   }
 
@@ -78,11 +93,20 @@ export class SandboxWatch {
   }
 
   #tick(): void {
+    if (Date.now() - this.#lastCheck >= RECHECK_MS) {
+      this.#lastCheck = Date.now();
+      for (const l of this.#listeners) if (!same(l.principal, this.access.resolve(l.authorization))) l.close();
+    }
     const now = new Map(this.engine.list().map((s) => [s.id, { sig: signature(s), info: s }]));
     for (const [id, { sig, info }] of now) {
       if (this.#seen.get(id)?.sig === sig) continue;
+      // Built once for all listeners: admins and tenants see the same object (sandbox tokens cannot listen),
+      // and building it reads the VM's memory.
+      let json: unknown;
       for (const l of this.#listeners) {
-        if (this.access.seesSandbox(l.principal, info)) l.send("sandbox", this.sandboxJson(l.principal, info));
+        if (!this.access.seesSandbox(l.principal, info)) continue;
+        json ??= this.sandboxJson(l.principal, info);
+        l.send("sandbox", json);
       }
     }
     for (const [id, { info }] of this.#seen) {
@@ -120,9 +144,16 @@ export class SandboxWatch {
 }
 
 export function registerEvents(app: FastifyInstance, watch: SandboxWatch): void {
-  app.get("/v1/events", { schema: routeSchemas.events }, async (req, reply) => {
+  // No automatic HEAD: it would hold a listener open and send nothing.
+  app.get("/v1/events", { schema: routeSchemas.events, exposeHeadRoute: false }, async (req, reply) => {
     const principal = req.principal;
     if (!principal) return; // the onRequest hook has answered 401
+    if (principal.kind === "sandbox") {
+      // route-policy.ts keeps sandbox tokens out; the shared event objects below rely on it.
+      throw new MitosError("forbidden", "a sandbox's token cannot follow events", {
+        remediation: "Use an API key: GET /v1/sandboxes/{id} tells a sandbox's token about its own sandbox.",
+      });
+    }
     reply.hijack();
     const out = reply.raw;
     out.writeHead(200, {
@@ -130,17 +161,29 @@ export function registerEvents(app: FastifyInstance, watch: SandboxWatch): void 
       "cache-control": "no-store",
       "x-accel-buffering": "no",
     });
-    const stop = watch.listen({
+    let beat: NodeJS.Timeout | undefined;
+    let stop = () => {};
+    const finish = () => {
+      clearInterval(beat);
+      stop();
+    };
+    stop = watch.listen({
       principal,
+      authorization: authorizationOf(req.headers),
       send(event, data) {
-        if (!out.destroyed) out.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+        if (out.destroyed || out.writableEnded) return;
+        if (out.writableLength > MAX_BUFFERED) out.destroy();
+        else out.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+      },
+      close: () => {
+        finish();
+        out.end();
       },
     });
     // A comment line now and then keeps proxies from closing an idle stream.
-    const beat = setInterval(() => out.write(": keep-alive\n\n"), HEARTBEAT_MS);
-    req.raw.once("close", () => {
-      clearInterval(beat);
-      stop();
-    });
+    beat = setInterval(() => {
+      if (!out.destroyed && !out.writableEnded) out.write(": keep-alive\n\n");
+    }, HEARTBEAT_MS);
+    req.raw.once("close", finish);
   });
 }

@@ -18,39 +18,50 @@ interface FileRoute {
 }
 
 export function registerFileRoutes(app: FastifyInstance, engine: Engine): void {
-  app.get<FileRoute>("/v1/sandboxes/:id/files", { schema: routeSchemas.downloadFile }, async (req, reply) => {
-    const id = req.params.id;
-    const file = guestPath(req.query.path ?? "", "path");
-    await engine.awake(id);
-    const agent = engine.agent(id);
-    const info = await agent.stat(file);
-    if (info.type === "dir") {
-      throw new MitosError("invalid_input", `${file} is a directory`, {
-        remediation: "Download a file; list a directory with the List call (POST /sandbox.v1.Sandbox/List).",
-        context: { path: file },
-      });
-    }
-    const release = engine.openStream(id);
-    const body = new PassThrough();
-    // Backpressure: the guest's next chunk waits until the client has taken this one.
-    const write = (chunk: Buffer) =>
-      new Promise<void>((resolve) => (body.write(chunk) ? resolve() : body.once("drain", resolve)));
-    agent
-      .readFile(file, { onData: write })
-      .then(
-        () => body.end(),
-        // Headers are gone by now: cutting the body is how the client learns.
-        (err: Error) => body.destroy(err),
-      )
-      .finally(release);
-    // A symlink's own size is not its target's: the length is only known for a regular file.
-    if (info.type === "file") reply.header("content-length", String(info.size));
-    reply
-      .header("content-type", "application/octet-stream")
-      .header("content-disposition", `attachment; filename="${encodeURIComponent(path.posix.basename(file))}"`)
-      .header("cache-control", "no-store");
-    return reply.send(body);
-  });
+  // No automatic HEAD: it would read the whole file to throw it away.
+  app.get<FileRoute>(
+    "/v1/sandboxes/:id/files",
+    { schema: routeSchemas.downloadFile, exposeHeadRoute: false },
+    async (req, reply) => {
+      const id = req.params.id;
+      const file = guestPath(req.query.path ?? "", "path");
+      await engine.awake(id);
+      const agent = engine.agent(id);
+      const info = await agent.stat(file);
+      if (info.type === "dir") {
+        throw new MitosError("invalid_input", `${file} is a directory`, {
+          remediation: "Download a file; list a directory with the List call (POST /sandbox.v1.Sandbox/List).",
+          context: { path: file },
+        });
+      }
+      const release = engine.openStream(id);
+      const body = new PassThrough();
+      // Backpressure: the guest's next chunk waits until the client has taken this one. A client
+      // gone (the body destroyed) never drains: the rest of the read is then dropped as it comes,
+      // so the read ends and its stream slot is released.
+      const write = (chunk: Buffer) =>
+        new Promise<void>((resolve) => {
+          if (body.destroyed || body.write(chunk)) return resolve();
+          body.once("drain", resolve);
+          body.once("close", resolve);
+        });
+      agent
+        .readFile(file, { onData: write })
+        .then(
+          () => body.end(),
+          // Headers are gone by now: cutting the body is how the client learns.
+          (err: Error) => body.destroy(err),
+        )
+        .finally(release);
+      // No Content-Length: stat's size is not the bytes a read gives for /proc and /sys files, or a
+      // file still being written; a wrong length would desync the connection. The body is chunked.
+      reply
+        .header("content-type", "application/octet-stream")
+        .header("content-disposition", `attachment; filename="${encodeURIComponent(path.posix.basename(file))}"`)
+        .header("cache-control", "no-store");
+      return reply.send(body);
+    },
+  );
 
   // Raw bodies of any type: the route reads the stream itself, so no parser may consume it first.
   app.register(async (scope) => {
