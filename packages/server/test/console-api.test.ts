@@ -87,16 +87,9 @@ describe("the console's API (real VMs)", { timeout: 600_000 }, () => {
   let other: string;
 
   before(async () => {
-    server = await createServer({
-      port: 0,
-      dataDir,
-      imagesDir,
-      poolTargets: {},
-      spareVms: 0,
-      logLevel: "warn",
-      // Few stream slots: the aborted-downloads test shows they come back.
-      limits: { maxStreamsPerSandbox: 4 },
-    });
+    const quiet = { poolTargets: {}, spareVms: 0, logLevel: "warn" } as const;
+    // Few stream slots: the aborted-downloads test shows they come back.
+    server = await createServer({ port: 0, dataDir, imagesDir, ...quiet, limits: { maxStreamsPerSandbox: 4 } });
     admin = server.token;
     const k = await call("POST", "/v1/keys", admin, { scope: "tenant", tenant: "acme" });
     tenantKey = k.json.key as string;
