@@ -116,7 +116,10 @@ describe("controller (real kube-apiserver, node agents played by the test)", { s
   /** Successful Scheduled writes per controller instance. */
   const wins: number[] = [];
   let watchAbort: AbortController | undefined;
-  let watchEnded: unknown = false;
+  /** An error of the recording watch (an ended watch is resumed; an error is a lost record). */
+  let watchError: unknown;
+  let watchResumed = 0;
+  let watchStopped = false;
   /** Every status the watch saw, per sandbox name, in order. */
   const seen = new Map<string, Array<SandboxStatus | undefined>>();
 
@@ -206,23 +209,52 @@ describe("controller (real kube-apiserver, node agents played by the test)", { s
       15,
     );
     await Promise.all([nodeA.start(1000), nodeB.start(1000)]);
-    // Record every Sandbox status as the API server hands it out.
-    watchAbort = await new Watch(kube.kc).watch(
-      `/apis/${GROUP}/${VERSION}/namespaces/${NS}/sandboxes`,
-      {},
-      (type: string, obj: SandboxResource) => {
-        if (type !== "ADDED" && type !== "MODIFIED") return;
-        const list = seen.get(obj.metadata.name) ?? [];
-        list.push(obj.status ? structuredClone(obj.status) : undefined);
-        seen.set(obj.metadata.name, list);
-      },
-      (err: unknown) => {
-        watchEnded = err ?? true;
-      },
-    );
+    // Record every Sandbox status as the API server hands it out. The API server may end a
+    // watch whenever it likes (clients are expected to resume it): resumed from the last
+    // resourceVersion seen, it misses nothing; a resume it refuses (410 Gone) is an error.
+    const path = `/apis/${GROUP}/${VERSION}/namespaces/${NS}/sandboxes`;
+    const start = (await kube.objects.listNamespacedCustomObject({
+      group: GROUP,
+      version: VERSION,
+      namespace: NS,
+      plural: "sandboxes",
+    })) as {
+      metadata: { resourceVersion: string };
+    };
+    let resourceVersion = start.metadata.resourceVersion;
+    const record = async (): Promise<void> => {
+      watchAbort = await new Watch(kube.kc).watch(
+        path,
+        { resourceVersion },
+        (type: string, obj: SandboxResource) => {
+          if (type === "ERROR") {
+            watchError = obj;
+            return;
+          }
+          if (obj.metadata.resourceVersion) resourceVersion = obj.metadata.resourceVersion;
+          if (type !== "ADDED" && type !== "MODIFIED") return;
+          const list = seen.get(obj.metadata.name) ?? [];
+          list.push(obj.status ? structuredClone(obj.status) : undefined);
+          seen.set(obj.metadata.name, list);
+        },
+        (err: unknown) => {
+          if (watchStopped) return;
+          if (err) {
+            watchError = err;
+            return;
+          }
+          watchResumed++;
+          record().catch((e: unknown) => {
+            watchError = e;
+          });
+        },
+      );
+    };
+    await record();
   });
 
   after(async () => {
+    watchStopped = true;
     watchAbort?.abort();
     await Promise.all([nodeA?.stop(), nodeB?.stop()]);
     await stopControllers();
@@ -252,7 +284,7 @@ describe("controller (real kube-apiserver, node agents played by the test)", { s
     // Give a late second write (the double schedule this guards against) time to show in the watch.
     const passes = controllers.map((c) => c.passes);
     await until("three more passes of each controller", () => controllers.every((c, i) => c.passes >= passes[i]! + 3));
-    assert.equal(watchEnded, false, `the recording watch ended: ${String(watchEnded)}`);
+    assert.equal(watchError, undefined, `the recording watch failed (resumed ${watchResumed} times)`);
     for (const name of names) {
       const statuses = seen.get(name) ?? [];
       const sched = statuses.filter((s) => s?.node !== undefined || s?.scheduledAt !== undefined);
