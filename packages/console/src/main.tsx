@@ -21,14 +21,15 @@ function viewOf(hash: string): View {
 
 /** Checks a token with a call that needs one; the error says what to do. */
 async function check(token: string | null): Promise<Api> {
+  // Sandbox tokens are `msb_<id>.<mac>` (docs/security.md): they reach one sandbox's runtime only.
+  if (token?.startsWith("msb_")) {
+    throw new Error("That is a sandbox's token: it reaches one sandbox's runtime, not the console. Use the daemon's token or an API key.");
+  }
   const api = new Api(token);
   try {
     await api.sandboxes();
     return api;
   } catch (e) {
-    if (e instanceof ApiError && e.status === 404 && e.message.includes("not reachable with this token")) {
-      throw new Error("That is a sandbox's token: it reaches one sandbox's runtime, not the console. Use the daemon's token or an API key.");
-    }
     if (e instanceof ApiError && e.status === 401) {
       throw new Error(
         `mitosd refused this token (${e.code}). Paste the daemon's token or an API key. mitosd says: ${e.remediation || e.message}`,

@@ -11,7 +11,6 @@
 // beat, which slows further when the reads take long (hundreds of VMs).
 
 import type { Engine, SandboxInfo } from "@mitos/engine";
-import { MitosError } from "@mitos/engine";
 import type { FastifyInstance } from "fastify";
 import type { Access, Principal } from "./access.js";
 import { authorizationOf } from "./auth.js";
@@ -100,7 +99,7 @@ export class SandboxWatch {
     const now = new Map(this.engine.list().map((s) => [s.id, { sig: signature(s), info: s }]));
     for (const [id, { sig, info }] of now) {
       if (this.#seen.get(id)?.sig === sig) continue;
-      // Built once for all listeners: admins and tenants see the same object (sandbox tokens cannot listen),
+      // Built once for all listeners: admins and tenants see the same object (route-policy.ts keeps sandbox tokens out),
       // and building it reads the VM's memory.
       let json: unknown;
       for (const l of this.#listeners) {
@@ -148,12 +147,6 @@ export function registerEvents(app: FastifyInstance, watch: SandboxWatch): void 
   app.get("/v1/events", { schema: routeSchemas.events, exposeHeadRoute: false }, async (req, reply) => {
     const principal = req.principal;
     if (!principal) return; // the onRequest hook has answered 401
-    if (principal.kind === "sandbox") {
-      // route-policy.ts keeps sandbox tokens out; the shared event objects below rely on it.
-      throw new MitosError("forbidden", "a sandbox's token cannot follow events", {
-        remediation: "Use an API key: GET /v1/sandboxes/{id} tells a sandbox's token about its own sandbox.",
-      });
-    }
     reply.hijack();
     const out = reply.raw;
     out.writeHead(200, {

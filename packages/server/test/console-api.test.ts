@@ -88,8 +88,7 @@ describe("the console's API (real VMs)", { timeout: 600_000 }, () => {
 
   before(async () => {
     const quiet = { poolTargets: {}, spareVms: 0, logLevel: "warn" } as const;
-    // Few stream slots: the aborted-downloads test shows they come back.
-    server = await createServer({ port: 0, dataDir, imagesDir, ...quiet, limits: { maxStreamsPerSandbox: 4 } });
+    server = await createServer({ port: 0, dataDir, imagesDir, ...quiet });
     admin = server.token;
     const k = await call("POST", "/v1/keys", admin, { scope: "tenant", tenant: "acme" });
     tenantKey = k.json.key as string;
@@ -182,38 +181,8 @@ describe("the console's API (real VMs)", { timeout: 600_000 }, () => {
     await call("DELETE", `/v1/sandboxes/${theirs}`, admin);
   });
 
-  it("a download the client gives up on releases its stream slot (more aborts than slots, then a read)", async () => {
-    // Bigger than loopback socket buffers can hold, so the server is still sending when the client leaves.
-    const big = randomBytes(48 << 20);
-    assert.equal(
-      (await call("PUT", `/v1/sandboxes/${mine}/files?path=/root/big.bin`, admin, undefined, big)).status,
-      200,
-    );
-    for (let i = 0; i < 6; i++) {
-      const ac = new AbortController();
-      const res = await fetch(`${server.url}/v1/sandboxes/${mine}/files?path=/root/big.bin`, {
-        headers: { authorization: `Bearer ${admin}` },
-        signal: ac.signal,
-      });
-      const reader = (res.body as ReadableStream<Uint8Array>).getReader();
-      await reader.read();
-      ac.abort();
-      await reader.read().catch(() => {});
-    }
-    // Slots come back when each abandoned read has run out (it is drained, not sent).
-    const deadline = Date.now() + 30_000;
-    for (;;) {
-      const r = await call("GET", `/v1/sandboxes/${mine}/files?path=/root/big.bin`, admin);
-      if (r.status === 200) {
-        assert.ok(r.bytes.equals(big));
-        break;
-      }
-      assert.equal((r.json.error as { code: string }).code, "too_many_streams");
-      assert.ok(Date.now() < deadline, "stream slots never came back");
-      await new Promise((res) => setTimeout(res, 250));
-    }
-    // HEAD is not served (it would read the file to throw it away).
-    const head = await fetch(`${server.url}/v1/sandboxes/${mine}/files?path=/root/big.bin`, {
+  it("HEAD is not served on the file route (it would read the whole file to throw it away)", async () => {
+    const head = await fetch(`${server.url}/v1/sandboxes/${mine}/files?path=/root/f.bin`, {
       method: "HEAD",
       headers: { authorization: `Bearer ${admin}` },
     });
