@@ -76,6 +76,7 @@ export class SpareVms {
       for (const v of g.ready) if (!vms.includes(v)) void v.destroy();
       if (vms.length > 0) {
         g.taken = true;
+        g.ready.splice(0); // the fork owns them now (and their exits)
         const use = vms.slice(0, n);
         for (const v of vms.slice(n)) void v.destroy();
         out = { ramFile: g.ramFile, vms: use, group: g.group };
@@ -112,16 +113,30 @@ export class SpareVms {
           g.ready.push(vm);
           vm.exited.then(() => {
             const i = g.ready.indexOf(vm);
-            if (i >= 0) g.ready.splice(i, 1);
+            if (i < 0) return; // taken: its fork (or its sandbox) handles the exit
+            // Died while waiting (killed from outside): its runtime dir goes with it.
+            g.ready.splice(i, 1);
+            void vm.destroy();
+            this.dropIfEmpty(g);
           });
         })
         .catch((err: Error) => this.opts.onError?.(err))
         .finally(() => {
           g.starting--;
           this.inflight.delete(p);
+          this.dropIfEmpty(g);
         });
       this.inflight.add(p);
     }
+  }
+
+  /**
+   * A generation left without spares (they died or failed to start) goes
+   * with its file: no journaled VM names the file any more, and the next
+   * fork primes a new one.
+   */
+  private dropIfEmpty(g: Generation): void {
+    if (this.gen === g && g.ready.length === 0 && g.starting === 0) this.drop();
   }
 
   /** A generation's file is the caller's once taken; otherwise it goes with its spares. */

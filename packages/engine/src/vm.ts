@@ -9,6 +9,7 @@ import { AgentClient, type AgentInfo } from "./agent/client.js";
 import { RAM_FILE_RE } from "./base-file.js";
 import { createRamFile, prepareVmDir, qemuCommand, type RunAs, reclaimVmDir } from "./confine.js";
 import { MitosError } from "./errors.js";
+import { keepFailedLogs } from "./failed-logs.js";
 import { type GuestLimits, guestLimitArgs } from "./guest-limits.js";
 import type { ImageSet } from "./image/build.js";
 import { readVmMemory } from "./metering.js";
@@ -125,6 +126,8 @@ export class Vm {
     private readonly proc: QemuProcess,
     /** Who QEMU runs as (undefined: mitosd's uid). */
     readonly runAs: RunAs | undefined,
+    /** The data dir (failed starts keep their logs in it: failed-logs.ts). */
+    private readonly dataDir: string,
   ) {
     this.exited = proc.exited.then((info) => {
       this.exitInfo = info;
@@ -235,7 +238,7 @@ export class Vm {
     checkVmId(opts);
     const dir = path.join(opts.dataDir, "vms", opts.id);
     const proc = adoptedProcess(opts.pid, opts.startTime);
-    const vm = new Vm(opts.id, opts.machine, dir, vmPaths(dir), undefined, proc, opts.runAs);
+    const vm = new Vm(opts.id, opts.machine, dir, vmPaths(dir), undefined, proc, opts.runAs, opts.dataDir);
     vm.agentTimeoutMs = opts.agentTimeoutMs;
     vm.disk = opts.disk;
     vm.spawnError = new Promise<Error>(() => {});
@@ -419,6 +422,7 @@ export class Vm {
     } catch (err) {
       fs.closeSync(log);
       opts.runAs?.release();
+      fs.rmSync(dir, { recursive: true, force: true }); // nothing ran: no log to keep
       throw cannotStart(err as Error);
     }
     // QEMU's own files (console log, sockets) are its uid's alone.
@@ -432,7 +436,7 @@ export class Vm {
       process.umask(umask);
       fs.closeSync(log);
     }
-    const vm = new Vm(opts.id, machine, dir, paths, ownedRamFile, childProcess(proc), opts.runAs);
+    const vm = new Vm(opts.id, machine, dir, paths, ownedRamFile, childProcess(proc), opts.runAs, opts.dataDir);
     vm.agentTimeoutMs = opts.agentTimeoutMs;
     vm.disk = opts.disk;
     vm.spawnError = new Promise<Error>((resolve) =>
@@ -449,7 +453,10 @@ export class Vm {
   /** Re-adopted: the agent channel may hold a dead client's frames, so its session starts with a resync. */
   private resyncAgent = false;
 
-  /** Runs `steps` racing QEMU's death; on any failure the VM is stopped. */
+  /**
+   * Runs `steps` racing QEMU's death; on any failure the VM is stopped and
+   * its logs, which the error names, move to the failed-VM logs (failed-logs.ts).
+   */
   private async startup(timeoutMs: number, steps: (deadlineMs: number) => Promise<void>): Promise<void> {
     try {
       const failed = Promise.race([
@@ -457,22 +464,40 @@ export class Vm {
           throw cannotStart(e);
         }),
         this.exited.then((x) => {
-          // Killed from outside (the host's OOM killer, an operator): nothing wrong with the request, a retry may pass.
-          throw this.startFailure(
-            `QEMU exited during start (${x.signal ?? `code ${x.code}`})`,
-            x.signal === "SIGKILL" ? "unavailable" : "internal",
-          );
+          throw new QemuExited(x);
         }),
       ]);
       await Promise.race([steps(timeoutMs), failed]);
     } catch (err) {
       await this.stop();
+      const logs = this.keepLogs();
       if (err instanceof MitosError && err.code === "unavailable" && err.message.startsWith("cannot start QEMU"))
         throw err;
+      if (err instanceof QemuExited) {
+        // Killed from outside (the host's OOM killer, an operator): nothing wrong with the request, a retry may pass.
+        const x = err.exit;
+        throw this.startFailure(
+          logs,
+          `QEMU exited during start (${x.signal ?? `code ${x.code}`})`,
+          x.signal === "SIGKILL" ? "unavailable" : "internal",
+        );
+      }
       if (err instanceof MitosError && err.message.includes("failed to start")) throw err;
-      throw this.startFailure(err instanceof Error ? err.message : String(err));
+      throw this.startFailure(logs, err instanceof Error ? err.message : String(err));
     }
   }
+
+  /** Where a stopped VM's logs are now: kept aside after a failed start, else its own dir. */
+  private keepLogs(): { qemuLog: string; consoleLog: string } {
+    if (!this.detached) this.logsDir = keepFailedLogs(this.dataDir, this.dir) ?? this.logsDir;
+    const dir = this.logsDir ?? this.dir;
+    return {
+      qemuLog: path.join(dir, path.basename(this.paths.qemuLog)),
+      consoleLog: path.join(dir, path.basename(this.paths.consoleLog)),
+    };
+  }
+
+  private logsDir: string | undefined;
 
   private async connectAgent(timeoutMs: number): Promise<void> {
     const options = {
@@ -488,17 +513,16 @@ export class Vm {
     if (!this.running) this.agent.close("VM exited during start");
   }
 
-  private startFailure(reason: string, code: "internal" | "unavailable" = "internal"): MitosError {
+  private startFailure(
+    logs: { qemuLog: string; consoleLog: string },
+    reason: string,
+    code: "internal" | "unavailable" = "internal",
+  ): MitosError {
     return new MitosError(code, `VM ${this.id} failed to start: ${reason}`, {
-      remediation: `${code === "unavailable" ? "Retry; if it repeats, check the host's memory (dmesg) and r" : "R"}ead the VM logs: ${this.paths.qemuLog} (QEMU) and ${this.paths.consoleLog} (guest console).`,
-      cause: `${tail(this.paths.qemuLog, 10)}\n${tail(this.paths.consoleLog, 20)}`.trim(),
-      context: { vm: this.id, console_log: this.paths.consoleLog, qemu_log: this.paths.qemuLog },
+      remediation: `${code === "unavailable" ? "Retry; if it repeats, check the host's memory (dmesg) and r" : "R"}ead the VM logs: ${logs.qemuLog} (QEMU) and ${logs.consoleLog} (guest console).`,
+      cause: `${tail(logs.qemuLog, 10)}\n${tail(logs.consoleLog, 20)}`.trim(),
+      context: { vm: this.id, console_log: logs.consoleLog, qemu_log: logs.qemuLog },
     });
-  }
-
-  /** Last lines of the guest console, for error messages. */
-  consoleTail(lines = 20): string {
-    return tail(this.paths.consoleLog, lines);
   }
 
   /** Kills QEMU and removes the VM's sockets and owned RAM file. Idempotent. */
@@ -619,6 +643,13 @@ function checkVmId(opts: LaunchOptions): void {
   throw new MitosError("invalid_input", `invalid VM id ${JSON.stringify(opts.id)}`, {
     remediation: "Ids match ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$.",
   });
+}
+
+/** QEMU exited before the VM was up (startup turns it into the error callers see). */
+class QemuExited extends Error {
+  constructor(readonly exit: VmExit) {
+    super("QEMU exited during start");
+  }
 }
 
 function cannotStart(e: Error): MitosError {

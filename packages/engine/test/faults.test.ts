@@ -187,6 +187,24 @@ describe("QEMU killed during fork", () => {
   });
 });
 
+describe("QEMU killed while waiting as a spare", () => {
+  it("the dead spare's runtime dir goes, and the next fork still works", async () => {
+    const source = await engine.create("python");
+    await sh(source.id, "echo kept > /root/mark");
+    await engine.fork(source.id, { count: 1 }); // primes spares for this machine
+    await waitFor(() => engine.spareStatus().ready > 0, 60_000);
+    const [spare] = engine.spareStatus().pids;
+    assert.ok(spare, "a spare waits");
+    process.kill(spare, "SIGKILL");
+    await waitGone(spare);
+    await waitFor(() => !engine.spareStatus().pids.includes(spare), 5000);
+    await assertNoLeaks(owned);
+    const { children } = await engine.fork(source.id, { count: 2 });
+    for (const c of children) assert.equal(await sh(c.id, "cat /root/mark"), "kept\n");
+    await settle();
+  });
+});
+
 describe("faults around checkpoints", () => {
   it("the source killed while paused for a checkpoint: fork_failed naming it, nothing listed, nothing left", async () => {
     const sb = await engine.create("python");

@@ -3,8 +3,11 @@
 
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
+import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
+import { failedLogsDir } from "../src/failed-logs.js";
 import {
   AgentGoneError,
   BUILTIN_RECIPES,
@@ -273,6 +276,40 @@ describe("a VM that dies", () => {
       assert.ok(Date.now() - t < 5000);
     } finally {
       await doomed.destroy();
+    }
+  });
+});
+
+describe("a VM that fails to start", () => {
+  it("moves its logs out of vms/ to failed-vms/, and the error names files that exist", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "mitos-failstart-"));
+    // A QEMU that says why and exits: the logs are what a person debugs it with.
+    const fakeQemu = path.join(dir, "qemu");
+    fs.writeFileSync(fakeQemu, "#!/bin/sh\necho 'qemu: could not open kernel: no such file' >&2\nexit 1\n", {
+      mode: 0o755,
+    });
+    try {
+      const images = await ensureImages(BUILTIN_RECIPES.python!, { cacheDir: imagesDir });
+      const err = await Vm.boot({
+        id: "failing",
+        images,
+        dataDir: dir,
+        shmDir: dir,
+        qemuBinary: fakeQemu,
+        timeoutMs: 20_000,
+      }).then(
+        () => assert.fail("a QEMU that exits at once cannot start"),
+        (e: MitosError) => e,
+      );
+      assert.match(err.message, /VM failing failed to start: QEMU exited during start \(code 1\)/);
+      const qemuLog = String(err.context.qemu_log);
+      assert.equal(qemuLog, path.join(failedLogsDir(dir), "failing", "qemu.log"));
+      assert.match(fs.readFileSync(qemuLog, "utf8"), /could not open kernel/);
+      assert.ok(err.remediation.includes(qemuLog), err.remediation);
+      assert.match(err.detail ?? "", /could not open kernel/);
+      assert.deepEqual(fs.readdirSync(path.join(dir, "vms")), [], "nothing is left in vms/");
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
     }
   });
 });
