@@ -41,15 +41,25 @@ export function allocatedBytes(file: string): number {
  * slow the VMs that are starting.
  */
 export function digHoles(file: string): Promise<void> {
+  return fallocate(["--dig-holes", file]);
+}
+
+/** Punches the whole of `file` into holes (its size stays: VMs may be mapping it). */
+export async function punchHoles(file: string): Promise<void> {
+  await fallocate(["--punch-hole", "--offset", "0", "--length", String(fs.statSync(file).size), file]);
+}
+
+function fallocate(args: string[]): Promise<void> {
+  const file = args.at(-1);
   return new Promise((resolve, reject) => {
-    const p = spawn("nice", ["-n", "19", "fallocate", "--dig-holes", file], { stdio: ["ignore", "ignore", "pipe"] });
+    const p = spawn("nice", ["-n", "19", "fallocate", ...args], { stdio: ["ignore", "ignore", "pipe"] });
     let err = "";
     p.stderr.on("data", (d: Buffer) => {
       err += d.toString();
     });
     p.once("error", reject);
     p.once("exit", (code) =>
-      code === 0 ? resolve() : reject(new Error(`fallocate --dig-holes ${file}: exit ${code}: ${err.trim()}`)),
+      code === 0 ? resolve() : reject(new Error(`fallocate ${args[0]} ${file}: exit ${code}: ${err.trim()}`)),
     );
   });
 }

@@ -38,6 +38,8 @@ export interface MappingCaptureStats {
   zeroedPages: number;
   /** Bytes the base file holds (what the sparse copy reads). */
   baseBytes: number;
+  /** The new base file held the source's base already (copied in the background before the fork). */
+  basePrefilled: boolean;
   stateBytes: number;
   copyMs: number;
   privateMs: number;
@@ -84,9 +86,11 @@ function ramMapping(pid: number, memBytes: number): { start: number; pages: numb
 }
 
 /** Copies `src` to `dst` (an existing file is overwritten in place), holes and zero blocks as holes. */
-async function sparseCopy(src: string, dst: string): Promise<void> {
+async function sparseCopy(src: string, dst: string, background = false): Promise<void> {
+  const cp = ["cp", "--sparse=always", "--reflink=never", src, dst];
   try {
-    await execFileP("cp", ["--sparse=always", "--reflink=never", src, dst]);
+    // In the background at the lowest priority: VMs starting or running need the CPU more.
+    await (background ? execFileP("nice", ["-n", "19", ...cp]) : execFileP("cp", cp.slice(1)));
   } catch (err) {
     const stderr = String((err as { stderr?: unknown }).stderr ?? "");
     const e = new Error(`cp ${src} ${dst}: ${stderr.trim() || (err as Error).message}`) as NodeJS.ErrnoException;
@@ -191,6 +195,40 @@ export interface CopiedBase {
   pages: number;
   baseBytes: number;
   copyMs: number;
+  /** The file held that base already (prefillBase): nothing was copied. */
+  prefilled: boolean;
+}
+
+/**
+ * A base copied into a file ahead of a fork (prefillBase). The base stays
+ * open: while the fd is held its inode cannot be freed and its number given
+ * to another file, so a source that maps the same (dev, ino) maps this base.
+ */
+export interface PrefilledBase {
+  fd: number;
+  dev: number;
+  ino: number;
+}
+
+/**
+ * Copies the base behind a VM's guest RAM into `ramFile` in the background
+ * (spares wait on that file for the next fork, which then skips copyBase when
+ * its source maps the same base). Bases never change once made (the hole
+ * punching of base-file.ts only turns zero pages into holes, which read the same).
+ */
+export async function prefillBase(pid: number, memBytes: number, ramFile: string): Promise<PrefilledBase> {
+  const ram = ramMapping(pid, memBytes);
+  const fd = fs.openSync(ram.file, "r");
+  try {
+    const st = fs.fstatSync(fd);
+    // Through the fd (mitosd's, not cp's: fds are not inherited): the copy is of the very file held.
+    await sparseCopy(`/proc/${process.pid}/fd/${fd}`, ramFile, true);
+    if (fs.statSync(ramFile).size !== memBytes) fs.truncateSync(ramFile, memBytes);
+    return { fd, dev: st.dev, ino: st.ino };
+  } catch (err) {
+    fs.closeSync(fd);
+    throw err;
+  }
 }
 
 /**
@@ -200,13 +238,27 @@ export interface CopiedBase {
  * the VM is paused: whatever the guest writes meanwhile becomes a page of
  * its own, which finishCapture copies over the base while it is paused.
  */
-export async function copyBase(pid: number, memBytes: number, ramFile: string): Promise<CopiedBase> {
+export async function copyBase(
+  pid: number,
+  memBytes: number,
+  ramFile: string,
+  prefilled?: PrefilledBase,
+): Promise<CopiedBase> {
   const t0 = performance.now();
   const ram = ramMapping(pid, memBytes);
-  const baseBytes = fs.statSync(ram.file).blocks * 512;
-  await sparseCopy(ram.file, ramFile);
-  if (fs.statSync(ramFile).size !== memBytes) fs.truncateSync(ramFile, memBytes);
-  return { start: ram.start, pages: ram.pages, baseBytes, copyMs: performance.now() - t0 };
+  const st = fs.statSync(ram.file);
+  const same = prefilled !== undefined && st.dev === prefilled.dev && st.ino === prefilled.ino;
+  if (!same) {
+    await sparseCopy(ram.file, ramFile);
+    if (fs.statSync(ramFile).size !== memBytes) fs.truncateSync(ramFile, memBytes);
+  }
+  return {
+    start: ram.start,
+    pages: ram.pages,
+    baseBytes: st.blocks * 512,
+    copyMs: performance.now() - t0,
+    prefilled: same,
+  };
 }
 
 /** A paused VM captured from its mapping in one go (copyBase, then finishCapture). */
@@ -254,6 +306,7 @@ export async function finishCapture(
       untouchedPages: copied.pages - privatePages - basePages,
       zeroedPages,
       baseBytes: copied.baseBytes,
+      basePrefilled: copied.prefilled,
       stateBytes: state.length,
       copyMs: copied.copyMs,
       privateMs: t2 - t1,

@@ -58,6 +58,8 @@ export interface EngineOptions {
   spareVms?: number;
   /** How long after its last fork a sandbox's base gets back the pages the capture faulted in (default 30 s). */
   reclaimDelayMs?: number;
+  /** Copy the base the next fork most likely needs into the spare VMs' file between forks (default true; false: the fork copies it). */
+  prefillSpareBase?: boolean;
   /** How a fork captures its source (decision 0022): "mapping" (default; migration for the first capture of a machine shape and as the fallback) or "migration" always. */
   forkCapture?: "mapping" | "migration";
   /** Disk cap of the checkpoint store (compressed chunks; default: a quarter of the data dir's filesystem). */
@@ -154,7 +156,12 @@ export class Engine {
         if ((this.ctx.poolTargets[id] ?? 0) > 0) this.poolFor(id);
       });
       this.table = new SandboxTable(this.ctx, (cp) => this.saved.delete(cp));
-      this.forks = new Forks(this.ctx, this.table, options.spareVms ?? Math.max(2, 2 * os.availableParallelism()));
+      this.forks = new Forks(
+        this.ctx,
+        this.table,
+        options.spareVms ?? Math.max(2, 2 * os.availableParallelism()),
+        options.prefillSpareBase ?? true,
+      );
       this.saved = new Checkpoints(this.ctx, this.table, options.checkpointRetention);
       const idleSeconds = options.hibernateIdleSeconds;
       if (idleSeconds !== undefined) {

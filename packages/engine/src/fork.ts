@@ -6,7 +6,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { baseFileOf, digHoles } from "./base-file.js";
-import { type CopiedBase, copyBase, finishCapture } from "./capture-mapping.js";
+import { type CopiedBase, copyBase, finishCapture, type PrefilledBase, prefillBase } from "./capture-mapping.js";
 import type { SharedGroup } from "./confine.js";
 import { applyNetwork, type EngineContext, journalUntilExit, newVmId, randomHex, withResources } from "./context.js";
 import { MAX_CHAIN } from "./disk.js";
@@ -14,7 +14,7 @@ import { MitosError } from "./errors.js";
 import type { RunningSandbox, Sandbox, SandboxInfo, SandboxTable } from "./lifecycle.js";
 import type { Pin } from "./network/ruleset.js";
 import { captureLive, noShmSpace } from "./snapshot.js";
-import { SpareVms } from "./spares.js";
+import { releasePrefill, SpareVms } from "./spares.js";
 import { type MachineSpec, type Snapshot, Vm } from "./vm.js";
 
 export interface ForkOptions {
@@ -29,11 +29,15 @@ export class Forks {
   private readonly background = new Set<Promise<void>>();
   private readonly reclaimTimers = new Map<string, NodeJS.Timeout>();
   private closed = false;
+  /** The source of the last fork: a fork of one of its children means forks go down a chain (best-of-N, tree search). */
+  private lastSource: string | undefined;
 
   constructor(
     private readonly ctx: EngineContext,
     private readonly table: SandboxTable,
     spareVms: number,
+    /** Copy the likely next source's base into the spares' file between forks (capture-mapping.ts prefillBase). */
+    private readonly prefillSpares = true,
   ) {
     this.spares = new SpareVms({
       size: spareVms,
@@ -80,12 +84,15 @@ export class Forks {
     const timeout = table.checkTimeout(opts.timeoutSeconds, source.owner);
     const started = Date.now();
     const key = randomHex(6);
-    // Spares already wait on an empty base file: capture into it and load them.
+    // Spares already wait on a base file (empty, or holding a base copied ahead): capture into it and load them.
     // (Not with a workspace disk: a child's disk layer is known only after the capture.)
     const hasDisk = source.vm.disk !== undefined;
     // Nor with a NIC: a spare would need its network slot from before the fork.
     const noSpares = hasDisk || Boolean(source.vm.machine.network);
     const spare = noSpares ? undefined : this.spares.take(source.vm.machine, count);
+    // Forking a child of the last fork's source: the next fork is likely of a child of this one.
+    const chain = source.parentId !== undefined && source.parentId === this.lastSource;
+    this.lastSource = source.id;
     const ramFile = spare?.ramFile ?? path.join(ctx.shmDir, `mitos-base-${key}.ram`);
     const stateFile = path.join(ctx.dataDir, "bases", `${key}.state`);
     // The base's own group: only this fork's children can open it (the spares' one when there are spares).
@@ -108,8 +115,12 @@ export class Forks {
     const pins = ctx.network.pinsOf(sourceVm.id);
     let captured = false;
     let captureVia: CaptureVia | undefined;
+    let prefilled: PrefilledBase | undefined;
+    let nextSource: Vm | undefined;
     try {
-      const { tPaused, disk, via } = await captureRunning(ctx, source, ramFile, stateFile, "fork");
+      // A base copy into the spares' file still running finishes first (it is most of the copy this fork needs).
+      prefilled = await spare?.prefill;
+      const { tPaused, disk, via } = await captureRunning(ctx, source, ramFile, stateFile, "fork", prefilled);
       captureVia = via;
       const tCaptured = Date.now();
       captured = true;
@@ -128,6 +139,9 @@ export class Forks {
           remediation: "The source sandbox is unchanged. Retry; if it repeats, check host memory and /dev/shm space.",
         });
       }
+      nextSource = chain
+        ? results.flatMap((r) => (r.status === "fulfilled" && r.value.running ? [r.value] : []))[0]
+        : sourceVm;
       const forkTimeMs = Date.now() - started;
       // The source's chain grew by a layer; a child's is the source's plus its own, and is
       // compacted when it is forked in turn.
@@ -154,9 +168,21 @@ export class Forks {
           });
     } finally {
       for (const vm of spare?.vms ?? []) void vm.destroy(); // the fork failed before loading them
-      // Spares for the next fork start a moment later, not while the children run their first commands.
+      if (prefilled) fs.closeSync(prefilled.fd);
+      else void releasePrefill(spare?.prefill); // failed before it was awaited
+      // Spares for the next fork start a moment later, not while the children run their first commands;
+      // the base the next fork most likely copies goes into their file meanwhile.
       const machine = sourceVm.machine;
-      if (!noSpares) setTimeout(() => this.spares.prime(machine), 1000).unref();
+      const memBytes = machine.memMiB * 1024 * 1024;
+      if (!noSpares)
+        setTimeout(() => {
+          const next = nextSource;
+          const prefill =
+            next?.running && this.prefillSpares && ctx.forkCapture === "mapping"
+              ? { copy: (file: string) => prefillBase(next.pid, memBytes, file), until: next.exited }
+              : undefined;
+          this.spares.prime(machine, prefill);
+        }, 1000).unref();
       // Only QEMU's migration faults the source's base in; a capture from the mapping reads what exists.
       if (captured && captureVia === "migration") this.reclaimBase(sourceVm);
       fs.rmSync(ramFile, { force: true });
@@ -208,6 +234,7 @@ export async function captureRunning(
   ramFile: string,
   stateFile: string,
   kind: "fork" | "checkpoint",
+  prefilled?: PrefilledBase,
 ): Promise<{ tPaused: number; disk: string[] | undefined; via: CaptureVia }> {
   const wasState = source.state;
   const vm = source.vm;
@@ -219,7 +246,7 @@ export async function captureRunning(
   // From the mapping: the base is copied before the pause (it never changes), so the pause only covers
   // the pages the guest made its own and the device state.
   const prefix = ctx.forkCapture === "mapping" ? ctx.devicePrefixes.get(vm.machine) : undefined;
-  const copied = prefix ? await copyBase(vm.pid, memBytes, ramFile).catch((err: Error) => err) : undefined;
+  const copied = prefix ? await copyBase(vm.pid, memBytes, ramFile, prefilled).catch((err: Error) => err) : undefined;
   const next = before ? await ctx.disks.overlay(before, vm.runAs) : undefined;
   if (before && next) ctx.disks.hold(vm.id, [next, ...before]);
   let switched = false;

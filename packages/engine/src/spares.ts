@@ -13,6 +13,8 @@
 import { randomBytes } from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
+import { punchHoles } from "./base-file.js";
+import type { PrefilledBase } from "./capture-mapping.js";
 import type { SharedGroup } from "./confine.js";
 import type { MachineSpec, Vm } from "./vm.js";
 
@@ -39,6 +41,23 @@ interface Generation {
   starting: number;
   /** Taken by a fork: late spares are dropped. */
   taken: boolean;
+  /** A base being copied into ramFile ahead of the next fork (undefined when it failed). */
+  prefill: Promise<PrefilledBase | undefined> | undefined;
+}
+
+/** A base to copy into a new generation's file, and when to let it go. */
+export interface Prefill {
+  copy: (ramFile: string) => Promise<PrefilledBase>;
+  until: Promise<unknown>;
+}
+
+/** What a fork gets from take(). */
+export interface TakenSpares {
+  ramFile: string;
+  vms: Vm[];
+  group: SharedGroup | undefined;
+  /** The base ramFile holds (or will when this settles), if one was copied ahead; the taker closes its fd. */
+  prefill: Promise<PrefilledBase | undefined> | undefined;
 }
 
 export class SpareVms {
@@ -67,10 +86,10 @@ export class SpareVms {
    * The caller primes the next generation once its fork is done (spares starting
    * during a fork would take the CPU it needs).
    */
-  take(machine: MachineSpec, n: number): { ramFile: string; vms: Vm[]; group: SharedGroup | undefined } | undefined {
+  take(machine: MachineSpec, n: number): TakenSpares | undefined {
     this.want = Math.max(1, Math.min(this.opts.size, n));
     const g = this.gen;
-    let out: { ramFile: string; vms: Vm[]; group: SharedGroup | undefined } | undefined;
+    let out: TakenSpares | undefined;
     if (g && sameMachine(g.machine, machine)) {
       const vms = g.ready.filter((v) => v.running && !v.ramTouched());
       for (const v of g.ready) if (!vms.includes(v)) void v.destroy();
@@ -79,15 +98,21 @@ export class SpareVms {
         g.ready.splice(0); // the fork owns them now (and their exits)
         const use = vms.slice(0, n);
         for (const v of vms.slice(n)) void v.destroy();
-        out = { ramFile: g.ramFile, vms: use, group: g.group };
+        out = { ramFile: g.ramFile, vms: use, group: g.group, prefill: g.prefill };
         this.gen = undefined;
       }
     }
     return out;
   }
 
-  /** Starts a generation for `machine` (replacing one for another machine) and fills it. */
-  prime(machine: MachineSpec): void {
+  /**
+   * Starts a generation for `machine` (replacing one for another machine) and
+   * fills it. With `prefill` (capture-mapping's prefillBase for the VM most
+   * likely forked next, and that VM's exit), a new generation's file first
+   * gets that base, then its spares start: QEMU must not see the file while
+   * the copy truncates and grows it.
+   */
+  prime(machine: MachineSpec, prefill?: Prefill): void {
     if (this.closed || this.opts.size <= 0) return;
     this.armIdle();
     if (this.gen && !sameMachine(this.gen.machine, machine)) this.drop();
@@ -101,13 +126,14 @@ export class SpareVms {
       }
       const group = this.opts.group();
       this.opts.share(ramFile, group);
-      this.gen = { machine, ramFile, group, ready: [], starting: 0, taken: false };
+      this.gen = { machine, ramFile, group, ready: [], starting: 0, taken: false, prefill: undefined };
+      if (prefill) this.prefill(this.gen, prefill);
     }
     const g = this.gen;
     while (g.ready.length + g.starting < this.want) {
       g.starting++;
-      const p: Promise<void> = this.opts
-        .spawn(machine, g.ramFile, g.group)
+      const p: Promise<void> = (g.prefill ?? Promise.resolve())
+        .then(() => this.opts.spawn(machine, g.ramFile, g.group))
         .then((vm) => {
           if (g.taken || this.gen !== g || this.closed) return void vm.destroy();
           g.ready.push(vm);
@@ -130,6 +156,26 @@ export class SpareVms {
     }
   }
 
+  private prefill(g: Generation, { copy, until }: Prefill): void {
+    const p = copy(g.ramFile).catch((err: Error) => {
+      this.opts.onError?.(new Error(`copying a base ahead of the next fork: ${err.message}`));
+      return undefined;
+    });
+    g.prefill = p;
+    // Its VM gone, nobody forks it: the base is let go once the copy ends (a fork, which waits
+    // for that, copies its own source's base over the file).
+    void until.then(() => {
+      if (g.taken || g.prefill !== p) return;
+      g.prefill = p.then(async (got) => {
+        if (!got) return undefined;
+        fs.closeSync(got.fd);
+        // The copy's pages go back too; holes, not a truncation: spares may be starting on the file.
+        await punchHoles(g.ramFile).catch(() => {}); // gone with a dropped generation
+        return undefined;
+      });
+    });
+  }
+
   /**
    * A generation left without spares (they died or failed to start) goes
    * with its file: no journaled VM names the file any more, and the next
@@ -147,6 +193,7 @@ export class SpareVms {
     for (const v of g.ready.splice(0)) void v.destroy();
     fs.rmSync(g.ramFile, { force: true });
     g.group?.release();
+    void releasePrefill(g.prefill);
   }
 
   private armIdle(): void {
@@ -165,8 +212,15 @@ export class SpareVms {
       await Promise.all(g.ready.splice(0).map((v) => v.destroy()));
       fs.rmSync(g.ramFile, { force: true });
       g.group?.release();
+      await releasePrefill(g.prefill);
     }
   }
+}
+
+/** Lets go of a prefilled base (its fd pins it in memory). */
+export async function releasePrefill(p: Promise<PrefilledBase | undefined> | undefined): Promise<void> {
+  const got = await p;
+  if (got) fs.closeSync(got.fd);
 }
 
 function sameMachine(a: MachineSpec, b: MachineSpec): boolean {

@@ -19,6 +19,7 @@ const imagesDir = path.join(root, "images");
 const shmDir = "/dev/shm/mitos-test-engine";
 const dataDir = tempDataDir("test-engine", shmDir);
 let engine: Engine;
+const logs: Array<{ msg: string; fields: Record<string, unknown> }> = [];
 
 /** How many processes in the sandbox run exactly `cmdline` (the images have no pgrep). */
 const running = async (id: string, cmdline: string) =>
@@ -37,7 +38,14 @@ const sh = async (id: string, command: string) => {
 
 before(async () => {
   fs.mkdirSync(shmDir, { recursive: true });
-  engine = await Engine.open({ dataDir, shmDir, imagesDir, poolTargets: { python: 1 }, reclaimDelayMs: 1000 });
+  engine = await Engine.open({
+    dataDir,
+    shmDir,
+    imagesDir,
+    poolTargets: { python: 1 },
+    reclaimDelayMs: 1000,
+    log: (msg, fields) => logs.push({ msg, fields: fields ?? {} }),
+  });
   await engine.createTemplate("python");
 });
 
@@ -155,6 +163,48 @@ describe("live fork", () => {
       children.map((c) => `parent-state\n${c.id}\n`),
     );
     await Promise.all(children.map((c) => engine.terminate(c.id)));
+  });
+
+  it("the next fork's base is copied ahead into the spares' file: the same source again, down a chain, and not for another source", async () => {
+    /** Whether the last mapping capture of `since` on found the base already in its file. */
+    const prefilled = (since: number) =>
+      logs.slice(since).findLast((l) => l.msg === "captured from the RAM mapping")?.fields.basePrefilled;
+    /** Waits until the spares (and the base copy into their file, which the fork would wait for) are ready. */
+    const settled = async () => {
+      await new Promise((r) => setTimeout(r, 1200));
+      await waitFor(() => engine.spareStatus().ready > 0, 30_000);
+    };
+    const first = await engine.fork(parent, { count: 1 });
+    await Promise.all(first.children.map((c) => engine.terminate(c.id)));
+    await settled();
+    // The same source again: it changed since, and the children see the change over the copied base.
+    await sh(parent, "echo second > /root/again.txt");
+    let since = logs.length;
+    const again = await engine.fork(parent, { count: 2 });
+    assert.equal(prefilled(since), true, "the parent's base was in the spares' file");
+    for (const c of again.children)
+      assert.equal(await sh(c.id, "cat /root/state.txt /root/again.txt"), "parent-state\nsecond\n");
+    // Down a chain: a child forked, then its child (whose base is the one this fork makes).
+    const [a] = again.children;
+    await Promise.all(again.children.slice(1).map((c) => engine.terminate(c.id)));
+    await settled();
+    await sh(a!.id, "echo a > /root/gen.txt");
+    const b = (await engine.fork(a!.id, { count: 1 })).children[0]!;
+    await settled();
+    await sh(b.id, "echo b >> /root/gen.txt");
+    since = logs.length;
+    const c = (await engine.fork(b.id, { count: 1 })).children[0]!;
+    assert.equal(prefilled(since), true, "the chain's next base was in the spares' file");
+    assert.equal(await sh(c.id, "cat /root/gen.txt /root/again.txt"), "a\nb\nsecond\n");
+    // Another source of the same machine: the copy ahead is of the wrong base, and is not used.
+    await settled();
+    const other = await engine.create("python");
+    await sh(other.id, "echo other > /root/state.txt");
+    since = logs.length;
+    const o = (await engine.fork(other.id, { count: 1 })).children[0]!;
+    assert.equal(prefilled(since), false, "a different base was copied over it");
+    assert.equal(await sh(o.id, "cat /root/state.txt; cat /root/again.txt 2>/dev/null || echo none"), "other\nnone\n");
+    for (const id of [a!.id, b.id, c.id, other.id, o.id]) await engine.terminate(id);
   });
 
   it("fork(4): each child's writes are its own; the parent and siblings never see them", async () => {
