@@ -3,10 +3,10 @@
 //
 // Two engines side by side, one with `prefillSpareBase: false` (each fork
 // copies its source's base on its own path, as before) and one with the
-// default (the copy happens between forks). Per round, in alternating order:
-// fork(1) and fork(8) of one parent that changes a file before each fork
-// (the same source again), and fork(1) of the last fork's child (down a
-// chain). Each fork → all ready and → every child answered `true`, and the
+// default (the copy happens between forks). Three patterns, each a run of
+// rounds (the sides alternating first): fork(1) and fork(8) of one parent that
+// changes a file before each fork (the same source again), and fork(1) of the
+// last fork's child (down a chain). Each fork → all ready and → every child answered `true`, and the
 // engine's own split: the time before the pause (the base copy) and whether
 // the capture found the base in its file. Records to
 // bench/results/<date>-prefill.{json,md}.
@@ -47,16 +47,22 @@ async function open(mode: Mode, n: number): Promise<Side> {
     prefillSpareBase: mode === "copied ahead",
     log: (msg, fields) => logs.push({ msg, fields: fields ?? {} }),
   });
-  await engine.createTemplate("python");
-  const parent = await engine.create("python", { timeoutSeconds: 7200 });
-  await run(
-    engine,
-    parent.id,
-    'python3 -c \'import json; json.dump(list(range(10000)), open("/root/state.json","w"))\'',
-  );
-  // Warm-up: the first capture of a machine shape goes through migration (decision 0022).
-  for (const c of (await engine.fork(parent.id, { count: 1 })).children) await engine.terminate(c.id);
-  return { mode, engine, dataDir, shmDir, logs, parent, tip: parent };
+  try {
+    await engine.createTemplate("python");
+    const parent = await engine.create("python", { timeoutSeconds: 3600 });
+    await run(
+      engine,
+      parent.id,
+      'python3 -c \'import json; json.dump(list(range(10000)), open("/root/state.json","w"))\'',
+    );
+    // Warm-up: the first capture of a machine shape goes through migration (decision 0022).
+    for (const c of (await engine.fork(parent.id, { count: 1 })).children) await engine.terminate(c.id);
+    return { mode, engine, dataDir, shmDir, logs, parent, tip: parent };
+  } catch (err) {
+    await engine.close({ killSandboxes: true });
+    removeDataDir(dataDir, shmDir);
+    throw err;
+  }
 }
 
 async function run(engine: Engine, id: string, command: string): Promise<void> {
@@ -103,23 +109,45 @@ async function fork(side: Side, source: SandboxInfo, n: number, what: string): P
   return children;
 }
 
+const terminate = async (side: Side, cs: SandboxInfo[]): Promise<void> => {
+  await Promise.all(cs.map((c) => side.engine.terminate(c.id)));
+};
 const sides: Side[] = [];
 let accel = "";
 try {
-  sides.push(await open("copy at fork", 0), await open("copied ahead", 1));
+  sides.push(await open("copy at fork", 0));
+  sides.push(await open("copied ahead", 1));
   accel = sides[0]?.parent.accel ?? "";
-  for (let r = 0; r < ROUNDS; r++) {
-    const order = r % 2 === 0 ? sides : [...sides].reverse();
-    for (const side of order) {
-      const terminate = (cs: SandboxInfo[]) => Promise.all(cs.map((c) => side.engine.terminate(c.id)));
-      await terminate(await fork(side, side.parent, 1, "fork(1) of the same parent"));
-      await terminate(await fork(side, side.parent, 8, "fork(8) of the same parent"));
-      // Down a chain: each round forks the child of the round before (best-of-N, keep the winner).
-      const [child] = await fork(side, side.tip, 1, "fork(1) of the last fork's child");
-      if (side.tip.id !== side.parent.id) await side.engine.terminate(side.tip.id);
-      side.tip = child as SandboxInfo;
+  // Each pattern runs its rounds back to back (a user's forks follow one pattern a while), sides alternating.
+  const patterns: Array<[string, (side: Side) => Promise<void>]> = [
+    [
+      "fork(1) of the same parent",
+      async (side) => terminate(side, await fork(side, side.parent, 1, "fork(1) of the same parent")),
+    ],
+    [
+      "fork(8) of the same parent",
+      async (side) => terminate(side, await fork(side, side.parent, 8, "fork(8) of the same parent")),
+    ],
+    [
+      "fork(1) of the last fork's child",
+      async (side) => {
+        // Down a chain: each round forks the child of the round before (best-of-N, keep the winner).
+        const [child] = await fork(side, side.tip, 1, "fork(1) of the last fork's child");
+        if (side.tip.id !== side.parent.id) await side.engine.terminate(side.tip.id);
+        side.tip = child as SandboxInfo;
+      },
+    ],
+  ];
+  for (const [name, once] of patterns) {
+    // One unmeasured fork first: the copy ahead follows the pattern of the fork before it.
+    for (const side of sides) await once(side);
+    for (const side of sides)
+      for (const k of rows.keys()) if (k.startsWith(`${side.mode}: ${name}`)) rows.get(k)?.values.pop();
+    for (const side of sides) prefilledCount.delete(`${side.mode}: ${name}`);
+    for (let r = 0; r < ROUNDS; r++) {
+      for (const side of r % 2 === 0 ? sides : [...sides].reverse()) await once(side);
     }
-    log(`round ${r + 1}/${ROUNDS}`);
+    log(`${name}: done`);
   }
 } finally {
   for (const side of sides) {
@@ -129,6 +157,7 @@ try {
 }
 const notes = [
   "Both engines run side by side on the same host, each with its own python template and parent; the order alternates per round.",
+  "Each pattern runs its rounds back to back after one unmeasured fork of that pattern (the copy ahead predicts the next source from the fork before).",
   "Before each fork: 2.5 s and at least one spare QEMU up (the copy ahead starts 1 s after a fork), then the source writes /root/now.",
   "The chain forks the previous round's child, so each fork's source maps the base the fork before it made.",
   ...[...prefilledCount.entries()].map(
