@@ -1,0 +1,143 @@
+// Spare VMs with a fake QEMU (engine.test.ts and faults.test.ts drive real
+// ones): a base copied ahead goes into the file before any spare starts, is
+// handed to the fork that takes the spares, and is let go (its pages punched
+// out) when the VM it came from exits; a spare that dies while waiting is
+// destroyed, and a generation left without spares drops its file.
+
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { afterEach, beforeEach, it } from "node:test";
+import type { PrefilledBase } from "../src/capture-mapping.js";
+import { SpareVms } from "../src/spares.js";
+import type { MachineSpec, Vm } from "../src/vm.js";
+
+const machine = {
+  images: { kernel: "k", initrd: "i", rootfs: "r", keys: {} },
+  memMiB: 4,
+  vcpus: 1,
+  accel: "tcg",
+} as unknown as MachineSpec;
+
+interface FakeVm {
+  pid: number;
+  running: boolean;
+  destroyed: boolean;
+  die: () => void;
+}
+
+let dir: string;
+let events: string[];
+let vms: FakeVm[];
+
+function fakeVm(): Vm {
+  let die = () => {};
+  const exited = new Promise<void>((r) => {
+    die = r;
+  });
+  const v: FakeVm & { exited: Promise<void>; ramTouched: () => boolean; destroy: () => Promise<void> } = {
+    pid: 1000 + vms.length,
+    running: true,
+    destroyed: false,
+    exited,
+    die: () => {
+      v.running = false;
+      die();
+    },
+    ramTouched: () => false,
+    destroy: async () => {
+      v.destroyed = true;
+    },
+  };
+  vms.push(v);
+  return v as unknown as Vm;
+}
+
+function spares(): SpareVms {
+  return new SpareVms({
+    size: 2,
+    shmDir: dir,
+    idleMs: 60_000,
+    spawn: async (_m, ramFile) => {
+      events.push(`spawn ${fs.statSync(ramFile).blocks > 0 ? "on the copy" : "on an empty file"}`);
+      return fakeVm();
+    },
+    group: () => undefined,
+    share: () => {},
+  });
+}
+
+/** A copy ahead: writes a page of data into the file and holds some fd, as prefillBase does. */
+function copyAhead(): (ramFile: string) => Promise<PrefilledBase> {
+  return async (ramFile) => {
+    events.push("copy");
+    await new Promise((r) => setTimeout(r, 50));
+    const fd = fs.openSync(ramFile, "r+");
+    fs.writeSync(fd, Buffer.alloc(4096, 7), 0, 4096, 0);
+    fs.closeSync(fd);
+    const held = fs.openSync(ramFile, "r");
+    const st = fs.fstatSync(held);
+    return { fd: held, dev: st.dev, ino: st.ino };
+  };
+}
+
+const waitFor = async (cond: () => boolean) => {
+  const until = Date.now() + 5000;
+  while (!cond()) {
+    if (Date.now() > until) throw new Error("condition not met");
+    await new Promise((r) => setTimeout(r, 10));
+  }
+};
+
+beforeEach(() => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), "mitos-spares-"));
+  events = [];
+  vms = [];
+});
+afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+it("copies the base into the file before the spares start, and hands it to the fork that takes them", async () => {
+  const s = spares();
+  s.prime(machine, { copy: copyAhead(), until: new Promise(() => {}) });
+  await waitFor(() => s.pids.length === 1);
+  assert.deepEqual(events, ["copy", "spawn on the copy"]);
+  const taken = s.take(machine, 1);
+  assert.ok(taken);
+  const got = await taken.prefill;
+  assert.ok(got, "the copy ahead comes with the spares");
+  assert.equal(fs.fstatSync(got.fd).ino, got.ino, "its fd is still held: the taker closes it");
+  fs.closeSync(got.fd);
+  await s.close();
+});
+
+it("lets the copy go when the VM it came from exits: fd closed, pages punched out, the size kept", async () => {
+  const s = spares();
+  let exit = () => {};
+  const until = new Promise<void>((r) => {
+    exit = r;
+  });
+  s.prime(machine, { copy: copyAhead(), until });
+  await waitFor(() => s.pids.length === 1);
+  const file = s.ramFile as string;
+  assert.ok(fs.statSync(file).blocks > 0);
+  exit();
+  await waitFor(() => fs.statSync(file).blocks === 0);
+  assert.equal(fs.statSync(file).size, 4 << 20, "spares map it: the size stays");
+  const taken = s.take(machine, 1);
+  assert.equal(await taken?.prefill, undefined, "nothing to skip the fork's own copy with");
+  await s.close();
+});
+
+it("destroys a spare that dies while waiting, and drops a generation left without spares", async () => {
+  const s = spares();
+  s.prime(machine);
+  await waitFor(() => s.pids.length === 1);
+  const file = s.ramFile as string;
+  assert.deepEqual(events, ["spawn on an empty file"]);
+  vms[0]?.die();
+  await waitFor(() => vms[0]?.destroyed === true);
+  assert.equal(s.ramFile, undefined);
+  assert.equal(fs.existsSync(file), false, "its file went with it");
+  await s.close();
+});
