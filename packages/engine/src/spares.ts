@@ -98,7 +98,7 @@ export class SpareVms {
         g.ready.splice(0); // the fork owns them now (and their exits)
         const use = vms.slice(0, n);
         for (const v of vms.slice(n)) void v.destroy();
-        out = { ramFile: g.ramFile, vms: use, group: g.group, prefill: g.prefill };
+        out = { ramFile: g.ramFile, vms: use, group: g.group, prefill: handOver(g) };
         this.gen = undefined;
       }
     }
@@ -193,7 +193,7 @@ export class SpareVms {
     for (const v of g.ready.splice(0)) void v.destroy();
     fs.rmSync(g.ramFile, { force: true });
     g.group?.release();
-    void releasePrefill(g.prefill);
+    void releasePrefill(handOver(g));
   }
 
   private armIdle(): void {
@@ -212,9 +212,16 @@ export class SpareVms {
       await Promise.all(g.ready.splice(0).map((v) => v.destroy()));
       fs.rmSync(g.ramFile, { force: true });
       g.group?.release();
-      await releasePrefill(g.prefill);
+      await releasePrefill(handOver(g));
     }
   }
+}
+
+/** The generation's copy ahead, now the caller's to release (once: its fd number may be reused after). */
+function handOver(g: Generation): Promise<PrefilledBase | undefined> | undefined {
+  const p = g.prefill;
+  g.prefill = undefined;
+  return p;
 }
 
 /** Lets go of a prefilled base (its fd pins it in memory). */

@@ -141,3 +141,20 @@ it("destroys a spare that dies while waiting, and drops a generation left withou
   assert.equal(fs.existsSync(file), false, "its file went with it");
   await s.close();
 });
+
+it("closes the copy's fd once when the spares close before its VM exits (the number may belong to another file by then)", async () => {
+  const s = spares();
+  let exit = () => {};
+  const until = new Promise<void>((r) => {
+    exit = r;
+  });
+  s.prime(machine, { copy: copyAhead(), until });
+  await waitFor(() => s.pids.length === 1);
+  await s.close();
+  // Whatever gets the freed number next must survive the VM's exit.
+  const other = fs.openSync(path.join(dir, "other"), "w");
+  exit();
+  await new Promise((r) => setTimeout(r, 50));
+  assert.doesNotThrow(() => fs.fstatSync(other), "another file's fd was closed");
+  fs.closeSync(other);
+});
