@@ -14,7 +14,7 @@ import { MitosError } from "./errors.js";
 import type { RunningSandbox, Sandbox, SandboxInfo, SandboxTable } from "./lifecycle.js";
 import type { Pin } from "./network/ruleset.js";
 import { captureLive, noShmSpace } from "./snapshot.js";
-import { releasePrefill, SpareVms } from "./spares.js";
+import { SpareVms } from "./spares.js";
 import { type MachineSpec, type Snapshot, Vm } from "./vm.js";
 
 export interface ForkOptions {
@@ -168,8 +168,7 @@ export class Forks {
           });
     } finally {
       for (const vm of spare?.vms ?? []) void vm.destroy(); // the fork failed before loading them
-      if (prefilled) fs.closeSync(prefilled.fd);
-      else void releasePrefill(spare?.prefill); // failed before it was awaited
+      if (prefilled) fs.closeSync(prefilled.fd); // this fork owned it (SpareVms.take handed it over)
       // Spares for the next fork start a moment later, not while the children run their first commands;
       // the base the next fork most likely copies goes into their file meanwhile.
       const machine = sourceVm.machine;

@@ -225,7 +225,7 @@ function handOver(g: Generation): Promise<PrefilledBase | undefined> | undefined
 }
 
 /** Lets go of a prefilled base (its fd pins it in memory). */
-export async function releasePrefill(p: Promise<PrefilledBase | undefined> | undefined): Promise<void> {
+async function releasePrefill(p: Promise<PrefilledBase | undefined> | undefined): Promise<void> {
   const got = await p;
   if (got) fs.closeSync(got.fd);
 }
