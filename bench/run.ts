@@ -34,6 +34,8 @@ const engine = await Engine.open({
   dataDir,
   imagesDir,
   poolTargets: { python: 2 },
+  // MITOS_BENCH_PREFILL=0: forks copy their base themselves (the A/B is `npm run bench:prefill`).
+  prefillSpareBase: process.env.MITOS_BENCH_PREFILL !== "0",
   // Density forks 200 children in one request, past the default max_fork_count (64);
   // density with the default caps, 64 per fork, is `npm run bench:scaling`.
   limits: { maxLifetimeSeconds: 7200, maxSandboxes: 400, maxForkCount: 256, maxGuestMemoryMib: 512 * 400 },
