@@ -166,13 +166,11 @@ export class SpareVms {
     // for that, copies its own source's base over the file).
     void until.then(() => {
       if (g.taken || g.prefill !== p) return;
-      g.prefill = p.then(async (got) => {
-        if (!got) return undefined;
-        fs.closeSync(got.fd);
-        // The copy's pages go back too; holes, not a truncation: spares may be starting on the file.
-        await punchHoles(g.ramFile).catch(() => {}); // gone with a dropped generation
-        return undefined;
-      });
+      // The copy's pages go back too; holes, not a truncation: spares may be starting on the file.
+      g.prefill = releasePrefill(p)
+        .then(() => punchHoles(g.ramFile))
+        .catch(() => {}) // the file went with a dropped generation
+        .then(() => undefined);
     });
   }
 

@@ -90,6 +90,18 @@ const waitFor = async (cond: () => boolean) => {
   }
 };
 
+/** Spares primed with a copy ahead and up; `exit` is the exit of the VM the copy came from. */
+async function primedWithCopy(): Promise<{ s: SpareVms; exit: () => void }> {
+  const s = spares();
+  let exit = () => {};
+  const until = new Promise<void>((r) => {
+    exit = r;
+  });
+  s.prime(machine, { copy: copyAhead(), until });
+  await waitFor(() => s.pids.length === 1);
+  return { s, exit };
+}
+
 beforeEach(() => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), "mitos-spares-"));
   events = [];
@@ -112,13 +124,7 @@ it("copies the base into the file before the spares start, and hands it to the f
 });
 
 it("lets the copy go when the VM it came from exits: fd closed, pages punched out, the size kept", async () => {
-  const s = spares();
-  let exit = () => {};
-  const until = new Promise<void>((r) => {
-    exit = r;
-  });
-  s.prime(machine, { copy: copyAhead(), until });
-  await waitFor(() => s.pids.length === 1);
+  const { s, exit } = await primedWithCopy();
   const file = s.ramFile as string;
   assert.ok(fs.statSync(file).blocks > 0);
   exit();
@@ -143,13 +149,7 @@ it("destroys a spare that dies while waiting, and drops a generation left withou
 });
 
 it("closes the copy's fd once when the spares close before its VM exits (the number may belong to another file by then)", async () => {
-  const s = spares();
-  let exit = () => {};
-  const until = new Promise<void>((r) => {
-    exit = r;
-  });
-  s.prime(machine, { copy: copyAhead(), until });
-  await waitFor(() => s.pids.length === 1);
+  const { s, exit } = await primedWithCopy();
   await s.close();
   // Whatever gets the freed number next must survive the VM's exit.
   const other = fs.openSync(path.join(dir, "other"), "w");
