@@ -216,7 +216,9 @@ static void __attribute__((noreturn)) child(const struct spawn *sp)
 		snprintf(what, sizeof what, "chdir %.300s", sp->cwd);
 		child_fail(sp->report_w, what);
 	}
-	environ = sp->envp; /* execvp searches the PATH of the new environment */
+	/* execvp searches the PATH of the new environment. The vfork parent puts
+	 * its own environ back once this child has exec'd or exited. */
+	environ = sp->envp;
 	execvp(sp->argv[0], sp->argv);
 	snprintf(what, sizeof what, "exec %.300s", sp->argv[0]);
 	child_fail(sp->report_w, what);
@@ -367,12 +369,20 @@ void exec_start(uint32_t id, const fields_t *f)
 		sp.cgroup = s->cgroup;
 		sp.cgroup_n = s->cgroup_n;
 	}
+	/* vfork: the child borrows this address space until it execs, so nothing
+	 * is copied or write-protected (fork of the mlocked agent cost a page
+	 * table copy and a copy-on-write fault per page it touched afterwards,
+	 * dear under TCG). The child only makes syscalls and writes its own stack
+	 * frame and `environ` (put back below); the agent has no signal handlers
+	 * (signalfd), so unblocking signals in the child runs none of ours. */
 	stage = "fork";
-	pid_t pid = fork();
-	if (pid < 0)
-		goto fail;
+	char **own_env = environ;
+	pid_t pid = vfork();
 	if (pid == 0)
 		child(&sp);
+	environ = own_env;
+	if (pid < 0)
+		goto fail;
 
 	/* Parent: keep our ends, make them non-blocking for poll(). */
 	close(rep[1]);
