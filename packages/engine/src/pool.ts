@@ -12,6 +12,13 @@ export interface PoolOptions {
   /** Drain to zero after this long without a claim (ms). */
   idleMs: number;
   onError?: (err: Error) => void;
+  /**
+   * How long a claim waits before its refill starts (ms, default 100). Starting
+   * a restore blocks the event loop for ~10–20 ms (QEMU's spawn forks this
+   * process) and its boot takes a core: the claimed sandbox's activation and
+   * its caller's first calls, which follow at once, go first.
+   */
+  refillDelayMs?: number;
 }
 
 export class WarmPool {
@@ -24,6 +31,7 @@ export class WarmPool {
   private failures = 0;
   private readonly inflight = new Set<Promise<void>>();
   private keepWarm = false;
+  private refillTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly opts: PoolOptions) {}
 
@@ -48,8 +56,15 @@ export class WarmPool {
     this.lastClaim = Date.now();
     let vm = this.warm.shift();
     while (vm && !vm.running) vm = this.warm.shift();
-    if (vm) this.claimed++;
-    this.fill();
+    if (!vm) {
+      this.fill();
+      return undefined;
+    }
+    this.claimed++;
+    this.refillTimer ??= setTimeout(() => {
+      this.refillTimer = undefined;
+      this.fill();
+    }, this.opts.refillDelayMs ?? 100);
     return vm;
   }
 
@@ -106,6 +121,7 @@ export class WarmPool {
   async close(): Promise<void> {
     this.closed = true;
     if (this.idleTimer) clearTimeout(this.idleTimer);
+    if (this.refillTimer) clearTimeout(this.refillTimer);
     await Promise.all([...this.inflight]);
     await Promise.all(this.warm.splice(0).map((vm) => vm.destroy()));
   }
