@@ -26,7 +26,7 @@ import { Interpreter, startInterpreter } from "./interpreter.js";
 import { Journal, type TemplateRecord, type TemplateSpec } from "./journal.js";
 import { checkId, type SandboxInfo, SandboxTable } from "./lifecycle.js";
 import { type Limits, type OwnerLimits, resolveLimits, SpendCaps, type Usage } from "./limits.js";
-import { hostTotals, readVmMemory, type VmMemory } from "./metering.js";
+import { hostTotals, MemoryReadings, readVmMemory, type VmMemory } from "./metering.js";
 import { Network } from "./network/network.js";
 import { checkPolicy, DEFAULT_POLICY, type NetworkPolicy } from "./network/policy.js";
 import { WarmPool } from "./pool.js";
@@ -98,6 +98,8 @@ export class Engine {
   private readonly forks: Forks;
   private readonly saved: Checkpoints;
   private readonly pools = new Map<string, WarmPool>();
+  /** Sandbox objects' memory (memory()): each VM's smaps read at most once a second. */
+  private readonly readings = new MemoryReadings<Vm>(vmMemory);
   private readonly lock: DataDirLock;
   private readonly idle: IdleHibernation | undefined;
   private closed = false;
@@ -311,6 +313,8 @@ export class Engine {
     journalUntilExit(this.ctx, vm);
     try {
       await vm.warmUp();
+      // Read while it waits paused (off any caller's path): its claim answers with this reading.
+      this.readings.take(vm);
     } catch (err) {
       await vm.destroy();
       throw err;
@@ -398,6 +402,8 @@ export class Engine {
         await applyNetwork(this.ctx, vm, network);
         // Identity is the sandbox id, not the VM's directory name.
         await vm.activate(id);
+        // A warm VM's reading from its pause stands for now: activation only reseeds and renames the guest.
+        this.readings.carryOver(vm);
         await this.ctx.fault("create:activated", vm);
         return this.table.adopt(placeholder, vm, Date.now() - started);
       } catch (err) {
@@ -594,6 +600,7 @@ export class Engine {
     await this.table.kill(s, "terminated");
   }
 
+  /** As last read: at most a second old (MemoryReadings); metering() reads now. */
   memory(id: string): VmMemory {
     const s = this.table.lookup(id);
     // Hibernated: no VM (its old pid may belong to another process by now).
@@ -607,7 +614,7 @@ export class Engine {
         baseAllocatedBytes: 0,
       };
     }
-    return vmMemory(s.vm);
+    return this.readings.get(s.vm);
   }
 
   metering(): {

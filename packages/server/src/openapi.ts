@@ -50,7 +50,12 @@ const sandbox = {
     deadline_unix: int,
     fork_time_ms: int,
     accel: { type: "string", enum: ["kvm", "tcg"] },
-    memory: { type: "object", properties: { private_bytes: int, shared_bytes: int } },
+    memory: {
+      type: "object",
+      description:
+        "As last read from its QEMU (at most 1 s old; a create answers with its warm VM's reading). GET /v1/metering reads now.",
+      properties: { private_bytes: int, shared_bytes: int },
+    },
     hibernated: { type: "boolean", description: "paused with its RAM freed (POST /v1/pause {hibernate: true})" },
     network: { ...network, type: ["object", "null"], description: "its network policy; null: no network device" },
     domain: { type: "string", description: "guest port N is served at host N-<id>.<domain> (docs/ports.md)" },
