@@ -13,6 +13,7 @@
 
 import fs from "node:fs";
 import path from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import { defaultDataDir, Engine } from "../packages/engine/src/index.js";
 import { type Sandbox, SandboxServer } from "../packages/sdk/src/index.js";
 import { removeDataDir, tempDataDir } from "../test-support/data-dir.js";
@@ -21,7 +22,11 @@ import { runtimeClient } from "../test-support/runtime-client.js";
 import { progressLogger, record, seriesList } from "./record.js";
 
 const quick = process.argv.includes("--quick");
+/** Only the time-to-interactive rows (HTTP and engine), for A/Bs of the claim path. */
+const ttiOnly = process.argv.includes("--tti");
 const TTI_N = quick ? 3 : 20;
+/** Between two timed creates: the warm pool (2 VMs) is full again, as when a user creates now and then. */
+const TTI_GAP_MS = 1500;
 const EXEC_N = quick ? 10 : 100;
 const PER_CLIENT = quick ? 2 : 10;
 const FORK_REPS = quick ? 1 : 5;
@@ -64,7 +69,23 @@ try {
   progress("time to interactive");
   const ttiSdk = add("TTI, TS SDK: create → first exec returned", "ms");
   const ttiRaw = add("TTI, raw HTTP: POST /v1/sandboxes → first ExecStream returned", "ms");
+  const ttiBurst = add("TTI, raw HTTP, back to back (the pool of 2 refilling meanwhile)", "ms");
+  const rawTti = async (): Promise<number> => {
+    let id = "";
+    const ms = await timed(async () => {
+      const r = await fetch(`${daemon.url}/v1/sandboxes`, {
+        method: "POST",
+        headers: auth,
+        body: JSON.stringify({ template: "python" }),
+      });
+      id = ((await r.json()) as { id: string }).id;
+      check((await rawExec(id, "true")) === 0, "raw exec");
+    });
+    await fetch(`${daemon.url}/v1/sandboxes/${id}`, { method: "DELETE", headers: auth });
+    return ms;
+  };
   for (let i = 0; i < TTI_N; i++) {
+    await sleep(TTI_GAP_MS);
     let sb: Sandbox | undefined;
     ttiSdk.values.push(
       await timed(async () => {
@@ -73,21 +94,20 @@ try {
       }),
     );
     await sb?.terminate();
-    let id = "";
-    ttiRaw.values.push(
-      await timed(async () => {
-        const r = await fetch(`${daemon.url}/v1/sandboxes`, {
-          method: "POST",
-          headers: auth,
-          body: JSON.stringify({ template: "python" }),
-        });
-        id = ((await r.json()) as { id: string }).id;
-        check((await rawExec(id, "true")) === 0, "raw exec");
-      }),
-    );
-    await fetch(`${daemon.url}/v1/sandboxes/${id}`, { method: "DELETE", headers: auth });
+    await sleep(TTI_GAP_MS);
+    ttiRaw.values.push(await rawTti());
   }
+  await sleep(TTI_GAP_MS);
+  for (let i = 0; i < TTI_N; i++) ttiBurst.values.push(await rawTti());
 
+  if (!ttiOnly) await apiRest();
+} finally {
+  await daemon.stop();
+  removeDataDir(dataDir);
+}
+
+/** Exec round trips, PTY echo and fork(n) through mitosd. */
+async function apiRest(): Promise<void> {
   progress("exec round trips");
   const sb = await server.fork("python");
   for (let i = 0; i < 5; i++) await sb.exec("true");
@@ -156,13 +176,10 @@ try {
         }),
       );
       await Promise.all(children.map((c) => c.terminate()));
-      await new Promise((res) => setTimeout(res, 1500)); // spares for the next fork
+      await sleep(1500); // spares for the next fork
     }
   }
   await sb.terminate();
-} finally {
-  await daemon.stop();
-  removeDataDir(dataDir);
 }
 
 progress("engine baseline (no HTTP)");
@@ -184,17 +201,30 @@ try {
   await run(first.id);
   await engine.terminate(first.id);
   const tti = add("baseline: TTI, engine in-process: create → first exec returned", "ms");
-  for (let i = 0; i < TTI_N; i++) {
+  const burst = add("baseline: TTI, engine in-process, back to back", "ms");
+  const engineTti = async (): Promise<number> => {
     let id = "";
-    tti.values.push(
-      await timed(async () => {
-        id = (await engine.create("python")).id;
-        await run(id);
-      }),
-    );
+    const ms = await timed(async () => {
+      id = (await engine.create("python")).id;
+      await run(id);
+    });
     await engine.terminate(id);
-    await new Promise((res) => setTimeout(res, 300)); // the pool refills, as it does between API calls
+    return ms;
+  };
+  for (let i = 0; i < TTI_N; i++) {
+    await sleep(TTI_GAP_MS);
+    tti.values.push(await engineTti());
   }
+  await sleep(TTI_GAP_MS);
+  for (let i = 0; i < TTI_N; i++) burst.values.push(await engineTti());
+  if (!ttiOnly) await engineRest(engine, run);
+} finally {
+  await engine.close({ killSandboxes: true });
+  removeDataDir(engineDir, shmDir);
+}
+
+/** Exec round trips and fork(n) on the in-process engine. */
+async function engineRest(engine: Engine, run: (id: string) => Promise<void>): Promise<void> {
   const sb = await engine.create("python");
   for (let i = 0; i < 5; i++) await run(sb.id);
   const ex = add("baseline: exec `true`, engine in-process, sequential", "ms");
@@ -210,19 +240,26 @@ try {
         }),
       );
       for (const id of ids) await engine.terminate(id);
-      await new Promise((res) => setTimeout(res, 1500));
+      await sleep(1500);
     }
   }
-} finally {
-  await engine.close({ killSandboxes: true });
-  removeDataDir(engineDir, shmDir);
 }
 
-record("api", { quick, accel, command: `npm run bench:api${quick ? " -- --quick" : ""}`, p99: true }, series, [
-  "mitosd with its default config (python warm pool, default caps), on this host; clients in one Node process.",
-  "TTI: one sandbox at a time, each terminated before the next (the warm pool refills in between as it can).",
-  "Concurrent rows: every client has its own SDK instance (own connections) and runs its calls one after another on one shared sandbox.",
-  "PTY: `sh` in a terminal; one character written per sample, timed until the terminal echoes it.",
-  "fork(n): the parent is a python sandbox that ran a few execs; 1.5 s between forks so spare QEMUs are ready, as in the engine fork bench.",
-  "Baselines: the same operations on an in-process engine (no HTTP, no SDK) in the same run, after mitosd stopped.",
-]);
+record(
+  ttiOnly ? "api-tti" : "api",
+  {
+    quick,
+    accel,
+    command: `npm run bench:api${quick || ttiOnly ? " --" : ""}${quick ? " --quick" : ""}${ttiOnly ? " --tti" : ""}`,
+    p99: true,
+  },
+  series,
+  [
+    "mitosd with its default config (python warm pool, default caps), on this host; clients in one Node process.",
+    `TTI: one sandbox at a time, each terminated before the next; ${TTI_GAP_MS} ms before each timed create (the warm pool of 2 is full again), then back to back (the pool refilling as it can).`,
+    "Concurrent rows: every client has its own SDK instance (own connections) and runs its calls one after another on one shared sandbox.",
+    "PTY: `sh` in a terminal; one character written per sample, timed until the terminal echoes it.",
+    "fork(n): the parent is a python sandbox that ran a few execs; 1.5 s between forks so spare QEMUs are ready, as in the engine fork bench.",
+    "Baselines: the same operations on an in-process engine (no HTTP, no SDK) in the same run, after mitosd stopped.",
+  ],
+);
