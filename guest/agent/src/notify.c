@@ -55,8 +55,9 @@ static int reseed(const uint8_t *p, uint32_t n, const char **what)
 	return rc;
 }
 
-/* SIGUSR2 every registered pid; forget the dead ones. */
-static int notify_registered(void)
+/* Sends sig to every registered pid (0: only checks it is alive); forgets
+ * the dead ones. Returns how many it reached. */
+static int signal_registered(int sig)
 {
 	DIR *d = opendir(NOTIFY_DIR);
 	if (!d)
@@ -70,7 +71,7 @@ static int notify_registered(void)
 		long pid = strtol(e->d_name, &end, 10);
 		if (*end || pid <= 1)
 			continue;
-		if (kill((pid_t)pid, SIGUSR2) == 0)
+		if (kill((pid_t)pid, sig) == 0)
 			count++;
 		else if (errno == ESRCH)
 			unlinkat(dirfd(d), e->d_name, 0);
@@ -230,8 +231,12 @@ int fork_notify(uint32_t id, const fields_t *f, int vm_mode)
 	uint8_t buf[64];
 	fbuf_t b = { .p = buf, .cap = sizeof buf };
 	fb_int(&b, F_RESEEDED, 1);
-	fb_int(&b, F_NOTIFIED, notify_registered());
+	fb_int(&b, F_NOTIFIED, signal_registered(0));
 	fb_int(&b, F_CLOCK_STEP_NS, step);
 	send_ok(id, &b);
+	/* Signalled after the answer: a woken process (the python template's
+	 * kernel) preempts the agent on a one-vCPU guest, and the answer would
+	 * wait for its handler. Frames that follow are read only after this. */
+	signal_registered(SIGUSR2);
 	return 0;
 }
