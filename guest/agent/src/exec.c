@@ -101,22 +101,63 @@ static void kill_group(stream_t *s)
 		kill(-s->pid, SIGKILL);
 }
 
-/* 1 while the command's cgroup still holds a live task. */
-static int cgroup_populated(stream_t *s)
+/* cgroup exec-<cg>: 1 while it holds a live task, 0 when empty, -1 when it
+ * cannot be read (gone). */
+static int cgroup_n_state(uint64_t cg)
 {
-	if (!s->cgroup)
-		return 0;
 	char p[128], buf[256];
-	cgroup_path(s->cgroup_n, "cgroup.events", p, sizeof p);
+	cgroup_path(cg, "cgroup.events", p, sizeof p);
 	int fd = open(p, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
-		return 0;
+		return -1;
 	ssize_t n = read(fd, buf, sizeof buf - 1);
 	close(fd);
 	if (n <= 0)
-		return 0;
+		return -1;
 	buf[n] = 0;
 	return strstr(buf, "populated 1") != NULL;
+}
+
+/* 1 while the command's cgroup still holds a live task. */
+static int cgroup_populated(stream_t *s)
+{
+	return s->cgroup && cgroup_n_state(s->cgroup_n) == 1;
+}
+
+/* Empty exec cgroups kept for the next commands: making one (its kernfs
+ * files, pids and cpu state) and removing it again costs more under TCG than
+ * checking that it is empty. Only empty ones are kept, so a command never
+ * shares a cgroup with a process another left behind. */
+#define CGROUP_SPARES 4
+static uint64_t cgroup_spare[CGROUP_SPARES];
+static int cgroup_spares;
+
+/* A cgroup for a new command: a spare, or exec-<next>. 1 and *n set, or 0. */
+static int cgroup_acquire(uint64_t *n)
+{
+	char p[128];
+	if (cgroup_spares > 0) {
+		*n = cgroup_spare[--cgroup_spares];
+		cgroup_path(*n, NULL, p, sizeof p);
+	} else {
+		*n = ++cgroup_seq;
+		cgroup_path(*n, NULL, p, sizeof p);
+		if (mkdir(p, 0755) < 0)
+			return 0;
+	}
+	limits_exec(p);
+	return 1;
+}
+
+static void cgroup_release(uint64_t n)
+{
+	if (cgroup_spares < CGROUP_SPARES && cgroup_n_state(n) == 0) {
+		cgroup_spare[cgroup_spares++] = n;
+		return;
+	}
+	char p[128];
+	cgroup_path(n, NULL, p, sizeof p);
+	rmdir(p); /* EBUSY while background processes live: fine */
 }
 
 static void close_fd(int *fd)
@@ -132,11 +173,9 @@ static void release(stream_t *s)
 	close_fd(&s->err_fd);
 	close_fd(&s->in_fd);
 	close_fd(&s->pty_fd);
-	if (s->cgroup) {
-		char p[128];
-		cgroup_path(s->cgroup_n, NULL, p, sizeof p);
-		rmdir(p); /* EBUSY while background processes live: fine */
-	}
+	if (s->cgroup)
+		cgroup_release(s->cgroup_n);
+	s->cgroup = 0;
 	s->dead = 1;
 }
 
@@ -360,12 +399,7 @@ void exec_start(uint32_t id, const fields_t *f)
 		}
 	}
 	if (use_cgroups) {
-		char p[128];
-		s->cgroup_n = ++cgroup_seq;
-		cgroup_path(s->cgroup_n, NULL, p, sizeof p);
-		s->cgroup = mkdir(p, 0755) == 0;
-		if (s->cgroup)
-			limits_exec(p);
+		s->cgroup = cgroup_acquire(&s->cgroup_n);
 		sp.cgroup = s->cgroup;
 		sp.cgroup_n = s->cgroup_n;
 	}
