@@ -132,19 +132,19 @@ static int cgroup_populated(stream_t *s)
 static uint64_t cgroup_spare[CGROUP_SPARES];
 static int cgroup_spares;
 
-/* A cgroup for a new command: a spare, or exec-<next>. 1 and *n set, or 0. */
+/* A cgroup for a new command: a spare (its limits were set when it was made:
+ * they are fixed at boot), or a new exec-<next>. 1 and *n set, or 0. */
 static int cgroup_acquire(uint64_t *n)
 {
-	char p[128];
 	if (cgroup_spares > 0) {
 		*n = cgroup_spare[--cgroup_spares];
-		cgroup_path(*n, NULL, p, sizeof p);
-	} else {
-		*n = ++cgroup_seq;
-		cgroup_path(*n, NULL, p, sizeof p);
-		if (mkdir(p, 0755) < 0)
-			return 0;
+		return 1;
 	}
+	char p[128];
+	*n = ++cgroup_seq;
+	cgroup_path(*n, NULL, p, sizeof p);
+	if (mkdir(p, 0755) < 0)
+		return 0;
 	limits_exec(p);
 	return 1;
 }

@@ -78,6 +78,26 @@ describe("a booted python VM", () => {
     assert.deepEqual(left, []);
   });
 
+  it("reuses an empty exec cgroup with its limits, never one a command's leftover process holds", async () => {
+    const where = async (command: string) => {
+      const r = await vm.agent.exec({ command }).result;
+      assert.equal(r.exitCode, 0, r.stderr.toString());
+      return r.stdout.toString().trim().split("\n");
+    };
+    const show = "g=$(cut -d: -f3 /proc/self/cgroup); echo $g; cat /sys/fs/cgroup$g/pids.max";
+    const [first, limit] = await where(show);
+    assert.match(first ?? "", /^\/mitos\/exec-\d+$/);
+    assert.match(limit ?? "", /^\d+$/, "a per-exec pids limit is set");
+    assert.deepEqual(await where(show), [first, limit], "the next command gets the emptied cgroup, limits intact");
+    const [held] = await where(`sleep 60 >/dev/null 2>&1 & ${show}`);
+    try {
+      const [next] = await where(show);
+      assert.notEqual(next, held, "the cgroup the background sleep still holds is not handed out");
+    } finally {
+      await where("pkill -x sleep; true");
+    }
+  });
+
   it("feeds stdin to the command", async () => {
     const h = vm.agent.exec({ command: "tr a-z A-Z", stdin: true });
     await h.write("hello stdin\n");

@@ -35,7 +35,7 @@ import { registerRuntime } from "./runtime.js";
 import { SandboxTokens } from "./sandbox-tokens.js";
 
 /** A Connect or gRPC call: /package.Service/Method. */
-const RPC_PATH = /^\/[\w]+(\.[\w]+)+\/\w+(\?|$)/;
+const RPC_PATH = /^\/\w+(\.\w+)+\/\w+(\?|$)/;
 export const VERSION = "0.1.0";
 /** How long close() lets open streams finish before it cuts their connections. */
 const CLOSE_GRACE_MS = 2000;
