@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import type { JournalData } from "../packages/engine/src/journal.js";
+import { type JournalData, readJournal as readJournalFiles } from "../packages/engine/src/journal.js";
 import { qemuPidsOf } from "../packages/engine/src/qemu/processes.js";
 import { processStartTime } from "../packages/engine/src/vm.js";
 
@@ -15,9 +15,10 @@ export interface Owned {
   shmDir: string;
 }
 
-function readJournal(dataDir: string): JournalData {
+/** What the journal of a data dir records now (empty when there is none). */
+export function readJournal(dataDir: string): JournalData {
   try {
-    return JSON.parse(fs.readFileSync(path.join(dataDir, "journal.json"), "utf8")) as JournalData;
+    return readJournalFiles(dataDir).data;
   } catch {
     return { version: 1, templates: {}, vms: {} };
   }

@@ -679,6 +679,7 @@ export class Engine {
     // Layers and network slots of sandboxes left running stay for the next run.
     this.ctx.disks.close();
     await this.ctx.network.close();
+    this.ctx.journal.close();
     this.lock.release();
   }
 

@@ -1,9 +1,19 @@
 // The engine's on-disk record of what it owns: templates (with their base
 // files), every VM it started (pid, runtime dir, RAM files, who it runs as)
-// and every sandbox (its VM, deadline, env). Written atomically (temp file +
-// rename) after every change, so a crash leaves either the old or the new
-// record, never half of one. On start the engine reads it to re-adopt the
-// VMs a previous run left running and to reap the rest (recovery.ts).
+// and every sandbox (its VM, deadline, env). On start the engine reads it to
+// re-adopt the VMs a previous run left running and to reap the rest
+// (recovery.ts).
+//
+// Two files (docs/restarts.md "The journal"): journal.json, a snapshot
+// written atomically (temp file + fsync + rename), and journal.log, the
+// changes since, one JSON line per change (a batch is one line), appended
+// and fdatasynced before the change returns. A change costs the same
+// whatever the number of sandboxes; the snapshot is rewritten (and the log
+// emptied) once the log outgrows it, at open and at close. Each line sets
+// or deletes whole records, so replaying it twice changes nothing: a crash
+// between a snapshot's rename and the log's truncation loses nothing, and a
+// crash mid-append leaves a torn last line, dropped on read (its change was
+// never acknowledged).
 
 import fs from "node:fs";
 import path from "node:path";
@@ -117,28 +127,109 @@ export interface JournalData {
   sandboxes?: Record<string, SandboxRecord>;
 }
 
+type Table = "templates" | "vms" | "recipes" | "sandboxes";
+/** A set (the record) or a delete (no record) of one key; a log line is the changes of one flush. */
+type Change = [Table, string, unknown?];
+
+const SNAPSHOT = "journal.json";
+const LOG = "journal.log";
+/** The log is folded into the snapshot once it is larger than the snapshot and this. */
+const COMPACT_MIN_BYTES = 64 << 10;
+
+const empty = (): JournalData => ({ version: 1, templates: {}, vms: {} });
+
+function apply(data: JournalData, [table, key, value]: Change): void {
+  const t = (data[table] ?? {}) as Record<string, unknown>;
+  if (value === undefined) delete t[key];
+  else t[key] = value;
+  (data as unknown as Record<Table, Record<string, unknown>>)[table] = t;
+}
+
+/** What a journal's files hold; `damaged` names a file that could not be read whole. */
+export interface JournalRead {
+  data: JournalData;
+  damaged?: "snapshot" | "log";
+}
+
+/**
+ * Snapshot plus log, as the last acknowledged change left them. Read-only:
+ * for tools and tests beside a running daemon (a compaction between the two
+ * reads can make it one change stale; read with the daemon stopped for an
+ * exact answer).
+ */
+export function readJournal(dataDir: string): JournalRead {
+  const text = (name: string): string | undefined => {
+    try {
+      return fs.readFileSync(path.join(dataDir, name), "utf8");
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+      throw err;
+    }
+  };
+  let data = empty();
+  const snapshot = text(SNAPSHOT);
+  if (snapshot !== undefined) {
+    try {
+      const parsed = JSON.parse(snapshot) as JournalData;
+      if (parsed.version !== 1 || !parsed.templates || !parsed.vms) throw new Error("not a version 1 journal");
+      data = parsed;
+    } catch {
+      // A snapshot that cannot be trusted makes its log meaningless too.
+      return { data, damaged: "snapshot" };
+    }
+  }
+  const lines = (text(LOG) ?? "").split("\n");
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i] as string;
+    if (line === "") continue;
+    let changes: Change[];
+    try {
+      changes = JSON.parse(line) as Change[];
+      if (!Array.isArray(changes)) throw new Error("not a list of changes");
+    } catch {
+      // A torn last line is a change never acknowledged; anything earlier is damage: stop there.
+      const last = lines.slice(i + 1).every((l) => l === "");
+      return last ? { data } : { data, damaged: "log" };
+    }
+    for (const c of changes) apply(data, c);
+  }
+  return { data };
+}
+
 export class Journal {
   private data: JournalData;
   private readonly file: string;
+  private readonly logFile: string;
+  private logFd: number;
+  private logBytes = 0;
+  private snapshotBytes = 0;
+  /** Changes not yet in the log (inside batch()), as JSON. */
+  private pending: string[] = [];
   /** Inside batch(): changes are flushed once at its end. */
   private batching = 0;
 
   constructor(dataDir: string) {
-    this.file = path.join(dataDir, "journal.json");
-    this.data = Journal.read(this.file);
+    this.file = path.join(dataDir, SNAPSHOT);
+    this.logFile = path.join(dataDir, LOG);
+    const { data, damaged } = readJournal(dataDir);
+    // What could not be trusted is kept for inspection; the snapshot below replaces it.
+    if (damaged === "snapshot") fs.renameSync(this.file, `${this.file}.corrupt-${Date.now()}`);
+    if (damaged && fs.existsSync(this.logFile)) fs.copyFileSync(this.logFile, `${this.logFile}.corrupt-${Date.now()}`);
+    this.data = data;
+    this.logFd = fs.openSync(this.logFile, "a", 0o600);
+    // Every run starts from a snapshot of what it read and an empty log.
+    this.compact();
   }
 
-  private static read(file: string): JournalData {
-    try {
-      const parsed = JSON.parse(fs.readFileSync(file, "utf8")) as JournalData;
-      if (parsed.version === 1 && parsed.templates && parsed.vms) return parsed;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== "ENOENT") {
-        // A corrupt journal cannot be trusted; keep it for inspection.
-        fs.renameSync(file, `${file}.corrupt-${Date.now()}`);
-      }
-    }
-    return { version: 1, templates: {}, vms: {} };
+  /**
+   * Folds the log into the snapshot and closes it, so a stopped daemon leaves
+   * one file. A change after this (a VM that exits late) opens the log again.
+   */
+  close(): void {
+    if (this.logFd < 0) return;
+    this.compact();
+    fs.closeSync(this.logFd);
+    this.logFd = -1;
   }
 
   get templates(): Readonly<Record<string, TemplateRecord>> {
@@ -150,8 +241,8 @@ export class Journal {
   }
 
   putTemplate(t: TemplateRecord): void {
-    this.data.templates[t.id] = t;
-    if (this.data.recipes) delete this.data.recipes[t.id];
+    this.change("templates", t.id, t);
+    if (this.data.recipes && t.id in this.data.recipes) this.change("recipes", t.id);
     this.flush();
   }
 
@@ -160,18 +251,19 @@ export class Journal {
   }
 
   putRecipe(id: string, spec: TemplateSpec, owner?: string): void {
-    this.data.recipes = { ...this.data.recipes, [id]: { ...spec, ...(owner !== undefined ? { owner } : {}) } };
+    this.change("recipes", id, { ...spec, ...(owner !== undefined ? { owner } : {}) });
     this.flush();
   }
 
   deleteRecipe(id: string): void {
     if (!this.data.recipes || !(id in this.data.recipes)) return;
-    delete this.data.recipes[id];
+    this.change("recipes", id);
     this.flush();
   }
 
   deleteTemplate(id: string): void {
-    delete this.data.templates[id];
+    if (!(id in this.data.templates)) return;
+    this.change("templates", id);
     this.flush();
   }
 
@@ -180,13 +272,13 @@ export class Journal {
   }
 
   putSandbox(s: SandboxRecord): void {
-    this.data.sandboxes = { ...this.data.sandboxes, [s.id]: s };
+    this.change("sandboxes", s.id, s);
     this.flush();
   }
 
   deleteSandbox(id: string): void {
     if (!this.data.sandboxes || !(id in this.data.sandboxes)) return;
-    delete this.data.sandboxes[id];
+    this.change("sandboxes", id);
     this.flush();
   }
 
@@ -216,26 +308,51 @@ export class Journal {
   }
 
   putVm(v: VmRecord): void {
-    this.data.vms[v.vmId] = v;
+    this.change("vms", v.vmId, v);
     this.flush();
   }
 
   deleteVm(vmId: string): void {
     if (!(vmId in this.data.vms)) return;
-    delete this.data.vms[vmId];
+    this.change("vms", vmId);
     this.flush();
   }
 
+  /** Applies a change in memory and queues it for the log (the value as it is now). */
+  private change(table: Table, key: string, value?: unknown): void {
+    const c: Change = value === undefined ? [table, key] : [table, key, value];
+    apply(this.data, c);
+    this.pending.push(JSON.stringify(c));
+  }
+
+  /** Appends the queued changes as one line (all or nothing) and syncs it; compacts a log grown past the snapshot. */
   private flush(): void {
-    if (this.batching > 0) return;
+    if (this.batching > 0 || this.pending.length === 0) return;
+    if (this.logFd < 0) this.logFd = fs.openSync(this.logFile, "a", 0o600);
+    const line = `[${this.pending.join(",")}]\n`;
+    this.pending = [];
+    fs.writeSync(this.logFd, line);
+    fs.fdatasyncSync(this.logFd);
+    this.logBytes += Buffer.byteLength(line);
+    if (this.logBytes > Math.max(COMPACT_MIN_BYTES, this.snapshotBytes)) this.compact();
+  }
+
+  /** Writes the whole state as the new snapshot, then empties the log. */
+  private compact(): void {
+    const text = JSON.stringify(this.data, null, 1);
     const tmp = `${this.file}.tmp-${process.pid}`;
     const fd = fs.openSync(tmp, "w", 0o600);
     try {
-      fs.writeSync(fd, JSON.stringify(this.data, null, 1));
+      fs.writeSync(fd, text);
       fs.fsyncSync(fd);
     } finally {
       fs.closeSync(fd);
     }
     fs.renameSync(tmp, this.file);
+    // Replaying the old log over the new snapshot would change nothing, so a crash here is harmless.
+    fs.ftruncateSync(this.logFd, 0);
+    fs.fsyncSync(this.logFd);
+    this.logBytes = 0;
+    this.snapshotBytes = Buffer.byteLength(text);
   }
 }

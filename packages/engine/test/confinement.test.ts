@@ -141,6 +141,7 @@ describe("QEMU confinement", { skip: isRoot ? false : "needs root" }, () => {
     assert.equal(mode(st(shmDir)), "711");
     for (const d of ["templates", "bases"]) assert.equal(mode(st(path.join(dataDir, d))), "700");
     assert.equal(mode(st(path.join(dataDir, "journal.json"))), "600");
+    assert.equal(mode(st(path.join(dataDir, "journal.log"))), "600");
     assert.equal(mode(st(path.join(dataDir, "templates", "python.state"))), "600");
     for (const s of [a, b, child]) {
       const { uid } = ids(s.pid);
@@ -219,6 +220,7 @@ describe("QEMU confinement", { skip: isRoot ? false : "needs root" }, () => {
       ["list the VM dirs", "ls", [path.join(dataDir, "vms")]],
       ["list the RAM dir", "ls", [shmDir]],
       ["read the journal", "cat", [path.join(dataDir, "journal.json")]],
+      ["read the journal's log", "cat", [path.join(dataDir, "journal.log")]],
       ["read the template state", "cat", [path.join(dataDir, "templates", "python.state")]],
     ] as const) {
       assert.equal(spawnSync(cmd, [...args], { stdio: "ignore" }).status, 0, `control: root could not ${what}`);

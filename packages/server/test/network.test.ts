@@ -4,15 +4,13 @@
 // does answer, so a test cannot pass because nothing was listening.
 
 import assert from "node:assert/strict";
-import fs from "node:fs";
 import net from "node:net";
 import os from "node:os";
-import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { shmDirFor } from "@mitos/engine";
 import { type Sandbox, SandboxServer } from "@mitos/sdk";
 import { removeDataDir, tempDataDir } from "../../../test-support/data-dir.js";
-import { assertNoLeaks, networkLeaks, qemuPidsOf } from "../../../test-support/leaks.js";
+import { assertNoLeaks, networkLeaks, qemuPidsOf, readJournal } from "../../../test-support/leaks.js";
 import { type Daemon, startMitosd } from "../../../test-support/mitosd.js";
 import { until } from "../../../test-support/until.js";
 import { startWorld, type World } from "../../../test-support/world.js";
@@ -292,9 +290,7 @@ describe("restarts and deaths", () => {
     const mine = claims().length;
     assert.ok(mine >= 1);
     // Kill the sandbox's QEMU from outside (the journal names its pid).
-    const journal = JSON.parse(fs.readFileSync(path.join(dataDir, "journal.json"), "utf8")) as {
-      vms: Record<string, { pid: number; sandboxId?: string }>;
-    };
+    const journal = readJournal(dataDir);
     const pid = Object.values(journal.vms).find((v) => v.sandboxId === sb.id)?.pid;
     assert.ok(pid && qemuPidsOf(dataDir).includes(pid));
     process.kill(pid, "SIGKILL");
