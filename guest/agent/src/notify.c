@@ -199,6 +199,17 @@ int fork_notify(uint32_t id, const fields_t *f, int vm_mode)
 		send_error(id, EINVAL, "fork-notify: ENTROPY must be 16..512 bytes");
 		return -1;
 	}
+	/* SIGNAL 0: the host renames a VM whose registered processes were
+	 * signalled since its memory was last copied (a warm VM's claim), and
+	 * waking them again would only hold up the first command. */
+	int sig = SIGUSR2;
+	if (f->have[F_SIGNAL]) {
+		if (f->ival[F_SIGNAL] != 0 && f->ival[F_SIGNAL] != SIGUSR2) {
+			send_error(id, EINVAL, "fork-notify: SIGNAL must be 0 or %d", SIGUSR2);
+			return -1;
+		}
+		sig = (int)f->ival[F_SIGNAL];
+	}
 	const char *what;
 	int rc = reseed(f->bval, f->blen, &what);
 	if (rc) {
@@ -231,12 +242,13 @@ int fork_notify(uint32_t id, const fields_t *f, int vm_mode)
 	uint8_t buf[64];
 	fbuf_t b = { .p = buf, .cap = sizeof buf };
 	fb_int(&b, F_RESEEDED, 1);
-	fb_int(&b, F_NOTIFIED, signal_registered(0));
+	fb_int(&b, F_NOTIFIED, sig ? signal_registered(0) : 0);
 	fb_int(&b, F_CLOCK_STEP_NS, step);
 	send_ok(id, &b);
 	/* Signalled after the answer: a woken process (the python template's
 	 * kernel) preempts the agent on a one-vCPU guest, and the answer would
 	 * wait for its handler. Frames that follow are read only after this. */
-	signal_registered(SIGUSR2);
+	if (sig)
+		signal_registered(sig);
 	return 0;
 }

@@ -310,6 +310,9 @@ export class Vm {
     return this.disk;
   }
 
+  /** Its registered processes had the fork notice's signal since its memory was last copied (activate). */
+  private signalledSinceRestore = false;
+
   /** QEMU's run state when it was re-adopted (e.g. "running", "paused", "postmigrate"). */
   statusAtAttach: string | undefined;
 
@@ -320,6 +323,7 @@ export class Vm {
 
   /** The second half: loads the device state (and, unless `paused`, activates the guest). */
   async load(s: Snapshot, opts: { paused?: boolean; sandboxId?: string; timeoutMs?: number } = {}): Promise<void> {
+    this.signalledSinceRestore = false;
     await this.startup(opts.timeoutMs ?? 60_000, async (deadline) => {
       await loadState(this.qmp, this.paths.migrationSocket, s.stateFile, s.ignoreShared, deadline);
       if (!opts.paused) await this.activate(opts.sandboxId ?? this.id, deadline);
@@ -340,7 +344,11 @@ export class Vm {
   async activate(sandboxId: string, timeoutMs = 30_000): Promise<void> {
     await this.qmp.execute("cont");
     if (!this.agent || this.agent.closed) await this.connectAgent(timeoutMs);
-    await this.agent.notifyRestored({ sandboxId, hostname: sandboxId }, timeoutMs);
+    // Registered processes (the python template's kernel) reseed on the first notice after the
+    // memory was copied; a later one (a warm VM's claim) only renames the guest, and waking them
+    // again would cost the first command ~10 ms of a one-vCPU guest under TCG.
+    await this.agent.notifyRestored({ sandboxId, hostname: sandboxId, signal: !this.signalledSinceRestore }, timeoutMs);
+    this.signalledSinceRestore = true;
   }
 
   /**

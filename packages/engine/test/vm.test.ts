@@ -250,6 +250,26 @@ describe("a booted python VM", () => {
     assert.notEqual(afterUuid.toString(), before.toString());
   });
 
+  it("activate signals registered processes once per copy of the memory; a second notice (a warm VM's claim) only renames", async () => {
+    // The process registered by the test above is still alive and registered.
+    const usr2 = async () => (await vm.agent.exec({ command: "cat /tmp/usr2 2>/dev/null" }).result).stdout.toString();
+    await vm.agent.exec({ command: "rm -f /tmp/usr2" }).result;
+    await vm.activate("sb-warm0001");
+    await waitFor(async () => (await usr2()) === "got-usr2\n", 5000);
+    await vm.agent.exec({ command: "rm -f /tmp/usr2" }).result;
+    const bootBefore = (await vm.agent.hello()).bootId;
+    await vm.activate("sb-claim001");
+    const names = await vm.agent.exec({ command: "hostname; cat /run/mitos/sandbox-id" }).result;
+    assert.deepEqual(names.stdout.toString().trim().split("\n"), ["sb-claim001", "sb-claim001"]);
+    assert.notEqual((await vm.agent.hello()).bootId, bootBefore, "a claim still gives a boot id of its own");
+    await new Promise((r) => setTimeout(r, 1000));
+    assert.equal(await usr2(), "", "no SIGUSR2 on the second notice");
+    // SIGNAL 0 is the host's choice, per notice: the next plain notice signals again.
+    const r = await vm.agent.forkNotify({ sandboxId: "sb-claim001", hostname: "sb-claim001" });
+    assert.ok(r.notified >= 1);
+    await waitFor(async () => (await usr2()) === "got-usr2\n", 5000);
+  });
+
   it("caches the image build: a second build reuses the files in under 2 s", async () => {
     const steps: string[] = [];
     const started = Date.now();

@@ -118,6 +118,13 @@ export interface OpenPortOptions {
   allowHalfOpen?: boolean;
 }
 
+/** Who a restored guest now is; `signal: false` leaves its registered processes unsignalled (docs/agent-protocol.md). */
+export interface NoticeIdentity {
+  sandboxId: string;
+  hostname: string;
+  signal?: boolean;
+}
+
 export interface ForkNotifyResult {
   reseeded: boolean;
   notified: number;
@@ -268,7 +275,7 @@ export class AgentClient {
    * pool), retried like waitReady: it is also the first sign of life, so a
    * separate HELLO would only add a round trip through a cold guest.
    */
-  notifyRestored(identity: { sandboxId: string; hostname: string }, deadlineMs: number): Promise<ForkNotifyResult> {
+  notifyRestored(identity: NoticeIdentity, deadlineMs: number): Promise<ForkNotifyResult> {
     return this.untilAnswered(deadlineMs, (tryMs) => this.forkNotify(identity, tryMs));
   }
 
@@ -596,13 +603,14 @@ export class AgentClient {
    * Tells a freshly restored guest it is a new machine: fresh entropy, the
    * host's clock, its own identity. Fails closed if the reseed is not confirmed.
    */
-  async forkNotify(identity: { sandboxId: string; hostname: string }, timeoutMs?: number): Promise<ForkNotifyResult> {
+  async forkNotify(identity: NoticeIdentity, timeoutMs?: number): Promise<ForkNotifyResult> {
     const nowNs = BigInt(Date.now()) * 1_000_000n;
     const w = new FieldWriter()
       .bytes(Tag.ENTROPY, randomBytes(64))
       .int(Tag.TIME_NS, nowNs)
       .str(Tag.SANDBOX_ID, identity.sandboxId)
       .str(Tag.HOSTNAME, identity.hostname);
+    if (identity.signal === false) w.int(Tag.SIGNAL, 0);
     const f = await this.unary(MsgType.FORK_NOTIFY, w.build(), "agent", timeoutMs);
     const result = {
       reseeded: f.int(Tag.RESEEDED) === 1,
