@@ -101,7 +101,7 @@ export async function createServer(opts: ServerOptions = {}): Promise<MitosServe
     },
   });
   // Remote procedure calls (/package.Service/Method: exec, files, E2B's envd) come by the thousand and
-  // each is in the audit log: their lines are debug. A line is a write to stdout, ~0.3 ms on a busy host.
+  // each is in the audit log: their lines are debug, one write to stdout fewer per call.
   app.addHook("onResponse", async (req, reply) => {
     const quiet = req.url === "/v1/health" || RPC_PATH.test(req.url);
     req.log[quiet ? "debug" : "info"](
