@@ -172,6 +172,41 @@ describe("code interpreter", () => {
     }
   });
 
+  it("wakes the kernel at a fork only while it has work: idle it reseeds at its next cell, a thread it left running is reseeded at once", async () => {
+    const registered = async (s: Sandbox) => (await s.exec("ls /run/mitos/notify")).stdout.trim();
+    // An idle kernel is not signalled (the test above shows its next cell reseeds).
+    assert.equal((await sb.runCode("1 + 1")).text, "2");
+    assert.equal(await registered(sb), "", "an idle kernel is not registered for fork notices");
+    // A cell that leaves a thread running: it draws after the fork, with no cell in between.
+    const started = await sb.runCode(
+      "import threading, time, random, os\n" +
+        "def _draw():\n" +
+        "    while not os.path.exists('/tmp/go'):\n" +
+        "        time.sleep(0.02)\n" +
+        "    open('/tmp/drawn', 'w').write(repr(random.random()))\n" +
+        "threading.Thread(target=_draw, daemon=True).start()",
+    );
+    assert.equal(started.exitCode, 0, started.error?.traceback);
+    assert.notEqual(await registered(sb), "", "a kernel with a thread of the user's stays registered");
+    const children = await sb.fork(2);
+    try {
+      const drawn = await Promise.all(
+        [sb, ...children].map(async (s) => {
+          await s.exec("touch /tmp/go");
+          for (let i = 0; i < 200; i++) {
+            const r = await s.exec("cat /tmp/drawn 2>/dev/null");
+            if (r.stdout) return r.stdout;
+            await new Promise((res) => setTimeout(res, 50));
+          }
+          throw new Error(`${s.id}: the thread never drew`);
+        }),
+      );
+      assert.equal(new Set(drawn).size, 3, `the thread drew a number of its own in each sandbox: ${drawn}`);
+    } finally {
+      await Promise.all(children.map((c) => c.terminate()));
+    }
+  });
+
   it("keeps contexts apart: create, list, restart, remove", async () => {
     const ctx = await sb.createCodeContext();
     assert.equal(ctx.language, "python");

@@ -1,10 +1,12 @@
 # Runs once in every Jupyter kernel mitos-interpreter starts, in a namespace
 # of its own (nothing lands in the user's globals).
 #
-# - Fork safety: registers the kernel for the agent's fork notice (SIGUSR2 to
-#   the pids in /run/mitos/notify) and reseeds `random` and `numpy.random`
-#   when it comes, so children of one parent never draw the same numbers.
-#   It also refreshes MITOS_SANDBOX_ID, the kernel's idea of who it is.
+# - Fork safety: reseeds `random` and `numpy.random` on SIGUSR2, so children
+#   of one parent never draw the same numbers, and refreshes MITOS_SANDBOX_ID,
+#   the kernel's idea of who it is. mitos-interpreter registers the kernel for
+#   the agent's fork notice (SIGUSR2 to the pids in /run/mitos/notify) while
+#   a cell runs, and before the first cell after a fork or claim sends the
+#   signal itself.
 # - Warm imports: numpy, pandas and matplotlib load here, at template build,
 #   so a claimed or forked sandbox's first cell does not pay for them.
 # - Plain tracebacks (no ANSI colours) and inline plots.
@@ -14,7 +16,6 @@ import random
 import signal
 import sys
 
-NOTIFY_DIR = "/run/mitos/notify"
 ID_FILE = "/run/mitos/sandbox-id"
 
 
@@ -37,11 +38,6 @@ if "debugpy" in sys.modules and sys.modules["debugpy"] is None:
     del sys.modules["debugpy"]
 
 signal.signal(signal.SIGUSR2, _reseed)
-try:
-    os.makedirs(NOTIFY_DIR, exist_ok=True)
-    open(os.path.join(NOTIFY_DIR, str(os.getpid())), "w").close()
-except OSError as e:
-    print(f"mitos: fork notices unavailable: {e}", file=sys.stderr)
 
 try:
     import numpy  # noqa: F401
