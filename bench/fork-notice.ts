@@ -6,7 +6,8 @@
 // A real mitosd; the two parents are forked alternately, 1.5 s apart (the
 // spare QEMUs refill). Rows: fork(1) → first exec in the child, fork(1) →
 // first run_code in the child, fork(8) → all ready, fork(8) → every child
-// answered an exec. N rounds (6; 2 with --quick). Records to
+// answered an exec, and each of those children's private memory (guest
+// pages and QEMU, from mitosd's metering) a second later. N rounds (6; 2 with --quick). Records to
 // bench/results/<date>-fork-notice.{json,md}.
 
 import { setTimeout as sleep } from "node:timers/promises";
@@ -18,6 +19,7 @@ import { progressLogger, record, seriesList } from "./record.js";
 const quick = process.argv.includes("--quick");
 const N = quick ? 2 : 6;
 const progress = progressLogger();
+const MiB = 2 ** 20;
 const dataDir = tempDataDir("bench-fork-notice");
 const daemon = await startMitosd(dataDir);
 const server = new SandboxServer({ baseUrl: daemon.url, apiKey: daemon.token });
@@ -40,8 +42,8 @@ try {
   const parents = new Map<Side, Sandbox>();
   for (const side of SIDES) parents.set(side, await parent(side));
   for (const p of parents.values()) for (const c of await p.fork(1)) await c.terminate();
-  const row = (what: string, side: Side) =>
-    series.find((s) => s.name === `${what}: ${side}`) ?? add(`${what}: ${side}`, "ms");
+  const row = (what: string, side: Side, unit = "ms") =>
+    series.find((s) => s.name === `${what}: ${side}`) ?? add(`${what}: ${side}`, unit);
   for (let i = 0; i < N; i++) {
     progress(`round ${i + 1}/${N}`);
     for (const side of i % 2 ? [...SIDES].reverse() : SIDES) {
@@ -65,6 +67,14 @@ try {
       row("fork(8) → all ready", side).values.push(performance.now() - t0);
       await Promise.all(kids.map((k) => k.exec("true")));
       row("fork(8) → every child answered an exec", side).values.push(performance.now() - t0);
+      await sleep(1100); // mitosd's memory readings are at most a second old
+      for (const k of kids) {
+        const mem = (await k.info()).memory;
+        if (mem)
+          row("private memory per child after its exec (guest + QEMU)", side, "MiB").values.push(
+            mem.privateBytes / MiB,
+          );
+      }
       await Promise.all(kids.map((k) => k.terminate()));
     }
   }
