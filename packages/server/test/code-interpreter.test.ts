@@ -177,6 +177,17 @@ describe("code interpreter", () => {
     // An idle kernel is not signalled (the test above shows its next cell reseeds).
     assert.equal((await sb.runCode("1 + 1")).text, "2");
     assert.equal(await registered(sb), "", "an idle kernel is not registered for fork notices");
+    // A running cell's kernel is (a fork now would copy the cell mid-way).
+    const running = sb.runCode("import os, time\nwhile not os.path.exists('/tmp/go-cell'):\n    time.sleep(0.02)");
+    let during = "";
+    for (let i = 0; i < 200 && during === ""; i++) {
+      during = await registered(sb);
+      if (during === "") await new Promise((res) => setTimeout(res, 50));
+    }
+    await sb.exec("touch /tmp/go-cell");
+    assert.equal((await running).exitCode, 0);
+    assert.notEqual(during, "", "a kernel running a cell is registered for fork notices");
+    assert.equal(await registered(sb), "", "and off again once the cell is over");
     // A cell that leaves a thread running: it draws after the fork, with no cell in between.
     const started = await sb.runCode(
       "import threading, time, random, os\n" +

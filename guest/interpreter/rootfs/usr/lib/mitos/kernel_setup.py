@@ -4,9 +4,9 @@
 # - Fork safety: reseeds `random` and `numpy.random` on SIGUSR2, so children
 #   of one parent never draw the same numbers, and refreshes MITOS_SANDBOX_ID,
 #   the kernel's idea of who it is. mitos-interpreter registers the kernel for
-#   the agent's fork notice (SIGUSR2 to the pids in /run/mitos/notify) while
-#   a cell runs, and before the first cell after a fork or claim sends the
-#   signal itself.
+#   the agent's fork notice (SIGUSR2 to the pids in /run/mitos/notify) only
+#   while it has work; an idle kernel gets the signal from mitos-interpreter
+#   itself, before its first cell after a fork or claim.
 # - Warm imports: numpy, pandas and matplotlib load here, at template build,
 #   so a claimed or forked sandbox's first cell does not pay for them.
 # - Plain tracebacks (no ANSI colours) and inline plots.
