@@ -9,7 +9,14 @@ import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { BUILTIN_RECIPES, Engine, ensureImages, type SandboxInfo, Vm } from "../packages/engine/src/index.js";
+import {
+  BUILTIN_RECIPES,
+  DEFAULT_SPARE_VMS,
+  Engine,
+  ensureImages,
+  type SandboxInfo,
+  Vm,
+} from "../packages/engine/src/index.js";
 import { fmt, median, type RecordOptions, record, type Series } from "./record.js";
 
 const quick = process.argv.includes("--quick");
@@ -169,7 +176,7 @@ try {
         // Steady state between forks: the spares for the next one are waiting (they start 1 s after a fork).
         const until = Date.now() + 10_000;
         await new Promise((res) => setTimeout(res, 1000));
-        while (engine.spareStatus().ready < Math.min(n, os.availableParallelism() * 2) && Date.now() < until) {
+        while (engine.spareStatus().ready < Math.min(n, DEFAULT_SPARE_VMS) && Date.now() < until) {
           await new Promise((res) => setTimeout(res, 100));
         }
       }
@@ -183,7 +190,7 @@ try {
     await engine.terminate(parent.id);
     record("fork-fanout", rec, series, [
       "Parent: a python sandbox that has run Python, holds a 50 KB file and runs a Python loop.",
-      `${reps} repetition(s) per size after one warm-up fork; between forks the bench waits (≤ 10 s) until the spare QEMUs for the next fork are up (up to ${os.availableParallelism() * 2}; children beyond them are restored ${os.availableParallelism() * 2} at a time).`,
+      `${reps} repetition(s) per size after one warm-up fork; between forks the bench waits (≤ 10 s) until the spare QEMUs for the next fork are up (as many as the fork's children, up to ${DEFAULT_SPARE_VMS}; children beyond them are restored ${os.availableParallelism() * 2} at a time).`,
       "Profile rows are the engine's own split of each fork: capture (pause → RAM and device state written),",
       "restore (QEMU started, device state loaded, all children), activate (cont + FORK_NOTIFY answered, all children).",
     ]);

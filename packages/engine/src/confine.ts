@@ -244,17 +244,21 @@ export function shareSocket(socketPath: string, runAs: RunAs | undefined): void 
  * the groups (node's spawn can set no supplementary group, which KVM needs)
  * and no_new_privs, then execs QEMU, so the pid is QEMU's. A networked VM
  * starts in its slot's namespace (nsenter, which execs too, before the
- * privileges are dropped).
+ * privileges are dropped). With `nice`, coreutils nice execs the rest at that
+ * niceness, so every thread QEMU starts inherits it.
  */
 export function qemuCommand(
   qemuBinary: string,
   args: string[],
   runAs: RunAs | undefined,
   netnsPath?: string,
+  nice?: number,
 ): { command: string; args: string[] } {
-  const cmd = confinedCommand(qemuBinary, args, runAs);
-  if (netnsPath === undefined) return cmd;
-  return { command: "nsenter", args: [`--net=${netnsPath}`, "--", cmd.command, ...cmd.args] };
+  let cmd = confinedCommand(qemuBinary, args, runAs);
+  if (netnsPath !== undefined)
+    cmd = { command: "nsenter", args: [`--net=${netnsPath}`, "--", cmd.command, ...cmd.args] };
+  if (nice !== undefined) cmd = { command: "nice", args: ["-n", String(nice), cmd.command, ...cmd.args] };
+  return cmd;
 }
 
 function confinedCommand(

@@ -32,6 +32,7 @@ import { checkPolicy, DEFAULT_POLICY, type NetworkPolicy } from "./network/polic
 import { WarmPool } from "./pool.js";
 import { type Accel, chooseAccel } from "./qemu/accel.js";
 import { recover } from "./recovery.js";
+import { DEFAULT_SPARE_VMS } from "./spares.js";
 import { type TemplateInfo, Templates, templateInfo } from "./templates.js";
 import type { Vm } from "./vm.js";
 
@@ -54,8 +55,10 @@ export interface EngineOptions {
   limits?: Partial<Limits>;
   /** Parallel restores during a fork (default: 2 × cores). */
   restoreConcurrency?: number;
-  /** Most spare QEMUs kept waiting for the next fork (default: 2 × cores; 0: none). */
+  /** Most spare QEMUs kept waiting for the next fork, as many as the last fork's children (default: 16; 0: none). */
   spareVms?: number;
+  /** Niceness spares start at, set back when a fork takes them (default 19 when mitosd is root, else 0: only root can set it back). */
+  spareNice?: number;
   /** How long after its last fork a sandbox's base gets back the pages the capture faulted in (default 30 s). */
   reclaimDelayMs?: number;
   /** Copy the base the next fork most likely needs into the spare VMs' file between forks (default true; false: the fork copies it). */
@@ -161,8 +164,9 @@ export class Engine {
       this.forks = new Forks(
         this.ctx,
         this.table,
-        options.spareVms ?? Math.max(2, 2 * os.availableParallelism()),
+        options.spareVms ?? DEFAULT_SPARE_VMS,
         options.prefillSpareBase ?? true,
+        options.spareNice,
       );
       this.saved = new Checkpoints(this.ctx, this.table, options.checkpointRetention);
       const idleSeconds = options.hibernateIdleSeconds;

@@ -12,10 +12,16 @@ import { applyNetwork, type EngineContext, journalUntilExit, newVmId, randomHex,
 import { MAX_CHAIN } from "./disk.js";
 import { MitosError } from "./errors.js";
 import type { RunningSandbox, Sandbox, SandboxInfo, SandboxTable } from "./lifecycle.js";
+import { readMemInfo } from "./memory-use.js";
 import type { Pin } from "./network/ruleset.js";
 import { captureLive, noShmSpace } from "./snapshot.js";
 import { SpareVms } from "./spares.js";
 import { type MachineSpec, type Snapshot, Vm } from "./vm.js";
+
+/** What an idle spare QEMU holds, with a margin (measured: 15.9 MiB private, bench/results 2026-12-07-spares). */
+const SPARE_MIB = 24;
+/** Spares start at this niceness; only root can set a VM back (Vm.renice), so only root's spares are niced. */
+const SPARE_NICE = process.getuid?.() === 0 ? 19 : 0;
 
 export interface ForkOptions {
   count?: number;
@@ -38,11 +44,15 @@ export class Forks {
     spareVms: number,
     /** Copy the likely next source's base into the spares' file between forks (capture-mapping.ts prefillBase). */
     private readonly prefillSpares = true,
+    /** The niceness spares start at (0: normal). */
+    private readonly spareNice = SPARE_NICE,
   ) {
     this.spares = new SpareVms({
       size: spareVms,
       shmDir: ctx.shmDir,
       idleMs: ctx.poolIdleMs,
+      // Spares never take the host below the memory floor admission keeps.
+      room: () => Math.floor((readMemInfo().availableBytes / 2 ** 20 - ctx.caps.limits.memoryFloorMib) / SPARE_MIB),
       spawn: (machine, ramFile, group) => this.spawnSpare(machine, ramFile, group),
       group: () => ctx.confinement.group(),
       share: (file, group) => ctx.confinement.share(file, group),
@@ -64,6 +74,7 @@ export class Forks {
       machine,
       ramFile,
       runAs,
+      ...(this.spareNice === 0 ? {} : { nice: this.spareNice }),
       ...this.ctx.agentOpts,
     });
     // The generation's base file is journaled with it (a restart removes it).

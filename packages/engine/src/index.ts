@@ -30,5 +30,6 @@ export type { Egress, NetworkPolicy } from "./network/policy.js";
 export { checkPolicy } from "./network/policy.js";
 export type { Accel, AccelChoice } from "./qemu/accel.js";
 export { chooseAccel } from "./qemu/accel.js";
+export { DEFAULT_SPARE_VMS } from "./spares.js";
 export type { BootOptions, MachineSpec, Snapshot, VmExit } from "./vm.js";
 export { ID_RE, Vm } from "./vm.js";

@@ -9,6 +9,12 @@
 // migration), and pages of a private file mapping that were never touched
 // read the file as it is when they are first touched. Each spare is checked
 // for an untouched mapping before use; one that fails the check is dropped.
+//
+// A generation has as many spares as the last fork had children (up to
+// `size`), while the host's memory allows (an idle spare holds ~16 MiB, no
+// guest pages). Spares start at a low priority: the children of the fork
+// before are still running their first commands then; a fork that takes
+// them sets them back to normal.
 
 import { randomBytes } from "node:crypto";
 import fs from "node:fs";
@@ -18,13 +24,22 @@ import type { PrefilledBase } from "./capture-mapping.js";
 import type { SharedGroup } from "./confine.js";
 import type { MachineSpec, Vm } from "./vm.js";
 
+/**
+ * Spares at most, by default: a fork of up to this many children loads them
+ * all instead of starting QEMUs (bench/results 2026-12-07-spares: fork(8)
+ * with 8 spares against 4).
+ */
+export const DEFAULT_SPARE_VMS = 16;
+
 export interface SpareOptions {
   /** Spares kept ready (0 turns them off). */
   size: number;
   shmDir: string;
   /** Drop the spares after this long without a fork (ms). */
   idleMs: number;
-  /** Starts one spare VM mapping `ramFile`, in the base's group. */
+  /** How many more spares the host's memory allows now (unset: no bound). */
+  room?: () => number;
+  /** Starts one spare VM mapping `ramFile`, in the base's group (at a low priority, if it can be set back). */
   spawn: (machine: MachineSpec, ramFile: string, group: SharedGroup | undefined) => Promise<Vm>;
   /** A new group for a base, and giving a file to it (confine.ts). */
   group: () => SharedGroup | undefined;
@@ -96,7 +111,8 @@ export class SpareVms {
       if (vms.length > 0) {
         g.taken = true;
         g.ready.splice(0); // the fork owns them now (and their exits)
-        const use = vms.slice(0, n);
+        // Back to normal priority; one that cannot be (nor can the rest) is not a child's VM.
+        const use = vms.slice(0, n).filter((v) => v.renice() || void v.destroy());
         for (const v of vms.slice(n)) void v.destroy();
         out = { ramFile: g.ramFile, vms: use, group: g.group, prefill: handOver(g) };
         this.gen = undefined;
@@ -130,7 +146,8 @@ export class SpareVms {
       if (prefill) this.prefill(this.gen, prefill);
     }
     const g = this.gen;
-    while (g.ready.length + g.starting < this.want) {
+    let room = this.opts.room?.() ?? Number.POSITIVE_INFINITY;
+    while (g.ready.length + g.starting < this.want && room-- > 0) {
       g.starting++;
       const p: Promise<void> = (g.prefill ?? Promise.resolve())
         .then(() => this.opts.spawn(machine, g.ramFile, g.group))

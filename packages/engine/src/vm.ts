@@ -4,6 +4,7 @@
 
 import { type ChildProcess, spawn } from "node:child_process";
 import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { AgentClient, type AgentInfo } from "./agent/client.js";
 import { RAM_FILE_RE } from "./base-file.js";
@@ -56,6 +57,8 @@ export interface LaunchOptions {
   disk?: string[];
   /** The network namespace QEMU starts in (machines with network). */
   netns?: string;
+  /** Start QEMU at this niceness (a spare's start is background work; renice() sets it back). */
+  nice?: number;
 }
 
 export interface BootOptions extends LaunchOptions {
@@ -85,6 +88,19 @@ export interface VmExit {
 }
 
 type Paths = VmPaths & { qemuLog: string; migrationSocket: string };
+
+/**
+ * The niceness of a process's autogroup (its session's, with the kernel's
+ * sched_autogroup); nothing to set on a kernel without them. Throws if it
+ * cannot be set.
+ */
+function setAutogroupNice(pid: number, nice: number): void {
+  try {
+    fs.writeFileSync(`/proc/${pid}/autogroup`, String(nice));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+  }
+}
 
 /** A QEMU process: one this mitosd spawned, or one a previous run left that it re-adopted. */
 interface QemuProcess {
@@ -330,6 +346,29 @@ export class Vm {
     });
   }
 
+  /**
+   * Every QEMU thread and its autogroup back to niceness 0 (a VM started with
+   * `nice`). Threads inherit their creator's niceness, so once the existing
+   * ones are set, later ones start at 0 too. False if one could not be set
+   * (mitosd not root).
+   */
+  renice(): boolean {
+    try {
+      setAutogroupNice(this.pid, 0);
+      for (const tid of fs.readdirSync(`/proc/${this.pid}/task`)) {
+        try {
+          os.setPriority(Number(tid), 0);
+        } catch (err) {
+          // A thread that just ended is fine (node reports the errno in `info`).
+          if ((err as { info?: { code?: string } }).info?.code !== "ESRCH") throw err;
+        }
+      }
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
   /** Whether any page of the guest RAM mapping has been touched (a spare must not have been). */
   ramTouched(): boolean {
     const m = readVmMemory(this.pid, (p) => RAM_FILE_RE.test(p));
@@ -426,7 +465,7 @@ export class Vm {
     const log = fs.openSync(paths.qemuLog, "w", 0o600);
     let cmd: { command: string; args: string[] };
     try {
-      cmd = qemuCommand(opts.qemuBinary ?? "qemu-system-x86_64", args, opts.runAs, opts.netns);
+      cmd = qemuCommand(opts.qemuBinary ?? "qemu-system-x86_64", args, opts.runAs, opts.netns, opts.nice);
     } catch (err) {
       fs.closeSync(log);
       opts.runAs?.release();
@@ -445,6 +484,15 @@ export class Vm {
       fs.closeSync(log);
     }
     const vm = new Vm(opts.id, machine, dir, paths, ownedRamFile, childProcess(proc), opts.runAs, opts.dataDir);
+    // Its session is its own autogroup, where a thread's niceness weighs only against its own
+    // threads: the group's niceness is what ranks it against the other VMs.
+    if (opts.nice !== undefined && proc.pid !== undefined) {
+      try {
+        setAutogroupNice(proc.pid, opts.nice);
+      } catch {
+        // It runs at the threads' niceness alone, or exited already: nothing lost either way.
+      }
+    }
     vm.agentTimeoutMs = opts.agentTimeoutMs;
     vm.disk = opts.disk;
     vm.spawnError = new Promise<Error>((resolve) =>

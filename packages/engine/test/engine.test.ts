@@ -155,8 +155,12 @@ describe("live fork", () => {
     await Promise.all(first.children.map((c) => engine.terminate(c.id)));
     await waitFor(() => engine.spareStatus().ready === 2, 30_000);
     const waiting = engine.spareStatus().pids;
+    // As root, spares wait at low priority (their session's autogroup and every thread); children run at normal.
+    const root = process.getuid?.() === 0;
+    if (root) for (const pid of waiting) assert.deepEqual(priority(pid, 19), { autogroup: 19, threads: [19] });
     const { children } = await engine.fork(parent, { count: 2 });
     assert.deepEqual(children.map((c) => c.pid).sort(), [...waiting].sort(), "the children are the spares");
+    if (root) for (const c of children) assert.deepEqual(priority(c.pid, 0), { autogroup: 0, threads: [0] });
     const seen = await Promise.all(children.map((c) => sh(c.id, "cat /root/state.txt; hostname")));
     assert.deepEqual(
       seen,
@@ -606,4 +610,16 @@ async function waitFor(cond: () => boolean | Promise<boolean>, timeoutMs: number
     if (Date.now() > until) throw new Error(`condition not met within ${timeoutMs} ms`);
     await new Promise((r) => setTimeout(r, 100));
   }
+}
+
+/** A process's autogroup niceness (the expected one where the kernel has none) and its threads' distinct niceness values. */
+function priority(pid: number, expected: number): { autogroup: number; threads: number[] } {
+  const file = `/proc/${pid}/autogroup`;
+  const autogroup = fs.existsSync(file) ? Number(/nice (-?\d+)/.exec(fs.readFileSync(file, "utf8"))?.[1]) : expected;
+  const threads = new Set<number>();
+  for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+    const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
+    threads.add(Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[16])); // field 19: nice
+  }
+  return { autogroup, threads: [...threads] };
 }

@@ -2,7 +2,9 @@
 // ones): a base copied ahead goes into the file before any spare starts, is
 // handed to the fork that takes the spares, and is let go (its pages punched
 // out) when the VM it came from exits; a spare that dies while waiting is
-// destroyed, and a generation left without spares drops its file.
+// destroyed, and a generation left without spares drops its file; a
+// generation is as large as the last fork within the host's memory, and a
+// taken spare that cannot be set back to normal priority is not used.
 
 import assert from "node:assert/strict";
 import fs from "node:fs";
@@ -24,6 +26,9 @@ interface FakeVm {
   pid: number;
   running: boolean;
   destroyed: boolean;
+  /** What renice() answers (false: mitosd could not set its priority back). */
+  reniceable: boolean;
+  reniced: boolean;
   die: () => void;
 }
 
@@ -36,16 +41,27 @@ function fakeVm(): Vm {
   const exited = new Promise<void>((r) => {
     die = r;
   });
-  const v: FakeVm & { exited: Promise<void>; ramTouched: () => boolean; destroy: () => Promise<void> } = {
+  const v: FakeVm & {
+    exited: Promise<void>;
+    ramTouched: () => boolean;
+    renice: () => boolean;
+    destroy: () => Promise<void>;
+  } = {
     pid: 1000 + vms.length,
     running: true,
     destroyed: false,
+    reniceable: true,
+    reniced: false,
     exited,
     die: () => {
       v.running = false;
       die();
     },
     ramTouched: () => false,
+    renice: () => {
+      v.reniced = v.reniceable;
+      return v.reniceable;
+    },
     destroy: async () => {
       v.destroyed = true;
     },
@@ -54,9 +70,10 @@ function fakeVm(): Vm {
   return v as unknown as Vm;
 }
 
-function spares(): SpareVms {
+function spares(opts: { size?: number; room?: () => number } = {}): SpareVms {
   return new SpareVms({
-    size: 2,
+    size: opts.size ?? 2,
+    ...(opts.room ? { room: opts.room } : {}),
     shmDir: dir,
     idleMs: 60_000,
     spawn: async (_m, ramFile) => {
@@ -157,4 +174,40 @@ it("closes the copy's fd once when the spares close before its VM exits (the num
   await new Promise((r) => setTimeout(r, 50));
   assert.doesNotThrow(() => fs.fstatSync(other), "another file's fd was closed");
   fs.closeSync(other);
+});
+
+it("keeps as many spares as the last fork had children, up to its size and within the host's memory", async () => {
+  let room = 100;
+  const s = spares({ size: 16, room: () => room });
+  s.prime(machine);
+  await waitFor(() => s.pids.length === 1); // no fork yet: one
+  assert.equal(s.take(machine, 8)?.vms.length, 1);
+  s.prime(machine);
+  await waitFor(() => s.pids.length === 8);
+  assert.equal(s.take(machine, 20)?.vms.length, 8);
+  s.prime(machine);
+  await waitFor(() => s.pids.length === 16);
+  assert.equal(s.take(machine, 20)?.vms.length, 16, "at most its size");
+  room = 3;
+  s.prime(machine);
+  await waitFor(() => s.pids.length === 3);
+  await new Promise((r) => setTimeout(r, 50));
+  assert.equal(s.pids.length, 3, "no more than the memory floor allows");
+  await s.close();
+});
+
+it("sets taken spares back to normal priority, and does not use one that cannot be", async () => {
+  const s = spares();
+  s.prime(machine);
+  await waitFor(() => s.pids.length === 1);
+  s.take(machine, 2);
+  s.prime(machine);
+  await waitFor(() => s.pids.length === 2);
+  const [stuck, ok] = vms.slice(-2) as [FakeVm, FakeVm];
+  stuck.reniceable = false;
+  const taken = s.take(machine, 2);
+  assert.equal(taken?.vms.length, 1);
+  assert.equal(ok.reniced, true);
+  assert.equal(stuck.destroyed, true, "a spare left at low priority would be a slow child");
+  await s.close();
 });
