@@ -5,7 +5,7 @@
 // kept across it). Afterwards: every error has a documented code, every
 // acknowledged write of a sandbox still alive reads back, nothing leaked (VM,
 // file, network namespace, token) and mitosd's memory stayed bounded.
-// bench/soak.ts records a run; packages/server/test/soak.test.ts runs 3 minutes in CI.
+// bench/soak.ts records a run; packages/server/test/soak.test.ts runs 2 minutes in CI.
 
 import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
