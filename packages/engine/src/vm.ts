@@ -353,6 +353,7 @@ export class Vm {
    * (mitosd not root).
    */
   renice(): boolean {
+    if (!this.niced) return true;
     try {
       setAutogroupNice(this.pid, 0);
       for (const tid of fs.readdirSync(`/proc/${this.pid}/task`)) {
@@ -363,6 +364,7 @@ export class Vm {
           if ((err as { info?: { code?: string } }).info?.code !== "ESRCH") throw err;
         }
       }
+      this.niced = false;
       return true;
     } catch {
       return false;
@@ -486,9 +488,11 @@ export class Vm {
     const vm = new Vm(opts.id, machine, dir, paths, ownedRamFile, childProcess(proc), opts.runAs, opts.dataDir);
     // Its session is its own autogroup, where a thread's niceness weighs only against its own
     // threads: the group's niceness is what ranks it against the other VMs.
-    if (opts.nice !== undefined && proc.pid !== undefined) {
+    const nice = opts.nice ?? 0;
+    vm.niced = nice !== 0;
+    if (vm.niced && proc.pid !== undefined) {
       try {
-        setAutogroupNice(proc.pid, opts.nice);
+        setAutogroupNice(proc.pid, nice);
       } catch {
         // It runs at the threads' niceness alone, or exited already: nothing lost either way.
       }
@@ -505,6 +509,8 @@ export class Vm {
   }
 
   private spawnError!: Promise<Error>;
+  /** Started below normal priority (a spare) and not set back yet. */
+  private niced = false;
   private agentTimeoutMs: number | undefined;
   /** Re-adopted: the agent channel may hold a dead client's frames, so its session starts with a resync. */
   private resyncAgent = false;
