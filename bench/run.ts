@@ -363,7 +363,8 @@ try {
     await engine.createTemplate("bench-disk", { image: "python", diskSizeMib: 2048 });
     // The baseline's file lives in the guest's RAM-backed writable layer, half of RAM by default (decision in
     // docs/security.md "Hostile guests"): room for the file and what the guest writes besides.
-    await engine.createTemplate("bench-ram-workspace", { image: "python", guest: { writableMib: 448 } });
+    const ramTemplate = quick ? "python" : "bench-ram-workspace"; // --quick's 16 MiB fits the default
+    if (!quick) await engine.createTemplate(ramTemplate, { image: "python", guest: { writableMib: 448 } });
     const write: number[] = [];
     const forkDisk: number[] = [];
     const forkRam: number[] = [];
@@ -376,7 +377,7 @@ try {
       const d = await engine.create("bench-disk", { timeoutSeconds: 7200 });
       const [wms] = await time(() => sh(d.id, fill));
       write.push(wms);
-      const r = await engine.create("bench-ram-workspace", { timeoutSeconds: 7200 });
+      const r = await engine.create(ramTemplate, { timeoutSeconds: 7200 });
       await sh(r.id, fill);
       for (const [sb, into, pauses] of [
         [d, forkDisk, pauseDisk],
