@@ -25,9 +25,10 @@ import type { SharedGroup } from "./confine.js";
 import type { MachineSpec, Vm } from "./vm.js";
 
 /**
- * Spares at most, by default: a fork of up to this many children loads them
- * all instead of starting QEMUs (bench/results 2026-12-07-spares: fork(8)
- * with 8 spares against 4).
+ * Spares at most, by default: after a fork of n ≤ this many children, the
+ * next fork of up to n loads every child into a spare that is up, instead of
+ * starting QEMUs (bench/results 2026-12-07-spares: fork(8) with 8 spares
+ * against 4).
  */
 export const DEFAULT_SPARE_VMS = 16;
 
@@ -111,8 +112,12 @@ export class SpareVms {
       if (vms.length > 0) {
         g.taken = true;
         g.ready.splice(0); // the fork owns them now (and their exits)
-        // Back to normal priority; one that cannot be (nor can the rest) is not a child's VM.
-        const use = vms.slice(0, n).filter((v) => v.renice() || void v.destroy());
+        // Back to normal priority; one that cannot be set back would be a slow child: dropped.
+        const use: Vm[] = [];
+        for (const v of vms.slice(0, n)) {
+          if (v.renice()) use.push(v);
+          else void v.destroy();
+        }
         for (const v of vms.slice(n)) void v.destroy();
         out = { ramFile: g.ramFile, vms: use, group: g.group, prefill: handOver(g) };
         this.gen = undefined;
