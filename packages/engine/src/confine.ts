@@ -245,7 +245,9 @@ export function shareSocket(socketPath: string, runAs: RunAs | undefined): void 
  * and no_new_privs, then execs QEMU, so the pid is QEMU's. A networked VM
  * starts in its slot's namespace (nsenter, which execs too, before the
  * privileges are dropped). With `nice`, coreutils nice execs the rest at that
- * niceness, so every thread QEMU starts inherits it.
+ * niceness, so every thread QEMU starts inherits it. With `thpOff` (the
+ * mitos-thp-off helper, qemu/huge-pages.ts) the whole chain runs without
+ * transparent huge pages: the setting survives each exec.
  */
 export function qemuCommand(
   qemuBinary: string,
@@ -253,11 +255,13 @@ export function qemuCommand(
   runAs: RunAs | undefined,
   netnsPath?: string,
   nice?: number,
+  thpOff?: string,
 ): { command: string; args: string[] } {
   let cmd = confinedCommand(qemuBinary, args, runAs);
   if (netnsPath !== undefined)
     cmd = { command: "nsenter", args: [`--net=${netnsPath}`, "--", cmd.command, ...cmd.args] };
   if (nice !== undefined) cmd = { command: "nice", args: ["-n", String(nice), cmd.command, ...cmd.args] };
+  if (thpOff !== undefined) cmd = { command: thpOff, args: [cmd.command, ...cmd.args] };
   return cmd;
 }
 

@@ -17,6 +17,7 @@ import { readVmMemory } from "./metering.js";
 import { GUEST } from "./network/ruleset.js";
 import { type Accel, chooseAccel } from "./qemu/accel.js";
 import { type MemoryBacking, qemuArgs, type VmPaths, WORKSPACE_DRIVE } from "./qemu/command.js";
+import { thpOffHelper } from "./qemu/huge-pages.js";
 import { QmpClient } from "./qemu/qmp.js";
 import { loadState } from "./snapshot.js";
 
@@ -467,7 +468,14 @@ export class Vm {
     const log = fs.openSync(paths.qemuLog, "w", 0o600);
     let cmd: { command: string; args: string[] };
     try {
-      cmd = qemuCommand(opts.qemuBinary ?? "qemu-system-x86_64", args, opts.runAs, opts.netns, opts.nice);
+      cmd = qemuCommand(
+        opts.qemuBinary ?? "qemu-system-x86_64",
+        args,
+        opts.runAs,
+        opts.netns,
+        opts.nice,
+        thpOffHelper(),
+      );
     } catch (err) {
       fs.closeSync(log);
       opts.runAs?.release();

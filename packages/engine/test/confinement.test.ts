@@ -12,6 +12,7 @@ import { removeDataDir } from "../../../test-support/data-dir.js";
 import { defaultDataDir } from "../src/config.js";
 import { Confinement, claimBlock, ID_RANGE, preferredBlock } from "../src/confine.js";
 import { Engine, type MitosError, type SandboxInfo } from "../src/index.js";
+import { THP_OFF_HELPER, thpOffHelper } from "../src/qemu/huge-pages.js";
 
 const root = defaultDataDir();
 const imagesDir = path.join(root, "images");
@@ -122,6 +123,21 @@ describe("QEMU confinement", { skip: isRoot ? false : "needs root" }, () => {
     assert.ok(
       cmd.join(" ").includes("-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"),
     );
+  });
+
+  it("each QEMU runs without transparent huge pages, through the setpriv and nice wrappers (decision 0032)", () => {
+    assert.ok(thpOffHelper(), `the helper is built: ${THP_OFF_HELPER}`);
+    for (const s of [a, b, child]) {
+      const st = fs.readFileSync(`/proc/${s.pid}/status`, "utf8");
+      assert.match(st, /^THP_enabled:\s+0$/m, `QEMU ${s.pid} (${s.id}) may get huge pages`);
+      const huge = [...fs.readFileSync(`/proc/${s.pid}/smaps`, "utf8").matchAll(/^AnonHugePages:\s+(\d+) kB/gm)];
+      assert.ok(huge.length > 0, "smaps lists AnonHugePages");
+      assert.deepEqual(
+        huge.filter((m) => m[1] !== "0").map((m) => m[0]),
+        [],
+        `QEMU ${s.pid} holds huge pages`,
+      );
+    }
   });
 
   it("restored, forked and exec'd VMs work under it (exec, PTY)", async () => {
