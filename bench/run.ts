@@ -495,6 +495,35 @@ try {
     ]);
   }
 
+  /** The newest full (not --quick) record of another bench, and its date. */
+  const newest = (scenario: string) => {
+    const dir = path.join(import.meta.dirname, "results");
+    const file = fs
+      .readdirSync(dir)
+      .filter((f) => new RegExp(`^\\d{4}-\\d{2}-\\d{2}-${scenario}\\.json$`).test(f))
+      .sort()
+      .pop();
+    if (!file) return undefined;
+    const rec = JSON.parse(fs.readFileSync(path.join(dir, file), "utf8")) as {
+      series?: Array<{ name: string; n?: number; p50?: number }>;
+      notes?: string[];
+    };
+    return { date: file.slice(0, 10), series: rec.series ?? [], notes: rec.notes ?? [] };
+  };
+  const api = newest("api");
+  const p50Of = (name: string) => api?.series.find((x) => x.name === name)?.p50;
+  const tti = p50Of("TTI, TS SDK: create → first exec returned");
+  const connectExec = p50Of("exec `true`, TS SDK, sequential");
+  // Density: its own two series; records made before they existed give the count and total in their notes.
+  const scaling = newest("scaling");
+  const held =
+    scaling?.series.find((x) => x.name === "density: live children held at once")?.p50 ??
+    scaling?.series.find((x) => x.name === "density: private memory per child at the end")?.n;
+  const heldGiB =
+    scaling?.series.find((x) => x.name === "density: all children at the end, their bases once")?.p50 ??
+    Number(
+      scaling?.notes.map((n) => /^density: at the end .* in all ([\d.]+) GiB/.exec(n)?.[1]).find(Boolean) ?? Number.NaN,
+    );
   const goal = (name: string, figure: number | undefined, unit: string, target: string, met: (v: number) => boolean) =>
     `| ${name} | ${figure === undefined ? "not run" : `${fmt(figure)} ${unit}`} | ${target} | ${figure === undefined ? "–" : met(figure) ? "met" : "missed"} |`;
   const lines = [
@@ -523,6 +552,27 @@ try {
       "",
       "≥ 200, under 8 GiB total",
       (v) => v >= 200 && (figures.total200 ?? Infinity) < 8 * 2 ** 30,
+    ),
+    goal(
+      `create → first exec returned through mitosd, TS SDK (TTI; \`npm run bench:api\` of ${api?.date ?? "–"})`,
+      tti,
+      "ms",
+      "≤ 40 ms",
+      (v) => v <= 40,
+    ),
+    goal(
+      `exec round trip over Connect, TS SDK (\`npm run bench:api\` of ${api?.date ?? "–"})`,
+      connectExec,
+      "ms",
+      "≤ 10 ms",
+      (v) => v <= 10,
+    ),
+    goal(
+      `live children of one parent at the default caps, each answering (\`npm run bench:scaling\` of ${scaling?.date ?? "–"}: ${Number.isFinite(heldGiB) ? `${fmt(heldGiB)} GiB in all` : "–"})`,
+      held,
+      "",
+      "≥ 500, under 20 GiB in all",
+      (v) => v >= 500 && heldGiB < 20,
     ),
     goal(
       "fork(8) ready vs 8 cold boots",

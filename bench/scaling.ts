@@ -163,6 +163,11 @@ try {
   await settle(3000);
   const m = childMemory(live);
   perChildMiB.values.push(...m.rows.map((r) => r.privateBytes / MiB));
+  // The density goal's two figures (issue 19: 500 children under 20 GiB), read by npm run bench's summary.
+  add("density: live children held at once", "").values.push(live.length);
+  add("density: all children at the end, their bases once", "GiB").values.push(
+    (m.privateBytes + m.baseBytes) / 2 ** 30,
+  );
   // Every child still answers at the end, not only when it was new.
   const [allMs] = await elapsed(() => Promise.all(live.map(answer)));
   notes.push(
