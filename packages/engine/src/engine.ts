@@ -31,7 +31,7 @@ import { Network } from "./network/network.js";
 import { checkPolicy, DEFAULT_POLICY, type NetworkPolicy } from "./network/policy.js";
 import { WarmPool } from "./pool.js";
 import { type Accel, chooseAccel } from "./qemu/accel.js";
-import { THP_OFF_HELPER, thpOffHelper } from "./qemu/huge-pages.js";
+import { thpLogLine } from "./qemu/huge-pages.js";
 import { recover } from "./recovery.js";
 import { DEFAULT_SPARE_VMS } from "./spares.js";
 import { type TemplateInfo, Templates, templateInfo } from "./templates.js";
@@ -198,16 +198,7 @@ export class Engine {
       engine.lock.release();
       throw err;
     }
-    const thpOff = thpOffHelper();
-    engine.ctx.log(
-      thpOff ? "QEMU starts without transparent huge pages" : "QEMU starts with transparent huge pages",
-      thpOff
-        ? { helper: thpOff }
-        : {
-            helper: THP_OFF_HELPER,
-            why: process.env.MITOS_QEMU_THP === "on" ? "MITOS_QEMU_THP=on" : "helper not built (npm run build)",
-          },
-    );
+    engine.ctx.log(...thpLogLine());
     for (const [template, target] of Object.entries(engine.ctx.poolTargets)) {
       if (target > 0 && engine.ctx.journal.templates[template]) engine.poolFor(template);
     }

@@ -7,7 +7,7 @@ import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import { describe, it } from "node:test";
 import { qemuCommand } from "../src/confine.js";
-import { THP_OFF_HELPER, thpOffHelper } from "../src/qemu/huge-pages.js";
+import { THP_OFF_HELPER, thpLogLine, thpOffHelper } from "../src/qemu/huge-pages.js";
 
 describe("QEMU without transparent huge pages", () => {
   it("the helper runs outermost, so nice, nsenter, setpriv and QEMU all inherit it", () => {
@@ -34,6 +34,11 @@ describe("QEMU without transparent huge pages", () => {
     assert.equal(thpOffHelper({ MITOS_QEMU_THP: "on" }), undefined);
     assert.equal(thpOffHelper({}, "/nonexistent/mitos-thp-off"), undefined);
     assert.equal(thpOffHelper({}), THP_OFF_HELPER, "npm run build made the helper");
+    assert.deepEqual(thpLogLine({ MITOS_QEMU_THP: "on" }), [
+      "QEMU starts with transparent huge pages",
+      { helper: THP_OFF_HELPER, why: "MITOS_QEMU_THP=on" },
+    ]);
+    assert.equal(thpLogLine({})[0], "QEMU starts without transparent huge pages");
   });
 
   it("the helper disables THP for what it execs and exits 127 for a missing command", () => {

@@ -28,3 +28,11 @@ export function thpOffHelper(
     return undefined;
   }
 }
+
+/** What the engine logs when it opens: whether QEMU gets huge pages, and why. */
+export function thpLogLine(env: NodeJS.ProcessEnv = process.env): [string, Record<string, string>] {
+  const helper = thpOffHelper(env);
+  if (helper) return ["QEMU starts without transparent huge pages", { helper }];
+  const why = env.MITOS_QEMU_THP === "on" ? "MITOS_QEMU_THP=on" : "helper not built (npm run build)";
+  return ["QEMU starts with transparent huge pages", { helper: THP_OFF_HELPER, why }];
+}
