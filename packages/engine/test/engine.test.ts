@@ -221,13 +221,15 @@ describe("live fork", () => {
     );
     assert.equal(await sh(parent, "cat /root/state.txt"), "parent-state\n");
 
-    // Identity: entropy, UUIDs, boot id and hostname per child; clock within 1 s of the host.
-    const ids = [parent, ...children.map((c) => c.id)];
+    // Identity: entropy, UUIDs, boot id and hostname per child (and per grandchild:
+    // its notice finds the boot id already bound); clock within 1 s of the host.
+    const grandchild = (await engine.fork(children[0]!.id, { count: 1 })).children[0]!;
+    const ids = [parent, ...children.map((c) => c.id), grandchild.id];
     const probe = await Promise.all(
       ids.map((id) =>
         sh(
           id,
-          "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; cat /proc/sys/kernel/random/uuid; hostname; cat /proc/sys/kernel/random/boot_id /etc/hostname /run/mitos/sandbox-id",
+          "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; cat /proc/sys/kernel/random/uuid; hostname; cat /proc/sys/kernel/random/boot_id /etc/hostname /run/mitos/sandbox-id; echo; stat -c %d:%i /etc/hostname /run/mitos/hostname | uniq | wc -l",
         ),
       ),
     );
@@ -237,13 +239,20 @@ describe("live fork", () => {
     for (const [i, r] of rows.entries()) assert.equal(r[2], ids[i]);
     assert.equal(new Set(rows.map((r) => r[3])).size, ids.length, "boot ids differ everywhere");
     for (const [i, r] of rows.entries()) assert.deepEqual([r[4], r[5]], [ids[i], ids[i]], "/etc/hostname, sandbox-id");
+    // /etc/hostname is a bind mount of /run/mitos/hostname, as in a container (one inode).
+    for (const r of rows) assert.equal(r[6], "1", "/etc/hostname and /run/mitos/hostname are one file");
+    // Without that mount (an image init could not bind), the notice renames a new /etc/hostname in.
+    await sh(children[1]!.id, "umount /etc/hostname && rm /run/mitos/hostname");
+    const unbound = (await engine.fork(children[1]!.id, { count: 1 })).children[0]!;
+    assert.equal(await sh(unbound.id, "cat /etc/hostname; hostname"), `${unbound.id}\n${unbound.id}\n`);
+    await engine.terminate(unbound.id);
     for (const id of ids) {
       const before = Date.now() / 1000;
       const guest = Number(await sh(id, "date +%s.%N"));
       const afterT = Date.now() / 1000;
       assert.ok(guest > before - 1 && guest < afterT + 1, `clock of ${id} is ${guest}, host ${before}..${afterT}`);
     }
-    await Promise.all(children.map((c) => engine.terminate(c.id)));
+    await Promise.all([...children, grandchild].map((c) => engine.terminate(c.id)));
   });
 
   it("a Python process alive at fork time that registers for the notice gets SIGUSR2 in each child and reseeds", async () => {
