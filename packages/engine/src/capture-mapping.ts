@@ -69,7 +69,15 @@ export class DeviceStatePrefixes {
 
 /** Everything that shapes the RAM blocks and ROMs QEMU migrates: the images, memory, vCPUs, devices. */
 function machineKey(m: MachineSpec): string {
-  return JSON.stringify([m.images.keys, m.memMiB, m.vcpus, m.accel, m.diskMib ?? 0, Boolean(m.network)]);
+  return JSON.stringify([
+    m.images.keys,
+    m.memMiB,
+    m.vcpus,
+    m.accel,
+    m.diskMib ?? 0,
+    Boolean(m.network),
+    m.pit !== false,
+  ]);
 }
 
 /** The guest RAM mapping of a QEMU process: its address range and the base file behind it. */

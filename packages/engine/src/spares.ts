@@ -255,6 +255,7 @@ function sameMachine(a: MachineSpec, b: MachineSpec): boolean {
     a.memMiB === b.memMiB &&
     a.vcpus === b.vcpus &&
     a.accel === b.accel &&
+    a.pit === b.pit &&
     a.images.kernel === b.images.kernel &&
     a.images.initrd === b.images.initrd &&
     a.images.rootfs === b.images.rootfs

@@ -19,7 +19,8 @@ import path from "node:path";
 import { promisify } from "node:util";
 import type { ImageSet } from "./image/build.js";
 import type { TemplateRecord } from "./journal.js";
-import { KERNEL_CMDLINE } from "./qemu/command.js";
+import type { Accel } from "./qemu/accel.js";
+import { KERNEL_CMDLINE, machineOption, newMachinePit } from "./qemu/command.js";
 import type { MachineSpec } from "./vm.js";
 
 /**
@@ -35,7 +36,7 @@ export interface CacheInputs {
   env: Record<string, string>;
   memMiB: number;
   vcpus: number;
-  accel: string;
+  accel: Accel;
   initWaitSeconds: number;
   /** Not cached (data-dir paths, slots), but part of the version. */
   diskMib?: number;
@@ -72,7 +73,9 @@ export class TemplateCache {
   keys(inputs: CacheInputs, steps: string[], interpreter: boolean): BuildKeys {
     const qemu = qemuIdentity();
     const cmdline = KERNEL_CMDLINE.join(" ");
-    const boot = digest(JSON.stringify({ ...inputs, images: inputs.images.keys, qemu, cmdline, format: 2 }));
+    // The devices a new VM gets: a cached state loads only into the same ones.
+    const board = machineOption(newMachinePit(inputs.accel));
+    const boot = digest(JSON.stringify({ ...inputs, images: inputs.images.keys, qemu, cmdline, board, format: 2 }));
     const chain: string[] = [];
     let prev = boot;
     for (const step of steps) {

@@ -16,7 +16,7 @@ import type { ImageSet } from "./image/build.js";
 import { readVmMemory } from "./metering.js";
 import { GUEST } from "./network/ruleset.js";
 import { type Accel, chooseAccel } from "./qemu/accel.js";
-import { type MemoryBacking, qemuArgs, type VmPaths, WORKSPACE_DRIVE } from "./qemu/command.js";
+import { type MemoryBacking, newMachinePit, qemuArgs, type VmPaths, WORKSPACE_DRIVE } from "./qemu/command.js";
 import { thpOffHelper } from "./qemu/huge-pages.js";
 import { QmpClient } from "./qemu/qmp.js";
 import { loadState } from "./snapshot.js";
@@ -34,6 +34,12 @@ export interface MachineSpec {
   network?: boolean;
   /** What its commands may take (docs/security.md "Hostile guests"); unset ones take the guest's defaults. */
   guest?: GuestLimits;
+  /**
+   * false: booted without QEMU's i8254 PIT (qemu/command.ts `newMachinePit`).
+   * Absent: with it, as every machine saved before decision 0034; a state
+   * loads only into a QEMU with the same devices, so restores follow this.
+   */
+  pit?: false;
 }
 
 /** A frozen VM: RAM file (base) plus device state (migration stream without guest RAM). */
@@ -73,6 +79,8 @@ export interface BootOptions extends LaunchOptions {
   diskMib?: number;
   network?: boolean;
   guest?: GuestLimits;
+  /** Boot with QEMU's PIT or without; default: `newMachinePit` of the accelerator. */
+  pit?: boolean;
 }
 
 export interface RestoreOptions extends LaunchOptions {
@@ -184,6 +192,7 @@ export class Vm {
       ...(opts.network ? { network: true } : {}),
       ...(opts.guest && Object.keys(opts.guest).length > 0 ? { guest: opts.guest } : {}),
     };
+    if (!(opts.pit ?? newMachinePit(machine.accel))) machine.pit = false;
     checkVmId(opts);
     const ramFile = path.join(opts.shmDir, `mitos-${opts.id}.ram`);
     createRamFile(ramFile, machine.memMiB * 1024 * 1024, opts.runAs);
@@ -464,6 +473,7 @@ export class Vm {
       incoming,
       ...(opts.disk?.[0] !== undefined ? { disk: opts.disk[0] } : {}),
       ...(machine.network ? { network: { tap: GUEST.tap, mac: GUEST.mac } } : {}),
+      pit: machine.pit !== false,
     });
     const log = fs.openSync(paths.qemuLog, "w", 0o600);
     let cmd: { command: string; args: string[] };

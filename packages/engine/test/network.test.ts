@@ -88,6 +88,7 @@ describe("no network by default", () => {
       rootfs: "r",
       memory: { path: "m", share: false },
       paths: { agentSocket: "a", qmpSocket: "q", consoleLog: "c" },
+      pit: false,
     });
     assert.ok(args.includes("-nodefaults"));
     assert.equal(args[args.indexOf("-nic") + 1], "none");

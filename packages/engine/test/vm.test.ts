@@ -17,6 +17,7 @@ import {
   type MitosError,
   Vm,
 } from "../src/index.js";
+import { saveState } from "../src/snapshot.js";
 
 const dataDir = defaultDataDir();
 const imagesDir = path.join(dataDir, "images");
@@ -285,10 +286,70 @@ describe("a booted python VM", () => {
 });
 
 /** A throwaway VM of the base image, for tests that kill it. */
-async function bootBase(name: string): Promise<Vm> {
+async function bootBase(name: string, pit?: boolean): Promise<Vm> {
   const images = await ensureImages(BUILTIN_RECIPES.base!, { cacheDir: imagesDir });
-  return Vm.boot({ id: `test-${name}-${process.pid}`, images, dataDir, shmDir: defaultShmDir(), timeoutMs: 120_000 });
+  return Vm.boot({
+    id: `test-${name}-${process.pid}`,
+    images,
+    dataDir,
+    shmDir: defaultShmDir(),
+    timeoutMs: 120_000,
+    // Kept: the PIT test snapshots it, as a template build does.
+    ...(pit !== undefined ? { pit, keepRamFile: true } : {}),
+  });
 }
+
+const qtree = async (v: Vm) => String(await v.qmp.execute("human-monitor-command", { "command-line": "info qtree" }));
+
+describe("QEMU's PIT (decision 0034)", () => {
+  it("a TCG VM boots without it and keeps time on the TSC and the local APIC", async () => {
+    assert.equal(vm.machine.pit, vm.machine.accel === "tcg" ? false : undefined);
+    const cmd = fs.readFileSync(`/proc/${vm.pid}/cmdline`, "utf8").split("\0");
+    assert.equal(cmd[cmd.indexOf("-M") + 1], vm.machine.pit === false ? "microvm,acpi=on,pit=off" : "microvm,acpi=on");
+    if (vm.machine.pit === false) assert.doesNotMatch(await qtree(vm), /isa-pit|kvm-pit/);
+    const r = await vm.agent.exec({
+      command:
+        "cat /sys/devices/system/clocksource/clocksource0/current_clocksource; grep -c 'Clock Event Device: lapic' /proc/timer_list; sleep 1.2; echo ok",
+    }).result;
+    assert.deepEqual(r.stdout.toString().trim().split("\n"), ["tsc", "1", "ok"]);
+  });
+
+  it("a state saved with the PIT (every machine before) restores into a QEMU with one, and not into one without", async () => {
+    const legacy = await bootBase("pit", true);
+    let ramFile: string | undefined;
+    const stateFile = path.join(dataDir, `test-pit-${process.pid}.state`);
+    try {
+      assert.equal(legacy.machine.pit, undefined, "a machine with the PIT records nothing, as before");
+      assert.match(await qtree(legacy), /isa-pit|kvm-pit/);
+      await legacy.agent.exec({ command: "echo before > /tmp/mark" }).result;
+      await legacy.pause();
+      await saveState(legacy.qmp, legacy.paths.migrationSocket, stateFile, 60_000, legacy.runAs);
+      ramFile = legacy.disownRamFile();
+      await legacy.destroy();
+      const snapshot = { machine: legacy.machine, ramFile, stateFile, ignoreShared: true };
+      const back = await Vm.restore({ id: `test-pit-back-${process.pid}`, dataDir, snapshot, timeoutMs: 60_000 });
+      try {
+        assert.equal((await back.agent.exec({ command: "cat /tmp/mark" }).result).stdout.toString(), "before\n");
+      } finally {
+        await back.destroy();
+      }
+      await assert.rejects(
+        Vm.restore({
+          id: `test-pit-wrong-${process.pid}`,
+          dataDir,
+          snapshot: { ...snapshot, machine: { ...legacy.machine, pit: false } },
+          timeoutMs: 60_000,
+        }),
+      );
+    } finally {
+      await legacy.destroy();
+      if (ramFile) fs.rmSync(ramFile, { force: true });
+      fs.rmSync(stateFile, { force: true });
+      // The refused restore's logs (QEMU's: "Unknown savevm section … 'i8254'").
+      fs.rmSync(path.join(failedLogsDir(dataDir), `test-pit-wrong-${process.pid}`), { recursive: true, force: true });
+    }
+  });
+});
 
 describe("a VM that dies", () => {
   it("fails pending and later calls with a clear error when the guest kernel panics", async () => {

@@ -32,6 +32,8 @@ export interface QemuConfig {
   disk?: string;
   /** A virtio-net device on the tap of the namespace QEMU starts in (network/slots.ts); else no NIC. */
   network?: { tap: string; mac: string };
+  /** QEMU's i8254 PIT (machine option `pit`); see `newMachinePit`. */
+  pit: boolean;
 }
 
 /** The QMP device name of the workspace disk's drive (block jobs and live snapshots name it). */
@@ -59,10 +61,29 @@ export const KERNEL_CMDLINE = [
  */
 export const SECCOMP_ARGS = ["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"];
 
+/**
+ * Whether a VM booted now gets QEMU's i8254 PIT. Under TCG, no: Linux runs on
+ * the TSC and the local APIC's deadline timer and leaves the PIT's channel 0
+ * counting, and QEMU's emulation of it woke every idle VM's main loop 36 times
+ * a second: 0.2-0.3 % of a host core per idle sandbox, the ceiling on how many
+ * live children 2 cores hold (decision 0034). Under KVM the PIT is the
+ * kernel's (no QEMU wake-ups) and stays, untested here without it. A saved
+ * state keeps the devices it was saved with (`MachineSpec.pit`).
+ * `MITOS_QEMU_PIT=on` boots new VMs with it, as before.
+ */
+export function newMachinePit(accel: Accel, env: NodeJS.ProcessEnv = process.env): boolean {
+  return accel !== "tcg" || env.MITOS_QEMU_PIT === "on";
+}
+
+/** The `-M` value for a VM with or without the PIT. */
+export function machineOption(pit: boolean): string {
+  return pit ? "microvm,acpi=on" : "microvm,acpi=on,pit=off";
+}
+
 export function qemuArgs(c: QemuConfig): string[] {
   const args = [
     "-M",
-    "microvm,acpi=on",
+    machineOption(c.pit),
     ...accelArgs(c.accel),
     "-smp",
     String(c.vcpus),
