@@ -505,25 +505,18 @@ try {
       .pop();
     if (!file) return undefined;
     const rec = JSON.parse(fs.readFileSync(path.join(dir, file), "utf8")) as {
-      series?: Array<{ name: string; n?: number; p50?: number }>;
-      notes?: string[];
+      series?: Array<{ name: string; p50?: number }>;
     };
-    return { date: file.slice(0, 10), series: rec.series ?? [], notes: rec.notes ?? [] };
+    return { date: file.slice(0, 10), series: rec.series ?? [] };
   };
   const api = newest("api");
   const p50Of = (name: string) => api?.series.find((x) => x.name === name)?.p50;
   const tti = p50Of("TTI, TS SDK: create → first exec returned");
   const connectExec = p50Of("exec `true`, TS SDK, sequential");
-  // Density: its own two series; records made before they existed give the count and total in their notes.
   const scaling = newest("scaling");
-  const held =
-    scaling?.series.find((x) => x.name === "density: live children held at once")?.p50 ??
-    scaling?.series.find((x) => x.name === "density: private memory per child at the end")?.n;
+  const held = scaling?.series.find((x) => x.name === "density: live children held at once")?.p50;
   const heldGiB =
-    scaling?.series.find((x) => x.name === "density: all children at the end, their bases once")?.p50 ??
-    Number(
-      scaling?.notes.map((n) => /^density: at the end .* in all ([\d.]+) GiB/.exec(n)?.[1]).find(Boolean) ?? Number.NaN,
-    );
+    scaling?.series.find((x) => x.name === "density: all children at the end, their bases once")?.p50 ?? Number.NaN;
   const goal = (name: string, figure: number | undefined, unit: string, target: string, met: (v: number) => boolean) =>
     `| ${name} | ${figure === undefined ? "not run" : `${fmt(figure)} ${unit}`} | ${target} | ${figure === undefined ? "–" : met(figure) ? "met" : "missed"} |`;
   const lines = [
