@@ -115,7 +115,8 @@ static int write_file_atomic(const char *path, const char *text, const char *end
  * than truncating first keeps the page (no free and new allocation, ~1,000
  * more) and a reader never sees the file empty (docs/decisions/0033); it is
  * cut only when the length changes (names and ids of one length replace each
- * other byte for byte). 0 or -1 with errno. */
+ * other byte for byte). 0; 1 when the file was empty before (new: perhaps
+ * not the inode a bind mount shows); or -1 with errno. */
 static int write_file_in_place(const char *path, const char *text, const char *end, int create, mode_t mode)
 {
 	int fd = open(path, O_WRONLY | O_CLOEXEC | (create ? O_CREAT : 0), mode);
@@ -137,13 +138,23 @@ static int write_file_in_place(const char *path, const char *text, const char *e
 	close(fd);
 	if (rc < 0)
 		errno = e;
-	return rc;
+	return rc < 0 ? -1 : had == 0;
 }
 
-/* init made /run/mitos (guest/image/init, and init.c outside the VM image). */
+/* A file in /run/mitos (init makes the directory), made again if a command
+ * removed it or the directory: the notice must not fail for it. As
+ * write_file_in_place: 0, 1 for a new file, or -1 with errno. */
+static int write_run_file(const char *path, const char *text, mode_t mode)
+{
+	int w = write_file_in_place(path, text, "", 1, mode);
+	if (w >= 0 || errno != ENOENT || mkdir_p("/run/mitos", 0755) < 0)
+		return w;
+	return write_file_in_place(path, text, "", 1, mode);
+}
+
 static int write_id(const char *id)
 {
-	return write_file_in_place("/run/mitos/sandbox-id", id, "", 1, 0644);
+	return write_run_file("/run/mitos/sandbox-id", id, 0644) < 0 ? -1 : 0;
 }
 
 #define HOSTNAME_FILE "/run/mitos/hostname"
@@ -152,7 +163,7 @@ static int write_id(const char *id)
  * where init could not bind it, the file itself, through a rename. */
 static int write_hostname(const char *host)
 {
-	if (write_file_in_place(HOSTNAME_FILE, host, "\n", 0, 0) == 0)
+	if (write_file_in_place(HOSTNAME_FILE, host, "\n", 0, 0) >= 0)
 		return 0;
 	if (errno != ENOENT)
 		return -1;
@@ -177,12 +188,15 @@ static int new_boot_id(void)
 	snprintf(id, sizeof id,
 			 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x\n", r[0], r[1],
 			 r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13], r[14], r[15]);
-	if (write_file_in_place(BOOT_ID_FILE, id, "", 1, 0444) < 0)
-		return -1;
 	/* Already bound (a second notice, or a fork of a fork: the flag is in
 	 * guest memory, so children skip the two path lookups): the new content
-	 * shows through. */
+	 * shows through; a file made anew (a command removed it) is bound again. */
 	static int bound;
+	int w = write_run_file(BOOT_ID_FILE, id, 0444);
+	if (w < 0)
+		return -1;
+	if (w == 1)
+		bound = 0;
 	if (bound)
 		return 0;
 	struct stat a, b;
@@ -190,8 +204,13 @@ static int new_boot_id(void)
 		bound = 1;
 		return 0;
 	}
-	if (mount(BOOT_ID_FILE, BOOT_ID_PROC, NULL, MS_BIND, NULL) < 0)
-		return -1;
+	if (mount(BOOT_ID_FILE, BOOT_ID_PROC, NULL, MS_BIND, NULL) < 0) {
+		/* What is bound there is a file a command removed (the kernel will
+		 * not mount on a deleted file): the new one takes its place. */
+		if (errno != ENOENT || umount2(BOOT_ID_PROC, MNT_DETACH) < 0 ||
+		    mount(BOOT_ID_FILE, BOOT_ID_PROC, NULL, MS_BIND, NULL) < 0)
+			return -1;
+	}
 	bound = 1;
 	return 0;
 }

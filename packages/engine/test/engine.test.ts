@@ -241,10 +241,22 @@ describe("live fork", () => {
     for (const [i, r] of rows.entries()) assert.deepEqual([r[4], r[5]], [ids[i], ids[i]], "/etc/hostname, sandbox-id");
     // /etc/hostname is a bind mount of /run/mitos/hostname, as in a container (one inode).
     for (const r of rows) assert.equal(r[6], "1", "/etc/hostname and /run/mitos/hostname are one file");
-    // Without that mount (an image init could not bind), the notice renames a new /etc/hostname in.
-    await sh(children[1]!.id, "umount /etc/hostname && rm /run/mitos/hostname");
+    // Without that mount (an image init could not bind), the notice renames a new /etc/hostname in;
+    // a sandbox id or boot id file a command removed is made again (and the boot id bound again).
+    await sh(
+      children[1]!.id,
+      "umount /etc/hostname && rm /run/mitos/hostname /run/mitos/sandbox-id /run/mitos/boot_id",
+    );
     const unbound = (await engine.fork(children[1]!.id, { count: 1 })).children[0]!;
-    assert.equal(await sh(unbound.id, "cat /etc/hostname; hostname"), `${unbound.id}\n${unbound.id}\n`);
+    const [etc, uname, sid, boot] = (
+      await sh(
+        unbound.id,
+        "cat /etc/hostname; hostname; cat /run/mitos/sandbox-id; echo; cat /proc/sys/kernel/random/boot_id",
+      )
+    ).split("\n");
+    assert.deepEqual([etc, uname, sid], [unbound.id, unbound.id, unbound.id]);
+    assert.match(boot ?? "", /^[0-9a-f-]{36}$/);
+    assert.notEqual(boot, rows[2]![3], "the removed file's boot id is not what /proc shows");
     await engine.terminate(unbound.id);
     for (const id of ids) {
       const before = Date.now() / 1000;
