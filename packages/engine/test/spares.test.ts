@@ -211,3 +211,12 @@ it("sets taken spares back to normal priority, and does not use one that cannot 
   assert.equal(stuck.destroyed, true, "a spare left at low priority would be a slow child");
   await s.close();
 });
+
+it("hands spares only to a fork of a machine with the same devices (a saved machine with QEMU's PIT, decision 0034)", async () => {
+  const s = spares();
+  s.prime({ ...machine, pit: false });
+  await waitFor(() => s.pids.length === 1);
+  assert.equal(s.take(machine, 1), undefined, "a parent with the PIT cannot load into spares without it");
+  assert.equal(s.take({ ...machine, pit: false }, 1)?.vms.length, 1);
+  await s.close();
+});

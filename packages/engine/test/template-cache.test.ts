@@ -4,10 +4,12 @@
 
 import assert from "node:assert/strict";
 import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { after, describe, it } from "node:test";
 import { removeDataDir, tempDataDir } from "../../../test-support/data-dir.js";
 import { defaultDataDir, Engine } from "../src/index.js";
+import { TemplateCache } from "../src/template-cache.js";
 
 const imagesDir = path.join(defaultDataDir(), "images");
 const cacheDir = path.join(imagesDir, "templates");
@@ -76,5 +78,30 @@ describe("template cache", () => {
       await c.engine.close({ killSandboxes: true });
     }
     for (const n of added) fs.rmSync(path.join(cacheDir, n), { recursive: true, force: true });
+  });
+});
+
+describe("template cache keys", () => {
+  it("follow the devices a new VM gets: a TCG template booted with QEMU's PIT is another entry (decision 0034)", () => {
+    const cache = new TemplateCache(fs.mkdtempSync(path.join(os.tmpdir(), "mitos-keys-")));
+    const inputs = (accel: "tcg" | "kvm") => ({
+      images: { kernel: "k", initrd: "i", rootfs: "r", keys: { kernel: "a", initrd: "b", rootfs: "c" } },
+      packages: [],
+      env: {},
+      memMiB: 512,
+      vcpus: 1,
+      accel,
+      initWaitSeconds: 0,
+    });
+    const boot = (accel: "tcg" | "kvm", pit?: string) => {
+      if (pit) process.env.MITOS_QEMU_PIT = pit;
+      try {
+        return cache.keys(inputs(accel), [], false).boot;
+      } finally {
+        delete process.env.MITOS_QEMU_PIT;
+      }
+    };
+    assert.notEqual(boot("tcg"), boot("tcg", "on"));
+    assert.equal(boot("kvm"), boot("kvm", "on"), "KVM VMs have the PIT either way");
   });
 });
