@@ -13,6 +13,8 @@
 #include <sys/wait.h>
 #include <termios.h>
 #include <unistd.h>
+#include <linux/sched.h> /* struct clone_args, CLONE_INTO_CGROUP */
+#include <sys/syscall.h>
 
 #include "limits.h"
 #include "port.h"
@@ -84,15 +86,24 @@ static void cgroup_path(uint64_t n, const char *file, char *out, size_t cap)
 		snprintf(out, cap, CGROUP_ROOT "/exec-%llu", (unsigned long long)n);
 }
 
+/* A cgroup's file: relative to its open directory when there is one (one
+ * path component to walk instead of five). */
+static int cgroup_open(uint64_t cg, int dirfd, const char *file, int flags)
+{
+	if (dirfd >= 0)
+		return openat(dirfd, file, flags | O_CLOEXEC);
+	char p[128];
+	cgroup_path(cg, file, p, sizeof p);
+	return open(p, flags | O_CLOEXEC);
+}
+
 static void kill_group(stream_t *s)
 {
 	if (s->cgroup) {
-		char p[128];
-		cgroup_path(s->cgroup_n, "cgroup.kill", p, sizeof p);
-		int fd = open(p, O_WRONLY | O_CLOEXEC);
+		int fd = cgroup_open(s->cgroup_n, s->cgroup_fd, "cgroup.kill", O_WRONLY);
 		if (fd >= 0) {
 			if (write(fd, "1", 1) < 0)
-				logmsg("%s: %s", p, strerror(errno));
+				logmsg("exec-%llu/cgroup.kill: %s", (unsigned long long)s->cgroup_n, strerror(errno));
 			close(fd);
 		}
 	}
@@ -103,11 +114,10 @@ static void kill_group(stream_t *s)
 
 /* cgroup exec-<cg>: 1 while it holds a live task, 0 when empty, -1 when it
  * cannot be read (gone). */
-static int cgroup_n_state(uint64_t cg)
+static int cgroup_n_state(uint64_t cg, int dirfd)
 {
-	char p[128], buf[256];
-	cgroup_path(cg, "cgroup.events", p, sizeof p);
-	int fd = open(p, O_RDONLY | O_CLOEXEC);
+	char buf[256];
+	int fd = cgroup_open(cg, dirfd, "cgroup.events", O_RDONLY);
 	if (fd < 0)
 		return -1;
 	ssize_t n = read(fd, buf, sizeof buf - 1);
@@ -121,23 +131,30 @@ static int cgroup_n_state(uint64_t cg)
 /* 1 while the command's cgroup still holds a live task. */
 static int cgroup_populated(stream_t *s)
 {
-	return s->cgroup && cgroup_n_state(s->cgroup_n) == 1;
+	return s->cgroup && cgroup_n_state(s->cgroup_n, s->cgroup_fd) == 1;
 }
 
 /* Empty exec cgroups kept for the next commands: making one (its kernfs
  * files, pids and cpu state) and removing it again costs more under TCG than
  * checking that it is empty. Only empty ones are kept, so a command never
- * shares a cgroup with a process another left behind. */
+ * shares a cgroup with a process another left behind. Each keeps its
+ * directory open: a command starts in it by that fd (clone3). */
 #define CGROUP_SPARES 4
-static uint64_t cgroup_spare[CGROUP_SPARES];
+static struct {
+	uint64_t n;
+	int fd;
+} cgroup_spare[CGROUP_SPARES];
 static int cgroup_spares;
 
 /* A cgroup for a new command: a spare (its limits were set when it was made:
- * they are fixed at boot), or a new exec-<next>. 1 and *n set, or 0. */
-static int cgroup_acquire(uint64_t *n)
+ * they are fixed at boot), or a new exec-<next>. 1 with *n and *fd (-1 when
+ * the directory could not be opened) set, or 0. */
+static int cgroup_acquire(uint64_t *n, int *fd)
 {
 	if (cgroup_spares > 0) {
-		*n = cgroup_spare[--cgroup_spares];
+		cgroup_spares--;
+		*n = cgroup_spare[cgroup_spares].n;
+		*fd = cgroup_spare[cgroup_spares].fd;
 		return 1;
 	}
 	char p[128];
@@ -146,15 +163,20 @@ static int cgroup_acquire(uint64_t *n)
 	if (mkdir(p, 0755) < 0)
 		return 0;
 	limits_exec(p);
+	*fd = open(p, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	return 1;
 }
 
-static void cgroup_release(uint64_t n)
+static void cgroup_release(uint64_t n, int fd)
 {
-	if (cgroup_spares < CGROUP_SPARES && cgroup_n_state(n) == 0) {
-		cgroup_spare[cgroup_spares++] = n;
+	if (cgroup_spares < CGROUP_SPARES && cgroup_n_state(n, fd) == 0) {
+		cgroup_spare[cgroup_spares].n = n;
+		cgroup_spare[cgroup_spares].fd = fd;
+		cgroup_spares++;
 		return;
 	}
+	if (fd >= 0)
+		close(fd);
 	char p[128];
 	cgroup_path(n, NULL, p, sizeof p);
 	rmdir(p); /* EBUSY while background processes live: fine */
@@ -174,8 +196,9 @@ static void release(stream_t *s)
 	close_fd(&s->in_fd);
 	close_fd(&s->pty_fd);
 	if (s->cgroup)
-		cgroup_release(s->cgroup_n);
+		cgroup_release(s->cgroup_n, s->cgroup_fd);
 	s->cgroup = 0;
+	s->cgroup_fd = -1;
 	s->dead = 1;
 }
 
@@ -198,8 +221,9 @@ struct spawn {
 	int set_uid, set_gid;
 	uid_t uid;
 	gid_t gid;
-	int cgroup;
+	int cgroup;     /* move into exec-<cgroup_n> before exec (a vfork child) */
 	uint64_t cgroup_n;
+	int cgroup_fd;
 };
 
 static void __attribute__((noreturn)) child(const struct spawn *sp)
@@ -212,9 +236,7 @@ static void __attribute__((noreturn)) child(const struct spawn *sp)
 	limits_child();
 	setsid();
 	if (sp->cgroup) {
-		char p[128];
-		cgroup_path(sp->cgroup_n, "cgroup.procs", p, sizeof p);
-		int fd = open(p, O_WRONLY | O_CLOEXEC);
+		int fd = cgroup_open(sp->cgroup_n, sp->cgroup_fd, "cgroup.procs", O_WRONLY);
 		if (fd >= 0) {
 			if (write(fd, "0", 1) < 0) { /* best effort: pgid kill still works */ }
 			close(fd);
@@ -261,6 +283,79 @@ static void __attribute__((noreturn)) child(const struct spawn *sp)
 	execvp(sp->argv[0], sp->argv);
 	snprintf(what, sizeof what, "exec %.300s", sp->argv[0]);
 	child_fail(sp->report_w, what);
+}
+
+#if defined(__x86_64__) && defined(CLONE_INTO_CGROUP)
+/* The child's stack while it shares the agent's memory: the agent waits
+ * (CLONE_VFORK) until the child has exec'd or exited, so one serves all. */
+static _Alignas(16) unsigned char child_stack[64 * 1024];
+static int clone3_broken; /* the kernel refused clone3 into a cgroup once: vfork from now on */
+
+/* clone3(CLONE_VM | CLONE_VFORK | CLONE_INTO_CGROUP): a vfork whose child
+ * starts in its exec's cgroup, so it skips the migration a write to
+ * cgroup.procs takes (~1,200 translated blocks of a fork child's first
+ * command under TCG). The child runs child() on child_stack: returning
+ * through a C function on the stack the agent resumes on would corrupt it.
+ * The pid, or -errno. */
+static long spawn_into_cgroup(const struct spawn *sp)
+{
+	struct clone_args a;
+	memset(&a, 0, sizeof a);
+	a.flags = CLONE_VM | CLONE_VFORK | CLONE_INTO_CGROUP;
+	a.exit_signal = SIGCHLD;
+	a.stack = (uint64_t)(uintptr_t)child_stack;
+	a.stack_size = sizeof child_stack;
+	a.cgroup = (uint64_t)sp->cgroup_fd;
+	long ret = SYS_clone3;
+	__asm__ volatile("syscall\n\t"
+			 "test %%rax, %%rax\n\t"
+			 "jnz 1f\n\t"
+			 "xor %%ebp, %%ebp\n\t"
+			 "mov %[arg], %%rdi\n\t"
+			 "call *%[fn]\n\t"
+			 "ud2\n"
+			 "1:"
+			 : "+a"(ret)
+			 : "D"(&a), "S"(sizeof a), [fn] "r"(child), [arg] "r"(sp)
+			 : "rcx", "r11", "memory");
+	return ret;
+}
+#endif
+
+/* Starts the command's child, in its cgroup when it has one; the pid, or -1 with errno. */
+static pid_t spawn(struct spawn *sp)
+{
+	/* The child sets `environ` (execvp searches the new environment's PATH)
+	 * in the memory it shares with the agent; it is put back here. */
+	char **own_env = environ;
+#if defined(__x86_64__) && defined(CLONE_INTO_CGROUP)
+	if (sp->cgroup && sp->cgroup_fd >= 0 && !clone3_broken) {
+		sp->cgroup = 0; /* it starts there: nothing to move */
+		long pid = spawn_into_cgroup(sp);
+		sp->cgroup = 1;
+		environ = own_env;
+		if (pid > 0)
+			return (pid_t)pid;
+		if (pid == -EAGAIN || pid == -ENOMEM) { /* pids.max or memory: the command's problem, not clone3's */
+			errno = (int)-pid;
+			return -1;
+		}
+		logmsg("clone3 into cgroup exec-%llu: %s; vfork from now on", (unsigned long long)sp->cgroup_n,
+		       strerror((int)-pid));
+		clone3_broken = 1;
+	}
+#endif
+	/* vfork: the child borrows this address space until it execs, so nothing
+	 * is copied or write-protected (fork of the mlocked agent cost a page
+	 * table copy and a copy-on-write fault per page it touched afterwards,
+	 * dear under TCG). The child only makes syscalls and writes its own stack
+	 * frame and `environ` (put back below); the agent has no signal handlers
+	 * (signalfd), so unblocking signals in the child runs none of ours. */
+	pid_t pid = vfork();
+	if (pid == 0)
+		child(sp);
+	environ = own_env;
+	return pid;
 }
 
 /* The login shell of uid from /etc/passwd (field 7), if it is executable. */
@@ -367,6 +462,7 @@ void exec_start(uint32_t id, const fields_t *f)
 		.in_r = -1, .out_w = -1, .err_w = -1, .report_w = -1,
 		.set_uid = f->have[F_UID], .uid = (uid_t)f->ival[F_UID],
 		.set_gid = f->have[F_GID], .gid = (gid_t)f->ival[F_GID],
+		.cgroup_fd = -1,
 	};
 	int out[2] = { -1, -1 }, errp[2] = { -1, -1 }, in[2] = { -1, -1 }, rep[2] = { -1, -1 };
 	char slave[128];
@@ -399,22 +495,13 @@ void exec_start(uint32_t id, const fields_t *f)
 		}
 	}
 	if (use_cgroups) {
-		s->cgroup = cgroup_acquire(&s->cgroup_n);
+		s->cgroup = cgroup_acquire(&s->cgroup_n, &s->cgroup_fd);
 		sp.cgroup = s->cgroup;
 		sp.cgroup_n = s->cgroup_n;
+		sp.cgroup_fd = s->cgroup_fd;
 	}
-	/* vfork: the child borrows this address space until it execs, so nothing
-	 * is copied or write-protected (fork of the mlocked agent cost a page
-	 * table copy and a copy-on-write fault per page it touched afterwards,
-	 * dear under TCG). The child only makes syscalls and writes its own stack
-	 * frame and `environ` (put back below); the agent has no signal handlers
-	 * (signalfd), so unblocking signals in the child runs none of ours. */
 	stage = "fork";
-	char **own_env = environ;
-	pid_t pid = vfork();
-	if (pid == 0)
-		child(&sp);
-	environ = own_env;
+	pid_t pid = spawn(&sp);
 	if (pid < 0)
 		goto fail;
 

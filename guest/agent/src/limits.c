@@ -13,6 +13,9 @@
 
 #define CMD_CGROUP "/sys/fs/cgroup/mitos"
 
+/* Whether the agent took itself off the OOM killer's list, so each command must go back on it. */
+static int child_oom_reset;
+
 /* A decimal after `key` as a whole word of `s` (space-separated), in [lo, hi];
  * 0 when absent, malformed or out of range. */
 static uint64_t word_value(const char *s, const char *key, uint64_t lo, uint64_t hi)
@@ -79,8 +82,13 @@ static void write_str(const char *path, const char *value)
 
 void limits_apply(void)
 {
-	/* The agent answers whatever the guest does: never an OOM victim, never paged out. */
-	write_str("/proc/self/oom_score_adj", "-1000");
+	/* The agent answers whatever the guest does: never an OOM victim, never
+	 * paged out. As PID 1 (a VM) the OOM killer never picks it, so its
+	 * commands inherit a plain 0 and need no reset; elsewhere it opts out. */
+	if (getpid() != 1) {
+		write_str("/proc/self/oom_score_adj", "-1000");
+		child_oom_reset = 1;
+	}
 	if (mlockall(MCL_CURRENT | MCL_FUTURE) < 0)
 		logmsg("mlockall: %s", strerror(errno));
 
@@ -116,6 +124,8 @@ void limits_exec(const char *cgroup_dir)
 
 void limits_child(void)
 {
+	if (!child_oom_reset)
+		return;
 	int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
 	if (fd < 0)
 		return;

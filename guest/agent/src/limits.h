@@ -2,7 +2,8 @@
  * every exec's cgroup lives under /sys/fs/cgroup/mitos, which gets a memory
  * and a pids limit below the VM's total, so a memory bomb or a fork bomb
  * fails its command and not the VM; the agent itself is kept off the OOM
- * killer's list and its pages locked in RAM, so it always answers. */
+ * killer's list (as PID 1 it is never on it) and its pages locked in RAM,
+ * so it always answers. */
 #ifndef MITOS_LIMITS_H
 #define MITOS_LIMITS_H
 
@@ -33,9 +34,13 @@ void limits_apply(void);
 /* Gives a new exec's cgroup directory its own pids limit (after limits_apply). */
 void limits_exec(const char *cgroup_dir);
 
-/* In a command's child before exec: back on the OOM killer's list (the
- * agent's -1000 is inherited, and a memcg whose every task is exempt can
- * never be relieved: its commands would hang at the limit forever). */
+/* In a command's child before exec: back on the OOM killer's list where the
+ * agent took itself off (not PID 1: its -1000 is inherited, and a memcg whose
+ * every task is exempt can never be relieved: its commands would hang at the
+ * limit forever). As PID 1 the agent stays at 0 (the kernel never OOM-kills
+ * init), and this costs its commands nothing: under TCG the open and write
+ * through /proc/self were ~0.2 ms of every exec and ~500 translated blocks
+ * of a fork child's first. */
 void limits_child(void);
 
 #endif

@@ -25,7 +25,7 @@ stream_t *stream_new(uint32_t id, int kind)
 	s->id = id;
 	s->kind = kind;
 	s->pid = -1;
-	s->out_fd = s->err_fd = s->in_fd = s->pty_fd = s->fd = -1;
+	s->out_fd = s->err_fd = s->in_fd = s->pty_fd = s->fd = s->cgroup_fd = -1;
 	table[count++] = s;
 	return s;
 }

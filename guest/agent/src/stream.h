@@ -30,6 +30,7 @@ typedef struct stream {
 	int64_t start_ms, deadline_ms, exit_ms, drain_ms;
 	int exited, status, timed_out, cgroup;
 	uint64_t cgroup_n;    /* its cgroup: CGROUP_ROOT/exec-<cgroup_n> */
+	int cgroup_fd;        /* that directory, open (-1: none) */
 
 	/* READ / WRITE */
 	int fd;

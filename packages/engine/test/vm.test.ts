@@ -97,6 +97,8 @@ describe("a booted python VM", () => {
     } finally {
       await where("pkill -x sleep; true");
     }
+    // Each started in its cgroup (clone3 with CLONE_INTO_CGROUP), not moved there: the agent logs a fallback.
+    assert.doesNotMatch(fs.readFileSync(vm.paths.consoleLog, "utf8"), /clone3/);
   });
 
   it("feeds stdin to the command", async () => {
