@@ -285,7 +285,7 @@ static void __attribute__((noreturn)) child(const struct spawn *sp)
 	child_fail(sp->report_w, what);
 }
 
-#if defined(__x86_64__) && defined(CLONE_INTO_CGROUP)
+#if defined(__x86_64__) /* CLONE_INTO_CGROUP: linux/sched.h of Linux 5.7+ */
 /* The child's stack while it shares the agent's memory: the agent waits
  * (CLONE_VFORK) until the child has exec'd or exited, so one serves all. */
 static _Alignas(16) unsigned char child_stack[64 * 1024];
@@ -328,7 +328,7 @@ static pid_t spawn(struct spawn *sp)
 	/* The child sets `environ` (execvp searches the new environment's PATH)
 	 * in the memory it shares with the agent; it is put back here. */
 	char **own_env = environ;
-#if defined(__x86_64__) && defined(CLONE_INTO_CGROUP)
+#if defined(__x86_64__) /* CLONE_INTO_CGROUP: linux/sched.h of Linux 5.7+ */
 	if (sp->cgroup && sp->cgroup_fd >= 0 && !clone3_broken) {
 		sp->cgroup = 0; /* it starts there: nothing to move */
 		long pid = spawn_into_cgroup(sp);
